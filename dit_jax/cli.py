@@ -1,0 +1,159 @@
+"""`dit-jax` command line: sample | convert | train | evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+DEMO_MODEL = dict(input_size=32, patch_size=4, in_channels=3, hidden_size=192, depth=4, num_heads=3,
+                  num_classes=10)
+
+
+def _model_config(args):
+    from dit_jax.models.dit import DiTConfig, dit_config
+    overrides = {k: v for k, v in dict(input_size=args.input_size, num_classes=args.num_classes,
+                                       in_channels=args.in_channels, num_heads=args.num_heads).items()
+                 if v is not None}
+    if args.model:
+        return dit_config(args.model, **overrides)
+    return None if not overrides else DiTConfig(**{**DEMO_MODEL, **overrides})
+
+
+def cmd_sample(args) -> int:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from dit_jax.diffusion.gaussian import create_diffusion
+    from dit_jax.models.dit import DiTConfig, init_params
+    from dit_jax.sample import make_sampler, save_grid, to_uint8
+    from dit_jax.weights import load_weights
+
+    if args.weights:
+        params, config = load_weights(args.weights, _model_config(args))
+        source = f"weights from {args.weights}"
+    else:
+        config = _model_config(args) or DiTConfig(**DEMO_MODEL)
+        params = init_params(config, jax.random.key(args.seed))
+        source = ("a RANDOMLY INITIALISED model (no --weights given): the pictures show the sampler "
+                  "running, not a trained model")
+    print(f"sampling {args.num} images from {source}", flush=True)
+    if args.classes:
+        labels = [int(c) for c in args.classes.split(",")]
+        labels = (labels * args.num)[: args.num]
+    else:
+        labels = [int(c) for c in np.random.default_rng(args.seed).integers(0, config.num_classes, args.num)]
+    bad = [c for c in labels if not 0 <= c < config.num_classes]
+    if bad:
+        print(f"error: classes {bad} out of range: the model has classes 0..{config.num_classes - 1}", file=sys.stderr)
+        return 2
+    diffusion = create_diffusion(args.steps, learn_sigma=config.learn_sigma)
+    run = make_sampler(config, diffusion, args.cfg_scale, args.cfg_mode, args.sampler, args.eta)
+    t0 = time.time()
+    samples = jax.block_until_ready(run(params, jnp.asarray(labels, jnp.int32), jax.random.key(args.seed)))
+    dt = time.time() - t0
+    print(f"{args.num} samples, {diffusion.num_timesteps} {args.sampler} steps, cfg {args.cfg_scale} "
+          f"({args.cfg_mode}): {dt:.1f} s including compilation ({args.num / dt:.2f} img/s)")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    if config.in_channels in (1, 3):
+        save_grid(to_uint8(samples), args.out, upscale=args.upscale)
+        print(f"wrote {args.out} (classes {labels})")
+    else:
+        path = os.path.splitext(args.out)[0] + ".npz"
+        np.savez(path, latents=np.asarray(samples), labels=np.asarray(labels))
+        print(f"wrote latents to {path}: decoding {config.in_channels}-channel latents to images needs the "
+              "Stable Diffusion VAE, which this version does not include yet")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from dit_jax.convert import dit_torch, torch_io
+    from dit_jax.weights import load_weights, save_weights
+
+    config = _model_config(args)
+    if args.to_torch:
+        params, config = load_weights(args.to_torch, config)
+        torch_io.save_state_dict(dit_torch.to_torch(params, config), args.out)
+        print(f"wrote PyTorch state dict of {dit_torch.config_name(config)} to {args.out}")
+        return 0
+    if args.from_torch:
+        params, config = dit_torch.from_torch(torch_io.load_state_dict(args.from_torch, args.key), config)
+    else:
+        sd = torch_io.load_diffusers_state_dict(args.from_diffusers)
+        params, config = dit_torch.from_diffusers(sd, config, sample_size=args.sample_size)
+    path = save_weights(args.out, params, config, force=args.force)
+    print(f"wrote {dit_torch.config_name(config)} weights to {path}")
+    print(json.dumps(config.architecture()))
+    return 0
+
+
+def cmd_not_built(name: str, issue: str):
+    def run(args) -> int:
+        print(f"error: `dit-jax {name}` is not available in this version yet ({issue}).", file=sys.stderr)
+        return 2
+    return run
+
+
+def _add_model_args(p):
+    p.add_argument("--model", help="named model, e.g. DiT-XL/2 (checked against the checkpoint)")
+    p.add_argument("--input-size", type=int, help="latent/image side (32 for 256 px latents, 64 for 512 px)")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--in-channels", type=int)
+    p.add_argument("--num-heads", type=int, help="needed only for custom (non-named) checkpoints")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dit-jax", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sample", help="class-conditional sample grid (PNG)")
+    s.add_argument("--weights", help="weights directory written by `dit-jax convert` (default: random init)")
+    _add_model_args(s)
+    s.add_argument("--num", type=int, default=16)
+    s.add_argument("--classes", help="comma-separated class ids (default: random)")
+    s.add_argument("--steps", default="50", help="respacing: '250', 'ddim50', '10,15,20'")
+    s.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    s.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale (applied only if > 1)")
+    s.add_argument("--cfg-mode", choices=("reference", "all"), default="reference",
+                   help="reference: guide the first 3 channels (the reference's quirk); all: every eps channel")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--upscale", type=int, default=4, help="nearest-neighbour upscale of the PNG")
+    s.add_argument("--out", default="samples/sample_grid.png")
+    s.set_defaults(func=cmd_sample)
+
+    c = sub.add_parser("convert", help="PyTorch/diffusers DiT checkpoints <-> dit-jax weights")
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-torch", metavar="PT", help="official .pt (released state dict or train.py checkpoint)")
+    src.add_argument("--from-diffusers", metavar="PATH", help="diffusers DiTTransformer2DModel folder or file")
+    src.add_argument("--to-torch", metavar="WEIGHTS_DIR", help="export dit-jax weights to an official .pt")
+    c.add_argument("--out", required=True, help="output weights directory (or .pt file with --to-torch)")
+    c.add_argument("--key", choices=("ema", "model"), default="ema", help="which weights of a train.py checkpoint")
+    c.add_argument("--sample-size", type=int, help="latent size of diffusers weights (32 for 256 px)")
+    c.add_argument("--force", action="store_true", help="replace an existing output directory")
+    _add_model_args(c)
+    c.set_defaults(func=cmd_convert)
+
+    for name, issue in (("train", "the training loop is under construction"),
+                        ("evaluate", "FID/sFID/IS/precision/recall are under construction")):
+        p = sub.add_parser(name, help=f"(not available yet: {issue})")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=cmd_not_built(name, issue))
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""DiT with adaLN-Zero (Peebles & Xie), NHWC, pure Flax Linen.
+
+    config = dit_config("XL/2")                      # or dit_config("DiT-XL/2", input_size=64)
+    model = DiT(config)
+    params = model.init(key, x, t, y)["params"]
+    out = model.apply({"params": params}, x, t, y)   # (B, H, W, 2C) with learned sigma
+
+Randomness comes only from explicit rng streams: 'params' at init, 'dropout' for label dropout
+when train=True. `force_drop` (bool per example) selects the null class as the reference's
+classifier-free guidance does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dit_jax.models.layers import (DiTBlock, LabelEmbedder, Linear, ScanBlock, TimestepEmbedder, ada_ln,
+                                   layer_norm, modulate, sincos_2d_pos_embed)
+
+# depth, hidden size, heads of the paper's four model sizes.
+SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+PATCHES = (2, 4, 8)
+MODEL_NAMES = tuple(f"DiT-{s}/{p}" for s in ("XL", "L", "B", "S") for p in PATCHES)
+
+# Logical axis names used on parameters and activations (the sharding rules map these).
+LOGICAL_AXES = ("batch", "length", "embed", "embed_in", "heads", "kv", "qkv", "mlp", "classes",
+                "freq", "patch", "layers")
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ATTENTION = ("xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+    """Everything that fixes the model's function (architecture) and how it is computed."""
+
+    input_size: int = 32
+    patch_size: int = 2
+    in_channels: int = 4
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    class_dropout_prob: float = 0.1
+    num_classes: int = 1000
+    learn_sigma: bool = True
+    # How it is computed (does not change the parameters):
+    dtype: str = "float32"          # compute dtype
+    param_dtype: str = "float32"
+    attention: str = "xla"          # "xla" or "cudnn" (cudnn needs bf16/fp16 compute on a GPU)
+    scan_blocks: bool = False       # nn.scan over blocks: faster compiles, stacked block params
+    remat: bool = False             # recompute block activations in the backward pass
+
+    def __post_init__(self):
+        problems = []
+        if self.input_size % self.patch_size:
+            problems.append(f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}")
+        if self.hidden_size % self.num_heads:
+            problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.hidden_size % 4:
+            problems.append(f"hidden_size {self.hidden_size} must be a multiple of 4 (2D sin-cos embedding)")
+        if self.dtype not in DTYPES or self.param_dtype not in DTYPES:
+            problems.append(f"dtype/param_dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}/{self.param_dtype!r}")
+        if self.attention not in ATTENTION:
+            problems.append(f"attention must be one of {ATTENTION}, got {self.attention!r}")
+        if self.attention == "cudnn" and self.dtype == "float32":
+            problems.append("attention='cudnn' needs dtype='bfloat16' or 'float16'")
+        if not 0 <= self.class_dropout_prob < 1:
+            problems.append(f"class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
+        for field in ("input_size", "patch_size", "in_channels", "depth", "num_heads", "num_classes"):
+            if getattr(self, field) < 1:
+                problems.append(f"{field} must be >= 1, got {getattr(self, field)}")
+        if problems:
+            raise ValueError("invalid DiT config: " + "; ".join(problems))
+
+    @property
+    def out_channels(self) -> int:
+        return 2 * self.in_channels if self.learn_sigma else self.in_channels
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.input_size // self.patch_size) ** 2
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def architecture(self) -> dict[str, Any]:
+        """The fields that fix the parameters' shapes and meaning (what a checkpoint must match)."""
+        keep = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads",
+                "mlp_ratio", "class_dropout_prob", "num_classes", "learn_sigma")
+        return {k: getattr(self, k) for k in keep}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DiTConfig":
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown DiT config keys {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(cls)]}")
+        return cls(**d)
+
+
+def parse_name(name: str) -> tuple[str, int]:
+    """'DiT-XL/2', 'XL/2' or 'DiT_XL_2' -> ('XL', 2)."""
+    m = re.fullmatch(r"(?:DiT[-_])?(S|B|L|XL)[/_](\d+)", name.strip())
+    if not m or int(m.group(2)) not in PATCHES:
+        raise ValueError(f"unknown model name {name!r}; expected one of {', '.join(MODEL_NAMES)} "
+                         "(or a custom DiTConfig)")
+    return m.group(1), int(m.group(2))
+
+
+def dit_config(name: str, **overrides) -> DiTConfig:
+    """The named config ('DiT-XL/2', ...) with any field overridden (input_size=64 for 512 px)."""
+    size, patch = parse_name(name)
+    depth, hidden, heads = SIZES[size]
+    return DiTConfig(**{"depth": depth, "hidden_size": hidden, "num_heads": heads, "patch_size": patch,
+                        **overrides})
+
+
+class DiT(nn.Module):
+    config: DiTConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, *, train: bool = False,
+                 force_drop: jax.Array | None = None) -> jax.Array:
+        """x: (B, H, W, C) NHWC, t: (B,) timesteps (0..999), y: (B,) int labels."""
+        cfg = self.config
+        dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        b, h, w, ch = x.shape
+        if (h, w, ch) != (cfg.input_size, cfg.input_size, cfg.in_channels):
+            raise ValueError(f"DiT expects inputs of shape (B, {cfg.input_size}, {cfg.input_size}, "
+                             f"{cfg.in_channels}) NHWC, got {x.shape}")
+        p, d = cfg.patch_size, cfg.hidden_size
+        gh, gw = h // p, w // p
+
+        # Patch embedding (a stride-p conv, written as a linear map of each flattened patch).
+        patches = x.reshape(b, gh, p, gw, p, ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p, p, ch)
+        tokens = Linear((d,), ("patch", "patch", "patch", "embed"), n_in_axes=3, name="x_embedder", **kw)(patches)
+        tokens = tokens + jnp.asarray(sincos_2d_pos_embed(d, gh), dtype)[None]
+        tokens = nn.with_logical_constraint(tokens, ("batch", "length", "embed"))
+
+        c = TimestepEmbedder(d, name="t_embedder", **kw)(t)
+        c = c + LabelEmbedder(cfg.num_classes, d, cfg.class_dropout_prob, name="y_embedder", **kw)(
+            y, train, force_drop)
+        c = nn.with_logical_constraint(c, ("batch", "embed"))
+
+        block_kwargs = dict(num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, attention=cfg.attention, **kw)
+        if cfg.scan_blocks:
+            body = nn.remat(ScanBlock, prevent_cse=False) if cfg.remat else ScanBlock
+            tokens, _ = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
+                                in_axes=nn.broadcast, length=cfg.depth,
+                                metadata_params={nn.PARTITION_NAME: "layers"})(block_kwargs, name="blocks")(tokens, c)
+        else:
+            block_cls = nn.remat(DiTBlock) if cfg.remat else DiTBlock
+            for i in range(cfg.depth):
+                tokens = block_cls(**block_kwargs, name=f"blocks_{i}")(tokens, c)
+
+        # Final layer: LN -> adaLN modulate -> zero-initialised linear to p*p*out_channels.
+        shift, scale = ada_ln(c, 2, name="final_adaLN", **kw)
+        out = Linear((p * p * cfg.out_channels,), ("embed", "patch"), kernel_init=nn.initializers.zeros_init(),
+                     name="final_linear", **kw)(modulate(layer_norm(tokens), shift, scale))
+        # Unpatchify in the reference's (h, w, p, q, c) order.
+        out = out.reshape(b, gh, gw, p, p, cfg.out_channels).transpose(0, 1, 3, 2, 4, 5)
+        return out.reshape(b, h, w, cfg.out_channels)
+
+
+def init_params(config: DiTConfig, key: jax.Array, batch: int = 1):
+    """Parameters (boxed with logical names stripped) for `config`."""
+    model = DiT(config)
+    x, t, y = example_inputs(config, batch)
+    return nn.unbox(model.init({"params": key}, x, t, y)["params"])
+
+
+def example_inputs(config: DiTConfig, batch: int = 1):
+    return (jnp.zeros((batch, config.input_size, config.input_size, config.in_channels), jnp.float32),
+            jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32))
+
+
+def abstract_params(config: DiTConfig, boxed: bool = False):
+    """Shapes/dtypes of the parameters without allocating them (jax.eval_shape)."""
+    model = DiT(config)
+    shapes = jax.eval_shape(lambda k: model.init({"params": k}, *example_inputs(config))["params"],
+                            jax.random.key(0))
+    return shapes if boxed else nn.unbox(shapes)
+
+
+def param_count(config: DiTConfig) -> int:
+    """Trainable parameters (the fixed position embedding is a constant, not counted)."""
+    return sum(int(x.size) for x in jax.tree.leaves(abstract_params(config)))
+
+
+def reference_param_count(config: DiTConfig) -> int:
+    """The PyTorch reference's count, which includes its frozen pos_embed parameter."""
+    return param_count(config) + config.num_tokens * config.hidden_size
+
+
+def forward_macs(config: DiTConfig) -> int:
+    """Multiply-accumulates of one forward pass for one example (the paper's "Gflops")."""
+    d, n, p, c = config.hidden_size, config.num_tokens, config.patch_size, config.in_channels
+    mlp = int(d * config.mlp_ratio)
+    per_block = (n * d * 3 * d          # qkv
+                 + 2 * n * n * d        # q k^T and attn v
+                 + n * d * d            # output projection
+                 + 2 * n * d * mlp      # fc1, fc2
+                 + 6 * d * d)           # adaLN modulation (per example)
+    embed = n * p * p * c * d + 256 * d + d * d
+    final = 2 * d * d + n * d * p * p * config.out_channels
+    return config.depth * per_block + embed + final

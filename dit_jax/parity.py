@@ -1,0 +1,190 @@
+"""Side-by-side comparison with the PyTorch reference (official `models.py` + `diffusion`).
+
+Both sides get the same weights (random ones with the zero-initialised layers randomised too, or
+a given checkpoint), the same inputs and the same noise; each row reports the largest absolute
+difference and the relative error max|ours - ref| / max|ref|. Used by tools/compare_torch.py and
+by the parity tests (with the PyTorch statement in tests/torch_reference standing in).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from contextlib import contextmanager
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dit_jax.convert.dit_torch import from_torch
+from dit_jax.diffusion.gaussian import create_diffusion
+from dit_jax.diffusion.samplers import apply_guidance, ddim_sample, p_sample
+from dit_jax.models.dit import DiT, DiTConfig
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    max_abs: float
+    rel: float
+    tol: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(np.isfinite(self.rel) and self.rel <= self.tol)
+
+
+def compare(name: str, ours, ref, tol: float) -> Row:
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    if ours.shape != ref.shape:
+        raise ValueError(f"{name}: shapes differ, ours {ours.shape} vs reference {ref.shape}")
+    diff = float(np.max(np.abs(ours - ref)))
+    return Row(name, diff, diff / max(float(np.max(np.abs(ref))), 1e-30), tol)
+
+
+def format_table(rows: list[Row]) -> str:
+    lines = [f"{'quantity':<38} {'max abs diff':>13} {'rel diff':>10} {'tolerance':>10}  result",
+             "-" * 82]
+    for r in rows:
+        lines.append(f"{r.name:<38} {r.max_abs:>13.3e} {r.rel:>10.2e} {r.tol:>10.0e}  {'ok' if r.ok else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def torch_model(models: types.ModuleType, config: DiTConfig):
+    """The reference DiT built with the same architecture as `config`."""
+    return models.DiT(input_size=config.input_size, patch_size=config.patch_size, in_channels=config.in_channels,
+                      hidden_size=config.hidden_size, depth=config.depth, num_heads=config.num_heads,
+                      mlp_ratio=config.mlp_ratio, class_dropout_prob=config.class_dropout_prob,
+                      num_classes=config.num_classes, learn_sigma=config.learn_sigma)
+
+
+def randomize_zero_layers(model, seed: int = 0, std: float = 0.02) -> int:
+    """Fill every all-zero parameter (adaLN, final layer, biases) with N(0, std): with them at zero
+    the blocks are identities and a comparison would prove little. Returns how many were filled."""
+    import torch
+    gen = torch.Generator().manual_seed(seed)
+    filled = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name != "pos_embed" and not torch.any(p != 0):
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+                filled += 1
+    return filled
+
+
+@contextmanager
+def fixed_randn_like(noise_nchw):
+    """Make the reference's `torch.randn_like` return the given noise (identical noise per step)."""
+    import torch
+    original = torch.randn_like
+    torch.randn_like = lambda x, *a, **k: noise_nchw.to(dtype=x.dtype).clone()
+    try:
+        yield
+    finally:
+        torch.randn_like = original
+
+
+def nchw(x):
+    import torch
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2)))
+
+
+def nhwc(t) -> np.ndarray:
+    return t.detach().cpu().numpy().transpose(0, 2, 3, 1)
+
+
+def run_comparison(models: types.ModuleType, diffusion_pkg: types.ModuleType, config: DiTConfig, *,
+                   state_dict: dict | None = None, batch: int = 4, sample_steps: int = 5, respacing: str = "250",
+                   cfg_scale: float = 1.5, seed: int = 0, tol: float = 1e-5, loss_tol: float = 5e-5,
+                   sample_tol: float = 1e-4,
+                   log: Callable[[str], None] = lambda s: None) -> list[Row]:
+    """Compare forward, guided forward, training loss terms and sampling steps. Returns rows.
+
+    The loss terms get their own tolerance: the t = 0 decoder NLL takes logs of differences of
+    CDFs, which amplifies float32 rounding; a sampling chain accumulates it over steps.
+    """
+    import torch
+    torch.manual_seed(seed)
+    ref = torch_model(models, config).eval()
+    if state_dict is not None:
+        ref.load_state_dict({k: torch.as_tensor(v) for k, v in state_dict.items()}, strict=True)
+    else:
+        log(f"random weights; {randomize_zero_layers(ref, seed)} zero-initialised tensors randomised")
+    params, _ = from_torch({k: v.detach().numpy() for k, v in ref.state_dict().items()}, config)
+    ours = DiT(dataclasses.replace(config, scan_blocks=False))
+
+    def apply(x, t, y, force_drop=None):
+        return ours.apply({"params": params}, x, t, y, force_drop=force_drop)
+    apply = jax.jit(apply)
+
+    rng = np.random.default_rng(seed)
+    shape = (batch, config.input_size, config.input_size, config.in_channels)
+    x = rng.standard_normal(shape).astype(np.float32)
+    t = rng.integers(0, 1000, batch).astype(np.int64)
+    t[0] = 0  # the decoder-NLL branch of the loss
+    y = rng.integers(0, config.num_classes, batch).astype(np.int64)
+    drop = np.arange(batch) % 2 == 1
+    null = config.num_classes
+    rows = []
+    with torch.no_grad():
+        tt, ty = torch.from_numpy(t), torch.from_numpy(y)
+        rows.append(compare("forward", apply(x, t, y), nhwc(ref(nchw(x), tt, ty)), tol))
+        y_dropped = torch.from_numpy(np.where(drop, null, y))
+        rows.append(compare("forward, forced label drop", apply(x, t, y, jnp.asarray(drop)),
+                            nhwc(ref(nchw(x), tt, y_dropped)), tol))
+        # Guided forward: batch [x; x] with labels [y; null], the reference's 3-channel quirk.
+        x2, t2, y2 = np.concatenate([x, x]), np.concatenate([t, t]), np.concatenate([y, np.full_like(y, null)])
+        guided = apply_guidance(apply(x2, t2, y2), cfg_scale, min(3, config.in_channels))
+        rows.append(compare(f"guided forward (cfg {cfg_scale})", guided,
+                            nhwc(ref.forward_with_cfg(nchw(x2), torch.from_numpy(t2), torch.from_numpy(y2),
+                                                      cfg_scale)), tol))
+
+        # Training loss terms for fixed x0, t, noise.
+        x0 = np.clip(rng.standard_normal(shape), -1.2, 1.2).astype(np.float32)
+        noise = rng.standard_normal(shape).astype(np.float32)
+        ref_d, our_d = diffusion_pkg.create_diffusion(""), create_diffusion("", learn_sigma=config.learn_sigma)
+        ref_terms = ref_d.training_losses(ref, nchw(x0), tt, model_kwargs=dict(y=ty), noise=nchw(noise))
+        our_terms = jax.jit(lambda: our_d.training_losses(lambda xt, tm: apply(xt, tm, y), x0, jnp.asarray(t),
+                                                          noise))()
+        for k in ("loss", "mse", "vb"):
+            if k in ref_terms:
+                rows.append(compare(f"training loss term '{k}'", our_terms[k], ref_terms[k].numpy(), loss_tol))
+
+        # Sampling steps with identical noise, from the top of a respaced chain.
+        ref_d, our_d = (diffusion_pkg.create_diffusion(respacing),
+                        create_diffusion(respacing, learn_sigma=config.learn_sigma))
+        step_noise = [rng.standard_normal(shape).astype(np.float32) for _ in range(sample_steps)]
+        for sampler in ("ddpm", "ddim"):
+            x_ref, x_ours = nchw(x), jnp.asarray(x)
+            for k in range(sample_steps):
+                i = our_d.num_timesteps - 1 - k
+                ti = np.full((batch,), i, np.int64)
+                out = apply(x_ours, our_d.model_timesteps(jnp.asarray(ti)), y)
+                if sampler == "ddpm":
+                    x_ours, _ = p_sample(our_d, out, x_ours, jnp.asarray(ti), jnp.asarray(step_noise[k]))
+                    with fixed_randn_like(nchw(step_noise[k])):
+                        x_ref = ref_d.p_sample(ref, x_ref, torch.from_numpy(ti), clip_denoised=False,
+                                               model_kwargs=dict(y=ty))["sample"]
+                else:
+                    x_ours, _ = ddim_sample(our_d, out, x_ours, jnp.asarray(ti), jnp.asarray(step_noise[k]))
+                    with fixed_randn_like(nchw(step_noise[k])):
+                        x_ref = ref_d.ddim_sample(ref, x_ref, torch.from_numpy(ti), clip_denoised=False,
+                                                  model_kwargs=dict(y=ty))["sample"]
+            rows.append(compare(f"{sample_steps} {sampler} steps ('{respacing}')", x_ours, nhwc(x_ref), sample_tol))
+
+        # Guided ancestral steps as in the reference's sample.py (doubled batch, cfg on 3 channels).
+        x_ref, x_ours = nchw(x2), jnp.asarray(x2)
+        for k in range(sample_steps):
+            i = our_d.num_timesteps - 1 - k
+            ti = np.full((2 * batch,), i, np.int64)
+            out = apply_guidance(apply(x_ours, our_d.model_timesteps(jnp.asarray(ti)), y2), cfg_scale,
+                                 min(3, config.in_channels))
+            n2 = np.concatenate([step_noise[k], step_noise[k]])
+            x_ours, _ = p_sample(our_d, out, x_ours, jnp.asarray(ti), jnp.asarray(n2))
+            with fixed_randn_like(nchw(n2)):
+                x_ref = ref_d.p_sample(ref.forward_with_cfg, x_ref, torch.from_numpy(ti), clip_denoised=False,
+                                       model_kwargs=dict(y=torch.from_numpy(y2), cfg_scale=cfg_scale))["sample"]
+        rows.append(compare(f"{sample_steps} guided ddpm steps (cfg {cfg_scale})", x_ours[:batch],
+                            nhwc(x_ref)[:batch], sample_tol))
+    return rows
