@@ -12,14 +12,15 @@ DEMO_MODEL = dict(input_size=32, patch_size=4, in_channels=3, hidden_size=192, d
                   num_classes=10)
 
 
-def _model_config(args):
+def _model_config(args, default=None):
+    """The named model (--model) with the size overrides given, else `default` with them, else None."""
     from dit_jax.models.dit import DiTConfig, dit_config
     overrides = {k: v for k, v in dict(input_size=args.input_size, num_classes=args.num_classes,
                                        in_channels=args.in_channels, num_heads=args.num_heads).items()
                  if v is not None}
     if args.model:
         return dit_config(args.model, **overrides)
-    return None if not overrides else DiTConfig(**{**DEMO_MODEL, **overrides})
+    return None if default is None else DiTConfig(**{**default, **overrides})
 
 
 def cmd_sample(args) -> int:
@@ -28,7 +29,7 @@ def cmd_sample(args) -> int:
     import numpy as np
 
     from dit_jax.diffusion.gaussian import create_diffusion
-    from dit_jax.models.dit import DiTConfig, init_params
+    from dit_jax.models.dit import init_params
     from dit_jax.sample import make_sampler, save_grid, to_uint8
     from dit_jax.weights import load_weights
 
@@ -36,7 +37,7 @@ def cmd_sample(args) -> int:
         params, config = load_weights(args.weights, _model_config(args))
         source = f"weights from {args.weights}"
     else:
-        config = _model_config(args) or DiTConfig(**DEMO_MODEL)
+        config = _model_config(args, default=DEMO_MODEL)
         params = init_params(config, jax.random.key(args.seed))
         source = ("a RANDOMLY INITIALISED model (no --weights given): the pictures show the sampler "
                   "running, not a trained model")
@@ -80,10 +81,11 @@ def cmd_convert(args) -> int:
         print(f"wrote PyTorch state dict of {dit_torch.config_name(config)} to {args.out}")
         return 0
     if args.from_torch:
-        params, config = dit_torch.from_torch(torch_io.load_state_dict(args.from_torch, args.key), config)
+        params, config = dit_torch.from_torch(torch_io.load_state_dict(args.from_torch, args.key), config,
+                                              args.num_heads)
     else:
         sd = torch_io.load_diffusers_state_dict(args.from_diffusers)
-        params, config = dit_torch.from_diffusers(sd, config, sample_size=args.sample_size)
+        params, config = dit_torch.from_diffusers(sd, config, args.sample_size, args.num_heads)
     path = save_weights(args.out, params, config, force=args.force)
     print(f"wrote {dit_torch.config_name(config)} weights to {path}")
     print(json.dumps(config.architecture()))

@@ -143,7 +143,8 @@ def run_comparison(models: types.ModuleType, diffusion_pkg: types.ModuleType, co
         # Training loss terms for fixed x0, t, noise.
         x0 = np.clip(rng.standard_normal(shape), -1.2, 1.2).astype(np.float32)
         noise = rng.standard_normal(shape).astype(np.float32)
-        ref_d, our_d = diffusion_pkg.create_diffusion(""), create_diffusion("", learn_sigma=config.learn_sigma)
+        ref_d = diffusion_pkg.create_diffusion("", learn_sigma=config.learn_sigma)
+        our_d = create_diffusion("", learn_sigma=config.learn_sigma)
         ref_terms = ref_d.training_losses(ref, nchw(x0), tt, model_kwargs=dict(y=ty), noise=nchw(noise))
         our_terms = jax.jit(lambda: our_d.training_losses(lambda xt, tm: apply(xt, tm, y), x0, jnp.asarray(t),
                                                           noise))()
@@ -152,7 +153,7 @@ def run_comparison(models: types.ModuleType, diffusion_pkg: types.ModuleType, co
                 rows.append(compare(f"training loss term '{k}'", our_terms[k], ref_terms[k].numpy(), loss_tol))
 
         # Sampling steps with identical noise, from the top of a respaced chain.
-        ref_d, our_d = (diffusion_pkg.create_diffusion(respacing),
+        ref_d, our_d = (diffusion_pkg.create_diffusion(respacing, learn_sigma=config.learn_sigma),
                         create_diffusion(respacing, learn_sigma=config.learn_sigma))
         step_noise = [rng.standard_normal(shape).astype(np.float32) for _ in range(sample_steps)]
         for sampler in ("ddpm", "ddim"):

@@ -86,14 +86,17 @@ def config_name(cfg: DiTConfig) -> str:
     return f"custom DiT (depth {cfg.depth}, hidden {cfg.hidden_size}, patch {cfg.patch_size})"
 
 
-def _heads_for(depth: int, hidden: int, given: DiTConfig | None) -> int:
+def _heads_for(hidden: int, given: DiTConfig | None, num_heads: int | None) -> int:
+    """Heads cannot be read off the weights: from the config, the caller, or the named sizes."""
     if given is not None:
         return given.num_heads
-    for d, h, n in SIZES.values():
-        if (d, h) == (depth, hidden):
+    if num_heads is not None:
+        return num_heads
+    for _, h, n in SIZES.values():
+        if h == hidden:
             return n
-    raise ValueError(f"cannot infer the number of heads of a checkpoint with {depth} blocks and hidden size "
-                     f"{hidden} (not a named DiT): pass a config (e.g. --num-heads) for it")
+    raise ValueError(f"cannot infer the number of heads of a checkpoint with hidden size {hidden} (not a named "
+                     "DiT size): pass num_heads (--num-heads) or a config (--model)")
 
 
 def check_config_matches(inferred: DiTConfig, given: DiTConfig | None) -> DiTConfig:
@@ -116,7 +119,8 @@ def _need(sd: Mapping[str, Array], name: str, hint: str) -> Array:
     return sd[name]
 
 
-def infer_config(sd: Mapping[str, Array], config: DiTConfig | None = None) -> DiTConfig:
+def infer_config(sd: Mapping[str, Array], config: DiTConfig | None = None,
+                 num_heads: int | None = None) -> DiTConfig:
     """The model config of an official-format state dict, checked against `config` if given."""
     hint = "this is not an official DiT state dict (for diffusers weights use from_diffusers)"
     w = _need(sd, "x_embedder.proj.weight", hint)
@@ -135,7 +139,7 @@ def infer_config(sd: Mapping[str, Array], config: DiTConfig | None = None) -> Di
     dropout = config.class_dropout_prob if config is not None else 0.1
     inferred = DiTConfig(
         input_size=grid * p, patch_size=p, in_channels=in_ch, hidden_size=hidden, depth=depth,
-        num_heads=_heads_for(depth, hidden, config), mlp_ratio=fc1.shape[0] / hidden,
+        num_heads=_heads_for(hidden, config, num_heads), mlp_ratio=fc1.shape[0] / hidden,
         class_dropout_prob=dropout, num_classes=rows - int(dropout > 0), learn_sigma=out == 2 * in_ch)
     return check_config_matches(inferred, config)
 
@@ -151,10 +155,11 @@ def _check_shapes(params: dict, cfg: DiTConfig) -> None:
         raise ValueError(f"converted parameters do not match {config_name(cfg)}'s shapes (first entries: {bad})")
 
 
-def from_torch(sd: Mapping[str, Array], config: DiTConfig | None = None) -> tuple[dict, DiTConfig]:
+def from_torch(sd: Mapping[str, Array], config: DiTConfig | None = None,
+               num_heads: int | None = None) -> tuple[dict, DiTConfig]:
     """Official state dict -> (params, config). Unknown or missing names are errors."""
     sd = {k: np.asarray(v) for k, v in sd.items()}
-    cfg = infer_config(sd, config)
+    cfg = infer_config(sd, config, num_heads)
     params: dict = {}
     used = {"pos_embed"}
     for name, path, fwd, _ in _all_entries(cfg):
@@ -231,8 +236,9 @@ def diffusers_to_official(sd: Mapping[str, Array], check_copies: bool = True) ->
             for key in [k for k in sd if k.startswith(emb.format(i=0))]:
                 other = key.replace(emb.format(i=0), emb.format(i=i))
                 if not np.array_equal(sd[key], sd[other]):
-                    raise ValueError(f"diffusers block {i}'s embedder copy differs from block 0's ({other}); "
-                                     "the official model has one shared embedder")
+                    raise ValueError(f"diffusers block {i}'s embedder copy differs from block 0's ({other}): "
+                                     "these weights were not converted from an official DiT, whose blocks share "
+                                     "one timestep/label embedder, so the DiT architecture cannot hold them")
         for leaf in ("weight", "bias"):
             out[f"blocks.{i}.attn.qkv.{leaf}"] = np.concatenate(
                 [sd[f"{b}attn1.to_{x}.{leaf}"] for x in "qkv"], axis=0)
@@ -244,7 +250,7 @@ def diffusers_to_official(sd: Mapping[str, Array], check_copies: bool = True) ->
 
 
 def from_diffusers(sd: Mapping[str, Array], config: DiTConfig | None = None,
-                   sample_size: int | None = None) -> tuple[dict, DiTConfig]:
+                   sample_size: int | None = None, num_heads: int | None = None) -> tuple[dict, DiTConfig]:
     """diffusers DiTTransformer2DModel state dict -> (params, config).
 
     diffusers state dicts hold no position table, so the latent size comes from `config` or
@@ -257,11 +263,4 @@ def from_diffusers(sd: Mapping[str, Array], config: DiTConfig | None = None,
         p = official["x_embedder.proj.weight"].shape[2]
         official["pos_embed"] = sincos_2d_pos_embed(official["x_embedder.proj.weight"].shape[0],
                                                     sample_size // p)[None]
-    return from_torch(official, config)
-
-
-def named_config(name_or_config: str | DiTConfig | None, **overrides) -> DiTConfig | None:
-    if name_or_config is None or isinstance(name_or_config, DiTConfig):
-        return name_or_config
-    return dit_config(name_or_config, **overrides)
-
+    return from_torch(official, config, num_heads)
