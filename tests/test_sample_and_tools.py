@@ -22,9 +22,8 @@ TINY = DiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=32, dept
 def test_uint8_conversion_is_the_reference_truncation():
     x = np.array([-1.0, -0.999, 0.0, 0.5, 0.9999, 1.0, 2.0])
     np.testing.assert_array_equal(to_uint8(x), [0, 0, 128, 191, 255, 255, 255])
-    # Truncation, not rounding: -0.0041 -> 127.48 -> 127, where round((x + 1) / 2 * 255) gives 128.
-    assert to_uint8(np.array([-0.0041]))[0] == 127
-    assert round((-0.0041 + 1) / 2 * 255) == 128
+    # Truncation, not rounding: 127.5 * 0.0227 + 128 = 130.89 -> 130.
+    assert to_uint8(np.array([0.0227]))[0] == 130
 
 
 def test_grid_layout():
