@@ -92,6 +92,19 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    """Parameter counts and forward MACs of the named models (the paper's Table 4)."""
+    from dit_jax.models.dit import MODEL_NAMES, dit_config, forward_macs, param_count
+    print(f"{'model':<10} {'input':>5} {'params':>13} {'ref. params*':>13} {'fwd GMACs':>10}")
+    for name in MODEL_NAMES:
+        cfg = dit_config(name, input_size=args.input_size or 32)
+        n = param_count(cfg)
+        print(f"{name:<10} {cfg.input_size:>5} {n:>13,} {n + cfg.num_tokens * cfg.hidden_size:>13,} "
+              f"{forward_macs(cfg) / 1e9:>10.2f}")
+    print("* the PyTorch reference counts its frozen sin-cos position table as a parameter; here it is a constant")
+    return 0
+
+
 def cmd_not_built(name: str, issue: str):
     def run(args) -> int:
         print(f"error: `dit-jax {name}` is not available in this version yet ({issue}).", file=sys.stderr)
@@ -138,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
     _add_model_args(c)
     c.set_defaults(func=cmd_convert)
+
+    m = sub.add_parser("models", help="parameter counts and forward MACs of the named models")
+    m.add_argument("--input-size", type=int, help="latent side (32 = 256 px, 64 = 512 px)")
+    m.set_defaults(func=cmd_models)
 
     for name, issue in (("train", "the training loop is under construction"),
                         ("evaluate", "FID/sFID/IS/precision/recall are under construction")):

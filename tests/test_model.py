@@ -33,6 +33,15 @@ def test_counts_match_paper_table4(name):
 
 def test_xl2_reference_count_exact():
     assert reference_param_count(dit_config("DiT-XL/2")) == 675_129_632
+    # 512 px (64x64 latents): the paper's 524.6 GMACs.
+    assert abs(forward_macs(dit_config("DiT-XL/2", input_size=64)) / 1e9 - 524.6) / 524.6 < 0.01
+
+
+def test_models_command_prints_the_table(capsys):
+    from dit_jax.cli import main
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "DiT-XL/2" in out and "675,129,632" in out and "118.62" in out
 
 
 def test_param_counts_equal_reference_statement(reference):
