@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -105,6 +106,45 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _repo_config(name: str) -> str:
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: pass --config PATH (the configs/ folder of the dit-jax checkout)")
+    return path
+
+
+def cmd_train(argv: list[str]) -> int:
+    """Parsed with absl + ml_collections so that `--config.batch_size=64` overrides are typed."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    flags.DEFINE_string("workdir", "workdir/demo", "run directory: checkpoints, samples, metrics (resumed if present)")
+    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host; auto-detects "
+                      "TPU pods and SLURM, else set --coordinator/--num_processes/--process_id)")
+    flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-host without auto-detection)")
+    flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)")
+    flags.DEFINE_integer("process_id", None, "this process's index (multi-host)")
+    argv = ["dit-jax train"] + argv
+    try:
+        config_flags.DEFINE_config_file("config", _repo_config("demo.py"), "config file, e.g. configs/dit.py:XL/2",
+                                        lock_config=True, sys_argv=argv)
+        flags.FLAGS(argv)
+    except AttributeError as e:  # an unknown --config.key: ml_collections says which and suggests one
+        m = re.search(r'Did you mean "([\w.]+)" instead of "([\w.]+)"', str(e))
+        hint = f"{m.group(2)!r}; did you mean {m.group(1)!r}?" if m else str(e)
+        raise ValueError(f"unknown config key {hint}") from None
+    f = flags.FLAGS
+    if f.distributed or f.coordinator:
+        import jax
+        jax.distributed.initialize(f.coordinator, f.num_processes, f.process_id)
+    from dit_jax.train.loop import Preempted, train_and_evaluate
+    try:
+        train_and_evaluate(f.config, f.workdir)
+    except Preempted:
+        return 0
+    return 0
+
+
 def cmd_not_built(name: str, issue: str):
     def run(args) -> int:
         print(f"error: `dit-jax {name}` is not available in this version yet ({issue}).", file=sys.stderr)
@@ -156,19 +196,30 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--input-size", type=int, help="latent side (32 = 256 px, 64 = 512 px)")
     m.set_defaults(func=cmd_models)
 
-    for name, issue in (("train", "the training loop is under construction"),
-                        ("evaluate", "FID/sFID/IS/precision/recall are under construction")):
+    # `train` is dispatched in main() before argparse; listed here for --help.
+    sub.add_parser("train", help="train (default: the laptop demo); --config configs/dit.py:XL/2 --workdir DIR "
+                                 "--config.batch_size=...")
+
+    for name, issue in (("evaluate", "FID/sFID/IS/precision/recall are under construction"),):
         p = sub.add_parser(name, help=f"(not available yet: {issue})")
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=cmd_not_built(name, issue))
     return parser
 
 
+def flags_error():
+    from absl.flags import Error
+    return Error
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv[:1] == ["train"]:  # absl parses the rest: --config=FILE:ARG and typed --config.x=y overrides
+            return cmd_train(argv[1:])
+        args = build_parser().parse_args(argv)
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as e:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError, flags_error()) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         return 2

@@ -78,6 +78,8 @@ class GaussianDiffusion:
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
             raise ValueError("betas must be a 1-D array in (0, 1]")
+        if len(betas) < 2:
+            raise ValueError("a diffusion needs at least 2 steps (the clipped posterior variance uses step 1)")
         self.mean_type, self.var_type, self.loss_type = mean_type, var_type, loss_type
         self.num_timesteps = len(betas)
         self.timestep_map = (np.arange(self.num_timesteps) if timestep_map is None

@@ -15,7 +15,10 @@ def space_timesteps(num_timesteps: int, section_counts: str | int | list[int]) -
     if isinstance(section_counts, str):
         spec = section_counts.strip()
         if spec.startswith("ddim"):
-            desired = int(spec[len("ddim"):])
+            try:
+                desired = int(spec[len("ddim"):])
+            except ValueError:
+                raise ValueError(f"bad respacing spec {section_counts!r}: 'ddimN' needs an integer N, e.g. 'ddim50'") from None
             for stride in range(1, num_timesteps):
                 if len(range(0, num_timesteps, stride)) == desired:
                     return list(range(0, num_timesteps, stride))
