@@ -30,7 +30,7 @@ MODEL_NAMES = tuple(f"DiT-{s}/{p}" for s in ("XL", "L", "B", "S") for p in PATCH
 
 # Logical axis names used on parameters and activations (the sharding rules map these).
 LOGICAL_AXES = ("batch", "length", "embed", "embed_in", "heads", "kv", "qkv", "mlp", "classes",
-                "freq", "patch", "layers")
+                "freq", "patch", "patch_h", "patch_w", "in_ch", "layers")
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ATTENTION = ("xla", "cudnn")
@@ -144,7 +144,7 @@ class DiT(nn.Module):
 
         # Patch embedding (a stride-p conv, written as a linear map of each flattened patch).
         patches = x.reshape(b, gh, p, gw, p, ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p, p, ch)
-        tokens = Linear((d,), ("patch", "patch", "patch", "embed"), n_in_axes=3, name="x_embedder", **kw)(patches)
+        tokens = Linear((d,), ("patch_h", "patch_w", "in_ch", "embed"), n_in_axes=3, name="x_embedder", **kw)(patches)
         tokens = tokens + jnp.asarray(sincos_2d_pos_embed(d, gh), dtype)[None]
         tokens = nn.with_logical_constraint(tokens, ("batch", "length", "embed"))
 
