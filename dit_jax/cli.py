@@ -34,7 +34,13 @@ def cmd_sample(args) -> int:
     from dit_jax.sample import make_sampler, save_grid, to_uint8
     from dit_jax.weights import load_weights
 
-    if args.weights:
+    if args.weights and args.workdir:
+        raise ValueError("give --weights or --workdir, not both")
+    if args.workdir:
+        from dit_jax.train.checkpoint import load_ema
+        params, config, step = load_ema(args.workdir)
+        source = f"the EMA weights of {args.workdir} at step {step}"
+    elif args.weights:
         params, config = load_weights(args.weights, _model_config(args))
         source = f"weights from {args.weights}"
     else:
@@ -61,7 +67,7 @@ def cmd_sample(args) -> int:
           f"({args.cfg_mode}): {dt:.1f} s including compilation ({args.num / dt:.2f} img/s)")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     if config.in_channels in (1, 3):
-        save_grid(to_uint8(samples), args.out, upscale=args.upscale)
+        save_grid(to_uint8(samples), args.out, nrow=args.nrow, upscale=args.upscale)
         print(f"wrote {args.out} (classes {labels})")
     else:
         path = os.path.splitext(args.out)[0] + ".npz"
@@ -90,6 +96,17 @@ def cmd_convert(args) -> int:
     path = save_weights(args.out, params, config, force=args.force)
     print(f"wrote {dit_torch.config_name(config)} weights to {path}")
     print(json.dumps(config.architecture()))
+    return 0
+
+
+def cmd_build_dataset(args) -> int:
+    """A class-per-subfolder image directory -> a TFDS ArrayRecord dataset for training."""
+    from dit_jax.data.digits import default_data_dir
+    from dit_jax.data.image_folder import build_image_folder
+    data_dir = args.data_dir or default_data_dir()
+    path = build_image_folder(args.src_dir, data_dir, args.name)
+    print(f"dataset {args.name!r} in {path}; train on it with --config.data.name={args.name} "
+          f"--config.data.data_dir={data_dir}")
     return 0
 
 
@@ -166,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="class-conditional sample grid (PNG)")
     s.add_argument("--weights", help="weights directory written by `dit-jax convert` (default: random init)")
+    s.add_argument("--workdir", help="a training run: sample from its latest checkpoint's EMA weights")
     _add_model_args(s)
     s.add_argument("--num", type=int, default=16)
     s.add_argument("--classes", help="comma-separated class ids (default: random)")
@@ -177,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference: guide the first 3 channels (the reference's quirk); all: every eps channel")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--upscale", type=int, default=4, help="nearest-neighbour upscale of the PNG")
+    s.add_argument("--nrow", type=int, default=None, help="images per grid row (default: square)")
     s.add_argument("--out", default="samples/sample_grid.png")
     s.set_defaults(func=cmd_sample)
 
@@ -191,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
     _add_model_args(c)
     c.set_defaults(func=cmd_convert)
+
+    b = sub.add_parser("build-dataset", help="turn a class-per-subfolder image directory into a TFDS dataset")
+    b.add_argument("src_dir", help="root/<class_name>/*.png|jpg|...")
+    b.add_argument("--name", required=True, help="dataset name (snake_case)")
+    b.add_argument("--data_dir", "--data-dir", dest="data_dir", default="",
+                   help="TFDS data dir (default ~/.cache/dit_jax/tfds or $DIT_JAX_DATA_DIR)")
+    b.set_defaults(func=cmd_build_dataset)
 
     m = sub.add_parser("models", help="parameter counts and forward MACs of the named models")
     m.add_argument("--input-size", type=int, help="latent side (32 = 256 px, 64 = 512 px)")

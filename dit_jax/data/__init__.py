@@ -1,0 +1,1 @@
+"""Input data: TFDS ArrayRecord datasets (the digits demo set, image folders) read through Grain."""

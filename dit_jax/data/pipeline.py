@@ -1,0 +1,219 @@
+"""Training input: a TFDS ArrayRecord source read through Grain, per host, handed to JAX as global arrays.
+
+    source = open_source(name, data_dir, split)       # random access, no TensorFlow
+    loader = make_train_loader(config.data, global_batch_size, seed)
+    it = iter(loader)                                  # it.get_state() / it.set_state(), or Orbax through
+                                                       # grain.checkpoint.CheckpointSave / CheckpointRestore
+    batch = to_global(next(it), sharding)              # {'image': (B, H, W, C) in [-1, 1], 'label': (B,)}
+    close(it)                                          # stops its worker processes
+
+Each host reads its own part of every global batch (`ShardByJaxProcess`): the shuffled, endlessly
+repeated index stream is dealt round-robin across hosts, so the hosts' records are disjoint and
+together cover every epoch. Decoding, the ADM crop and the flip run in Grain worker processes; the
+flip's randomness comes from Grain's per-record generator, seeded from the loader seed and the
+record's position in the stream, so a seed fixes the data order and augmentation, and a saved
+iterator state resumes both exactly. With workers, each worker batches its own slice of the stream, so
+the order also depends on worker_count; a saved state restores only into a loader with the same
+source, seed and worker_count (Grain checks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+import grain
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from dit_jax.data import preprocess
+from dit_jax.data.digits import NAME as DIGITS, default_data_dir, ensure_digits
+from dit_jax.data.image_folder import LAYOUT
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The named dataset is not prepared in the data_dir; the message says how to prepare it."""
+
+
+def _how_to_prepare(name: str, data_dir: str) -> str:
+    if name.startswith("imagenet2012"):
+        return (
+            "ImageNet cannot be downloaded automatically. Either\n"
+            "  (a) download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-net.org into "
+            "MANUAL_DIR and run\n"
+            f"      tfds build imagenet2012 --manual_dir MANUAL_DIR --data_dir {data_dir} --file_format array_record\n"
+            "      (TFDS's own imagenet2012 build may need TensorFlow installed; reading it here does not), or\n"
+            "  (b) extract the training images into class folders (" + LAYOUT + ") and run\n"
+            f"      dit-jax build-dataset SRC_DIR --name imagenet_folder --data_dir {data_dir}\n"
+            "      then train with --config.data.name=imagenet_folder.")
+    return (f"Build it into {data_dir} with TFDS (`tfds build {name} --data_dir {data_dir} --file_format "
+            f"array_record`), or from an image folder ({LAYOUT}) with "
+            f"`dit-jax build-dataset SRC_DIR --name {name} --data_dir {data_dir}`, or point data.data_dir at the "
+            "directory that holds it.")
+
+
+def open_source(name: str, data_dir: str, split: str = "train"):
+    """A random-access source of {'image', 'label', ...} records of a TFDS ArrayRecord dataset, without TF.
+
+    'digits' is built on first use. Images stored encoded (tfds.features.Image) come back as their bytes
+    (tfds.decode.SkipDecoding) and are decoded by the pipeline, where PIL converts every image to the
+    configured channels; raw Tensor images come back as uint8 arrays.
+    """
+    data_dir = data_dir or default_data_dir()
+    if name == DIGITS:
+        ensure_digits(data_dir)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        prepared = builder.is_prepared()
+    except Exception as e:  # noqa: BLE001 -- unknown name, no files, or a catalog builder that fails to load.
+        raise DatasetNotFoundError(f"dataset {name!r} not found in data_dir {data_dir!r} ({type(e).__name__}: "
+                                   f"{str(e).splitlines()[0] if str(e) else ''}).\n"
+                                   + _how_to_prepare(name, data_dir)) from e
+    if not prepared:
+        raise DatasetNotFoundError(f"dataset {name!r} is not prepared in data_dir {data_dir!r} (looked for "
+                                   f"{builder.data_dir}).\n" + _how_to_prepare(name, data_dir))
+    features = builder.info.features
+    missing = {"image", "label"} - set(features.keys())
+    if missing:
+        raise ValueError(f"dataset {name!r} has features {sorted(features.keys())}; training needs 'image' and "
+                         f"'label' (missing {sorted(missing)})")
+    decoders = {"image": tfds.decode.SkipDecoding()} if isinstance(features["image"], tfds.features.Image) else None
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=False, decoders=decoders)
+    except Exception as e:  # noqa: BLE001
+        formats = builder.info.file_format
+        raise ValueError(f"cannot read split {split!r} of {name!r} in {data_dir!r} as a data source (splits "
+                         f"{sorted(builder.info.splits.keys())}, file format {formats}; tfds.data_source reads "
+                         f"only ArrayRecord: rebuild with --file_format array_record): {e}") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyedSource:
+    """A source whose records carry their own key, so errors can name the bad record."""
+
+    source: Any
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: int) -> dict:
+        return {**self.source[key], "_key": int(key)}
+
+    def __repr__(self) -> str:  # Grain checks a restored state against repr(source): keep it stable.
+        return f"KeyedSource({self.source!r})"
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeCrop(grain.transforms.Map):
+    """Record -> {'image': uint8 (S, S, C), 'label': int32}: decode, check the label, ADM crop to S."""
+
+    image_size: int
+    channels: int
+    num_classes: int
+
+    def map(self, element: dict) -> dict:
+        label = int(element["label"])
+        if not 0 <= label < self.num_classes:
+            raise ValueError(f"record {element['_key']} has label {label}, outside [0, {self.num_classes}) "
+                             f"= data.num_classes: the config and the dataset disagree")
+        image = element["image"]
+        if isinstance(image, (bytes, np.bytes_)):
+            image = preprocess.decode_image(image, self.channels)
+        else:
+            image = preprocess.to_channels(np.asarray(image, np.uint8), self.channels)
+        if image.shape[:2] != (self.image_size, self.image_size):
+            # On an image already at the target size the ADM crop is the identity, so it is skipped there.
+            image = preprocess.adm_center_crop(image, self.image_size)
+        return {"image": image, "label": np.int32(label)}
+
+
+class RandomFlip(grain.transforms.RandomMap):
+    """Horizontal flip with probability 1/2 from Grain's per-record generator (deterministic given the seed)."""
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        return {**element, "image": preprocess.random_flip(element["image"], rng)}
+
+
+class ToFloat(grain.transforms.Map):
+    """Batch of uint8 images -> float32 in [-1, 1]."""
+
+    def map(self, batch: dict) -> dict:
+        return {"image": preprocess.to_float(batch["image"]), "label": batch["label"]}
+
+
+def _field(data: Mapping | Any, name: str, default: Any = dataclasses.MISSING) -> Any:
+    """data.name for a ConfigDict or a dict; `default` when the field is optional and absent."""
+    if name in data:
+        return data[name]
+    if default is dataclasses.MISSING:
+        raise KeyError(f"data config has no field {name!r}")
+    return default
+
+
+def _ensure_flags_parsed() -> None:
+    """Grain's worker processes read absl flags; outside absl.app.run nobody has parsed them yet."""
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_train_loader(data, global_batch_size: int, seed: int, *,
+                      shard_options: grain.sharding.ShardOptions | None = None,
+                      source=None) -> grain.DataLoader:
+    """The endless, shuffled training loader of this host: batches {'image': float32 (B_local, S, S, C) in
+    [-1, 1], 'label': int32 (B_local,)}, B_local = global_batch_size / number of hosts.
+
+    `data` (ConfigDict or dict): name, data_dir ('' = default), split, image_size, channels, num_classes,
+    random_flip, worker_count, worker_buffer_size; optional read_threads, read_buffer_size (Grain's
+    ReadOptions). `shard_options` defaults to one shard per JAX process; `source` replaces the TFDS source
+    (tests).
+    """
+    shard_options = shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    if global_batch_size % shard_options.shard_count:
+        raise ValueError(f"global batch size {global_batch_size} is not divisible by the {shard_options.shard_count} "
+                         "data shards (JAX processes)")
+    local_batch_size = global_batch_size // shard_options.shard_count
+    if source is None:
+        source = open_source(_field(data, "name"), _field(data, "data_dir", ""), _field(data, "split", "train"))
+    if not len(source):
+        raise ValueError(f"data source {source!r} is empty")
+    operations = [DecodeCrop(int(_field(data, "image_size")), int(_field(data, "channels")),
+                             int(_field(data, "num_classes")))]
+    if _field(data, "random_flip"):
+        operations.append(RandomFlip())
+    # Batch uint8 and convert once per batch: cheaper than per image.
+    operations += [grain.transforms.Batch(local_batch_size, drop_remainder=True), ToFloat()]
+    worker_count = int(_field(data, "worker_count", 0))
+    if worker_count:
+        _ensure_flags_parsed()
+    # Grain wants a 32-bit seed; shuffling and the per-record generators both derive from it.
+    sampler = grain.samplers.IndexSampler(num_records=len(source), shuffle=True, num_epochs=None,
+                                          seed=int(seed) % 2**32)
+    # Grain's default of 16 reader threads suits remote files; on a 2-core laptop they fight over the GIL
+    # (digits: 3x slower than 2 threads), so the default is capped at the CPU count.
+    read_options = grain.ReadOptions(
+        num_threads=int(_field(data, "read_threads", min(16, os.cpu_count() or 1))),
+        prefetch_buffer_size=int(_field(data, "read_buffer_size", grain.ReadOptions().prefetch_buffer_size)))
+    # shard_options go to the DataLoader only: it deals the sampler's stream to the shards itself, so a
+    # sharded sampler would shard twice.
+    return grain.DataLoader(data_source=KeyedSource(source), sampler=sampler, operations=operations,
+                            worker_count=worker_count, worker_buffer_size=int(_field(data, "worker_buffer_size", 1)),
+                            shard_options=shard_options, read_options=read_options)
+
+
+def close(iterator) -> None:
+    """Stops a loader iterator's worker processes and reader threads now.
+
+    Grain 0.2.18's DataLoaderIterator has no public close; left to the garbage collector at interpreter
+    exit, its worker teardown prints tracebacks.
+    """
+    inner = getattr(iterator, "_iterator", None)
+    if inner is not None and hasattr(inner, "close"):
+        inner.close()
+
+
+def to_global(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+    """This host's batch -> global jax.Arrays whose leading dim is local batch x process count."""
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}

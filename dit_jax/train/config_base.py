@@ -1,0 +1,74 @@
+"""Every field a training config has, with the paper's values as defaults.
+
+Config files in configs/ start from `base_config()` and change what differs; ml_collections then
+type-checks command-line overrides (`--config.batch_size=64`) against these fields.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from dit_jax.models.dit import DiTConfig, dit_config
+
+
+def model_fields(name: str, **overrides) -> ml_collections.ConfigDict:
+    """config.model for a named DiT ('XL/2'), all architecture fields spelled out."""
+    cfg = dit_config(name, **overrides)
+    return ml_collections.ConfigDict({"name": f"DiT-{name.replace('DiT-', '')}", **cfg.to_dict()})
+
+
+def to_dit_config(model: ml_collections.ConfigDict) -> DiTConfig:
+    fields = dict(model)
+    fields.pop("name", None)
+    return DiTConfig.from_dict(fields)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = model_fields("XL/2")
+    c.diffusion = ml_collections.ConfigDict(dict(num_timesteps=1000, noise_schedule="linear"))
+
+    c.data = ml_collections.ConfigDict(dict(
+        name="imagenet2012", data_dir="", split="train", image_size=256, channels=3, num_classes=1000,
+        random_flip=True, worker_count=4, worker_buffer_size=2,
+        latents=""))  # "" trains on pixels; "sd-vae-ft-ema"/"sd-vae-ft-mse" on VAE latents
+
+    # AdamW, constant lr 1e-4, no weight decay, default betas, no warmup, no clipping (the paper).
+    c.optim = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+                                             warmup_steps=0, grad_clip=0.0))
+    c.batch_size = 256            # global, over all devices and hosts
+    c.total_steps = 400_000
+    c.ema_decay = 0.9999
+
+    # Mesh: pure data parallel by default; set mesh.fsdp > 1 to shard params/optimizer/EMA.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+    c.log_every = 100
+    c.checkpoint_every = 10_000
+    c.keep_checkpoints = 3
+    c.async_checkpointing = True
+
+    # EMA sample grids written as PNG every `sample_every` steps (0: never).
+    c.sample = ml_collections.ConfigDict(dict(every=50_000, num=16, steps="250", sampler="ddpm", cfg_scale=4.0,
+                                              cfg_mode="reference"))
+    # Quality scores on EMA samples at the end of training ("digits": the demo's classifier).
+    c.eval = ml_collections.ConfigDict(dict(kind="", num_samples=0, batch_size=100, steps="250", cfg_scale=1.5,
+                                            cfg_mode="reference"))
+    # Start from converted weights (a `dit-jax convert` output directory) instead of random init.
+    c.init_weights = ""
+    # MFU: peak dense FLOP/s per device; 0 picks it from the device kind when known.
+    c.peak_tflops_per_device = 0.0
+    return c
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """'configs/dit.py:XL/2' -> that file's get_config('XL/2') (what --config does, for Python use)."""
+    import importlib.util
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("dit_jax_config", path)
+    if module_spec is None or not path.endswith(".py"):
+        raise FileNotFoundError(f"config file {path!r} not found (expected e.g. configs/dit.py:XL/2)")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()

@@ -1,0 +1,223 @@
+"""The one training loop: mesh -> data -> model -> shardings -> jit -> loop.
+
+The same program runs on a laptop, an 8-device CPU mesh, or every host of a pod slice: each host
+feeds its slice of the global batch, the jitted step runs on all devices, checkpoints are
+written by all hosts together, and a restart with the same workdir resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dit_jax.diffusion.gaussian import create_diffusion
+from dit_jax.models.dit import DiT, forward_macs
+from dit_jax.parallel.sharding import LOGICAL_RULES, batch_divisor, batch_sharding, logical_shardings, make_mesh, replicated
+from dit_jax.train import checkpoint as ckpt
+from dit_jax.train.config_base import to_dit_config
+from dit_jax.train.metrics_log import MetricsLog, peak_flops
+from dit_jax.train.state import abstract_state, create_state, make_optimizer
+from dit_jax.train.step import train_step
+
+
+class Preempted(Exception):
+    pass
+
+
+def validate(config) -> None:
+    """Fail before any work with a message that says what to change."""
+    model = to_dit_config(config.model)
+    problems = []
+    d = config.data
+    if d.latents:
+        problems.append(f"data.latents={d.latents!r}: training on VAE latents needs the Stable Diffusion VAE, which "
+                        "this version does not include yet; set --config.data.latents='' to train on pixels")
+    elif d.image_size != model.input_size:
+        problems.append(f"data.image_size {d.image_size} != model.input_size {model.input_size} (pixel training)")
+    if not d.latents and d.channels != model.in_channels:
+        problems.append(f"data.channels {d.channels} != model.in_channels {model.in_channels}")
+    if d.num_classes != model.num_classes:
+        problems.append(f"data.num_classes {d.num_classes} != model.num_classes {model.num_classes}")
+    if config.batch_size < 1 or config.total_steps < 1:
+        problems.append("batch_size and total_steps must be >= 1")
+    if not 0 <= config.ema_decay < 1:
+        problems.append(f"ema_decay must be in [0, 1), got {config.ema_decay}")
+    for key in ("log_every", "checkpoint_every"):
+        if config[key] < 1:
+            problems.append(f"{key} must be >= 1, got {config[key]}")
+    if problems:
+        raise ValueError("bad config: " + "; ".join(problems))
+
+
+def _check_batch(config, mesh) -> None:
+    div = batch_divisor(mesh)
+    if config.batch_size % div:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {div} devices that split the batch "
+                         f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); use a multiple of {div}")
+    if config.batch_size % jax.process_count():
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} hosts")
+
+
+def _install_sigterm():
+    """SIGTERM (preemption) sets a flag; the loop saves a checkpoint at the next step and exits."""
+    flag = {"set": False}
+
+    def handler(signum, frame):
+        flag["set"] = True
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave it to the caller
+        pass
+    return flag
+
+
+def sample_grid(config, model_cfg, ema_params, step: int, workdir: str) -> str | None:
+    from dit_jax.sample import make_sampler, save_grid, to_uint8
+    s = config.sample
+    sampler = make_sampler(model_cfg, create_diffusion(s.steps, learn_sigma=model_cfg.learn_sigma,
+                                                       noise_schedule=config.diffusion.noise_schedule,
+                                                       diffusion_steps=config.diffusion.num_timesteps),
+                           s.cfg_scale, s.cfg_mode, s.sampler)
+    labels = jnp.arange(s.num, dtype=jnp.int32) % model_cfg.num_classes
+    images = to_uint8(jax.device_get(sampler(ema_params, labels, jax.random.PRNGKey(config.seed + 1))))
+    if jax.process_index() != 0:
+        return None
+    path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_grid(images, path, nrow=min(model_cfg.num_classes, s.num), upscale=max(1, 64 // model_cfg.input_size))
+    return path
+
+
+def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -> dict:
+    """Train `config` in `workdir` (resuming from its latest checkpoint). Returns the last metrics.
+
+    stop_after: stop (as a crash would) after this many steps of this call, with no save beyond the
+    regular checkpoints.
+    """
+    validate(config)
+    workdir = os.path.abspath(workdir)
+    model_cfg = to_dit_config(config.model)
+    mesh = make_mesh(**config.mesh)
+    _check_batch(config, mesh)
+    log = MetricsLog(workdir, enabled=jax.process_index() == 0)
+    try:
+        return _train(config, workdir, model_cfg, mesh, log, stop_after)
+    finally:
+        log.close()
+
+
+def _train(config, workdir, model_cfg, mesh, log, stop_after):
+    from dit_jax.data.pipeline import close as close_loader, make_train_loader, to_global
+
+    log.print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on {jax.process_count()} host(s); "
+              f"model {config.model.name} ({model_cfg.depth} blocks, hidden {model_cfg.hidden_size})")
+
+    diffusion = create_diffusion("", learn_sigma=model_cfg.learn_sigma, noise_schedule=config.diffusion.noise_schedule,
+                                 diffusion_steps=config.diffusion.num_timesteps)
+    tx = make_optimizer(config.optim)
+    abstract = abstract_state(model_cfg, tx, config.seed)
+    shardings = logical_shardings(abstract, mesh)
+    abstract_placed = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                   nn.unbox(abstract), shardings)
+
+    loader = make_train_loader(config.data, config.batch_size, config.seed)
+    data_iter = iter(loader)
+    manager = ckpt.make_manager(workdir, config.keep_checkpoints, 1, config.async_checkpointing)
+    cfg_json = ckpt.config_json(config)
+    latest = manager.latest_step()
+    if latest is not None:
+        ckpt.check_compatible(ckpt.stored_config(manager, latest), cfg_json, workdir)
+        state = ckpt.restore(manager, latest, abstract_placed, data_iter)
+        log.print(f"resumed from step {latest} in {workdir}/checkpoints")
+    else:
+        init_params = None
+        if config.get("init_weights", ""):
+            from dit_jax.weights import load_weights
+            init_params, _ = load_weights(config.init_weights, model_cfg)
+            log.print(f"initialised from weights {config.init_weights}")
+        with jax.set_mesh(mesh):
+            state = jax.jit(lambda p: nn.unbox(create_state(model_cfg, tx, config.seed, p)),
+                            out_shardings=shardings)(init_params)
+    start = int(jax.device_get(state.step))
+
+    step_fn = jax.jit(partial(train_step, model=DiT(model_cfg), diffusion=diffusion, tx=tx,
+                              ema_decay=config.ema_decay),
+                      in_shardings=(shardings, batch_sharding(mesh)),
+                      out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+
+    flops_per_image = 3 * 2 * forward_macs(model_cfg)  # forward + backward (2x), MACs -> FLOPs
+    peak = config.peak_tflops_per_device * 1e12 or peak_flops(jax.devices()[0])
+    sigterm = _install_sigterm()
+    metrics, last = {}, {}
+    t_mark, step_mark = time.time(), start
+    total = config.total_steps
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        for step in range(start, total):
+            batch = to_global(next(data_iter), batch_sharding(mesh))
+            state, metrics = step_fn(state, batch)
+            done = step + 1
+            if done % config.log_every == 0 or done == total:
+                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                dt = time.time() - t_mark
+                img_s = (done - step_mark) * config.batch_size / dt
+                last.update(img_per_s=img_s, step=done)
+                if peak:
+                    last["mfu"] = img_s * flops_per_image / (peak * jax.device_count())
+                log.write(done, total, last, eta_s=(total - done) * dt / max(done - step_mark, 1))
+                t_mark, step_mark = time.time(), done
+            preempted = sigterm["set"] or (jax.process_count() > 1 and manager.reached_preemption(done))
+            if done % config.checkpoint_every == 0 or done == total or preempted:
+                ckpt.save(manager, done, state, data_iter, cfg_json, force=preempted)
+            if config.sample.every and (done % config.sample.every == 0 or done == total):
+                path = sample_grid(config, model_cfg, state.ema_params, done, workdir)
+                if path:
+                    log.print(f"EMA samples: {path}")
+            if stop_after is not None and done - start >= stop_after:
+                manager.wait_until_finished()
+                close_loader(data_iter)
+                return last
+            if preempted:
+                manager.wait_until_finished()
+                close_loader(data_iter)
+                log.print(f"preempted: checkpoint saved at step {done}; rerun with the same workdir to resume")
+                raise Preempted(done)
+    manager.wait_until_finished()
+    close_loader(data_iter)
+    if config.eval.kind:
+        last.update(final_evaluation(config, model_cfg, state.ema_params, workdir, log))
+    return last
+
+
+def final_evaluation(config, model_cfg, ema_params, workdir: str, log: MetricsLog) -> dict:
+    """Score EMA samples with the demo's digit classifier (class accuracy, Frechet distance)."""
+    if config.eval.kind != "digits":
+        raise ValueError(f"eval.kind must be '' or 'digits', got {config.eval.kind!r}")
+    from dit_jax.evaluate.digits_classifier import load_classifier, score_samples
+    from dit_jax.sample import make_sampler
+    e = config.eval
+    sampler = make_sampler(model_cfg, create_diffusion(e.steps, learn_sigma=model_cfg.learn_sigma),
+                           e.cfg_scale, e.cfg_mode, "ddpm")
+    labels = np.arange(e.num_samples) % model_cfg.num_classes
+    t0 = time.time()
+    chunk = e.batch_size
+    images = np.concatenate([
+        np.asarray(jax.device_get(sampler(ema_params, jnp.asarray(labels[i:i + chunk], jnp.int32),
+                                          jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), i))))
+        for i in range(0, len(labels), chunk)])
+    scores = score_samples(np.clip(images, -1, 1), labels, load_classifier())
+    scores = {f"eval/{k}": float(v) for k, v in scores.items()}
+    log.print(f"demo quality ({e.num_samples} EMA samples, {e.steps} steps, cfg {e.cfg_scale}, "
+              f"{time.time() - t0:.0f} s): class accuracy {scores['eval/class_accuracy']:.3f}, "
+              f"Frechet distance {scores['eval/frechet_distance']:.2f}")
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "demo_scores.json"), "w") as f:
+            json.dump(scores, f, indent=2)
+    return scores

@@ -1,0 +1,221 @@
+"""The training system: config errors, exact resume, meshes, preemption, incompatible checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from dit_jax.train.config_base import load_config
+from dit_jax.train.loop import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, "configs", "demo.py")
+
+
+def tiny_config(**changes):
+    """The demo, shrunk so that a few steps take seconds."""
+    c = load_config(DEMO)
+    c.model.update(hidden_size=32, depth=2, num_heads=2)
+    c.update(batch_size=8, total_steps=6, log_every=1, checkpoint_every=3)
+    c.sample.every = 0
+    c.eval.kind = ""
+    c.optim.warmup_steps = 0
+    for key, value in changes.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def losses(workdir):
+    """Loss per step from metrics.jsonl; a re-run step's later entry wins."""
+    out = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            out[row["step"]] = row["loss"]
+    return out
+
+
+def final_params(workdir):
+    from dit_jax.train.checkpoint import load_ema
+    return load_ema(workdir)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    wd = str(tmp_path_factory.mktemp("full"))
+    train_and_evaluate(tiny_config(), wd)
+    return wd
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(uninterrupted, tmp_path):
+    wd = str(tmp_path)
+    train_and_evaluate(tiny_config(), wd, stop_after=4)   # dies after step 4; last checkpoint at 3
+    assert sorted(losses(wd)) == [1, 2, 3, 4]
+    train_and_evaluate(tiny_config(), wd)                # resumes from 3: same data order, same noise
+    full, resumed = losses(uninterrupted), losses(wd)
+    assert sorted(resumed) == list(range(1, 7))
+    for step in range(1, 7):
+        assert resumed[step] == full[step], (step, resumed[step], full[step])
+    (a, _, sa), (b, _, sb) = final_params(uninterrupted), final_params(wd)
+    assert sa == sb == 6
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_incompatible_checkpoint_is_refused(uninterrupted, tmp_path):
+    import shutil
+    wd = str(tmp_path / "copy")
+    shutil.copytree(uninterrupted, wd)
+    before = sorted(os.listdir(os.path.join(wd, "checkpoints")))
+    with pytest.raises(ValueError, match=r"model.depth: checkpoint 2, config 3"):
+        train_and_evaluate(tiny_config(**{"model.depth": 3, "total_steps": 9}), wd)
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == before  # nothing lost
+
+
+def test_half_written_checkpoint_is_never_latest(uninterrupted, tmp_path):
+    import shutil
+
+    from dit_jax.train.checkpoint import make_manager
+    wd = str(tmp_path / "copy")
+    shutil.copytree(uninterrupted, wd)
+    # What an interrupted Orbax save leaves: a temporary directory for a later step.
+    os.makedirs(os.path.join(wd, "checkpoints", "9.orbax-checkpoint-tmp-1234", "state"))
+    assert make_manager(wd, 3, 1).latest_step() == 6
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"data.image_size": 16}, "data.image_size 16 != model.input_size 8"),
+    ({"data.num_classes": 7}, "data.num_classes 7 != model.num_classes 10"),
+    ({"data.latents": "sd-vae-ft-ema"}, "needs the Stable Diffusion VAE"),
+    ({"mesh.data": 2}, "needs 2 devices, there are 1"),
+    ({"model.attention": "flash"}, "attention must be one of"),
+    ({"ema_decay": 1.5}, "ema_decay must be in"),
+    ({"data.name": "no_such_dataset"}, "no_such_dataset"),
+])
+def test_bad_config_fails_early_and_clearly(tmp_path, changes, message):
+    with pytest.raises(Exception, match=message):
+        train_and_evaluate(tiny_config(**changes), str(tmp_path))
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "1"))
+
+
+def test_unknown_model_name_and_config_key():
+    with pytest.raises(ValueError, match="unknown model name 'XXL/2'"):
+        load_config(os.path.join(ROOT, "configs", "dit.py") + ":XXL/2")
+    from dit_jax.cli import main
+    assert main(["train", "--config.batch_sizee=3"]) == 2
+
+
+def test_paper_configs_describe_the_recipe():
+    for name in ("S/2", "B/4", "L/8", "XL/2", "XL/2-512"):
+        c = load_config(os.path.join(ROOT, "configs", "dit.py") + ":" + name)
+        assert (c.optim.lr, c.optim.weight_decay, c.batch_size, c.ema_decay) == (1e-4, 0.0, 256, 0.9999)
+        assert c.model.class_dropout_prob == 0.1 and c.model.learn_sigma and c.diffusion.num_timesteps == 1000
+        assert c.model.input_size == (64 if name.endswith("512") else 32)
+    assert load_config(os.path.join(ROOT, "configs", "dit.py") + ":XL/2").total_steps == 7_000_000
+
+
+RUN = r"""
+import os, sys, json
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, {tests!r})
+from test_train import tiny_config
+from dit_jax.train.loop import train_and_evaluate
+changes = json.loads(sys.argv[2])
+stop = changes.pop("_stop_after", None)
+train_and_evaluate(tiny_config(**changes), sys.argv[1], stop_after=stop)
+"""
+
+
+def run_8_devices(workdir, **changes):
+    script = RUN.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    res = subprocess.run([sys.executable, "-c", script, workdir, json.dumps(changes)], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def test_same_steps_on_one_device_and_an_8_device_fsdp_mesh(uninterrupted, tmp_path):
+    wd = str(tmp_path / "mesh")
+    res = run_8_devices(wd, **{"mesh.data": 2, "mesh.fsdp": 4})
+    assert "'data': 2, 'fsdp': 4" in res.stdout
+    one, eight = losses(uninterrupted), losses(wd)
+    np.testing.assert_allclose([eight[s] for s in range(1, 7)], [one[s] for s in range(1, 7)], rtol=2e-5)
+    (a, _, _), (b, _, _) = final_params(uninterrupted), final_params(wd)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
+
+
+def test_checkpoint_restores_onto_another_mesh(uninterrupted, tmp_path):
+    """Saved by 8 devices with FSDP (pure data parallel here: fsdp=8), resumed on 1 device."""
+    wd = str(tmp_path / "moved")
+    run_8_devices(wd, **{"mesh.data": 1, "mesh.fsdp": 8, "_stop_after": 3})
+    train_and_evaluate(tiny_config(), wd)  # one device now
+    one, moved = losses(uninterrupted), losses(wd)
+    np.testing.assert_allclose([moved[s] for s in range(1, 7)], [one[s] for s in range(1, 7)], rtol=2e-5)
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+    script = RUN.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path), json.dumps({"batch_size": 12})],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode != 0
+    assert "batch_size 12 is not divisible by the 8 devices" in res.stderr
+
+
+def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
+    wd = str(tmp_path / "preempt")
+    cmd = [sys.executable, "-m", "dit_jax.cli", "train", f"--workdir={wd}", "--config.total_steps=100000",
+           "--config.model.hidden_size=32", "--config.model.depth=2", "--config.model.num_heads=2",
+           "--config.batch_size=8", "--config.log_every=1", "--config.checkpoint_every=100000",
+           "--config.sample.every=0", "--config.eval.kind="]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    for line in proc.stdout:  # wait until training is under way
+        if line.startswith("step 5/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "preempted: checkpoint saved at step" in out
+    from dit_jax.train.checkpoint import make_manager
+    saved = make_manager(wd, 3, 1).latest_step()
+    assert saved is not None and saved >= 5
+    res = train_and_evaluate(tiny_config(total_steps=saved + 2, checkpoint_every=1000), wd)
+    assert res["step"] == saved + 2
+
+
+def test_converted_weights_initialise_training(tmp_path):
+    from dit_jax.models.dit import init_params
+    from dit_jax.train.config_base import to_dit_config
+    from dit_jax.weights import save_weights
+    c = tiny_config(total_steps=1)
+    cfg = to_dit_config(c.model)
+    params = jax.tree.map(lambda a: a + 0.5, init_params(cfg, jax.random.key(5)))
+    c.init_weights = save_weights(str(tmp_path / "w"), params, cfg)
+    c.ema_decay = 0.0 if False else 0.999999  # EMA stays (almost) at the initial weights after one step
+    train_and_evaluate(c, str(tmp_path / "run"))
+    ema, _, _ = final_params(str(tmp_path / "run"))
+    for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(ema)):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), atol=1e-5)
+
+
+def test_sample_command_reads_a_workdir(uninterrupted, tmp_path, capsys):
+    from PIL import Image
+
+    from dit_jax.cli import main
+    out = tmp_path / "g.png"
+    assert main(["sample", "--workdir", uninterrupted, "--num", "10", "--steps", "5", "--nrow", "10",
+                 "--upscale", "1", "--out", str(out)]) == 0
+    assert "EMA weights" in capsys.readouterr().out
+    assert Image.open(out).size == (10 * 10 + 2, 12)
