@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sample", help="class-conditional sample grid (PNG)")
-    s.add_argument("--weights", help="weights directory written by `dit-jax convert` (default: random init)")
+    s.add_argument("--weights", "--checkpoint", dest="weights",
+                   help="weights directory written by `dit-jax convert` (default: random init)")
     s.add_argument("--workdir", help="a training run: sample from its latest checkpoint's EMA weights")
     _add_model_args(s)
     s.add_argument("--num", type=int, default=16)
