@@ -66,14 +66,21 @@ def cmd_sample(args) -> int:
     print(f"{args.num} samples, {diffusion.num_timesteps} {args.sampler} steps, cfg {args.cfg_scale} "
           f"({args.cfg_mode}): {dt:.1f} s including compilation ({args.num / dt:.2f} img/s)")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    if config.in_channels in (1, 3):
+    if args.vae:
+        from dit_jax.models.vae import decode_latents
+        from dit_jax.weights import load_vae_weights
+        vae_params, vae_config = load_vae_weights(args.vae)
+        samples = decode_latents(vae_params, samples, vae_config)
+        save_grid(to_uint8(samples), args.out, nrow=args.nrow, upscale=args.upscale)
+        print(f"wrote {args.out} (decoded with the VAE in {args.vae}; classes {labels})")
+    elif config.in_channels in (1, 3):
         save_grid(to_uint8(samples), args.out, nrow=args.nrow, upscale=args.upscale)
         print(f"wrote {args.out} (classes {labels})")
     else:
         path = os.path.splitext(args.out)[0] + ".npz"
         np.savez(path, latents=np.asarray(samples), labels=np.asarray(labels))
-        print(f"wrote latents to {path}: decoding {config.in_channels}-channel latents to images needs the "
-              "Stable Diffusion VAE, which this version does not include yet")
+        print(f"wrote latents to {path}: to decode {config.in_channels}-channel latents to images, pass --vae DIR "
+              "(converted with `dit-jax convert --from-diffusers-vae`)")
     return 0
 
 
@@ -86,6 +93,14 @@ def cmd_convert(args) -> int:
         params, config = load_weights(args.to_torch, config)
         torch_io.save_state_dict(dit_torch.to_torch(params, config), args.out)
         print(f"wrote PyTorch state dict of {dit_torch.config_name(config)} to {args.out}")
+        return 0
+    if args.from_diffusers_vae:
+        from dit_jax.convert.vae_torch import config_beside, load_diffusers_vae
+        from dit_jax.weights import save_vae_weights
+        vae_config = config_beside(args.from_diffusers_vae)
+        path = save_vae_weights(args.out, load_diffusers_vae(args.from_diffusers_vae, vae_config), vae_config,
+                                force=args.force)
+        print(f"wrote Stable Diffusion VAE weights to {path}")
         return 0
     if args.from_torch:
         params, config = dit_torch.from_torch(torch_io.load_state_dict(args.from_torch, args.key), config,
@@ -185,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", "--checkpoint", dest="weights",
                    help="weights directory written by `dit-jax convert` (default: random init)")
     s.add_argument("--workdir", help="a training run: sample from its latest checkpoint's EMA weights")
+    s.add_argument("--vae", help="Stable Diffusion VAE weights dir (`dit-jax convert --from-diffusers-vae`) to "
+                                 "decode latents into images")
     _add_model_args(s)
     s.add_argument("--num", type=int, default=16)
     s.add_argument("--classes", help="comma-separated class ids (default: random)")
@@ -205,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--from-torch", metavar="PT", help="official .pt (released state dict or train.py checkpoint)")
     src.add_argument("--from-diffusers", metavar="PATH", help="diffusers DiTTransformer2DModel folder or file")
     src.add_argument("--to-torch", metavar="WEIGHTS_DIR", help="export dit-jax weights to an official .pt")
+    src.add_argument("--from-diffusers-vae", metavar="PATH",
+                     help="sd-vae-ft-ema / sd-vae-ft-mse folder or diffusion_pytorch_model.safetensors/.bin")
     c.add_argument("--out", required=True, help="output weights directory (or .pt file with --to-torch)")
     c.add_argument("--key", choices=("ema", "model"), default="ema", help="which weights of a train.py checkpoint")
     c.add_argument("--sample-size", type=int, help="latent size of diffusers weights (32 for 256 px)")

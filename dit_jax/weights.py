@@ -18,27 +18,43 @@ from dit_jax.models.dit import DiTConfig
 
 def save_weights(directory: str, params, config: DiTConfig, force: bool = False) -> str:
     """Save unscanned or scanned params (stored unscanned) and the config; returns the path."""
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory):
-        if not force:
-            raise FileExistsError(f"{directory} exists; choose a new path or pass force=True (--force) to replace it")
     if "blocks" in params:
         params = unstack_blocks(params, config.depth)
+    return _save(directory, params, config.to_dict(), force)
+
+
+def _save(directory: str, params, config_dict: dict, force: bool) -> str:
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory) and not force:
+        raise FileExistsError(f"{directory} exists; choose a new path or pass force=True (--force) to replace it")
     params = jax.tree.map(np.asarray, params)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         ckptr.save(directory, ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                                 config=ocp.args.JsonSave(config.to_dict())), force=force)
+                                                 config=ocp.args.JsonSave(config_dict)), force=force)
     return directory
 
 
-def load_config(directory: str) -> DiTConfig:
+def _load_config_dict(directory: str) -> dict:
     directory = os.path.abspath(directory)
     if not os.path.isdir(os.path.join(directory, "config")):
         raise FileNotFoundError(f"{directory} is not a dit-jax weights directory (no 'config' item); "
                                 "create one with `dit-jax convert`")
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         restored = ckptr.restore(directory, ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return DiTConfig.from_dict(dict(restored["config"]))
+    return dict(restored["config"])
+
+
+def _load_params(directory: str):
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        restored = ckptr.restore(os.path.abspath(directory), ocp.args.Composite(params=ocp.args.StandardRestore()))
+    return restored["params"]
+
+
+def load_config(directory: str) -> DiTConfig:
+    d = _load_config_dict(directory)
+    if d.get("model_type") == VAE_TYPE:
+        raise ValueError(f"{directory} holds VAE weights, not a DiT: pass it as --vae")
+    return DiTConfig.from_dict(d)
 
 
 def load_weights(directory: str, config: DiTConfig | None = None) -> tuple[dict, DiTConfig]:
@@ -46,8 +62,23 @@ def load_weights(directory: str, config: DiTConfig | None = None) -> tuple[dict,
     settings, e.g. dtype or scan_blocks, are taken from `config`)."""
     stored = load_config(directory)
     cfg = check_config_matches(stored, config)
-    directory = os.path.abspath(directory)
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        restored = ckptr.restore(directory, ocp.args.Composite(params=ocp.args.StandardRestore()))
-    params = restored["params"]
+    params = _load_params(directory)
     return (stack_blocks(params, cfg.depth) if cfg.scan_blocks else params), cfg
+
+
+VAE_TYPE = "sd-vae"
+
+
+def save_vae_weights(directory: str, params, config, force: bool = False) -> str:
+    """Stable Diffusion VAE params (dit_jax.models.vae) and their VAEConfig."""
+    return _save(directory, params, {"model_type": VAE_TYPE, **config.to_dict()}, force)
+
+
+def load_vae_weights(directory: str):
+    """(params, VAEConfig) written by save_vae_weights / `dit-jax convert --from-diffusers-vae`."""
+    from dit_jax.models.vae import VAEConfig
+    d = _load_config_dict(directory)
+    if d.pop("model_type", None) != VAE_TYPE:
+        raise ValueError(f"{directory} holds DiT weights, not the VAE: convert the VAE with "
+                         "`dit-jax convert --from-diffusers-vae PATH --out DIR`")
+    return _load_params(directory), VAEConfig.from_dict(d)
