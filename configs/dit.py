@@ -13,8 +13,9 @@ Hardware and time: the paper trained XL/2 on a TPU v3-256 pod at about 5.7 steps
 S/2 68.4, B/2 43.5, L/2 23.3, XL/2 19.5; XL/2 at 7M steps with cfg 1.5: 2.27.
 
 Data: ImageNet through TFDS `imagenet2012` with the reference's ADM center crop and random flip;
-the model trains on Stable Diffusion VAE latents (4 x 32 x 32 at 256 px), which need the VAE
-encoder (not in this version yet: training this config stops with an error saying so).
+the model trains on Stable Diffusion VAE latents (4 x 32 x 32 at 256 px). The VAE is ported
+(dit_jax.models.vae) but not yet connected to the training loop: this config stops with an error
+saying so.
 """
 
 from dit_jax.train.config_base import base_config, model_fields

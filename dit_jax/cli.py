@@ -177,11 +177,38 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
-def cmd_not_built(name: str, issue: str):
-    def run(args) -> int:
-        print(f"error: `dit-jax {name}` is not available in this version yet ({issue}).", file=sys.stderr)
-        return 2
-    return run
+def cmd_evaluate(args) -> int:
+    """FID, sFID, IS, precision and recall of a sample batch against an ADM reference batch."""
+    import numpy as np
+
+    from dit_jax.convert.inception_torch import load_fid_inception
+    from dit_jax.evaluate import adm_metrics
+    from dit_jax.models.inception import FIDInceptionV3, extract_features
+
+    ref = adm_metrics.load_reference_batch(args.reference, min_images=args.min_reference_images)
+    samples = adm_metrics.load_sample_batch(args.samples)
+    if len(samples) < 2:
+        raise ValueError(f"{args.samples}: {len(samples)} image(s); FID needs at least 2 (the paper uses 50,000)")
+    if len(samples) < 50_000:
+        print(f"note: {len(samples)} samples; FID and sFID are biased upward below the paper's 50,000")
+    variables = load_fid_inception(args.inception)
+    model = FIDInceptionV3(preprocess=args.preprocess)
+    t0 = time.time()
+    feats = extract_features(variables, samples, args.batch_size, model)
+    ref_pool = extract_features(variables, ref.images, args.batch_size, model, outputs=("pool",))["pool"]
+    n = len(samples) + len(ref.images)
+    print(f"Inception features of {n} images in {time.time() - t0:.0f} s ({n / (time.time() - t0):.1f} img/s)")
+    metrics = adm_metrics.evaluate_features(feats, ref_pool, ref.stats, ref.stats_spatial)
+    names = (("fid", "FID"), ("sfid", "sFID"), ("inception_score", "IS"), ("precision", "Precision"),
+             ("recall", "Recall"))
+    print(" | ".join(f"{label:>9}" for _, label in names))
+    print(" | ".join(f"{metrics[key]:>9.4f}" for key, _ in names))
+    out = args.out or os.path.splitext(args.samples)[0] + ".metrics.json"
+    with open(out, "w") as f:
+        json.dump({**{k: float(v) for k, v in metrics.items()}, "num_samples": int(len(samples)),
+                   "reference": os.path.abspath(args.reference), "preprocess": args.preprocess}, f, indent=2)
+    print(f"wrote {out}")
+    return 0
 
 
 def _add_model_args(p):
@@ -246,10 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="train (default: the laptop demo); --config configs/dit.py:XL/2 --workdir DIR "
                                  "--config.batch_size=...")
 
-    for name, issue in (("evaluate", "FID/sFID/IS/precision/recall are under construction"),):
-        p = sub.add_parser(name, help=f"(not available yet: {issue})")
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=cmd_not_built(name, issue))
+    e = sub.add_parser("evaluate", help="FID / sFID / IS / precision / recall as the ADM evaluator")
+    e.add_argument("reference", help="ADM reference batch .npz (arr_0, mu, sigma, mu_s, sigma_s)")
+    e.add_argument("samples", help="sample batch .npz (arr_0: uint8 N x H x W x 3)")
+    e.add_argument("--inception", required=True,
+                   help="pytorch-fid weights pt_inception-2015-12-05-6726825d.pth (or its .npz export)")
+    e.add_argument("--preprocess", choices=("pytorch_fid", "tf1"), default="pytorch_fid",
+                   help="resize/scale as pytorch-fid (default) or as the TF1 graph of the ADM evaluator")
+    e.add_argument("--batch-size", type=int, default=100)
+    e.add_argument("--min-reference-images", type=int, default=10000)
+    e.add_argument("--out", help="metrics JSON (default: beside the samples)")
+    e.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -95,7 +95,7 @@ def test_half_written_checkpoint_is_never_latest(uninterrupted, tmp_path):
 @pytest.mark.parametrize("changes, message", [
     ({"data.image_size": 16}, "data.image_size 16 != model.input_size 8"),
     ({"data.num_classes": 7}, "data.num_classes 7 != model.num_classes 10"),
-    ({"data.latents": "sd-vae-ft-ema"}, "needs the Stable Diffusion VAE"),
+    ({"data.latents": "sd-vae-ft-ema"}, "not connected to the training loop yet"),
     ({"mesh.data": 2}, "needs 2 devices, there are 1"),
     ({"model.attention": "flash"}, "attention must be one of"),
     ({"ema_decay": 1.5}, "ema_decay must be in"),

@@ -38,8 +38,8 @@ def validate(config) -> None:
     problems = []
     d = config.data
     if d.latents:
-        problems.append(f"data.latents={d.latents!r}: training on VAE latents needs the Stable Diffusion VAE, which "
-                        "this version does not include yet; set --config.data.latents='' to train on pixels")
+        problems.append(f"data.latents={d.latents!r}: training on VAE latents is not connected to the training loop "
+                        "yet (the VAE itself is dit_jax.models.vae); set --config.data.latents='' to train on pixels")
     elif d.image_size != model.input_size:
         problems.append(f"data.image_size {d.image_size} != model.input_size {model.input_size} (pixel training)")
     if not d.latents and d.channels != model.in_channels:
