@@ -13,9 +13,10 @@ Hardware and time: the paper trained XL/2 on a TPU v3-256 pod at about 5.7 steps
 S/2 68.4, B/2 43.5, L/2 23.3, XL/2 19.5; XL/2 at 7M steps with cfg 1.5: 2.27.
 
 Data: ImageNet through TFDS `imagenet2012` with the reference's ADM center crop and random flip;
-the model trains on Stable Diffusion VAE latents (4 x 32 x 32 at 256 px). The VAE is ported
-(dit_jax.models.vae) but not yet connected to the training loop: this config stops with an error
-saying so.
+the model trains on Stable Diffusion VAE latents (4 x 32 x 32 at 256 px), encoded inside the step
+as the reference does (`--config.data.vae=DIR` from `dit-jax convert --from-diffusers-vae`), or
+read from a latent dataset (`dit-jax extract-latents`, then `--config.data.latents=dataset
+--config.data.name=NAME`), which is much faster.
 """
 
 from dit_jax.train.config_base import base_config, model_fields
@@ -31,6 +32,7 @@ def get_config(arg: str = "XL/2"):
     c = base_config()
     c.model = model_fields(name, input_size=resolution // 8, in_channels=4, num_classes=1000)
     c.data.image_size = resolution
-    c.data.latents = "sd-vae-ft-ema"  # encode images with the VAE (scaled by 0.18215)
+    c.data.latents = "encode"  # the reference: VAE-encode each batch in the step (or "dataset": extracted latents)
+    c.data.vae = ""            # set to a `dit-jax convert --from-diffusers-vae` output (sd-vae-ft-ema or -mse)
     c.total_steps = STEPS.get(name, 400_000) if resolution == 256 else 3_000_000
     return c

@@ -125,6 +125,17 @@ def cmd_build_dataset(args) -> int:
     return 0
 
 
+def cmd_extract_latents(args) -> int:
+    """A TFDS image dataset -> a latent dataset of VAE posterior mean/std (image and flip)."""
+    from dit_jax.data.latents import extract_latents
+    path = extract_latents(args.dataset, args.data_dir, args.image_size, args.vae, args.out_name,
+                           out_data_dir=args.out_data_dir, split=args.split, batch_size=args.batch_size,
+                           dtype=args.dtype, shard_size=args.shard_size)
+    print(f"train on it with --config.data.latents=dataset --config.data.name={args.out_name} "
+          f"--config.data.data_dir={path}")
+    return 0
+
+
 def cmd_models(args) -> int:
     """Parameter counts and forward MACs of the named models (the paper's Table 4)."""
     from dit_jax.models.dit import MODEL_NAMES, dit_config, forward_macs, param_count
@@ -179,8 +190,6 @@ def cmd_train(argv: list[str]) -> int:
 
 def cmd_evaluate(args) -> int:
     """FID, sFID, IS, precision and recall of a sample batch against an ADM reference batch."""
-    import numpy as np
-
     from dit_jax.convert.inception_torch import load_fid_inception
     from dit_jax.evaluate import adm_metrics
     from dit_jax.models.inception import FIDInceptionV3, extract_features
@@ -264,6 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data_dir", "--data-dir", dest="data_dir", default="",
                    help="TFDS data dir (default ~/.cache/dit_jax/tfds or $DIT_JAX_DATA_DIR)")
     b.set_defaults(func=cmd_build_dataset)
+
+    x = sub.add_parser("extract-latents", help="encode a TFDS image dataset with the VAE into a latent dataset")
+    x.add_argument("--dataset", required=True, help="TFDS image dataset (e.g. imagenet2012 or a build-dataset name)")
+    x.add_argument("--data_dir", "--data-dir", dest="data_dir", default="")
+    x.add_argument("--split", default="train")
+    x.add_argument("--image-size", type=int, required=True, help="ADM center crop size (256 or 512)")
+    x.add_argument("--vae", required=True, help="VAE weights dir (`dit-jax convert --from-diffusers-vae`)")
+    x.add_argument("--out-name", required=True, help="name of the latent dataset")
+    x.add_argument("--out-data-dir", default="", help="default: the input's data dir")
+    x.add_argument("--batch-size", type=int, default=64)
+    x.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    x.add_argument("--shard-size", type=int, default=1024, help="records per resumable shard")
+    x.set_defaults(func=cmd_extract_latents)
 
     m = sub.add_parser("models", help="parameter counts and forward MACs of the named models")
     m.add_argument("--input-size", type=int, help="latent side (32 = 256 px, 64 = 512 px)")

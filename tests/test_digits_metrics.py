@@ -15,7 +15,6 @@ import os
 
 import numpy as np
 import pytest
-from scipy import linalg
 
 from dit_jax.evaluate import digits_classifier as dc
 from dit_jax.evaluate.digits_classifier import load_classifier, real_digits, score_samples

@@ -13,7 +13,8 @@ from typing import Mapping
 
 import numpy as np
 
-from dit_jax.models.dit import SIZES, DiTConfig, abstract_params, dit_config
+from dit_jax.convert.tree_paths import get_path, set_path
+from dit_jax.models.dit import SIZES, DiTConfig, abstract_params
 from dit_jax.models.layers import sincos_2d_pos_embed
 
 Array = np.ndarray
@@ -66,16 +67,6 @@ def _all_entries(cfg: DiTConfig):
             yield f"blocks.{i}.{suffix}", (f"blocks_{i}",) + path, fwd, bwd
 
 
-def _set(tree: dict, path: tuple, value) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: Mapping, path: tuple):
-    for key in path:
-        tree = tree[key]
-    return tree
 
 
 def config_name(cfg: DiTConfig) -> str:
@@ -164,7 +155,7 @@ def from_torch(sd: Mapping[str, Array], config: DiTConfig | None = None,
     used = {"pos_embed"}
     for name, path, fwd, _ in _all_entries(cfg):
         arr = _need(sd, name, f"the checkpoint is incomplete for {config_name(cfg)}")
-        _set(params, path, np.asarray(fwd(arr) if fwd else arr, dtype=np.float32))
+        set_path(params, path, np.asarray(fwd(arr) if fwd else arr, dtype=np.float32))
         used.add(name)
     unused = sorted(set(sd) - used)
     if unused:
@@ -184,7 +175,7 @@ def to_torch(params: Mapping, config: DiTConfig) -> dict[str, Array]:
         params = unstack_blocks(params, config.depth)
     sd = {"pos_embed": sincos_2d_pos_embed(config.hidden_size, config.input_size // config.patch_size)[None]}
     for name, path, _, bwd in _all_entries(config):
-        arr = np.asarray(_get(params, path), dtype=np.float32)
+        arr = np.asarray(get_path(params, path), dtype=np.float32)
         sd[name] = np.ascontiguousarray(bwd(arr) if bwd else arr)
     return sd
 

@@ -18,6 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
+from dit_jax.convert.tree_paths import get_path, set_path
 from dit_jax.models.inception import CONV_SPECS, NUM_LOGITS, POOL_DIM
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -88,16 +89,6 @@ def check_state_dict(sd: Mapping[str, np.ndarray], source: str = "state dict") -
         raise ValueError(f"{source}: " + "; ".join(problems))
 
 
-def _set(tree: dict, path: tuple, value) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: Mapping, path: tuple):
-    for key in path:
-        tree = tree[key]
-    return tree
 
 
 def from_torch(sd: Mapping[str, np.ndarray], source: str = "state dict") -> dict:
@@ -106,7 +97,7 @@ def from_torch(sd: Mapping[str, np.ndarray], source: str = "state dict") -> dict
     variables: dict = {"params": {}, "batch_stats": {}}
     for name, collection, path, fwd, _ in _entries():
         value = np.ascontiguousarray(fwd(np.asarray(sd[name], dtype=np.float32)))
-        _set(variables[collection], path, value)
+        set_path(variables[collection], path, value)
     return variables
 
 
@@ -115,7 +106,7 @@ def to_torch(variables: Mapping) -> dict[str, np.ndarray]:
     sd = {}
     for name, collection, path, _, bwd in _entries():
         try:
-            value = _get(variables[collection], path)
+            value = get_path(variables[collection], path)
         except KeyError:
             raise KeyError(f"variables lack {collection}/{'/'.join(path)} (for {name})") from None
         sd[name] = np.ascontiguousarray(bwd(np.asarray(value, dtype=np.float32)))

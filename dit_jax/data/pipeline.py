@@ -31,6 +31,7 @@ import tensorflow_datasets as tfds
 from dit_jax.data import preprocess
 from dit_jax.data.digits import NAME as DIGITS, default_data_dir, ensure_digits
 from dit_jax.data.image_folder import LAYOUT
+from dit_jax.data.latents import LATENT_KEYS
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -75,11 +76,13 @@ def open_source(name: str, data_dir: str, split: str = "train"):
         raise DatasetNotFoundError(f"dataset {name!r} is not prepared in data_dir {data_dir!r} (looked for "
                                    f"{builder.data_dir}).\n" + _how_to_prepare(name, data_dir))
     features = builder.info.features
-    missing = {"image", "label"} - set(features.keys())
+    is_latent = "mean" in features.keys()
+    missing = ({"label", *LATENT_KEYS} if is_latent else {"image", "label"}) - set(features.keys())
     if missing:
         raise ValueError(f"dataset {name!r} has features {sorted(features.keys())}; training needs 'image' and "
-                         f"'label' (missing {sorted(missing)})")
-    decoders = {"image": tfds.decode.SkipDecoding()} if isinstance(features["image"], tfds.features.Image) else None
+                         f"'label', or a latent dataset's 'label' and {list(LATENT_KEYS)} (missing {sorted(missing)})")
+    decoders = ({"image": tfds.decode.SkipDecoding()}
+                if not is_latent and isinstance(features["image"], tfds.features.Image) else None)
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False, decoders=decoders)
     except Exception as e:  # noqa: BLE001
@@ -136,6 +139,26 @@ class RandomFlip(grain.transforms.RandomMap):
         return {**element, "image": preprocess.random_flip(element["image"], rng)}
 
 
+class PickLatent(grain.transforms.RandomMap):
+    """Latent record -> {'mean', 'std', 'label'} of the image or, with probability 1/2, its flip.
+
+    The same single draw from Grain's per-record generator as RandomFlip, so a latent dataset sees
+    the flips the image pipeline would have made."""
+
+    def __init__(self, num_classes: int, flip: bool):
+        self.num_classes, self.flip = num_classes, flip
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        label = int(element["label"])
+        if not 0 <= label < self.num_classes:
+            raise ValueError(f"record {element['_key']} has label {label}, outside [0, {self.num_classes}) "
+                             f"= data.num_classes: the config and the dataset disagree")
+        flipped = self.flip and rng.random() < 0.5
+        suffix = "_flip" if flipped else ""
+        return {"mean": np.asarray(element["mean" + suffix], np.float32),
+                "std": np.asarray(element["std" + suffix], np.float32), "label": np.int32(label)}
+
+
 class ToFloat(grain.transforms.Map):
     """Batch of uint8 images -> float32 in [-1, 1]."""
 
@@ -179,12 +202,16 @@ def make_train_loader(data, global_batch_size: int, seed: int, *,
         source = open_source(_field(data, "name"), _field(data, "data_dir", ""), _field(data, "split", "train"))
     if not len(source):
         raise ValueError(f"data source {source!r} is empty")
-    operations = [DecodeCrop(int(_field(data, "image_size")), int(_field(data, "channels")),
-                             int(_field(data, "num_classes")))]
-    if _field(data, "random_flip"):
-        operations.append(RandomFlip())
-    # Batch uint8 and convert once per batch: cheaper than per image.
-    operations += [grain.transforms.Batch(local_batch_size, drop_remainder=True), ToFloat()]
+    num_classes = int(_field(data, "num_classes"))
+    if "mean" in source[0]:  # a latent dataset (dit_jax.data.latents): pick the image or its flip
+        operations = [PickLatent(num_classes, bool(_field(data, "random_flip"))),
+                      grain.transforms.Batch(local_batch_size, drop_remainder=True)]
+    else:
+        operations = [DecodeCrop(int(_field(data, "image_size")), int(_field(data, "channels")), num_classes)]
+        if _field(data, "random_flip"):
+            operations.append(RandomFlip())
+        # Batch uint8 and convert once per batch: cheaper than per image.
+        operations += [grain.transforms.Batch(local_batch_size, drop_remainder=True), ToFloat()]
     worker_count = int(_field(data, "worker_count", 0))
     if worker_count:
         _ensure_flags_parsed()

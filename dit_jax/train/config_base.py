@@ -32,7 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         name="imagenet2012", data_dir="", split="train", image_size=256, channels=3, num_classes=1000,
         random_flip=True, worker_count=4, worker_buffer_size=2,
-        latents=""))  # "" trains on pixels; "sd-vae-ft-ema"/"sd-vae-ft-mse" on VAE latents
+        # "" trains on pixels; "encode": images encoded by the VAE inside the step (the reference's
+        # way, slowest); "dataset": a latent dataset from `dit-jax extract-latents` (fast).
+        latents="", vae="", latent_scale=0.18215))  # vae: weights dir from `dit-jax convert --from-diffusers-vae`
 
     # AdamW, constant lr 1e-4, no weight decay, default betas, no warmup, no clipping (the paper).
     c.optim = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,

@@ -25,7 +25,7 @@ from dit_jax.train import checkpoint as ckpt
 from dit_jax.train.config_base import to_dit_config
 from dit_jax.train.metrics_log import MetricsLog, peak_flops
 from dit_jax.train.state import abstract_state, create_state, make_optimizer
-from dit_jax.train.step import train_step
+from dit_jax.train.step import INPUT_MODES, train_step
 
 
 class Preempted(Exception):
@@ -37,13 +37,20 @@ def validate(config) -> None:
     model = to_dit_config(config.model)
     problems = []
     d = config.data
-    if d.latents:
-        problems.append(f"data.latents={d.latents!r}: training on VAE latents is not connected to the training loop "
-                        "yet (the VAE itself is dit_jax.models.vae); set --config.data.latents='' to train on pixels")
-    elif d.image_size != model.input_size:
-        problems.append(f"data.image_size {d.image_size} != model.input_size {model.input_size} (pixel training)")
-    if not d.latents and d.channels != model.in_channels:
-        problems.append(f"data.channels {d.channels} != model.in_channels {model.in_channels}")
+    if d.latents not in INPUT_MODES:
+        problems.append(f"data.latents must be one of {INPUT_MODES}, got {d.latents!r}")
+    elif not d.latents:
+        if d.image_size != model.input_size:
+            problems.append(f"data.image_size {d.image_size} != model.input_size {model.input_size} (pixel training)")
+        if d.channels != model.in_channels:
+            problems.append(f"data.channels {d.channels} != model.in_channels {model.in_channels}")
+    else:
+        if d.latents == "encode" and not d.vae:
+            problems.append("data.latents='encode' needs the VAE: set --config.data.vae=DIR (a `dit-jax convert "
+                            "--from-diffusers-vae` output), or train on a latent dataset with data.latents='dataset'")
+        if d.vae and not os.path.isdir(d.vae):
+            problems.append(f"data.vae {d.vae!r} is not a directory (convert the VAE with "
+                            "`dit-jax convert --from-diffusers-vae PATH --out DIR`)")
     if d.num_classes != model.num_classes:
         problems.append(f"data.num_classes {d.num_classes} != model.num_classes {model.num_classes}")
     if config.batch_size < 1 or config.total_steps < 1:
@@ -79,20 +86,46 @@ def _install_sigterm():
     return flag
 
 
-def sample_grid(config, model_cfg, ema_params, step: int, workdir: str) -> str | None:
+def load_vae(config, model_cfg):
+    """(params, VAEConfig) of data.vae, checked against the model's latent shape; None without one."""
+    if not config.data.vae:
+        return None
+    from dit_jax.weights import load_vae_weights
+    params, vae_config = load_vae_weights(config.data.vae)
+    factor = vae_config.downsample_factor
+    if vae_config.scaling_factor != config.data.latent_scale:
+        raise ValueError(f"data.latent_scale {config.data.latent_scale} differs from the VAE's scaling factor "
+                         f"{vae_config.scaling_factor} ({config.data.vae})")
+    if (model_cfg.in_channels != vae_config.latent_channels
+            or model_cfg.input_size * factor != config.data.image_size):
+        raise ValueError(f"the VAE in {config.data.vae} maps {config.data.image_size} px images to "
+                         f"{config.data.image_size // factor}x{config.data.image_size // factor}x"
+                         f"{vae_config.latent_channels} latents, but the model takes {model_cfg.input_size}x"
+                         f"{model_cfg.input_size}x{model_cfg.in_channels}")
+    return params, vae_config
+
+
+def sample_grid(config, model_cfg, ema_params, step: int, workdir: str, vae=None) -> str | None:
+    """EMA samples as a PNG grid; latent models are decoded with the VAE (skipped without one)."""
     from dit_jax.sample import make_sampler, save_grid, to_uint8
+    if config.data.latents and vae is None:
+        return None
     s = config.sample
     sampler = make_sampler(model_cfg, create_diffusion(s.steps, learn_sigma=model_cfg.learn_sigma,
                                                        noise_schedule=config.diffusion.noise_schedule,
                                                        diffusion_steps=config.diffusion.num_timesteps),
                            s.cfg_scale, s.cfg_mode, s.sampler)
     labels = jnp.arange(s.num, dtype=jnp.int32) % model_cfg.num_classes
-    images = to_uint8(jax.device_get(sampler(ema_params, labels, jax.random.PRNGKey(config.seed + 1))))
+    samples = sampler(ema_params, labels, jax.random.PRNGKey(config.seed + 1))
+    if config.data.latents:
+        from dit_jax.models.vae import decode_latents
+        samples = decode_latents(vae[0], samples, vae[1])
+    images = to_uint8(jax.device_get(samples))
     if jax.process_index() != 0:
         return None
     path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_grid(images, path, nrow=min(model_cfg.num_classes, s.num), upscale=max(1, 64 // model_cfg.input_size))
+    save_grid(images, path, nrow=min(model_cfg.num_classes, s.num), upscale=max(1, 64 // images.shape[1]))
     return path
 
 
@@ -122,6 +155,7 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
 
     diffusion = create_diffusion("", learn_sigma=model_cfg.learn_sigma, noise_schedule=config.diffusion.noise_schedule,
                                  diffusion_steps=config.diffusion.num_timesteps)
+    vae = load_vae(config, model_cfg)
     tx = make_optimizer(config.optim)
     abstract = abstract_state(model_cfg, tx, config.seed)
     shardings = logical_shardings(abstract, mesh)
@@ -149,9 +183,11 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
     start = int(jax.device_get(state.step))
 
     step_fn = jax.jit(partial(train_step, model=DiT(model_cfg), diffusion=diffusion, tx=tx,
-                              ema_decay=config.ema_decay),
-                      in_shardings=(shardings, batch_sharding(mesh)),
+                              ema_decay=config.ema_decay, input_mode=config.data.latents,
+                              vae_config=vae[1] if vae else None, latent_scale=config.data.latent_scale),
+                      in_shardings=(shardings, batch_sharding(mesh), replicated(mesh)),
                       out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+    vae_params = jax.device_put(vae[0], replicated(mesh)) if vae and config.data.latents == "encode" else None
 
     flops_per_image = 3 * 2 * forward_macs(model_cfg)  # forward + backward (2x), MACs -> FLOPs
     peak = config.peak_tflops_per_device * 1e12 or peak_flops(jax.devices()[0])
@@ -162,7 +198,7 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         for step in range(start, total):
             batch = to_global(next(data_iter), batch_sharding(mesh))
-            state, metrics = step_fn(state, batch)
+            state, metrics = step_fn(state, batch, vae_params)
             done = step + 1
             if done % config.log_every == 0 or done == total:
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -177,7 +213,7 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
             if done % config.checkpoint_every == 0 or done == total or preempted:
                 ckpt.save(manager, done, state, data_iter, cfg_json, force=preempted)
             if config.sample.every and (done % config.sample.every == 0 or done == total):
-                path = sample_grid(config, model_cfg, state.ema_params, done, workdir)
+                path = sample_grid(config, model_cfg, state.ema_params, done, workdir, vae)
                 if path:
                     log.print(f"EMA samples: {path}")
             if stop_after is not None and done - start >= stop_after:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -10,19 +12,43 @@ from dit_jax.diffusion.gaussian import GaussianDiffusion
 from dit_jax.models.dit import DiT
 from dit_jax.train.state import TrainState
 
+INPUT_MODES = ("", "encode", "dataset")
+
 
 def step_keys(rng: jax.Array, step: jax.Array):
-    """Per-step keys for timesteps, noise and label dropout: a function of (seed, step) only,
-    so a resumed run draws exactly what the uninterrupted run would have."""
+    """Per-step keys for timesteps, noise, label dropout and the VAE posterior sample: a function of
+    (seed, step) only, so a resumed run draws exactly what the uninterrupted run would have."""
     k = jax.random.fold_in(rng, step)
-    return jax.random.split(k, 3)
+    return jax.random.split(k, 4)
 
 
-def train_step(state: TrainState, batch: dict, *, model: DiT, diffusion: GaussianDiffusion,
-               tx: optax.GradientTransformation, ema_decay: float):
-    """batch: {'image': (B, H, W, C) float in the model's space, 'label': (B,) int}."""
-    x0, y = batch["image"].astype(jnp.float32), batch["label"]
-    t_key, noise_key, drop_key = step_keys(state.rng, state.step)
+def model_input(batch: dict, key: jax.Array, mode: str, vae_params: Any = None, vae_config: Any = None,
+                latent_scale: float = 0.18215) -> jax.Array:
+    """x0 for the diffusion loss.
+
+    "": pixels as they come. "encode": the reference's `vae.encode(x).latent_dist.sample() * 0.18215`
+    inside the step. "dataset": the same posterior sample from a latent dataset's stored mean/std.
+    """
+    if mode == "":
+        return batch["image"].astype(jnp.float32)
+    if mode == "encode":
+        from dit_jax.models.vae import AutoencoderKL
+        mean, logvar = AutoencoderKL(vae_config).apply({"params": vae_params}, batch["image"], method="encode")
+        std = jnp.exp(0.5 * logvar)
+        return latent_scale * (mean + std * jax.random.normal(key, mean.shape, jnp.float32))
+    if mode == "dataset":
+        mean = batch["mean"].astype(jnp.float32)
+        return latent_scale * (mean + batch["std"].astype(jnp.float32) * jax.random.normal(key, mean.shape, jnp.float32))
+    raise ValueError(f"input mode must be one of {INPUT_MODES}, got {mode!r}")
+
+
+def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model: DiT, diffusion: GaussianDiffusion,
+               tx: optax.GradientTransformation, ema_decay: float, input_mode: str = "", vae_config: Any = None,
+               latent_scale: float = 0.18215):
+    """batch: {'image': (B, H, W, C) in [-1, 1]} or a latent dataset's {'mean', 'std'}, plus 'label' (B,)."""
+    y = batch["label"]
+    t_key, noise_key, drop_key, latent_key = step_keys(state.rng, state.step)
+    x0 = model_input(batch, latent_key, input_mode, vae_params, vae_config, latent_scale)
     t = jax.random.randint(t_key, (x0.shape[0],), 0, diffusion.num_timesteps)
     noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
 
