@@ -28,19 +28,26 @@ SHARDS = "extract_shards"
 
 
 def _encoder(vae_params, vae_config):
-    """jitted uint8 images (B, H, W, 3) -> posterior (mean, std) of the images and of their flips."""
+    """uint8 images (B, H, W, 3) -> posterior (mean, std) of the images and of their flips, jitted
+    with the batch split over this host's devices (B must divide by their number)."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
     from dit_jax.models.vae import AutoencoderKL
     model = AutoencoderKL(vae_config)
+    mesh = Mesh(np.asarray(jax.local_devices()), ("batch",))
+    by_batch = NamedSharding(mesh, P("batch"))
+    params = jax.device_put(vae_params, NamedSharding(mesh, P()))
 
     @jax.jit
-    def encode(images):
+    def encode_sharded(params, images):
         x = images.astype(jnp.float32) / 127.5 - 1.0
         both = jnp.concatenate([x, x[:, :, ::-1]])  # flip = reverse the width axis
-        mean, logvar = model.apply({"params": vae_params}, both, method="encode")
+        mean, logvar = model.apply({"params": params}, both, method="encode")
         std = jnp.exp(0.5 * logvar)
         n = images.shape[0]
         return mean[:n], std[:n], mean[n:], std[n:]
-    return encode
+
+    return lambda images: encode_sharded(params, jax.device_put(images, by_batch))
 
 
 def _shard_path(out_dir: str, k: int) -> str:
@@ -92,6 +99,7 @@ def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out
     source = open_source(name, data_dir, split)
     vae_params, vae_config = load_vae_weights(vae_dir)
     encode = _encoder(vae_params, vae_config)
+    batch_size = -(-batch_size // jax.local_device_count()) * jax.local_device_count()  # split evenly
     decode = DecodeCrop(image_size, 3, np.iinfo(np.int32).max)
     work = os.path.join(out_data_dir, out_name)
     os.makedirs(os.path.join(work, SHARDS), exist_ok=True)
