@@ -48,6 +48,10 @@ def cmd_sample(args) -> int:
         params = init_params(config, jax.random.key(args.seed))
         source = ("a RANDOMLY INITIALISED model (no --weights given): the pictures show the sampler "
                   "running, not a trained model")
+    if args.num_samples:
+        return _sample_npz(args, params, config, source)
+    steps = args.steps or "50"
+    cfg_scale = 4.0 if args.cfg_scale is None else args.cfg_scale
     print(f"sampling {args.num} images from {source}", flush=True)
     if args.classes:
         labels = [int(c) for c in args.classes.split(",")]
@@ -58,12 +62,12 @@ def cmd_sample(args) -> int:
     if bad:
         print(f"error: classes {bad} out of range: the model has classes 0..{config.num_classes - 1}", file=sys.stderr)
         return 2
-    diffusion = create_diffusion(args.steps, learn_sigma=config.learn_sigma)
-    run = make_sampler(config, diffusion, args.cfg_scale, args.cfg_mode, args.sampler, args.eta)
+    diffusion = create_diffusion(steps, learn_sigma=config.learn_sigma)
+    run = make_sampler(config, diffusion, cfg_scale, args.cfg_mode, args.sampler, args.eta)
     t0 = time.time()
     samples = jax.block_until_ready(run(params, jnp.asarray(labels, jnp.int32), jax.random.key(args.seed)))
     dt = time.time() - t0
-    print(f"{args.num} samples, {diffusion.num_timesteps} {args.sampler} steps, cfg {args.cfg_scale} "
+    print(f"{args.num} samples, {diffusion.num_timesteps} {args.sampler} steps, cfg {cfg_scale} "
           f"({args.cfg_mode}): {dt:.1f} s including compilation ({args.num / dt:.2f} img/s)")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     if args.vae:
@@ -81,6 +85,36 @@ def cmd_sample(args) -> int:
         np.savez(path, latents=np.asarray(samples), labels=np.asarray(labels))
         print(f"wrote latents to {path}: to decode {config.in_channels}-channel latents to images, pass --vae DIR "
               "(converted with `dit-jax convert --from-diffusers-vae`)")
+    return 0
+
+
+def _sample_npz(args, params, config, source) -> int:
+    """The reference's evaluation protocol by default: 250 DDPM steps, cfg 1.5 (3 channels, only if
+    > 1), uniform random labels, VAE decode, uint8 as the reference; into the ADM .npz."""
+    from dit_jax.diffusion.gaussian import create_diffusion
+    from dit_jax.sample import make_sampler, sample_npz
+
+    if args.classes:
+        raise ValueError("--num-samples draws uniform random labels (the evaluation protocol); drop --classes")
+    if config.in_channels not in (1, 3) and not args.vae:
+        raise ValueError(f"the ADM .npz holds images: decoding {config.in_channels}-channel latents needs --vae DIR")
+    if not args.out.endswith(".npz"):
+        raise ValueError(f"--out must be an .npz path with --num-samples, got {args.out!r}")
+    steps = args.steps or "250"
+    cfg_scale = 1.5 if args.cfg_scale is None else args.cfg_scale
+    decode = None
+    if args.vae:
+        from dit_jax.models.vae import decode_latents
+        from dit_jax.weights import load_vae_weights
+        vae_params, vae_config = load_vae_weights(args.vae)
+        decode = lambda z: decode_latents(vae_params, z, vae_config)  # noqa: E731
+    print(f"sampling {args.num_samples} images from {source}: {steps} {args.sampler} steps, cfg {cfg_scale} "
+          f"({args.cfg_mode}), seed {args.seed}", flush=True)
+    run = make_sampler(config, create_diffusion(steps, learn_sigma=config.learn_sigma), cfg_scale, args.cfg_mode,
+                       args.sampler, args.eta)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    sample_npz(run, params, args.num_samples, config.num_classes, args.seed, args.out, args.batch_per_device,
+               decode)
     return 0
 
 
@@ -241,10 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(s)
     s.add_argument("--num", type=int, default=16)
     s.add_argument("--classes", help="comma-separated class ids (default: random)")
-    s.add_argument("--steps", default="50", help="respacing: '250', 'ddim50', '10,15,20'")
+    s.add_argument("--steps", default=None,
+                   help="respacing: '250', 'ddim50', '10,15,20' (default 50 for grids, 250 with --num-samples)")
     s.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
-    s.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale (applied only if > 1)")
+    s.add_argument("--cfg-scale", type=float, default=None,
+                   help="guidance scale, applied only if > 1 (default 4.0 for grids, 1.5 with --num-samples)")
+    s.add_argument("--num-samples", type=int, default=0,
+                   help="evaluation run: this many samples into the ADM .npz given by --out (sharded over all "
+                        "devices and hosts, resumable)")
+    s.add_argument("--batch-per-device", type=int, default=32, help="with --num-samples")
     s.add_argument("--cfg-mode", choices=("reference", "all"), default="reference",
                    help="reference: guide the first 3 channels (the reference's quirk); all: every eps channel")
     s.add_argument("--seed", type=int, default=0)
