@@ -62,9 +62,12 @@ def test_cli_sample_default_and_from_weights(tmp_path, capsys):
     assert "out of range" in capsys.readouterr().err
 
 
-def test_cli_not_built_commands_fail_clearly(capsys):
-    assert main(["evaluate"]) == 2
-    assert "not available in this version yet" in capsys.readouterr().err
+def test_cli_evaluate_requires_its_inputs(capsys):
+    import pytest
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate"])
+    assert e.value.code == 2
+    assert "reference" in capsys.readouterr().err
 
 
 def test_compare_torch_tool_on_the_reference_statement(tmp_path):
