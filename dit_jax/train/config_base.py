@@ -54,9 +54,11 @@ def base_config() -> ml_collections.ConfigDict:
     # EMA sample grids written as PNG every `sample_every` steps (0: never).
     c.sample = ml_collections.ConfigDict(dict(every=50_000, num=16, steps="250", sampler="ddpm", cfg_scale=4.0,
                                               cfg_mode="reference"))
-    # Quality scores on EMA samples at the end of training ("digits": the demo's classifier).
-    c.eval = ml_collections.ConfigDict(dict(kind="", num_samples=0, batch_size=100, steps="250", cfg_scale=1.5,
-                                            cfg_mode="reference"))
+    # Quality of EMA samples every `every` steps (0: only at the end) and at the end of training:
+    # kind "digits" (the demo's classifier) or "fid" (against an ADM reference batch's statistics,
+    # with pytorch-fid's Inception weights); "" for none.
+    c.eval = ml_collections.ConfigDict(dict(kind="", every=0, num_samples=0, batch_size=100, steps="250",
+                                            cfg_scale=1.5, cfg_mode="reference", reference="", inception=""))
     # Start from converted weights (a `dit-jax convert` output directory) instead of random init.
     c.init_weights = ""
     # MFU: peak dense FLOP/s per device; 0 picks it from the device kind when known.

@@ -16,12 +16,11 @@ from functools import partial
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiT, forward_macs
 from dit_jax.parallel.sharding import LOGICAL_RULES, batch_divisor, batch_sharding, logical_shardings, make_mesh, replicated
-from dit_jax.train import checkpoint as ckpt
+from dit_jax.train import checkpoint as ckpt, evaluation
 from dit_jax.train.config_base import to_dit_config
 from dit_jax.train.metrics_log import MetricsLog, peak_flops
 from dit_jax.train.state import abstract_state, create_state, make_optimizer
@@ -57,6 +56,7 @@ def validate(config) -> None:
         problems.append("batch_size and total_steps must be >= 1")
     if not 0 <= config.ema_decay < 1:
         problems.append(f"ema_decay must be in [0, 1), got {config.ema_decay}")
+    problems += evaluation.check(config)
     for key in ("log_every", "checkpoint_every"):
         if config[key] < 1:
             problems.append(f"{key} must be >= 1, got {config[key]}")
@@ -212,6 +212,10 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
             preempted = sigterm["set"] or (jax.process_count() > 1 and manager.reached_preemption(done))
             if done % config.checkpoint_every == 0 or done == total or preempted:
                 ckpt.save(manager, done, state, data_iter, cfg_json, force=preempted)
+            if config.eval.kind and config.eval.every and done % config.eval.every == 0 and done != total:
+                scores = evaluation.evaluate(config, model_cfg, state.ema_params, vae)
+                log.print(evaluation.describe(config, scores))
+                log.scalars(done, scores)
             if config.sample.every and (done % config.sample.every == 0 or done == total):
                 path = sample_grid(config, model_cfg, state.ema_params, done, workdir, vae)
                 if path:
@@ -228,32 +232,18 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
     manager.wait_until_finished()
     close_loader(data_iter)
     if config.eval.kind:
-        last.update(final_evaluation(config, model_cfg, state.ema_params, workdir, log))
+        last.update(final_evaluation(config, model_cfg, state.ema_params, workdir, log, vae))
     return last
 
 
-def final_evaluation(config, model_cfg, ema_params, workdir: str, log: MetricsLog) -> dict:
-    """Score EMA samples with the demo's digit classifier (class accuracy, Frechet distance)."""
-    if config.eval.kind != "digits":
-        raise ValueError(f"eval.kind must be '' or 'digits', got {config.eval.kind!r}")
-    from dit_jax.evaluate.digits_classifier import load_classifier, score_samples
-    from dit_jax.sample import make_sampler
-    e = config.eval
-    sampler = make_sampler(model_cfg, create_diffusion(e.steps, learn_sigma=model_cfg.learn_sigma),
-                           e.cfg_scale, e.cfg_mode, "ddpm")
-    labels = np.arange(e.num_samples) % model_cfg.num_classes
-    t0 = time.time()
-    chunk = e.batch_size
-    images = np.concatenate([
-        np.asarray(jax.device_get(sampler(ema_params, jnp.asarray(labels[i:i + chunk], jnp.int32),
-                                          jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), i))))
-        for i in range(0, len(labels), chunk)])
-    scores = score_samples(np.clip(images, -1, 1), labels, load_classifier())
-    scores = {f"eval/{k}": float(v) for k, v in scores.items()}
-    log.print(f"demo quality ({e.num_samples} EMA samples, {e.steps} steps, cfg {e.cfg_scale}, "
-              f"{time.time() - t0:.0f} s): class accuracy {scores['eval/class_accuracy']:.3f}, "
-              f"Frechet distance {scores['eval/frechet_distance']:.2f}")
+def final_evaluation(config, model_cfg, ema_params, workdir: str, log: MetricsLog, vae=None) -> dict:
+    """The quality scores of the final EMA weights, printed and written to WORKDIR/eval_scores.json
+    (and demo_scores.json for the demo's digits scores)."""
+    scores = evaluation.evaluate(config, model_cfg, ema_params, vae)
+    log.print(evaluation.describe(config, scores))
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "demo_scores.json"), "w") as f:
-            json.dump(scores, f, indent=2)
+        names = ["eval_scores.json"] + (["demo_scores.json"] if config.eval.kind == "digits" else [])
+        for name in names:
+            with open(os.path.join(workdir, name), "w") as f:
+                json.dump(scores, f, indent=2)
     return scores

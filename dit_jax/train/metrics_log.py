@@ -58,6 +58,16 @@ class MetricsLog:
                 self.writer.add_scalar(f"train/{k}", v, step)
         self.writer.flush()
 
+    def scalars(self, step: int, values: dict) -> None:
+        """Extra metrics (e.g. evaluation scores) beside the loss: metrics.jsonl and TensorBoard."""
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.flush()
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
     def close(self) -> None:
         if self.enabled and self.writer is not None:
             self.jsonl.close()

@@ -1,0 +1,84 @@
+"""Quality of the EMA weights during and after training.
+
+kind 'digits': the demo's digit classifier (class accuracy of guided samples, Frechet distance in
+its feature space). kind 'fid': FID of decoded samples against an ADM reference batch's pool
+statistics, with the FID Inception (pytorch-fid weights). Both sample the same labels and noise
+every time, so the numbers form a curve over training.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dit_jax.diffusion.gaussian import create_diffusion
+
+KINDS = ("", "digits", "fid")
+
+
+def check(config) -> list[str]:
+    """Config problems of config.eval (empty when fine)."""
+    e = config.eval
+    if e.kind not in KINDS:
+        return [f"eval.kind must be one of {KINDS}, got {e.kind!r}"]
+    problems = []
+    if e.kind and e.num_samples < 2:
+        problems.append(f"eval.num_samples must be >= 2 for eval.kind={e.kind!r}, got {e.num_samples}")
+    if e.kind == "fid" and not (e.reference and e.inception):
+        problems.append("eval.kind='fid' needs eval.reference (an ADM reference batch .npz) and eval.inception "
+                        "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
+    if e.kind == "fid" and config.data.latents and not config.data.vae:
+        problems.append("eval.kind='fid' on a latent model needs data.vae to decode the samples")
+    return problems
+
+
+def ema_samples(config, model_cfg, ema_params, vae=None) -> tuple[np.ndarray, np.ndarray]:
+    """(samples in [-1, 1] (decoded with the VAE for latent models), labels): labels cycle through
+    the classes and the noise is fixed by the seed, the same at every evaluation."""
+    from dit_jax.models.vae import decode_latents
+    from dit_jax.sample import make_sampler
+    e = config.eval
+    sampler = make_sampler(model_cfg, create_diffusion(e.steps, learn_sigma=model_cfg.learn_sigma),
+                           e.cfg_scale, e.cfg_mode, "ddpm")
+    labels = np.arange(e.num_samples) % model_cfg.num_classes
+    out = []
+    for i in range(0, len(labels), e.batch_size):
+        x = sampler(ema_params, jnp.asarray(labels[i:i + e.batch_size], jnp.int32),
+                    jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), i))
+        if config.data.latents:
+            x = decode_latents(vae[0], x, vae[1])
+        out.append(np.asarray(jax.device_get(x)))
+    return np.concatenate(out), labels
+
+
+def evaluate(config, model_cfg, ema_params, vae=None) -> dict[str, float]:
+    """{'eval/...': value} for config.eval.kind."""
+    t0 = time.time()
+    images, labels = ema_samples(config, model_cfg, ema_params, vae)
+    if config.eval.kind == "digits":
+        from dit_jax.evaluate.digits_classifier import load_classifier, score_samples
+        scores = score_samples(np.clip(images, -1, 1), labels, load_classifier())
+    else:
+        from dit_jax.convert.inception_torch import load_fid_inception
+        from dit_jax.evaluate import adm_metrics
+        from dit_jax.models.inception import extract_features
+        from dit_jax.sample import to_uint8
+        ref = adm_metrics.load_reference_batch(config.eval.reference, min_images=0)
+        rgb = to_uint8(images if images.shape[-1] == 3 else np.repeat(images, 3, axis=-1))
+        pool = extract_features(load_fid_inception(config.eval.inception), rgb, outputs=("pool",))["pool"]
+        scores = {"fid": adm_metrics.fid(pool, ref.stats), "num_samples": len(images)}
+    scores = {f"eval/{k}": float(v) for k, v in scores.items()}
+    scores["eval/seconds"] = time.time() - t0
+    return scores
+
+
+def describe(config, scores: dict) -> str:
+    e = config.eval
+    head = f"EMA quality ({e.num_samples} samples, {e.steps} steps, cfg {e.cfg_scale}, {scores['eval/seconds']:.0f} s): "
+    if e.kind == "digits":
+        return head + (f"class accuracy {scores['eval/class_accuracy']:.3f}, "
+                       f"Frechet distance {scores['eval/frechet_distance']:.2f}")
+    return head + f"FID {scores['eval/fid']:.2f}"
