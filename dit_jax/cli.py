@@ -159,6 +159,39 @@ def cmd_build_dataset(args) -> int:
     return 0
 
 
+def cmd_reference_batch(args) -> int:
+    """An ADM-layout reference batch from any TFDS image dataset (ADM center crop to --image-size):
+    Inception statistics of all images, and `--num-images` of them (shuffled by --seed) as arr_0."""
+    import numpy as np
+
+    from dit_jax.convert.inception_torch import load_fid_inception
+    from dit_jax.data.pipeline import DecodeCrop, open_source
+    from dit_jax.evaluate.adm_metrics import write_reference_batch
+    from dit_jax.models.inception import FIDInceptionV3, extract_features
+
+    source = open_source(args.dataset, args.data_dir, args.split)
+    n = len(source) if not args.max_images else min(args.max_images, len(source))
+    order = np.random.default_rng(args.seed).permutation(len(source))[:n]
+    crop = DecodeCrop(args.image_size, 3, np.iinfo(np.int32).max)
+    variables, model = load_fid_inception(args.inception), FIDInceptionV3(preprocess=args.preprocess)
+    pools, spatials, kept, t0 = [], [], [], time.time()
+    for start in range(0, n, args.chunk):
+        images = np.stack([crop.map({**source[int(i)], "_key": int(i)})["image"] for i in order[start:start + args.chunk]])
+        feats = extract_features(variables, images, args.batch_size, model, outputs=("pool", "spatial"))
+        pools.append(feats["pool"])
+        spatials.append(feats["spatial"])
+        if sum(len(k) for k in kept) < args.num_images:
+            kept.append(images)
+        done = min(start + args.chunk, n)
+        rate = done / (time.time() - t0)
+        print(f"{done}/{n} images, {rate:.1f} img/s, ETA {(n - done) / rate:.0f} s", flush=True)
+    kept_images = np.concatenate(kept)
+    write_reference_batch(args.out, kept_images, np.concatenate(pools), np.concatenate(spatials),
+                          n_images=min(args.num_images, len(kept_images)))
+    print(f"wrote {args.out}: statistics of {n} images, {min(args.num_images, len(kept_images))} images as arr_0")
+    return 0
+
+
 def cmd_extract_latents(args) -> int:
     """A TFDS image dataset -> a latent dataset of VAE posterior mean/std (image and flip)."""
     from dit_jax.data.latents import extract_latents
@@ -313,6 +346,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data_dir", "--data-dir", dest="data_dir", default="",
                    help="TFDS data dir (default ~/.cache/dit_jax/tfds or $DIT_JAX_DATA_DIR)")
     b.set_defaults(func=cmd_build_dataset)
+
+    r = sub.add_parser("reference-batch", help="an ADM-layout reference batch (.npz) from a TFDS image dataset")
+    r.add_argument("--dataset", required=True)
+    r.add_argument("--data_dir", "--data-dir", dest="data_dir", default="")
+    r.add_argument("--split", default="train")
+    r.add_argument("--image-size", type=int, required=True, help="ADM center crop size (256 or 512)")
+    r.add_argument("--inception", required=True, help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+    r.add_argument("--preprocess", choices=("pytorch_fid", "tf1"), default="pytorch_fid")
+    r.add_argument("--num-images", type=int, default=10000, help="images kept as arr_0 (precision/recall)")
+    r.add_argument("--max-images", type=int, default=0, help="statistics over at most this many (0: all)")
+    r.add_argument("--batch-size", type=int, default=100)
+    r.add_argument("--chunk", type=int, default=1000, help="images decoded at a time")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", required=True)
+    r.set_defaults(func=cmd_reference_batch)
 
     x = sub.add_parser("extract-latents", help="encode a TFDS image dataset with the VAE into a latent dataset")
     x.add_argument("--dataset", required=True, help="TFDS image dataset (e.g. imagenet2012 or a build-dataset name)")

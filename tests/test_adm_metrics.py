@@ -333,3 +333,36 @@ def test_evaluate_command_end_to_end(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "ref.npz"), str(tmp_path / "bad.npz"), "--inception",
                  str(tmp_path / "inception.npz"), "--min-reference-images", "4"]) == 2
     assert "no 'arr_0' array" in capsys.readouterr().err
+
+
+def test_reference_batch_command_from_a_tfds_dataset(tmp_path, capsys):
+    """`dit-jax reference-batch`: statistics of every image of a TFDS dataset, some kept as arr_0,
+    in the layout `load_reference_batch` (and `dit-jax evaluate`) reads."""
+    from PIL import Image
+
+    from dit_jax.cli import main
+    from dit_jax.convert.inception_torch import save_npz
+    from dit_jax.data.image_folder import build_image_folder
+    from dit_jax.data.pipeline import DecodeCrop, open_source
+    from dit_jax.models.inception import extract_features, init_variables
+
+    rng = np.random.default_rng(1)
+    for c in range(2):
+        (tmp_path / "imgs" / f"c{c}").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"c{c}" / f"{i}.png")
+    build_image_folder(str(tmp_path / "imgs"), str(tmp_path / "tfds"), "ref_images", log=lambda s: None)
+    variables = init_variables(0)
+    save_npz(variables, str(tmp_path / "inception.npz"))
+    out = str(tmp_path / "ref.npz")
+    assert main(["reference-batch", "--dataset", "ref_images", "--data-dir", str(tmp_path / "tfds"), "--image-size",
+                 "32", "--inception", str(tmp_path / "inception.npz"), "--num-images", "4", "--chunk", "4",
+                 "--out", out]) == 0
+    ref = am.load_reference_batch(out, min_images=4)
+    assert ref.images.shape == (4, 32, 32, 3)
+    source = open_source("ref_images", str(tmp_path / "tfds"))
+    crop = DecodeCrop(32, 3, 2)
+    every = np.stack([crop.map({**source[i], "_key": i})["image"] for i in range(6)])
+    pool = extract_features(variables, every, outputs=("pool",))["pool"]
+    np.testing.assert_allclose(ref.stats.mu, pool.mean(0), rtol=1e-5, atol=1e-6)  # all 6 images, in any order
+    assert any(np.array_equal(ref.images[0], img) for img in every)
