@@ -209,7 +209,10 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
                     last["mfu"] = img_s * flops_per_image / (peak * jax.device_count())
                 log.write(done, total, last, eta_s=(total - done) * dt / max(done - step_mark, 1))
                 t_mark, step_mark = time.time(), done
-            preempted = sigterm["set"] or (jax.process_count() > 1 and manager.reached_preemption(done))
+            # One host: our SIGTERM flag. Several: Orbax's preemption sync point, so that all hosts
+            # agree on the step to save at (a local flag could differ between hosts and hang the save).
+            preempted = sigterm["set"] if jax.process_count() == 1 else manager.reached_preemption(done)
+            t_side = time.time()  # time spent below (saves, evaluations, grids) is not training time
             if done % config.checkpoint_every == 0 or done == total or preempted:
                 ckpt.save(manager, done, state, data_iter, cfg_json, force=preempted)
             if config.eval.kind and config.eval.every and done % config.eval.every == 0 and done != total:
@@ -220,6 +223,7 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
                 path = sample_grid(config, model_cfg, state.ema_params, done, workdir, vae)
                 if path:
                     log.print(f"EMA samples: {path}")
+            t_mark += time.time() - t_side
             if stop_after is not None and done - start >= stop_after:
                 manager.wait_until_finished()
                 close_loader(data_iter)
