@@ -44,7 +44,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.ema_decay = 0.9999
 
     # Mesh: pure data parallel by default; set mesh.fsdp > 1 to shard params/optimizer/EMA.
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # data/fsdp/tensor are per slice; dcn_data/dcn_fsdp multiply them across slices (multi-slice TPU,
+    # or GPU nodes). shard_optimizer: AdamW moments and EMA split over data (ZeRO-1).
+    # allow_replicated: keep (and log) parameters that fsdp/tensor do not divide replicated instead of failing.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1,
+                                            shard_optimizer=False, allow_replicated=False))
 
     c.log_every = 100
     c.checkpoint_every = 10_000

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiT, forward_macs
-from dit_jax.parallel.sharding import LOGICAL_RULES, batch_divisor, batch_sharding, logical_shardings, make_mesh, replicated
+from dit_jax.parallel.mesh import describe as describe_mesh, make_mesh_from_config
+from dit_jax.parallel.sharding import LOGICAL_RULES, batch_divisor, batch_sharding, replicated, state_shardings
 from dit_jax.train import checkpoint as ckpt, evaluation
 from dit_jax.train.config_base import to_dit_config
 from dit_jax.train.metrics_log import MetricsLog, peak_flops
@@ -138,7 +139,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     validate(config)
     workdir = os.path.abspath(workdir)
     model_cfg = to_dit_config(config.model)
-    mesh = make_mesh(**config.mesh)
+    mesh = make_mesh_from_config(config.mesh)
     _check_batch(config, mesh)
     log = MetricsLog(workdir, enabled=jax.process_index() == 0)
     try:
@@ -152,13 +153,16 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
 
     log.print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on {jax.process_count()} host(s); "
               f"model {config.model.name} ({model_cfg.depth} blocks, hidden {model_cfg.hidden_size})")
+    log.print(f"mesh: {describe_mesh(mesh, config.mesh)}")
 
     diffusion = create_diffusion("", learn_sigma=model_cfg.learn_sigma, noise_schedule=config.diffusion.noise_schedule,
                                  diffusion_steps=config.diffusion.num_timesteps)
     vae = load_vae(config, model_cfg)
     tx = make_optimizer(config.optim)
     abstract = abstract_state(model_cfg, tx, config.seed)
-    shardings = logical_shardings(abstract, mesh)
+    shardings, sharding_notes = state_shardings(abstract, mesh, config.mesh)
+    for line in sharding_notes:
+        log.print(line)
     abstract_placed = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                    nn.unbox(abstract), shardings)
 
