@@ -383,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="train (default: the laptop demo); --config configs/dit.py:XL/2 --workdir DIR "
                                  "--config.batch_size=...")
 
+    sub.add_parser("compile", help="will it fit? AOT-compile the train step for a TPU topology from this host: "
+                   "--config configs/dit.py:XL/2 --topology v5p-8 [--num-slices N] (needs libtpu)")
     e = sub.add_parser("evaluate", help="FID / sFID / IS / precision / recall as the ADM evaluator")
     e.add_argument("reference", help="ADM reference batch .npz (arr_0, mu, sigma, mu_s, sigma_s)")
     e.add_argument("samples", help="sample batch .npz (arr_0: uint8 N x H x W x 3)")
@@ -407,6 +409,9 @@ def main(argv=None) -> int:
     try:
         if argv[:1] == ["train"]:  # absl parses the rest: --config=FILE:ARG and typed --config.x=y overrides
             return cmd_train(argv[1:])
+        if argv[:1] == ["compile"]:  # --config as train, plus the target topology
+            from dit_jax.compile_check import main as cmd_compile
+            return cmd_compile(argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError, flags_error()) as e:
