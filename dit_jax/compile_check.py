@@ -109,8 +109,9 @@ def _abstract_batch(config, model_cfg, sharding):
     return {"image": jax.ShapeDtypeStruct((b, size, size, channels), jnp.float32, sharding=sharding), "label": label}
 
 
-def compile_step(config, devices) -> dict:
-    """Compile the training run's step for `devices`; per-device memory (bytes), FLOPs and seconds."""
+def sharded_step(config, devices):
+    """(jitted train step, its abstract arguments, mesh, sharding notes) as a run of `config` on
+    `devices` builds them: the same shardings, donation and input."""
     model_cfg = to_dit_config(config.model)
     mesh = make_mesh_from_config(config.mesh, devices)
     if config.batch_size % batch_divisor(mesh):
@@ -134,9 +135,15 @@ def compile_step(config, devices) -> dict:
                            latent_scale=config.data.latent_scale),
                    in_shardings=(shardings, batch_sharding(mesh), replicated(mesh)),
                    out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+    return step, (state, batch, vae_params), mesh, notes
+
+
+def compile_step(config, devices) -> dict:
+    """Compile the training run's step for `devices`; per-device memory (bytes), FLOPs and seconds."""
+    step, args, mesh, notes = sharded_step(config, devices)
     start = time.time()
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-        compiled = step.lower(state, batch, vae_params).compile()
+        compiled = step.lower(*args).compile()
     seconds = time.time() - start
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()

@@ -21,10 +21,11 @@ MESH_AXES = ("data", "fsdp", "tensor")
 def granules(devices) -> tuple[int, bool]:
     """(number of DCN granules, whether processes stand for slices).
 
-    TPU devices carry `slice_index`; GPUs and CPU processes do not, and then each process is one
-    granule (one node of a GPU cluster)."""
-    if hasattr(devices[0], "slice_index"):
-        return len({d.slice_index for d in devices}), False
+    TPU devices tell their slice; GPUs and CPUs report none or one slice for all, and then each
+    process is one granule (one node of a GPU cluster)."""
+    slices = {getattr(d, "slice_index", 0) for d in devices}
+    if devices[0].platform == "tpu" or len(slices) > 1:
+        return len(slices), False
     return len({d.process_index for d in devices}), True
 
 
