@@ -58,9 +58,18 @@ def one_device(tmp_path_factory):
     return wd
 
 
+@pytest.fixture(scope="module")
+def one_device_batch_2(tmp_path_factory):
+    wd = str(tmp_path_factory.mktemp("one2"))
+    train_and_evaluate(tiny_config(batch_size=2), wd)
+    return wd
+
+
+# One device per process and one example per host: each host's share of the global batch is then
+# the record the one-device run has at the same row (hosts take every other record of one stream).
 SLICE = r"""
 import os, sys, json
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
 os.environ["JAX_PLATFORMS"] = "cpu"
 import jax
 port, pid, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -68,11 +77,11 @@ jax.distributed.initialize("127.0.0.1:" + port, num_processes=2, process_id=pid)
 sys.path.insert(0, {tests!r})
 from test_train import tiny_config
 from dit_jax.train.loop import train_and_evaluate
-train_and_evaluate(tiny_config(**{{"mesh.dcn_data": 2, "mesh.data": 1, "mesh.fsdp": 2}}), workdir)
+train_and_evaluate(tiny_config(**{{"batch_size": 2, "mesh.dcn_data": 2, "mesh.data": 1}}), workdir)
 """
 
 
-def test_two_processes_as_two_slices_train_as_one_device(one_device, tmp_path):
+def test_two_processes_as_two_slices_train_as_one_device(one_device_batch_2, tmp_path):
     """Each process is one "slice" (process_is_granule: no slice_index on CPU); data crosses DCN."""
     wd = str(tmp_path / "slices")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -82,9 +91,9 @@ def test_two_processes_as_two_slices_train_as_one_device(one_device, tmp_path):
              for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
-    assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 1} over 4 devices on 2 host(s)" in outs[0]
+    assert "mesh {'data': 2, 'fsdp': 1, 'tensor': 1} over 2 devices on 2 host(s)" in outs[0]
     assert "2 slices: across DCN data (2 x 1)" in outs[0]
-    one, two = losses(one_device), losses(wd)
+    one, two = losses(one_device_batch_2), losses(wd)
     np.testing.assert_allclose([two[s] for s in range(1, 7)], [one[s] for s in range(1, 7)], rtol=2e-5)
 
 
