@@ -44,11 +44,12 @@ def make_sampler(config: DiTConfig, diffusion: GaussianDiffusion, cfg_scale: flo
             def noise_fn(_, i, x):
                 return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), x.shape[1:], x.dtype))(
                     pairs[:, 1])
-            x = sample_loop(diffusion, model_fn, x_T, key, sampler=sampler, eta=eta, noise_fn=noise_fn)
+            x = sample_loop(diffusion, model_fn, x_T, key, sampler=sampler, eta=eta, noise_fn=noise_fn,
+                            clip_denoised=False)
         else:
             init_key, step_key = jax.random.split(key)
             x_T = jax.random.normal(init_key, shape, jnp.float32)
-            x = sample_loop(diffusion, model_fn, x_T, step_key, sampler=sampler, eta=eta)
+            x = sample_loop(diffusion, model_fn, x_T, step_key, sampler=sampler, eta=eta, clip_denoised=False)
         return x[..., : config.in_channels]
 
     return run

@@ -534,25 +534,26 @@ def test_sampling_steps_match_reference(reference, learn_sigma, sigma_small):
     seen = []
     base = torch_model_fn(seen)
     ref_model = base if learn_sigma else (lambda x, t, **k: base(x, t)[:, :C])
-    out = jnp_model(jnp.asarray(x), d.model_timesteps(jnp.asarray(t)))
-    out = out if learn_sigma else out[..., :C]
+    our_model = jnp_model if learn_sigma else (lambda x, t: jnp_model(x, t)[..., :C])
     tag = f"{d.var_type}"
     with torch.no_grad():
         with fixed_randn_like(nchw(noise)):
             r = ref_d.p_sample(ref_model, nchw(x), torch.from_numpy(t), clip_denoised=False)
         np.testing.assert_array_equal(seen[-1].numpy(), d.timestep_map[t])
-        sample, pred = p_sample(d, out, jnp.asarray(x), jnp.asarray(t), jnp.asarray(noise))
+        sample, pred = p_sample(d, our_model, jnp.asarray(x), jnp.asarray(t), jnp.asarray(noise),
+                                clip_denoised=False)
         check(f"vs reference: p_sample {tag}", sample, nhwc(r["sample"]))
         check(f"vs reference: p_sample pred_xstart {tag}", pred, nhwc(r["pred_xstart"]))
         for eta in (0.0, 0.5):
             with fixed_randn_like(nchw(noise)):
                 r = ref_d.ddim_sample(ref_model, nchw(x), torch.from_numpy(t), clip_denoised=False, eta=eta)
-            sample, pred = ddim_sample(d, out, jnp.asarray(x), jnp.asarray(t), jnp.asarray(noise), eta=eta)
+            sample, pred = ddim_sample(d, our_model, jnp.asarray(x), jnp.asarray(t), jnp.asarray(noise), eta=eta,
+                                       clip_denoised=False)
             check(f"vs reference: ddim_sample eta={eta} {tag}", sample, nhwc(r["sample"]))
             check(f"vs reference: ddim_sample pred_xstart eta={eta} {tag}", pred, nhwc(r["pred_xstart"]))
     # The noise really enters (except at t == 0): another noise moves rows 1.. and leaves row 0.
-    other, _ = p_sample(d, out, jnp.asarray(x), jnp.asarray(t), jnp.asarray(-noise))
-    sample, _ = p_sample(d, out, jnp.asarray(x), jnp.asarray(t), jnp.asarray(noise))
+    other, _ = p_sample(d, our_model, jnp.asarray(x), jnp.asarray(t), jnp.asarray(-noise))
+    sample, _ = p_sample(d, our_model, jnp.asarray(x), jnp.asarray(t), jnp.asarray(noise))
     diff = np.abs(np.asarray(other) - np.asarray(sample)).reshape(B, -1).max(axis=1)
     assert diff[0] == 0 and np.all(diff[1:] > 1e-3)
 
@@ -597,9 +598,9 @@ def test_sample_loop_equals_step_by_step(sampler, eta):
     y = jnp.asarray(x)
     for i in reversed(range(d.num_timesteps)):
         t = jnp.full((B,), i, jnp.int32)
-        out = loop_model(y, d.model_timesteps(t))
         noise = jax.random.normal(jax.random.fold_in(key, i), y.shape, y.dtype)
-        y, _ = (p_sample(d, out, y, t, noise) if sampler == "ddpm" else ddim_sample(d, out, y, t, noise, eta=eta))
+        y, _ = (p_sample(d, loop_model, y, t, noise) if sampler == "ddpm"
+                else ddim_sample(d, loop_model, y, t, noise, eta=eta))
     check(f"sample_loop {sampler} vs step by step", ours, y)
 
 

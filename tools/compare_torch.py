@@ -5,12 +5,16 @@
     python tools/compare_torch.py --reference /path/to/DiT                        # random DiT-S/2
     python tools/compare_torch.py --reference /path/to/DiT --model DiT-XL/2 \\
         --checkpoint DiT-XL-2-256x256.pt                                           # released weights
+    python tools/compare_torch.py --reference /path/to/DiT --train 5              # 5 training steps
 
 Imports the reference's `models.py` and `diffusion` package from --reference, builds both models
 with the same weights (random, with the zero-initialised layers randomised, or a given .pt),
 and prints max absolute / relative differences for the forward, the guided forward, the training
-loss terms for fixed (x0, t, noise) and N respaced sampling steps with identical noise.
-Exits 1 if any row is past its tolerance.
+loss terms for fixed (x0, t, noise) (t = 0 with typical and extreme pixels too) and N respaced
+sampling steps with identical noise. With --train N it instead runs N steps of the reference's
+training update (train.py: loss mean, AdamW lr 1e-4, EMA 0.9999) beside our jitted train_step
+on the same batches, timesteps, noise and label-drop masks, and prints the per-step losses and
+the final params / EMA differences. Exits 1 if any row is past its tolerance.
 """
 
 from __future__ import annotations
@@ -49,13 +53,15 @@ def main(argv=None) -> int:
     ap.add_argument("--cfg-scale", type=float, default=1.5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tol", type=float, default=1e-5, help="relative tolerance of the forward rows")
+    ap.add_argument("--train", type=int, default=0, metavar="N",
+                    help="compare N training steps (loss, params, EMA) instead of the forward/sampling rows")
     args = ap.parse_args(argv)
 
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")  # no TF32/bf16 passes on GPUs
     from dit_jax.convert import dit_torch, torch_io
     from dit_jax.models.dit import dit_config
-    from dit_jax.parity import format_table, run_comparison
+    from dit_jax.parity import format_table, run_comparison, run_training_comparison
 
     models, diffusion = import_reference(args.reference)
     state_dict = None
@@ -71,9 +77,16 @@ def main(argv=None) -> int:
         config = dit_torch.infer_config(state_dict, config)
     print(f"comparing {dit_torch.config_name(config)} (input {config.input_size}, {config.num_classes} classes) "
           f"with the reference at {args.reference}")
-    rows = run_comparison(models, diffusion, config, state_dict=state_dict, batch=args.batch,
-                          sample_steps=args.steps, respacing=args.respacing, cfg_scale=args.cfg_scale,
-                          seed=args.seed, tol=args.tol, log=print)
+    if args.train < 0:
+        print("error: --train needs a number of steps >= 1", file=sys.stderr)
+        return 2
+    if args.train:
+        rows = run_training_comparison(models, diffusion, config, steps=args.train, state_dict=state_dict,
+                                       batch=args.batch, seed=args.seed, log=print)
+    else:
+        rows = run_comparison(models, diffusion, config, state_dict=state_dict, batch=args.batch,
+                              sample_steps=args.steps, respacing=args.respacing, cfg_scale=args.cfg_scale,
+                              seed=args.seed, tol=args.tol, log=print)
     print(format_table(rows))
     failed = [r.name for r in rows if not r.ok]
     if failed:

@@ -148,8 +148,12 @@ def _check_shapes(params: dict, cfg: DiTConfig) -> None:
 
 def from_torch(sd: Mapping[str, Array], config: DiTConfig | None = None,
                num_heads: int | None = None) -> tuple[dict, DiTConfig]:
-    """Official state dict -> (params, config). Unknown or missing names are errors."""
-    sd = {k: np.asarray(v) for k, v in sd.items()}
+    """Official state dict -> (params, config). Unknown or missing names are errors.
+
+    The arrays are copies: a live `model.state_dict()` shares memory with the module, and an
+    in-place update of the torch model must not reach the converted params.
+    """
+    sd = {k: np.array(v, copy=True) for k, v in sd.items()}
     cfg = infer_config(sd, config, num_heads)
     params: dict = {}
     used = {"pos_embed"}

@@ -3,8 +3,8 @@
 Schedule constants are float64 numpy arrays, cast to float32 when gathered per timestep (as the
 reference does). Everything that touches arrays is a pure jnp function of (model output, x, t),
 so it jit-compiles and shards with the batch. Timesteps `t` given to these functions are indices
-into this (possibly respaced) diffusion; the model always receives `timestep_map[t]`, the
-original 0..T-1 timestep.
+into this (possibly respaced) diffusion; functions that evaluate the model (`training_losses`, the
+samplers) pass it `timestep_map[t]`, the original 0..T-1 timestep, themselves (`apply_model`).
 """
 
 from __future__ import annotations
@@ -46,8 +46,29 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
                   + jnp.square(mean1 - mean2) * jnp.exp(-logvar2))
 
 
+@jax.custom_jvp
+def rounded_tanh(a):
+    """float32 tanh that is correctly rounded (bar rare ties) where it approaches +-1.
+
+    XLA's tanh is exactly 1.0 from |a| = 7.999 on and a few ulps off before; a correctly rounded
+    tanh (and PyTorch's, on CPU) stays below 1 up to |a| = 9.01. The decoder NLL takes logs of
+    differences of two CDFs there, so every ulp counts: for |a| >= 0.55, tanh = 1 - s with
+    s = 2e / (1 + e), e = exp(-2|a|), whose only significant rounding is the final one.
+    """
+    mag = jnp.abs(a)
+    e = jnp.exp(-2.0 * mag)
+    tail = jnp.sign(a) * (1.0 - 2.0 * e / (1.0 + e))
+    return jnp.where(mag < 0.55, jnp.tanh(a), tail)
+
+
+@rounded_tanh.defjvp
+def _rounded_tanh_jvp(primals, tangents):
+    y = rounded_tanh(primals[0])
+    return y, (1.0 - y * y) * tangents[0]  # PyTorch's tanh backward, finite for any |a|
+
+
 def approx_standard_normal_cdf(x):
-    return 0.5 * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * (1.0 + rounded_tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def discretized_gaussian_log_likelihood(x, means, log_scales):
@@ -112,6 +133,11 @@ class GaussianDiffusion:
     def model_timesteps(self, t: jax.Array) -> jax.Array:
         """The original timesteps the model sees for indices t of this diffusion."""
         return jnp.asarray(self.timestep_map, jnp.int32)[t]
+
+    def apply_model(self, model_fn: Callable, x: jax.Array, t: jax.Array) -> jax.Array:
+        """model_fn at indices t of this diffusion: the model sees the original timesteps (the
+        reference's _WrappedModel), whatever the respacing."""
+        return model_fn(x, self.model_timesteps(t))
 
     @property
     def learns_sigma(self) -> bool:
@@ -186,7 +212,7 @@ class GaussianDiffusion:
         sees the mean prediction through a stop-gradient: it trains only the variance.
         """
         x_t = self.q_sample(x_start, t, noise)
-        model_output = model_fn(x_t, self.model_timesteps(t)).astype(jnp.float32)
+        model_output = self.apply_model(model_fn, x_t, t).astype(jnp.float32)
         terms = {}
         c = x_start.shape[-1]
         if self.learns_sigma:

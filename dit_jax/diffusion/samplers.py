@@ -1,9 +1,12 @@
 """Ancestral DDPM and DDIM samplers and classifier-free guidance, as jit-compiled loops.
 
-A model function here is `model_fn(x, t_model) -> output` on channels-last arrays, where t_model
-holds the original timesteps. Step functions take their noise explicitly (so they can be checked
-against the reference with identical noise); the loops draw step i's noise from
-`fold_in(key, i)`, so a run is a pure function of (x_T, key).
+A model function here is `model_fn(x, t_model) -> output` on channels-last arrays. The step
+functions take the model function, not its output, and evaluate it at the original timesteps of
+the (possibly respaced) diffusion themselves, as the reference's wrapped model does, so a caller
+cannot pass a respaced index to the model by mistake. They take their noise explicitly (so they
+can be checked against the reference with identical noise); the loops draw step i's noise from
+`fold_in(key, i)`, so a run is a pure function of (x_T, key). `clip_denoised` defaults to True,
+as in the reference; its sample.py (and ours, for latents) passes False.
 """
 
 from __future__ import annotations
@@ -41,9 +44,12 @@ def guidance_channels(mode: str, in_channels: int) -> int:
 
 def guided_model_fn(class_model_fn: Callable, labels: jax.Array, null_class: int, scale: float,
                     channels: int) -> ModelFn:
-    """Wrap `class_model_fn(x, t, y)` into a guided `model_fn(x, t)` for the conditional half.
+    """Wrap `class_model_fn(x, t, y)` into a guided `model_fn(x, t)` on a batch of B samples.
 
-    Runs the model once on [x; x] with labels [y; null], as the reference's forward_with_cfg.
+    Runs the model once on [x; x] with labels [y; null] and returns the CONDITIONAL half only
+    (B rows): the guided first `channels` channels followed by the conditional pass's remaining
+    channels (its variance), which is the half the reference keeps at the end. For the
+    reference's doubled layout use `forward_with_cfg`.
     """
     def model_fn(x, t):
         out = class_model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
@@ -52,17 +58,33 @@ def guided_model_fn(class_model_fn: Callable, labels: jax.Array, null_class: int
     return model_fn
 
 
-def p_sample(diffusion: GaussianDiffusion, model_output, x, t, noise, clip_denoised: bool = False):
-    """One ancestral step x_t -> x_{t-1}; no noise is added at t == 0 (though it is drawn)."""
-    out = diffusion.p_mean_variance(model_output, x, t, clip_denoised=clip_denoised)
+def forward_with_cfg(class_model_fn: Callable, scale: float, channels: int = 3) -> Callable:
+    """The reference's `DiT.forward_with_cfg` layout: `fn(x, t, y)` on a doubled batch of 2B rows.
+
+    As the reference, only the first half of x is used (run twice, with the labels y as given:
+    conditional first, null second) and both halves are returned: rows [:B] the guided channels
+    plus the conditional remaining channels, rows [B:] the same guided channels plus the
+    unconditional remaining channels. Sampling on this layout and keeping rows [:B] equals
+    sampling with `guided_model_fn`.
+    """
+    def model_fn(x, t, y):
+        half = x[: x.shape[0] // 2]
+        return apply_guidance(class_model_fn(jnp.concatenate([half, half]), t, y), scale, channels)
+    return model_fn
+
+
+def p_sample(diffusion: GaussianDiffusion, model_fn: ModelFn, x, t, noise, clip_denoised: bool = True):
+    """One ancestral step x_t -> x_{t-1} for indices t of `diffusion`; no noise is added at t == 0
+    (though it is drawn). Returns (x_{t-1}, pred_xstart)."""
+    out = diffusion.p_mean_variance(diffusion.apply_model(model_fn, x, t), x, t, clip_denoised=clip_denoised)
     nonzero = (t != 0).astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
     return out["mean"] + nonzero * jnp.exp(0.5 * out["log_variance"]) * noise, out["pred_xstart"]
 
 
-def ddim_sample(diffusion: GaussianDiffusion, model_output, x, t, noise, eta: float = 0.0,
-                clip_denoised: bool = False):
+def ddim_sample(diffusion: GaussianDiffusion, model_fn: ModelFn, x, t, noise, eta: float = 0.0,
+                clip_denoised: bool = True):
     """One DDIM step; eps is re-derived from pred_xstart, the learned variance is ignored."""
-    out = diffusion.p_mean_variance(model_output, x, t, clip_denoised=clip_denoised)
+    out = diffusion.p_mean_variance(diffusion.apply_model(model_fn, x, t), x, t, clip_denoised=clip_denoised)
     eps = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
     alpha_bar = diffusion.gather(diffusion.alphas_cumprod, t, x.ndim)
     alpha_bar_prev = diffusion.gather(diffusion.alphas_cumprod_prev, t, x.ndim)
@@ -73,7 +95,7 @@ def ddim_sample(diffusion: GaussianDiffusion, model_output, x, t, noise, eta: fl
 
 
 def sample_loop(diffusion: GaussianDiffusion, model_fn: ModelFn, x_T: jax.Array, key: jax.Array,
-                sampler: str = "ddpm", eta: float = 0.0, clip_denoised: bool = False,
+                sampler: str = "ddpm", eta: float = 0.0, clip_denoised: bool = True,
                 noise_fn: Callable | None = None) -> jax.Array:
     """Run all steps from index T-1 down to 0 in one `lax.fori_loop` (jit-friendly).
 
@@ -87,12 +109,11 @@ def sample_loop(diffusion: GaussianDiffusion, model_fn: ModelFn, x_T: jax.Array,
     def body(k, x):
         i = n - 1 - k
         t = jnp.full((x.shape[0],), i, jnp.int32)
-        out = model_fn(x, diffusion.model_timesteps(t))
         noise = noise_fn(key, i, x)
         if sampler == "ddpm":
-            x, _ = p_sample(diffusion, out, x, t, noise, clip_denoised)
+            x, _ = p_sample(diffusion, model_fn, x, t, noise, clip_denoised)
         else:
-            x, _ = ddim_sample(diffusion, out, x, t, noise, eta, clip_denoised)
+            x, _ = ddim_sample(diffusion, model_fn, x, t, noise, eta, clip_denoised)
         return x
 
     return jax.lax.fori_loop(0, n, body, x_T.astype(jnp.float32))

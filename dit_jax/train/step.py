@@ -44,17 +44,27 @@ def model_input(batch: dict, key: jax.Array, mode: str, vae_params: Any = None, 
 
 def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model: DiT, diffusion: GaussianDiffusion,
                tx: optax.GradientTransformation, ema_decay: float, input_mode: str = "", vae_config: Any = None,
-               latent_scale: float = 0.18215):
-    """batch: {'image': (B, H, W, C) in [-1, 1]} or a latent dataset's {'mean', 'std'}, plus 'label' (B,)."""
+               latent_scale: float = 0.18215, draws: dict | None = None):
+    """batch: {'image': (B, H, W, C) in [-1, 1]} or a latent dataset's {'mean', 'std'}, plus 'label' (B,).
+
+    `draws` = {'t': (B,) int, 'noise': x0's shape, 'drop': (B,) bool label-drop mask} replaces the
+    step's own random draws (to run the same update as another implementation on the same
+    randomness); without it the step draws them from (state.rng, state.step).
+    """
     y = batch["label"]
     t_key, noise_key, drop_key, latent_key = step_keys(state.rng, state.step)
     x0 = model_input(batch, latent_key, input_mode, vae_params, vae_config, latent_scale)
-    t = jax.random.randint(t_key, (x0.shape[0],), 0, diffusion.num_timesteps)
-    noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
+    if draws is None:  # label dropout is then drawn inside the model, from drop_key
+        t = jax.random.randint(t_key, (x0.shape[0],), 0, diffusion.num_timesteps)
+        noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
+        force_drop = None
+    else:
+        t, noise, force_drop = draws["t"], draws["noise"].astype(jnp.float32), draws["drop"]
 
     def loss_fn(params):
         def model_fn(x_t, t_model):
-            return model.apply({"params": params}, x_t, t_model, y, train=True, rngs={"dropout": drop_key})
+            return model.apply({"params": params}, x_t, t_model, y, train=True, force_drop=force_drop,
+                               rngs={"dropout": drop_key})
         terms = diffusion.training_losses(model_fn, x0, t, noise)
         return jnp.mean(terms["loss"]), terms
 
