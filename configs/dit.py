@@ -30,7 +30,11 @@ def get_config(arg: str = "XL/2"):
     if resolution not in (256, 512):
         raise ValueError(f"resolution must be 256 or 512, got {res!r} (use e.g. 'XL/2-512')")
     c = base_config()
-    c.model = model_fields(name, input_size=resolution // 8, in_channels=4, num_classes=1000)
+    # Mixed precision on accelerators: float32 params, AdamW moments and EMA; bf16 matmuls and
+    # attention (cuDNN flash attention on GPUs, XLA on TPUs and CPUs). `--config.model.dtype=float32`
+    # computes as the reference's TF32 default does, only slower.
+    c.model = model_fields(name, input_size=resolution // 8, in_channels=4, num_classes=1000,
+                           dtype="bfloat16", attention="cudnn")
     c.data.image_size = resolution
     c.data.latents = "encode"  # the reference: VAE-encode each batch in the step (or "dataset": extracted latents)
     c.data.vae = ""            # set to a `dit-jax convert --from-diffusers-vae` output (sd-vae-ft-ema or -mse)

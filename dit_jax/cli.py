@@ -1,4 +1,4 @@
-"""`dit-jax` command line: sample | convert | train | evaluate."""
+"""`dit-jax` command line: sample | convert | train | evaluate | benchmark | ..."""
 
 from __future__ import annotations
 
@@ -287,6 +287,28 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    """Train step, input pipeline and sampler timed per setting, beside the PyTorch reference (--torch)."""
+    from dit_jax.benchmark import Setting, parse_setting, run_benchmark
+    from dit_jax.models.dit import dit_config
+    sizes = dict(input_size=args.input_size, num_classes=args.num_classes, in_channels=args.in_channels,
+                 num_heads=args.num_heads, depth=args.depth, hidden_size=args.hidden_size)
+    config = dit_config(args.model, **{k: v for k, v in sizes.items() if v is not None})
+    defaults = Setting(batch=args.batch, dtype=args.dtype, attention=args.attention, remat=args.remat, scan=args.scan)
+    settings = [parse_setting(spec, defaults) for spec in args.setting] or [parse_setting("", defaults)]
+    reference = ""
+    if args.torch:
+        reference = args.reference or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                   "tests", "torch_reference")
+        if not os.path.isfile(os.path.join(reference, "models.py")):
+            raise FileNotFoundError(f"--torch: no models.py in {reference}: pass --reference DIR (a DiT checkout)")
+    run_benchmark(args.model, config, settings, steps=args.steps, warmup=args.warmup, pipeline=not args.no_pipeline,
+                  data_dir=args.data_dir, dataset=args.dataset, worker_count=args.workers,
+                  sample_steps=args.sample_steps, cfg_scale=args.cfg_scale, sample_batch=args.sample_batch,
+                  sample_repeats=args.sample_repeats, torch_reference=reference, out=args.out)
+    return 0
+
+
 def _add_model_args(p):
     p.add_argument("--model", help="named model, e.g. DiT-XL/2 (checked against the checkpoint)")
     p.add_argument("--input-size", type=int, help="latent/image side (32 for 256 px latents, 64 for 512 px)")
@@ -385,6 +407,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("compile", help="will it fit? AOT-compile the train step for a TPU topology from this host: "
                    "--config configs/dit.py:XL/2 --topology v5p-8 [--num-slices N] (needs libtpu)")
+
+    bm = sub.add_parser("benchmark", help="img/s, MFU, memory and compile time of the train step, input pipeline "
+                                          "and sampler per setting; --torch times the PyTorch reference beside them")
+    _add_model_args(bm)
+    bm.set_defaults(model="XL/2")
+    bm.add_argument("--depth", type=int, help="override the named model's depth (small test models)")
+    bm.add_argument("--hidden-size", type=int, help="override the named model's hidden size")
+    bm.add_argument("--setting", action="append", default=[],
+                    help="one benchmarked setting as key=value pairs over the defaults below, e.g. "
+                         "'batch=256,remat=full' (repeatable; keys batch, dtype, attention, remat, scan)")
+    bm.add_argument("--batch", type=int, default=32, help="default batch per device")
+    bm.add_argument("--dtype", default="bfloat16", help="default compute dtype (params stay float32)")
+    bm.add_argument("--attention", default="cudnn", help="default attention: cudnn (XLA off GPUs) or xla")
+    bm.add_argument("--remat", default="none", help="default remat policy: none, full, dots_saveable, "
+                                                    "dots_with_no_batch_dims_saveable, offload_dots")
+    bm.add_argument("--scan", action="store_true", help="default: scan over blocks")
+    bm.add_argument("--steps", type=int, default=20, help="timed train steps per setting")
+    bm.add_argument("--warmup", type=int, default=3, help="untimed train steps first")
+    bm.add_argument("--no-pipeline", action="store_true", help="skip the input-pipeline rows")
+    bm.add_argument("--dataset", default="", help="latent dataset for the pipeline rows (default: a synthetic one)")
+    bm.add_argument("--data-dir", "--data_dir", dest="data_dir", default="")
+    bm.add_argument("--workers", type=int, default=0, help="Grain worker processes of the pipeline rows")
+    bm.add_argument("--sample-steps", type=int, default=250, help="sampling steps (0: no sampler rows)")
+    bm.add_argument("--cfg-scale", type=float, default=1.5, help="guidance scale of the sampler rows")
+    bm.add_argument("--sample-batch", type=int, default=32)
+    bm.add_argument("--sample-repeats", type=int, default=1, help="timed sampler runs after one warm-up run")
+    bm.add_argument("--torch", action="store_true", help="also time the PyTorch reference (TF32, bf16 autocast, "
+                                                         "bf16 + torch.compile; float32 only on CPU)")
+    bm.add_argument("--reference", default="", help="with --torch: an official DiT checkout (default: "
+                                                    "tests/torch_reference)")
+    bm.add_argument("--out", default="", help="write the rows as JSON here")
+    bm.set_defaults(func=cmd_benchmark)
+
     e = sub.add_parser("evaluate", help="FID / sFID / IS / precision / recall as the ADM evaluator")
     e.add_argument("reference", help="ADM reference batch .npz (arr_0, mu, sigma, mu_s, sigma_s)")
     e.add_argument("samples", help="sample batch .npz (arr_0: uint8 N x H x W x 3)")

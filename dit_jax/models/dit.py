@@ -34,6 +34,22 @@ LOGICAL_AXES = ("batch", "length", "embed", "embed_in", "heads", "kv", "qkv", "m
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ATTENTION = ("xla", "cudnn")
+# What a block's backward pass keeps from its forward pass; the rest is recomputed.
+REMAT = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "offload_dots")
+
+
+def remat_policy(name: str):
+    """The jax.checkpoint policy of a REMAT name ("none" means no remat at all).
+
+    full: keep only the block's inputs. dots_saveable: keep every matmul output (attention's too).
+    dots_with_no_batch_dims_saveable: keep the weight matmuls, recompute attention. offload_dots: the
+    weight matmuls' outputs go to pinned host memory and come back for the backward pass.
+    """
+    policies = jax.checkpoint_policies
+    return {"full": policies.nothing_saveable,
+            "dots_saveable": policies.dots_saveable,
+            "dots_with_no_batch_dims_saveable": policies.dots_with_no_batch_dims_saveable,
+            "offload_dots": policies.offload_dot_with_no_batch_dims("device", "pinned_host")}[name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,13 +67,17 @@ class DiTConfig:
     num_classes: int = 1000
     learn_sigma: bool = True
     # How it is computed (does not change the parameters):
+    # Mixed precision: "bfloat16" runs matmuls and attention in bf16 while LayerNorm statistics,
+    # softmax, the timestep/label conditioning and the output (so the loss) stay float32.
     dtype: str = "float32"          # compute dtype
-    param_dtype: str = "float32"
-    attention: str = "xla"          # "xla" or "cudnn" (cudnn needs bf16/fp16 compute on a GPU)
+    param_dtype: str = "float32"    # keep float32: AdamW moments and the EMA take the params' dtype
+    attention: str = "xla"          # "xla", or "cudnn" (flash attention on GPUs, XLA on other backends)
     scan_blocks: bool = False       # nn.scan over blocks: faster compiles, stacked block params
-    remat: bool = False             # recompute block activations in the backward pass
+    remat: str = "none"             # one of REMAT: what the backward pass recomputes
 
     def __post_init__(self):
+        if isinstance(self.remat, bool):  # configs and checkpoints written when remat was on/off
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
         problems = []
         if self.input_size % self.patch_size:
             problems.append(f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}")
@@ -69,6 +89,8 @@ class DiTConfig:
             problems.append(f"dtype/param_dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}/{self.param_dtype!r}")
         if self.attention not in ATTENTION:
             problems.append(f"attention must be one of {ATTENTION}, got {self.attention!r}")
+        if self.remat not in REMAT:
+            problems.append(f"remat must be one of {REMAT}, got {self.remat!r}")
         if self.attention == "cudnn" and self.dtype == "float32":
             problems.append("attention='cudnn' needs dtype='bfloat16' or 'float16'")
         if not 0 <= self.class_dropout_prob < 1:
@@ -148,19 +170,23 @@ class DiT(nn.Module):
         tokens = tokens + jnp.asarray(sincos_2d_pos_embed(d, gh), dtype)[None]
         tokens = nn.with_logical_constraint(tokens, ("batch", "length", "embed"))
 
-        c = TimestepEmbedder(d, name="t_embedder", **kw)(t)
-        c = c + LabelEmbedder(cfg.num_classes, d, cfg.class_dropout_prob, name="y_embedder", **kw)(
+        # The conditioning is float32 whatever the compute dtype: timesteps up to 999 need more than
+        # bf16's 8 bits of mantissa, and at (B, hidden) it costs nothing.
+        cond_kw = dict(dtype=jnp.float32, param_dtype=param_dtype)
+        c = TimestepEmbedder(d, name="t_embedder", **cond_kw)(t)
+        c = c + LabelEmbedder(cfg.num_classes, d, cfg.class_dropout_prob, name="y_embedder", **cond_kw)(
             y, train, force_drop)
         c = nn.with_logical_constraint(c, ("batch", "embed"))
 
         block_kwargs = dict(num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, attention=cfg.attention, **kw)
+        remat = {} if cfg.remat == "none" else dict(policy=remat_policy(cfg.remat))
         if cfg.scan_blocks:
-            body = nn.remat(ScanBlock, prevent_cse=False) if cfg.remat else ScanBlock
+            body = nn.remat(ScanBlock, prevent_cse=False, **remat) if remat else ScanBlock
             tokens, _ = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
                                 in_axes=nn.broadcast, length=cfg.depth,
                                 metadata_params={nn.PARTITION_NAME: "layers"})(block_kwargs, name="blocks")(tokens, c)
         else:
-            block_cls = nn.remat(DiTBlock) if cfg.remat else DiTBlock
+            block_cls = nn.remat(DiTBlock, **remat) if remat else DiTBlock
             for i in range(cfg.depth):
                 tokens = block_cls(**block_kwargs, name=f"blocks_{i}")(tokens, c)
 
@@ -168,9 +194,10 @@ class DiT(nn.Module):
         shift, scale = ada_ln(c, 2, name="final_adaLN", **kw)
         out = Linear((p * p * cfg.out_channels,), ("embed", "patch"), kernel_init=nn.initializers.zeros_init(),
                      name="final_linear", **kw)(modulate(layer_norm(tokens), shift, scale))
-        # Unpatchify in the reference's (h, w, p, q, c) order.
+        # Unpatchify in the reference's (h, w, p, q, c) order; float32 out, so the loss and the
+        # sampler's arithmetic are float32 whatever the compute dtype.
         out = out.reshape(b, gh, gw, p, p, cfg.out_channels).transpose(0, 1, 3, 2, 4, 5)
-        return out.reshape(b, h, w, cfg.out_channels)
+        return out.reshape(b, h, w, cfg.out_channels).astype(jnp.float32)
 
 
 def init_params(config: DiTConfig, key: jax.Array, batch: int = 1):

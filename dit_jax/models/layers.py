@@ -6,10 +6,17 @@ the same names. Without rules in scope both are no-ops.
 
 Numerics follow the PyTorch reference: PyTorch-style xavier fans on every linear layer, LayerNorm
 without affine in float32, tanh-approximate GELU, cos-first timestep sinusoid.
+
+Mixed precision: parameters stay in `param_dtype` (float32); each Linear casts its input and kernel
+to `dtype` (bfloat16 on accelerators), so matmuls and attention run in it. LayerNorm statistics and
+the attention softmax are always float32 (jax.nn.dot_product_attention keeps bf16 logits' softmax in
+float32; cuDNN accumulates in float32).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from typing import Any, Callable, Sequence
 
@@ -164,6 +171,25 @@ class LabelEmbedder(nn.Module):
         return jnp.take(table, labels, axis=0).astype(self.dtype)
 
 
+@functools.cache
+def _log_cudnn_fallback(backend: str) -> None:
+    logging.getLogger(__name__).warning(
+        "attention='cudnn' on the %s backend: using XLA attention (cuDNN flash attention needs a GPU)", backend)
+
+
+def attention_implementation(requested: str) -> str | None:
+    """The `jax.nn.dot_product_attention` implementation to trace for the configured one.
+
+    cuDNN attention fails at trace time without a GPU ("cuDNN is not detected"), so a config asking
+    for it falls back to XLA elsewhere (logged once): the same config then initialises, converts and
+    lowers on a CPU host that prepares a job, and runs cuDNN on the GPUs that train it.
+    """
+    if requested == "cudnn" and jax.default_backend() != "gpu":
+        _log_cudnn_fallback(jax.default_backend())
+        return None
+    return None if requested == "xla" else requested
+
+
 class Attention(nn.Module):
     num_heads: int
     implementation: str = "xla"
@@ -178,8 +204,7 @@ class Attention(nn.Module):
         qkv = Linear((3, self.num_heads, head_dim), ("embed", "qkv", "heads", "kv"), name="qkv", **kw)(x)
         qkv = nn.with_logical_constraint(qkv, ("batch", "length", "qkv", "heads", "kv"))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, H) each
-        out = jax.nn.dot_product_attention(
-            q, k, v, implementation=None if self.implementation == "xla" else self.implementation)
+        out = jax.nn.dot_product_attention(q, k, v, implementation=attention_implementation(self.implementation))
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         return Linear((dim,), ("heads", "kv", "embed"), n_in_axes=2, name="proj", **kw)(out)
 

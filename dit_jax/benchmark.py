@@ -1,0 +1,369 @@
+"""Speed of the real training step, input pipeline and sampler, beside the PyTorch reference.
+
+    dit-jax benchmark --model XL/2 --setting batch=32 --setting batch=256,remat=full \\
+        --sample-steps 250 --cfg-scale 1.5 --torch --out bench.json
+
+For each setting (batch per device, compute dtype, attention, remat policy, scan over blocks) it
+compiles the train step exactly as the training loop does (hybrid loss, AdamW, EMA, donated state,
+sharded over all devices, latent-dataset input) and times it after warm-up with
+`block_until_ready`: once on synthetic latents already on the devices (the step alone), once fed by
+the real Grain pipeline from a latent dataset (a small synthetic one is built unless --data-dir
+names one), and the pipeline alone, to show whether input keeps up. The jitted sampler (N steps,
+classifier-free guidance, one compiled loop) is timed per distinct (dtype, attention, scan).
+`--torch` runs the reference in a process of its own (dit_jax.benchmark_torch) first.
+
+One table: img/s, ms per step (per sampling step for samplers), MFU against the device's nominal
+bf16 peak (`dit_jax.train.metrics_log.peak_flops`; blank where unknown, e.g. CPU), peak device
+memory (`memory_stats`, none on CPU; the process's running peak, so rows after a larger one may
+repeat it), compile seconds and the ratio to the best PyTorch row of the same kind and batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dit_jax.models.dit import ATTENTION, DTYPES, REMAT, DiT, DiTConfig, forward_macs
+
+LATENT_DATASET = "benchmark_latents"
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    batch: int                 # per device
+    dtype: str = "bfloat16"
+    attention: str = "cudnn"
+    remat: str = "none"
+    scan: bool = False
+
+    def label(self) -> str:
+        return (f"b{self.batch} {self.dtype} {self.attention} remat={self.remat}"
+                + (" scan" if self.scan else ""))
+
+    def model(self, base: DiTConfig) -> DiTConfig:
+        return dataclasses.replace(base, dtype=self.dtype, attention=self.attention, remat=self.remat,
+                                   scan_blocks=self.scan)
+
+
+def parse_setting(spec: str, defaults: Setting) -> Setting:
+    """'batch=256,remat=full' over the defaults; every key must be a Setting field."""
+    fields = {f.name: f.type for f in dataclasses.fields(Setting)}
+    values = {}
+    for part in filter(None, spec.split(",")):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise ValueError(f"bad --setting {spec!r}: expected key=value pairs with keys {sorted(fields)}")
+        if key == "batch":
+            values[key] = int(value)
+        elif key == "scan":
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"bad --setting {spec!r}: scan is true or false")
+            values[key] = value.lower() in ("true", "1")
+        else:
+            values[key] = value.strip()
+    s = dataclasses.replace(defaults, **values)
+    choices = {"dtype": tuple(DTYPES), "attention": ATTENTION, "remat": REMAT}
+    for key, allowed in choices.items():
+        if getattr(s, key) not in allowed:
+            raise ValueError(f"bad --setting {spec!r}: {key} must be one of {allowed}")
+    if s.batch < 1:
+        raise ValueError(f"bad --setting {spec!r}: batch must be >= 1")
+    return s
+
+
+def peak_memory_gib(device) -> float | None:
+    stats = device.memory_stats()  # None on CPU
+    return stats["peak_bytes_in_use"] / 2**30 if stats and "peak_bytes_in_use" in stats else None
+
+
+def _is_out_of_memory(error: Exception) -> bool:
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+
+
+# ----------------------------------------------------------------------------- the train step
+
+
+def build_train_step(model_cfg: DiTConfig, mesh, optim=None, ema_decay: float = 0.9999, input_mode: str = "dataset"):
+    """(create_state, step) as the training loop builds them: the state jitted into its logical
+    shardings, the step jitted with the batch split over the mesh and the state donated."""
+    import flax.linen as nn
+
+    from dit_jax.diffusion.gaussian import create_diffusion
+    from dit_jax.parallel.sharding import batch_sharding, logical_shardings, replicated
+    from dit_jax.train.config_base import base_config
+    from dit_jax.train.state import abstract_state, create_state, make_optimizer
+    from dit_jax.train.step import train_step
+
+    tx = make_optimizer(optim or base_config().optim)
+    shardings = logical_shardings(abstract_state(model_cfg, tx), mesh)
+    diffusion = create_diffusion("", learn_sigma=model_cfg.learn_sigma)
+    with jax.set_mesh(mesh):
+        create = jax.jit(lambda: nn.unbox(create_state(model_cfg, tx, 0)), out_shardings=shardings)
+    step = jax.jit(partial(train_step, model=DiT(model_cfg), diffusion=diffusion, tx=tx, ema_decay=ema_decay,
+                           input_mode=input_mode),
+                   in_shardings=(shardings, batch_sharding(mesh), replicated(mesh)),
+                   out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+    return create, step
+
+
+def synthetic_latents(model_cfg: DiTConfig, global_batch: int, sharding, seed: int = 0) -> dict:
+    """A latent-dataset batch (posterior mean/std, labels) already on the devices."""
+    rng = np.random.default_rng(seed)
+    shape = (global_batch, model_cfg.input_size, model_cfg.input_size, model_cfg.in_channels)
+    host = {"mean": rng.standard_normal(shape).astype(np.float32),
+            "std": np.full(shape, 0.1, np.float32),
+            "label": rng.integers(0, model_cfg.num_classes, global_batch).astype(np.int32)}
+    return {k: jax.device_put(v, sharding) for k, v in host.items()}
+
+
+def _timed_steps(step, state, next_batch, steps: int, warmup: int):
+    for _ in range(warmup):
+        state, metrics = step(state, next_batch(), None)
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step(state, next_batch(), None)
+    jax.block_until_ready((state, metrics))
+    return state, (time.perf_counter() - t0) / steps, float(metrics["loss"])
+
+
+def time_train(model_cfg: DiTConfig, setting: Setting, mesh, steps: int, warmup: int, loader=None) -> list[dict]:
+    """Rows for one setting: the step on synthetic latents, and through `loader` when given."""
+    import flax.linen as nn
+
+    from dit_jax.data.pipeline import to_global
+    from dit_jax.parallel.sharding import LOGICAL_RULES, batch_sharding
+
+    global_batch = setting.batch * mesh.size
+    cfg = setting.model(model_cfg)
+    base = dict(kind="train", impl="jax", batch=setting.batch, setting=setting.label())
+    create, step = build_train_step(cfg, mesh)
+    batch = synthetic_latents(cfg, global_batch, batch_sharding(mesh))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        state = create()
+        t0 = time.perf_counter()
+        compiled = step.lower(state, batch, None).compile()
+        compile_s = time.perf_counter() - t0
+        analysis = compiled.memory_analysis()
+        state, dt, loss = _timed_steps(compiled, state, lambda: batch, steps, warmup)
+        rows = [dict(base, input="synthetic, on device", img_s=global_batch / dt, step_ms=1e3 * dt, loss=loss,
+                     compile_s=compile_s, peak_gib=peak_memory_gib(jax.devices()[0]),
+                     temp_gib=getattr(analysis, "temp_size_in_bytes", 0) / 2**30 if analysis else None)]
+        if loader is not None:
+            it = iter(loader)
+            state, dt, loss = _timed_steps(compiled, state, lambda: to_global(next(it), batch_sharding(mesh)),
+                                           steps, warmup)
+            rows.append(dict(base, input="latent dataset (Grain)", img_s=global_batch / dt, step_ms=1e3 * dt,
+                             loss=loss, compile_s=None, peak_gib=peak_memory_gib(jax.devices()[0])))
+            rows.append(time_input(it, global_batch, steps, base))
+            from dit_jax.data.pipeline import close
+            close(it)
+    flops = 3 * 2 * forward_macs(cfg)  # forward + backward (twice the forward), MACs -> FLOPs
+    return [dict(r, flops_per_image=flops) for r in rows]
+
+
+def time_input(it, global_batch: int, steps: int, base: dict) -> dict:
+    """The input pipeline alone: host batches per second (what the step would have to wait for)."""
+    next(it)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        next(it)
+    dt = (time.perf_counter() - t0) / steps
+    return dict(base, kind="input", input="latent dataset (Grain), no step", img_s=global_batch / dt,
+                step_ms=1e3 * dt, compile_s=None, peak_gib=None)
+
+
+def synthetic_latent_dataset(model_cfg: DiTConfig, data_dir: str, num_records: int) -> str:
+    """A latent dataset of random posteriors in the layout `dit-jax extract-latents` writes."""
+    import tensorflow_datasets as tfds
+
+    from dit_jax.data.latents import LATENT_KEYS, _builder_class
+    shape = (model_cfg.input_size, model_cfg.input_size, model_cfg.in_channels)
+    rng = np.random.default_rng(0)
+    shard = os.path.join(data_dir, "latents_shard.npz")
+    np.savez(shard, label=rng.integers(0, model_cfg.num_classes, num_records).astype(np.int64),
+             **{k: (rng.standard_normal((num_records,) + shape) * (0.1 if k.startswith("std") else 1.0)).astype(
+                 np.float16) for k in LATENT_KEYS})
+    builder = _builder_class(LATENT_DATASET, [shard], shape, "float16")(
+        data_dir=data_dir, file_format=tfds.core.FileFormat.ARRAY_RECORD)
+    builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
+    os.remove(shard)
+    return data_dir
+
+
+def make_loader(model_cfg: DiTConfig, name: str, data_dir: str, global_batch: int, worker_count: int):
+    from dit_jax.data.pipeline import make_train_loader
+    data = dict(name=name, data_dir=data_dir, split="train", num_classes=model_cfg.num_classes, random_flip=True,
+                worker_count=worker_count, worker_buffer_size=2)
+    return make_train_loader(data, global_batch, seed=0)
+
+
+# ----------------------------------------------------------------------------- the sampler
+
+
+def time_sample(model_cfg: DiTConfig, setting: Setting, batch: int, sample_steps: int, cfg_scale: float,
+                repeats: int) -> dict:
+    """The jitted sampler (one compiled loop over all steps) on `batch` images of one device."""
+    from dit_jax.diffusion.gaussian import create_diffusion
+    from dit_jax.models.dit import init_params
+    from dit_jax.sample import make_sampler
+
+    cfg = setting.model(model_cfg)
+    params = jax.jit(partial(init_params, cfg))(jax.random.key(0))
+    run = make_sampler(cfg, create_diffusion(str(sample_steps), learn_sigma=cfg.learn_sigma), cfg_scale)
+    labels = jnp.arange(batch, dtype=jnp.int32) % cfg.num_classes
+    key = jax.random.PRNGKey(0)
+    t0 = time.perf_counter()
+    compiled = run.lower(params, labels, key).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(params, labels, key))  # warm-up
+    t0 = time.perf_counter()
+    for i in range(repeats):
+        out = compiled(params, labels, jax.random.PRNGKey(i + 1))
+    jax.block_until_ready(out)
+    dt = (time.perf_counter() - t0) / repeats
+    halves = 2 if cfg_scale > 1 else 1  # guidance runs the model on [x, x]
+    return dict(kind="sample", impl="jax", batch=batch, input=f"{sample_steps} steps, cfg {cfg_scale}",
+                setting=dataclasses.replace(setting, batch=batch, remat="none").label().replace(" remat=none", ""),
+                img_s=batch / dt, step_ms=1e3 * dt / sample_steps, compile_s=compile_s,
+                peak_gib=peak_memory_gib(jax.devices()[0]),
+                flops_per_image=2 * forward_macs(cfg) * sample_steps * halves)
+
+
+# ----------------------------------------------------------------------------- PyTorch and the report
+
+
+def torch_rows(reference: str, model_cfg: DiTConfig, train_batches: list[int], steps: int, warmup: int,
+               sample_batch: int, sample_steps: int, cfg_scale: float, repeats: int, timeout: float) -> list[dict]:
+    """The reference's rows from `python -m dit_jax.benchmark_torch` (a process of its own)."""
+    model = dict(input_size=model_cfg.input_size, patch_size=model_cfg.patch_size,
+                 in_channels=model_cfg.in_channels, hidden_size=model_cfg.hidden_size, depth=model_cfg.depth,
+                 num_heads=model_cfg.num_heads, mlp_ratio=model_cfg.mlp_ratio,
+                 class_dropout_prob=model_cfg.class_dropout_prob, num_classes=model_cfg.num_classes,
+                 learn_sigma=model_cfg.learn_sigma)
+    request = dict(reference=os.path.abspath(reference), model=model, train_batches=train_batches, steps=steps,
+                   warmup=warmup, sample_batch=sample_batch, sample_steps=sample_steps, cfg_scale=cfg_scale,
+                   sample_repeats=repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        req, out = os.path.join(tmp, "request.json"), os.path.join(tmp, "rows.json")
+        with open(req, "w") as f:
+            json.dump(request, f)
+        proc = subprocess.run([sys.executable, "-m", "dit_jax.benchmark_torch", req, out], timeout=timeout,
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"the PyTorch benchmark failed:\n{proc.stderr[-3000:]}")
+        with open(out) as f:
+            rows = json.load(f)
+    for r in rows:
+        r["flops_per_image"] = (3 * 2 * forward_macs(model_cfg) if r["kind"] == "train" else
+                                2 * forward_macs(model_cfg) * sample_steps * (2 if cfg_scale > 1 else 1))
+    return rows
+
+
+def add_ratios(rows: list[dict], peak_flops_per_device: float, num_devices: int) -> None:
+    """MFU of every timed row and each JAX row's ratio to the best PyTorch row of its kind and batch."""
+    for r in rows:
+        if r.get("img_s") and peak_flops_per_device and r["kind"] != "input":
+            devices = num_devices if r["impl"] == "jax" and r["kind"] == "train" else 1
+            r["mfu"] = r["img_s"] * r["flops_per_image"] / (peak_flops_per_device * devices)
+    for r in rows:
+        if r["impl"] != "jax" or not r.get("img_s") or r["kind"] == "input":
+            continue
+        per_device = r["img_s"] / (num_devices if r["kind"] == "train" else 1)
+        best = max((t["img_s"] for t in rows if t["impl"] == "torch" and t.get("img_s") and t["kind"] == r["kind"]
+                    and t["batch"] == r["batch"]), default=None)
+        if best:
+            r["vs_torch"] = per_device / best
+
+
+def format_table(rows: list[dict]) -> str:
+    header = (f"{'kind':<7}{'impl':<6}{'setting':<38}{'input':<34}{'img/s':>9}{'ms/step':>9}{'MFU':>7}"
+              f"{'peak GiB':>9}{'compile s':>10}{'vs torch':>9}")
+    lines = [header, "-" * len(header)]
+
+    def num(v, fmt):
+        return format(v, fmt) if v is not None else "-"
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"{r['kind']:<7}{r['impl']:<6}{r['setting']:<38}{r.get('input', ''):<34}  {r['error']}")
+            continue
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
+        ratio = f"{r['vs_torch']:.2f}x" if r.get("vs_torch") is not None else "-"
+        lines.append(f"{r['kind']:<7}{r['impl']:<6}{r['setting']:<38}{r.get('input', ''):<34}"
+                     f"{r['img_s']:>9.2f}{r['step_ms']:>9.2f}{mfu:>7}{num(r.get('peak_gib'), '.1f'):>9}"
+                     f"{num(r.get('compile_s'), '.1f'):>10}{ratio:>9}")
+    return "\n".join(lines)
+
+
+def environment() -> dict:
+    import flax
+    device = jax.devices()[0]
+    return dict(device_kind=device.device_kind, platform=device.platform, device_count=jax.device_count(),
+                jax=jax.__version__, flax=flax.__version__, python=sys.version.split()[0])
+
+
+def run_benchmark(model_name: str, model_cfg: DiTConfig, settings: list[Setting], *, steps: int = 10,
+                  warmup: int = 2, pipeline: bool = True, data_dir: str = "", dataset: str = "",
+                  worker_count: int = 0, sample_steps: int = 250, cfg_scale: float = 1.5, sample_batch: int = 32,
+                  sample_repeats: int = 1, torch_reference: str = "", torch_timeout: float = 3600,
+                  out: str = "", log=print) -> dict:
+    """Time every setting (and the reference with torch_reference); print the table, write JSON."""
+    from dit_jax.parallel.sharding import make_mesh
+    from dit_jax.train.metrics_log import peak_flops
+
+    rows = []
+    if torch_reference:  # first, before JAX takes the accelerator's memory
+        log(f"timing the PyTorch reference in {torch_reference} ...")
+        rows += torch_rows(torch_reference, model_cfg, sorted({s.batch for s in settings}), steps, warmup,
+                           sample_batch, sample_steps, cfg_scale, sample_repeats, torch_timeout)
+    mesh = make_mesh(data=-1, fsdp=1, tensor=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        if pipeline and not dataset:  # a synthetic latent dataset, big enough for a few distinct batches
+            log("building a synthetic latent dataset for the input pipeline rows ...")
+            num_records = 4 * max(s.batch for s in settings) * mesh.size
+            data_dir, dataset = synthetic_latent_dataset(model_cfg, tmp, num_records), LATENT_DATASET
+        for s in settings:
+            loader = make_loader(model_cfg, dataset, data_dir, s.batch * mesh.size, worker_count) if pipeline else None
+            log(f"train step: {model_name} {s.label()} ...")
+            try:
+                rows += time_train(model_cfg, s, mesh, steps, warmup, loader)
+            except Exception as e:  # noqa: BLE001 -- a setting that does not fit is a result, not a crash
+                if not _is_out_of_memory(e):
+                    raise
+                rows.append(dict(kind="train", impl="jax", batch=s.batch, setting=s.label(), error="out of memory"))
+            gc.collect()
+        if sample_steps:
+            seen = set()
+            for s in settings:
+                key = (s.dtype, s.attention, s.scan)
+                if key in seen:
+                    continue
+                seen.add(key)
+                log(f"sampler: {model_name} {key} batch {sample_batch}, {sample_steps} steps ...")
+                rows.append(time_sample(model_cfg, s, sample_batch, sample_steps, cfg_scale, sample_repeats))
+                gc.collect()
+    add_ratios(rows, peak_flops(jax.devices()[0]), mesh.size)
+    report = dict(model=model_name, model_config=model_cfg.to_dict(), environment=environment(),
+                  peak_tflops_per_device=peak_flops(jax.devices()[0]) / 1e12, steps=steps, warmup=warmup, rows=rows)
+    log(f"{model_name} on {jax.device_count()} x {jax.devices()[0].device_kind}; batch per device; "
+        "vs torch: JAX img/s per device over the best PyTorch row of the same kind and batch")
+    log(format_table(rows))
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(report, f, indent=2)
+        log(f"wrote {out}")
+    return report

@@ -1,0 +1,43 @@
+"""`dit-jax benchmark` on CPU for a tiny model, so that the command the GPU runs never rots."""
+
+import json
+
+import pytest
+
+from dit_jax.cli import main
+
+TINY = ["--model", "S/2", "--input-size", "8", "--depth", "1", "--hidden-size", "32", "--num-heads", "2",
+        "--num-classes", "10", "--dtype", "float32"]
+
+
+def test_benchmark_times_step_pipeline_sampler_and_reference(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", *TINY, "--setting", "batch=4,attention=cudnn,dtype=bfloat16,remat=full",
+                 "--steps", "2", "--warmup", "1", "--sample-steps", "2", "--sample-batch", "2", "--torch",
+                 "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    rows = {(r["kind"], r["impl"], r.get("input", "")): r for r in report["rows"]}
+    step = rows["train", "jax", "synthetic, on device"]
+    fed = rows["train", "jax", "latent dataset (Grain)"]
+    sampler = rows["sample", "jax", "2 steps, cfg 1.5"]
+    assert "input" in {r["kind"] for r in report["rows"]}
+    for r in (step, fed, sampler):
+        assert r["img_s"] > 0 and r["step_ms"] > 0 and "error" not in r
+    assert step["compile_s"] > 0 and step["loss"] == step["loss"]  # a real, finite loss
+    assert step["setting"] == "b4 bfloat16 cudnn remat=full"  # cuDNN asked for, XLA on CPU
+    # The reference: float32 eager on CPU, the GPU modes marked unavailable.
+    torch_train = [r for r in report["rows"] if r["impl"] == "torch" and r["kind"] == "train"]
+    assert [r.get("error") for r in torch_train] == [None, "unavailable: needs CUDA", "unavailable: needs CUDA"]
+    assert step["vs_torch"] == pytest.approx(step["img_s"] / torch_train[0]["img_s"])
+    assert sampler["vs_torch"] > 0
+    assert report["environment"]["platform"] == "cpu" and step["peak_gib"] is None  # no memory_stats on CPU
+    for text in ("img/s", "MFU", "peak GiB", "compile s", "vs torch", "b4 float32 (CPU)", "unavailable"):
+        assert text in table
+
+
+def test_bad_setting_is_one_clear_line(capsys):
+    assert main(["benchmark", *TINY, "--setting", "batch=4,remat=sometimes"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bad --setting 'batch=4,remat=sometimes': remat must be one of")
+    assert len(err.strip().splitlines()) == 1
