@@ -34,11 +34,39 @@ def _save(directory: str, params, config_dict: dict, force: bool) -> str:
     return directory
 
 
+def training_run_of(directory: str) -> str | None:
+    """The training run (its --workdir) that `directory` is, or is the checkpoints (or one step) of; else None."""
+    directory = os.path.abspath(directory)
+    parent = os.path.dirname(directory)
+    if os.path.isdir(os.path.join(directory, "checkpoints")):
+        return directory
+    if os.path.basename(directory) == "checkpoints":
+        return parent
+    if os.path.basename(parent) == "checkpoints" and os.path.isdir(os.path.join(directory, "state")):
+        return os.path.dirname(parent)
+    return None
+
+
+def weights_dir_problem(directory: str) -> str | None:
+    """Why `directory` is not a dit-jax weights directory (a sentence that says what to pass instead), or None."""
+    directory = os.path.abspath(directory)
+    run = training_run_of(directory)
+    if run is not None:
+        return (f"{directory} is a training run, not a weights directory: pass --workdir {run} to sample from "
+                f"or resume it, or export its weights with `dit-jax export-weights --workdir {run} --out DIR`")
+    if not os.path.isdir(directory):
+        return f"no weights directory at {directory}; create one with `dit-jax convert` or `dit-jax export-weights`"
+    if not os.path.isdir(os.path.join(directory, "config")):
+        return (f"{directory} is not a dit-jax weights directory (no 'config' item); create one with "
+                "`dit-jax convert` or `dit-jax export-weights`")
+    return None
+
+
 def _load_config_dict(directory: str) -> dict:
     directory = os.path.abspath(directory)
-    if not os.path.isdir(os.path.join(directory, "config")):
-        raise FileNotFoundError(f"{directory} is not a dit-jax weights directory (no 'config' item); "
-                                "create one with `dit-jax convert`")
+    problem = weights_dir_problem(directory)
+    if problem:
+        raise FileNotFoundError(problem)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         restored = ckptr.restore(directory, ocp.args.Composite(config=ocp.args.JsonRestore()))
     return dict(restored["config"])
