@@ -372,13 +372,14 @@ def cmd_evaluate(args) -> int:
 def cmd_export_weights(args) -> int:
     """A training run's EMA (or raw) params at its latest (or given) step -> a weights directory, which
     `sample --weights`, `--config.init_weights` and `convert --to-torch` read."""
+    from dit_jax import storage
     from dit_jax.train.checkpoint import load_ema
     from dit_jax.weights import save_weights
-    checkpoints = os.path.join(args.workdir, "checkpoints")
-    if not os.path.isdir(checkpoints):
+    checkpoints = storage.resolve(args.workdir) / "checkpoints"
+    if not checkpoints.is_dir():
         raise FileNotFoundError(f"{args.workdir} is not a training run (no checkpoints/ in it): pass the --workdir "
                                 "of a `dit-jax train` run")
-    steps = sorted(int(n) for n in os.listdir(checkpoints) if n.isdigit())
+    steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
     if args.step is not None and args.step not in steps:
         raise ValueError(f"{args.workdir} has no checkpoint at step {args.step}; it has steps {steps}")
     which = "params" if args.raw else "ema_params"

@@ -47,7 +47,7 @@ def run(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------ train
 
-@pytest.mark.parametrize("args, needles", [
+BAD_TRAIN_ARGS = [
     (["configs/dit.py:XL/2"], ["--config=configs/dit.py:XL/2"]),                 # forgot --config=
     (["--config=no/such/config.py"], ["'no/such/config.py' not found", "--config="]),
     ([f"--config={ROOT}/configs/dit.py:XXL/2"], ["unknown model name 'XXL/2'"]),  # get_config raises
@@ -70,7 +70,11 @@ def run(tmp_path_factory):
     (["--config.seed=-1"], ["seed must be"]),
     (["--config.eval.batch_size=0"], ["eval.batch_size"]),
     (["--config.peak_tflops_per_device=-1.0"], ["peak_tflops_per_device"]),
-])
+]
+
+
+@pytest.mark.parametrize("args, needles", BAD_TRAIN_ARGS,
+                         ids=[" ".join(a).replace(ROOT + "/", "").replace("--config.", "") for a, _ in BAD_TRAIN_ARGS])
 def test_bad_train_arguments_fail_in_one_line_and_keep_the_run(run, capsys, args, needles):
     before = snapshot(run)
     # total_steps=1 only so that a missed check fails this test in seconds instead of training the demo.
@@ -157,7 +161,7 @@ def test_build_dataset_where_nothing_decodes_leaves_nothing(tmp_path, capsys):
     (["--num", "0"], ["--num must be >= 1"]),
     (["--out", "grid.txt"], ["--out 'grid.txt'", ".png"]),
     (["--num-samples", "-3", "--out", "s.npz"], ["--num-samples"]),
-])
+], ids=["num 0", "out grid.txt", "num-samples -3"])
 def test_bad_sample_arguments_fail_before_sampling(tmp_path, capsys, monkeypatch, args, needles):
     monkeypatch.chdir(tmp_path)
     assert main(["sample", "--steps", "2", *args]) == 2
@@ -273,8 +277,9 @@ def test_evaluate_names_an_unreadable_sample_file(reference_batch, tmp_path, cap
     one_error_line(capsys, f"error: {path}: ")
 
 
-def test_evaluate_names_an_unreadable_reference_batch(tmp_path, capsys):
-    _truncated(tmp_path / "ref.npz")
+@pytest.mark.parametrize("make", [_npy_renamed, _damaged_member], ids=["npy renamed npz", "damaged member"])
+def test_evaluate_names_an_unreadable_reference_batch(tmp_path, capsys, make):
+    make(tmp_path / "ref.npz")
     assert main(["evaluate", str(tmp_path / "ref.npz"), str(tmp_path / "s.npz"), "--inception",
-                 str(tmp_path / "none.pth")]) == 2
-    one_error_line(capsys, f"error: {tmp_path / 'ref.npz'}: not a readable .npz file")
+                 str(tmp_path / "none.pth"), "--min-reference-images", "4"]) == 2
+    one_error_line(capsys, f"error: {tmp_path / 'ref.npz'}: ")

@@ -7,9 +7,7 @@ directory to delete and rebuild.
 
 from __future__ import annotations
 
-import glob
-import os
-
+from dit_jax import storage
 from dit_jax.data.digits import default_data_dir
 
 REBUILD = ("the demo's digits are rebuilt on the next run; an image folder with `dit-jax build-dataset`, "
@@ -17,7 +15,7 @@ REBUILD = ("the demo's digits are rebuilt on the next run; an image folder with 
 
 
 def _built_versions(name: str, data_dir: str) -> list[str]:
-    return sorted(os.path.dirname(p) for p in glob.glob(os.path.join(data_dir, name, "*", "dataset_info.json")))
+    return sorted(str(p.parent) for p in storage.resolve(data_dir).joinpath(name).glob("*/dataset_info.json"))
 
 
 def _damaged(name: str, directory: str, error: Exception) -> ValueError:
@@ -29,7 +27,7 @@ def _damaged(name: str, directory: str, error: Exception) -> ValueError:
 def check_dataset(name: str, data_dir: str, split: str = "train") -> None:
     """Open the dataset as training will and read its first and last records; a clear error if that fails."""
     from dit_jax.data.pipeline import DatasetNotFoundError, open_source
-    data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+    data_dir = str(storage.resolve(data_dir or default_data_dir()))
     try:
         source = open_source(name, data_dir, split)
     except DatasetNotFoundError as e:
@@ -43,4 +41,4 @@ def check_dataset(name: str, data_dir: str, split: str = "train") -> None:
         source[0], source[len(source) - 1]  # a truncated file fails here, at its end
     except Exception as e:  # noqa: BLE001 -- any read failure means the files are damaged
         built = _built_versions(name, data_dir)
-        raise _damaged(name, built[-1] if built else os.path.join(data_dir, name), e) from None
+        raise _damaged(name, built[-1] if built else storage.join(data_dir, name), e) from None

@@ -7,8 +7,7 @@ as far as that is cheap: the dataset's first and last records are read.
 
 from __future__ import annotations
 
-import os
-
+from dit_jax import storage
 from dit_jax.diffusion.gaussian import BETA_SCHEDULES
 from dit_jax.diffusion.respace import space_timesteps
 from dit_jax.diffusion.samplers import CFG_MODES, SAMPLERS
@@ -70,7 +69,7 @@ def _data(d, model) -> list[str]:
         if d.latents == "encode" and not d.vae:
             problems.append("data.latents='encode' needs the VAE: set --config.data.vae=DIR (a `dit-jax convert "
                             "--from-diffusers-vae` output), or train on a latent dataset with data.latents='dataset'")
-        if d.vae and not os.path.isdir(d.vae):
+        if d.vae and not storage.resolve(d.vae).is_dir():
             problems.append(f"data.vae {d.vae!r} is not a directory (convert the VAE with "
                             "`dit-jax convert --from-diffusers-vae PATH --out DIR`)")
         if not d.latent_scale > 0:
@@ -168,6 +167,6 @@ def _sampling(config) -> list[str]:
             problems.append(f"{name}.cfg_scale must be >= 0 (guidance applies only above 1), got {section.cfg_scale}")
     if e.kind == "fid":
         for key in ("reference", "inception"):
-            if e[key] and not os.path.isfile(e[key]):
+            if e[key] and not storage.resolve(e[key]).is_file():
                 problems.append(f"eval.{key}: no file at {e[key]!r}")
     return problems
