@@ -1,4 +1,4 @@
-"""`dit-jax` command line: sample | convert | train | evaluate | benchmark | ..."""
+"""`dit-jax` command line: train | sample | evaluate | convert | export-weights | benchmark | compile | ..."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def cmd_sample(args) -> int:
     from dit_jax.sample import make_sampler, save_grid, to_uint8
     from dit_jax.weights import load_weights
 
+    _check_sample_args(args)
     if args.weights and args.workdir:
         raise ValueError("give --weights or --workdir, not both")
     if args.workdir:
@@ -86,6 +87,22 @@ def cmd_sample(args) -> int:
         print(f"wrote latents to {path}: to decode {config.in_channels}-channel latents to images, pass --vae DIR "
               "(converted with `dit-jax convert --from-diffusers-vae`)")
     return 0
+
+
+def _check_sample_args(args) -> None:
+    """What would otherwise fail only after sampling (or divide by zero while drawing the grid)."""
+    from PIL import Image
+    if args.num_samples < 0:
+        raise ValueError(f"--num-samples must be >= 1 (or 0 for a grid), got {args.num_samples}")
+    if args.num_samples:
+        return
+    if args.num < 1:
+        raise ValueError(f"--num must be >= 1 (images in the grid), got {args.num}")
+    Image.init()
+    writable = sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE)
+    if os.path.splitext(args.out)[1].lower() not in writable:
+        raise ValueError(f"--out {args.out!r}: the grid is written as an image, so the path must end in an image "
+                         "extension such as .png or .jpg (or pass --num-samples N for an .npz of samples)")
 
 
 def _sample_npz(args, params, config, source) -> int:
@@ -223,27 +240,92 @@ def _repo_config(name: str) -> str:
     return path
 
 
+HELP_FLAGS = ("-h", "--help", "--helpfull", "--helpshort")
+
+
+def _forget_train_flags(flag_values) -> None:
+    """cmd_train defines its flags on absl's global FLAGS: drop an earlier call's so that a second call
+    in one process (a test, a notebook) can define them again."""
+    for name in list(flag_values):
+        if name == "config" or name.startswith("config.") or flag_values.find_module_defining_flag(name) == __name__:
+            delattr(flag_values, name)
+
+
+def _check_config_file(argv: list[str]) -> None:
+    """A missing --config file, said in one line (ml_collections reports it as a chain of tracebacks)."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            spec = argv[i + 1]
+        elif arg.startswith("--config="):
+            spec = arg[len("--config="):]
+        else:
+            continue
+        path = spec.partition(":")[0]
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config file {path!r} not found: pass --config=FILE[:ARG], e.g. "
+                                    f"--config={_repo_config('dit.py')}:XL/2")
+
+
+def _positional_problem(positional: list[str]) -> str:
+    first = positional[0]
+    if ".py" in first:
+        return f"unexpected argument {first!r}: to train with that config, pass --config={first}"
+    return (f"unexpected argument(s) {positional}: dit-jax train takes only flags (--workdir=DIR, --config=FILE, "
+            "--config.FIELD=VALUE); see dit-jax train --help")
+
+
+def _train_help(f) -> str:
+    """The flags and every config field (of --config, with the overrides given) with its value."""
+    from ml_collections import config_dict
+    lines = ["usage: dit-jax train [--config=FILE[:ARG]] [--workdir=DIR] [--config.FIELD=VALUE ...] [flags]", "",
+             "flags:"]
+    names = ["config"] + [fl.name for fl in f.get_flags_for_module(__name__) if fl.name != "config"]
+    lines += [f"  --{name}: {f[name].help} (default: {f[name].default_as_str})" for name in names]
+    lines += ["", "config fields (set any with --config.FIELD=VALUE; `dit-jax train --config=FILE --help` lists "
+              "that config's):"]
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, config_dict.ConfigDict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                lines.append(f"  {prefix}{key} = {value!r}")
+    walk(f.config, "")
+    return "\n".join(lines)
+
+
 def cmd_train(argv: list[str]) -> int:
     """Parsed with absl + ml_collections so that `--config.batch_size=64` overrides are typed."""
     from absl import flags
     from ml_collections import config_flags
 
+    _forget_train_flags(flags.FLAGS)
     flags.DEFINE_string("workdir", "workdir/demo", "run directory: checkpoints, samples, metrics (resumed if present)")
     flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host; auto-detects "
                       "TPU pods and SLURM, else set --coordinator/--num_processes/--process_id)")
     flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-host without auto-detection)")
     flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)")
     flags.DEFINE_integer("process_id", None, "this process's index (multi-host)")
-    argv = ["dit-jax train"] + argv
+    show_help = any(a in HELP_FLAGS for a in argv)
+    argv = ["dit-jax train"] + [a for a in argv if a not in HELP_FLAGS]
+    _check_config_file(argv)
     try:
         config_flags.DEFINE_config_file("config", _repo_config("demo.py"), "config file, e.g. configs/dit.py:XL/2",
                                         lock_config=True, sys_argv=argv)
-        flags.FLAGS(argv)
+        positional = flags.FLAGS(argv)[1:]
     except AttributeError as e:  # an unknown --config.key: ml_collections says which and suggests one
         m = re.search(r'Did you mean "([\w.]+)" instead of "([\w.]+)"', str(e))
         hint = f"{m.group(2)!r}; did you mean {m.group(1)!r}?" if m else str(e)
         raise ValueError(f"unknown config key {hint}") from None
+    except flags.Error as e:  # the config file's get_config raised: its last line says what, not the traceback
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        raise ValueError(lines[0] if len(lines) == 1 else f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}") from None
     f = flags.FLAGS
+    if show_help:
+        print(_train_help(f))
+        return 0
+    if positional:
+        raise ValueError(_positional_problem(positional))
     if f.distributed or f.coordinator:
         import jax
         jax.distributed.initialize(f.coordinator, f.num_processes, f.process_id)
@@ -306,6 +388,26 @@ def cmd_benchmark(args) -> int:
                   data_dir=args.data_dir, dataset=args.dataset, worker_count=args.workers,
                   sample_steps=args.sample_steps, cfg_scale=args.cfg_scale, sample_batch=args.sample_batch,
                   sample_repeats=args.sample_repeats, torch_reference=reference, out=args.out)
+    return 0
+
+
+def cmd_export_weights(args) -> int:
+    """A training run's EMA (or raw) params at its latest (or given) step -> a weights directory, which
+    `sample --weights`, `--config.init_weights` and `convert --to-torch` read."""
+    from dit_jax import storage
+    from dit_jax.train.checkpoint import load_ema
+    from dit_jax.weights import save_weights
+    checkpoints = storage.resolve(args.workdir) / "checkpoints"
+    if not checkpoints.is_dir():
+        raise FileNotFoundError(f"{args.workdir} is not a training run (no checkpoints/ in it): pass the --workdir "
+                                "of a `dit-jax train` run")
+    steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    if args.step is not None and args.step not in steps:
+        raise ValueError(f"{args.workdir} has no checkpoint at step {args.step}; it has steps {steps}")
+    which = "params" if args.raw else "ema_params"
+    params, config, step = load_ema(args.workdir, args.step, params_key=which)
+    path = save_weights(args.out, params, config, force=args.force)
+    print(f"wrote the {'raw' if args.raw else 'EMA'} weights of {args.workdir} at step {step} to {path}")
     return 0
 
 
@@ -396,6 +498,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     x.add_argument("--shard-size", type=int, default=1024, help="records per resumable shard")
     x.set_defaults(func=cmd_extract_latents)
+
+    w = sub.add_parser("export-weights", help="a training run's weights as a weights directory (for sample "
+                                              "--weights, init_weights, convert --to-torch)")
+    w.add_argument("--workdir", required=True, help="the training run")
+    w.add_argument("--out", required=True, help="output weights directory")
+    kind = w.add_mutually_exclusive_group()
+    kind.add_argument("--ema", action="store_true", help="the EMA weights (the default; what the paper samples)")
+    kind.add_argument("--raw", action="store_true", help="the raw (non-EMA) training weights")
+    w.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    w.add_argument("--force", action="store_true", help="replace an existing output directory")
+    w.set_defaults(func=cmd_export_weights)
 
     m = sub.add_parser("models", help="parameter counts and forward MACs of the named models")
     m.add_argument("--input-size", type=int, help="latent side (32 = 256 px, 64 = 512 px)")

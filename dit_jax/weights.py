@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dit_jax import storage
 from dit_jax.convert.dit_torch import check_config_matches, stack_blocks, unstack_blocks
 from dit_jax.models.dit import DiTConfig
 
@@ -34,11 +35,38 @@ def _save(directory: str, params, config_dict: dict, force: bool) -> str:
     return directory
 
 
+def training_run_of(directory: str) -> str | None:
+    """The training run (its --workdir) that `directory` is, or is the checkpoints (or one step) of; else None."""
+    path = storage.resolve(directory)
+    if (path / "checkpoints").is_dir():
+        return str(path)
+    if path.name == "checkpoints":
+        return str(path.parent)
+    if path.parent.name == "checkpoints" and (path / "state").is_dir():
+        return str(path.parent.parent)
+    return None
+
+
+def weights_dir_problem(directory: str) -> str | None:
+    """Why `directory` is not a dit-jax weights directory (a sentence that says what to pass instead), or None."""
+    path = storage.resolve(directory)
+    run = training_run_of(directory)
+    if run is not None:
+        return (f"{path} is a training run, not a weights directory: pass --workdir {run} to sample from "
+                f"or resume it, or export its weights with `dit-jax export-weights --workdir {run} --out DIR`")
+    if not path.is_dir():
+        return f"no weights directory at {path}; create one with `dit-jax convert` or `dit-jax export-weights`"
+    if not (path / "config").is_dir():
+        return (f"{path} is not a dit-jax weights directory (no 'config' item); create one with "
+                "`dit-jax convert` or `dit-jax export-weights`")
+    return None
+
+
 def _load_config_dict(directory: str) -> dict:
     directory = os.path.abspath(directory)
-    if not os.path.isdir(os.path.join(directory, "config")):
-        raise FileNotFoundError(f"{directory} is not a dit-jax weights directory (no 'config' item); "
-                                "create one with `dit-jax convert`")
+    problem = weights_dir_problem(directory)
+    if problem:
+        raise FileNotFoundError(problem)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         restored = ckptr.restore(directory, ocp.args.Composite(config=ocp.args.JsonRestore()))
     return dict(restored["config"])

@@ -94,14 +94,21 @@ def check_config_matches(inferred: DiTConfig, given: DiTConfig | None) -> DiTCon
     """Return `given` (with its compute settings) if its architecture matches, else a clear error."""
     if given is None:
         return inferred
-    what = {"depth": "{} blocks", "hidden_size": "hidden size {}", "num_heads": "{} heads",
-            "patch_size": "patch size {}", "input_size": "input size {}", "in_channels": "{} input channels",
-            "num_classes": "{} classes", "learn_sigma": "learn_sigma={}", "mlp_ratio": "MLP ratio {}"}
-    diffs = [f"checkpoint has {fmt.format(getattr(inferred, k))}, {config_name(given)} has {fmt.format(getattr(given, k))}"
-             for k, fmt in what.items() if getattr(inferred, k) != getattr(given, k)]
+    _check_fields({k: getattr(inferred, k) for k in _ARCHITECTURE}, given)
+    return given
+
+
+_ARCHITECTURE = {"depth": "{} blocks", "hidden_size": "hidden size {}", "num_heads": "{} heads",
+                 "patch_size": "patch size {}", "input_size": "input size {}", "in_channels": "{} input channels",
+                 "num_classes": "{} classes", "learn_sigma": "learn_sigma={}", "mlp_ratio": "MLP ratio {}"}
+
+
+def _check_fields(found: dict, given: DiTConfig) -> None:
+    """'checkpoint has 28 blocks, DiT-S/2 has 12' for every architecture field in `found` that differs."""
+    diffs = [f"checkpoint has {fmt.format(found[k])}, {config_name(given)} has {fmt.format(getattr(given, k))}"
+             for k, fmt in _ARCHITECTURE.items() if k in found and found[k] != getattr(given, k)]
     if diffs:
         raise ValueError("checkpoint does not match the requested model: " + "; ".join(diffs))
-    return given
 
 
 def _need(sd: Mapping[str, Array], name: str, hint: str) -> Array:
@@ -128,10 +135,11 @@ def infer_config(sd: Mapping[str, Array], config: DiTConfig | None = None,
     out = int(_need(sd, "final_layer.linear.weight", hint).shape[0]) // (p * p)
     fc1 = _need(sd, "blocks.0.mlp.fc1.weight", hint)
     dropout = config.class_dropout_prob if config is not None else 0.1
-    inferred = DiTConfig(
-        input_size=grid * p, patch_size=p, in_channels=in_ch, hidden_size=hidden, depth=depth,
-        num_heads=_heads_for(hidden, config, num_heads), mlp_ratio=fc1.shape[0] / hidden,
-        class_dropout_prob=dropout, num_classes=rows - int(dropout > 0), learn_sigma=out == 2 * in_ch)
+    found = dict(input_size=grid * p, patch_size=p, in_channels=in_ch, hidden_size=hidden, depth=depth,
+                 mlp_ratio=fc1.shape[0] / hidden, num_classes=rows - int(dropout > 0), learn_sigma=out == 2 * in_ch)
+    if config is not None:  # before the heads, taken from `config`, which may not even divide another size's width
+        _check_fields(found, config)
+    inferred = DiTConfig(**found, num_heads=_heads_for(hidden, config, num_heads), class_dropout_prob=dropout)
     return check_config_matches(inferred, config)
 
 

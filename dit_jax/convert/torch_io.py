@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import zipfile
 from typing import Mapping
 
 import numpy as np
@@ -29,8 +30,7 @@ def load_state_dict(path: str, key: str = "ema") -> dict[str, np.ndarray]:
     torch = _torch()
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file at {path!r}")
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = _torch_load(torch, path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a state dict or a train.py checkpoint dict, got {type(obj).__name__}")
     if any(k in obj for k in TRAIN_CKPT_KEYS):
@@ -41,6 +41,24 @@ def load_state_dict(path: str, key: str = "ema") -> dict[str, np.ndarray]:
         obj = obj[key]
     return {k: v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
             for k, v in obj.items()}
+
+
+def _torch_load(torch, path: str):
+    """torch.load of tensors only, with one clear line for a file that is not a (readable) PyTorch checkpoint."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK); files of torch < 1.6 are a pickle (protocol 2+: 0x80).
+    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+        raise ValueError(f"{path} is not a PyTorch checkpoint (torch.save writes a zip archive or a pickle; this "
+                         "file is neither): pass the .pt file of an official DiT state dict or train.py checkpoint")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- torch raises many kinds (UnpicklingError, RuntimeError, EOFError...)
+        # Only the first line: torch's advice to load with weights_only=False would run arbitrary code.
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"{path} cannot be read as a PyTorch checkpoint of tensors (damaged, truncated, or holding "
+                         f"objects other than tensors): {first}") from None
 
 
 def save_state_dict(sd: Mapping[str, np.ndarray], path: str) -> None:

@@ -117,6 +117,15 @@ def check_name(name: str) -> None:
                          "dataset's code, not as this image folder: choose another name")
 
 
+def folder_name_for(name: str) -> str:
+    """A name `build_image_folder` accepts for an image-folder copy of dataset `name` ('mnist' -> 'mnist_folder')."""
+    try:
+        check_name(name)
+        return name
+    except ValueError:
+        return re.sub(r"[^a-z0-9_]", "_", name.lower()).strip("_") + "_folder"
+
+
 def build_image_folder(src_dir: str, data_dir: str, name: str, *, log=print) -> str:
     """Builds `data_dir/name/1.0.0` from the image folder `src_dir` ('train' split); returns data_dir.
 
@@ -133,12 +142,18 @@ def build_image_folder(src_dir: str, data_dir: str, name: str, *, log=print) -> 
         log(f"dataset {name!r} already built at {target}; delete that directory to rebuild it")
         return data_dir
     class_names, files = scan_image_folder(src_dir)
-    os.makedirs(os.path.join(data_dir, name), exist_ok=True)
+    made = [d for d in (data_dir, os.path.join(data_dir, name)) if not os.path.isdir(d)]
+    os.makedirs(data_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{name}-build-", dir=data_dir)
     try:
         builder = _builder_class(name, src_dir, class_names)(
             data_dir=tmp, file_format=tfds.core.FileFormat.ARRAY_RECORD)
-        builder.download_and_prepare(download_dir=os.path.join(tmp, "downloads"))
+        try:
+            builder.download_and_prepare(download_dir=os.path.join(tmp, "downloads"))
+        except Exception:
+            # TFDS stops with "No examples were yielded" when every image was skipped: say why instead.
+            if len(builder.skipped) != len(files):
+                raise
         skipped = builder.skipped
         if len(skipped) == len(files):
             raise ValueError(f"none of the {len(files)} image files in {src_dir!r} could be decoded "
@@ -146,9 +161,14 @@ def build_image_folder(src_dir: str, data_dir: str, name: str, *, log=print) -> 
         built = os.path.join(tmp, name, VERSION)
         with open(os.path.join(built, SKIPPED_FILE), "w") as f:
             f.writelines(p + "\n" for p in skipped)
+        os.makedirs(os.path.join(data_dir, name), exist_ok=True)
         os.rename(built, target)
+        made = []
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        for d in reversed(made):  # a failed build leaves no empty directories it created behind
+            if os.path.isdir(d) and not os.listdir(d):
+                os.rmdir(d)
     log(f"built {name!r}: {len(files) - len(skipped)} images in {len(class_names)} classes from {src_dir} "
         f"into {target}")
     if skipped:

@@ -30,7 +30,7 @@ import tensorflow_datasets as tfds
 
 from dit_jax.data import preprocess
 from dit_jax.data.digits import NAME as DIGITS, default_data_dir, ensure_digits
-from dit_jax.data.image_folder import LAYOUT
+from dit_jax.data.image_folder import LAYOUT, folder_name_for
 from dit_jax.data.latents import LATENT_KEYS
 
 
@@ -49,10 +49,12 @@ def _how_to_prepare(name: str, data_dir: str) -> str:
             "  (b) extract the training images into class folders (" + LAYOUT + ") and run\n"
             f"      dit-jax build-dataset SRC_DIR --name imagenet_folder --data_dir {data_dir}\n"
             "      then train with --config.data.name=imagenet_folder.")
+    folder = folder_name_for(name)
     return (f"Build it into {data_dir} with TFDS (`tfds build {name} --data_dir {data_dir} --file_format "
             f"array_record`), or from an image folder ({LAYOUT}) with "
-            f"`dit-jax build-dataset SRC_DIR --name {name} --data_dir {data_dir}`, or point data.data_dir at the "
-            "directory that holds it.")
+            f"`dit-jax build-dataset SRC_DIR --name {folder} --data_dir {data_dir}`"
+            + (f" and train with --config.data.name={folder}" if folder != name else "")
+            + ", or point data.data_dir at the directory that holds it.")
 
 
 def open_source(name: str, data_dir: str, split: str = "train"):

@@ -31,6 +31,8 @@ import dataclasses
 import os
 import tempfile
 import zipfile
+import zlib
+
 import numpy as np
 from scipy.special import logsumexp
 
@@ -251,30 +253,40 @@ def _check_stat(value, shape: tuple, name: str, path: str) -> np.ndarray:
     return value.astype(np.float64)
 
 
+def _read_npz(path: str, keys, what: str) -> tuple[list[str], dict[str, np.ndarray]]:
+    """(names in the .npz at `path`, the arrays among `keys` that it holds); a ValueError naming the file
+    when it is not an .npz archive or cannot be read whole (truncated, damaged)."""
+    try:
+        npz = np.load(path)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: {e}); {what}") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: a single array (.npy data), not an .npz archive; {what}")
+    with npz:
+        try:
+            return list(npz.files), {k: npz[k] for k in keys if k in npz.files}
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as e:
+            raise ValueError(f"{path}: damaged .npz file ({type(e).__name__}: {e}); {what}") from None
+
+
 def load_reference_batch(path: str, min_images: int = 10000) -> ReferenceBatch:
     """Read an ADM reference batch (.npz with arr_0, mu, sigma, mu_s, sigma_s), checking every part."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no reference batch at {path!r} (ADM's are e.g. VIRTUAL_imagenet256_labeled.npz "
                                 "from openai/guided-diffusion's evaluations README)")
-    try:
-        npz = np.load(path)
-    except (zipfile.BadZipFile, ValueError, OSError) as e:
-        raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
-    with npz:
-        if not hasattr(npz, "files"):
-            raise ValueError(f"{path}: expected an .npz archive, got a single array")
-        missing = [k for k in REFERENCE_KEYS if k not in npz.files]
-        if missing:
-            raise KeyError(f"{path}: reference batch lacks {missing} (has {sorted(npz.files)}; "
-                           f"needs {list(REFERENCE_KEYS)})")
-        images = _check_images(npz["arr_0"], f"{path}: 'arr_0'")
-        if images.shape[0] < max(min_images, PR_K + 1):
-            raise ValueError(f"{path}: 'arr_0' holds {images.shape[0]} reference images, fewer than "
-                             f"{max(min_images, PR_K + 1)} (pass min_images= to accept a smaller batch)")
-        stats = Stats(_check_stat(npz["mu"], (POOL_DIM,), "mu", path),
-                      _check_stat(npz["sigma"], (POOL_DIM, POOL_DIM), "sigma", path))
-        spatial = Stats(_check_stat(npz["mu_s"], (SPATIAL_DIM,), "mu_s", path),
-                        _check_stat(npz["sigma_s"], (SPATIAL_DIM, SPATIAL_DIM), "sigma_s", path))
+    files, npz = _read_npz(path, REFERENCE_KEYS, "download or write the reference batch again "
+                           "(`dit-jax reference-batch`)")
+    missing = [k for k in REFERENCE_KEYS if k not in files]
+    if missing:
+        raise KeyError(f"{path}: reference batch lacks {missing} (has {sorted(files)}; needs {list(REFERENCE_KEYS)})")
+    images = _check_images(npz["arr_0"], f"{path}: 'arr_0'")
+    if images.shape[0] < max(min_images, PR_K + 1):
+        raise ValueError(f"{path}: 'arr_0' holds {images.shape[0]} reference images, fewer than "
+                         f"{max(min_images, PR_K + 1)} (pass min_images= to accept a smaller batch)")
+    stats = Stats(_check_stat(npz["mu"], (POOL_DIM,), "mu", path),
+                  _check_stat(npz["sigma"], (POOL_DIM, POOL_DIM), "sigma", path))
+    spatial = Stats(_check_stat(npz["mu_s"], (SPATIAL_DIM,), "mu_s", path),
+                    _check_stat(npz["sigma_s"], (SPATIAL_DIM, SPATIAL_DIM), "sigma_s", path))
     return ReferenceBatch(images, stats, spatial)
 
 
@@ -282,10 +294,10 @@ def load_sample_batch(path: str, key: str = "arr_0") -> np.ndarray:
     """The uint8 (N, H, W, 3) images of a sample .npz as sample_ddp.py writes it."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no sample batch at {path!r}")
-    with np.load(path) as npz:
-        if key not in npz.files:
-            raise KeyError(f"{path}: no {key!r} array (has {sorted(npz.files)})")
-        return _check_images(npz[key], f"{path}: {key!r}")
+    files, npz = _read_npz(path, (key,), "sample it again (`dit-jax sample --num-samples N --out FILE.npz`)")
+    if key not in files:
+        raise KeyError(f"{path}: no {key!r} array (has {sorted(files)})")
+    return _check_images(npz[key], f"{path}: {key!r}")
 
 
 def write_reference_batch(path: str, images, pool, spatial, n_images: int = 10000) -> ReferenceBatch:

@@ -66,8 +66,9 @@ def config_json(config) -> dict:
     return json.loads(config.to_json())
 
 
-def load_ema(workdir: str, step: int | None = None):
-    """(EMA params, model config, step) of a run's latest (or given) checkpoint, for sampling.
+def load_ema(workdir: str, step: int | None = None, params_key: str = "ema_params"):
+    """(EMA params, model config, step) of a run's latest (or given) checkpoint, for sampling;
+    params_key="params" gives the raw (non-EMA) params instead.
 
     Restores onto this process's first device, whatever mesh saved it.
     """
@@ -83,11 +84,11 @@ def load_ema(workdir: str, step: int | None = None):
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (dit-jax train --workdir ...)")
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     # Only the EMA params, read straight onto one device (partial restore skips the optimizer).
-    target = {"ema_params": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                                         manager.item_metadata(step)[STATE_ITEM]["ema_params"])}
+    target = {params_key: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                                       manager.item_metadata(step)[STATE_ITEM][params_key])}
     state = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                    partial_restore=True)
     restored = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: state,
                                                                  CONFIG_ITEM: ocp.args.JsonRestore()}))
     model = to_dit_config(restored[CONFIG_ITEM]["model"])
-    return restored[STATE_ITEM]["ema_params"], model, step
+    return restored[STATE_ITEM][params_key], model, step

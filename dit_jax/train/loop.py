@@ -25,44 +25,12 @@ from dit_jax.train import checkpoint as ckpt, evaluation
 from dit_jax.train.config_base import to_dit_config
 from dit_jax.train.metrics_log import MetricsLog, peak_flops
 from dit_jax.train.state import abstract_state, create_state, make_optimizer
-from dit_jax.train.step import INPUT_MODES, train_step
+from dit_jax.train.step import train_step
+from dit_jax.train.validation import validate
 
 
 class Preempted(Exception):
     pass
-
-
-def validate(config) -> None:
-    """Fail before any work with a message that says what to change."""
-    model = to_dit_config(config.model)
-    problems = []
-    d = config.data
-    if d.latents not in INPUT_MODES:
-        problems.append(f"data.latents must be one of {INPUT_MODES}, got {d.latents!r}")
-    elif not d.latents:
-        if d.image_size != model.input_size:
-            problems.append(f"data.image_size {d.image_size} != model.input_size {model.input_size} (pixel training)")
-        if d.channels != model.in_channels:
-            problems.append(f"data.channels {d.channels} != model.in_channels {model.in_channels}")
-    else:
-        if d.latents == "encode" and not d.vae:
-            problems.append("data.latents='encode' needs the VAE: set --config.data.vae=DIR (a `dit-jax convert "
-                            "--from-diffusers-vae` output), or train on a latent dataset with data.latents='dataset'")
-        if d.vae and not os.path.isdir(d.vae):
-            problems.append(f"data.vae {d.vae!r} is not a directory (convert the VAE with "
-                            "`dit-jax convert --from-diffusers-vae PATH --out DIR`)")
-    if d.num_classes != model.num_classes:
-        problems.append(f"data.num_classes {d.num_classes} != model.num_classes {model.num_classes}")
-    if config.batch_size < 1 or config.total_steps < 1:
-        problems.append("batch_size and total_steps must be >= 1")
-    if not 0 <= config.ema_decay < 1:
-        problems.append(f"ema_decay must be in [0, 1), got {config.ema_decay}")
-    problems += evaluation.check(config)
-    for key in ("log_every", "checkpoint_every"):
-        if config[key] < 1:
-            problems.append(f"{key} must be >= 1, got {config[key]}")
-    if problems:
-        raise ValueError("bad config: " + "; ".join(problems))
 
 
 def _check_batch(config, mesh) -> None:
