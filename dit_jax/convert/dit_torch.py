@@ -161,7 +161,7 @@ def from_torch(sd: Mapping[str, Array], config: DiTConfig | None = None,
     The arrays are copies: a live `model.state_dict()` shares memory with the module, and an
     in-place update of the torch model must not reach the converted params.
     """
-    sd = {k: np.array(v, copy=True) for k, v in sd.items()}
+    sd = {k: np.asarray(v).copy() for k, v in sd.items()}
     cfg = infer_config(sd, config, num_heads)
     params: dict = {}
     used = {"pos_embed"}

@@ -48,12 +48,13 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
 
 @jax.custom_jvp
 def rounded_tanh(a):
-    """float32 tanh that is correctly rounded (bar rare ties) where it approaches +-1.
+    """float32 tanh, within 1 ulp, and correctly rounded where it approaches +-1.
 
-    XLA's tanh is exactly 1.0 from |a| = 7.999 on and a few ulps off before; a correctly rounded
-    tanh (and PyTorch's, on CPU) stays below 1 up to |a| = 9.01. The decoder NLL takes logs of
-    differences of two CDFs there, so every ulp counts: for |a| >= 0.55, tanh = 1 - s with
-    s = 2e / (1 + e), e = exp(-2|a|), whose only significant rounding is the final one.
+    XLA's tanh is exactly 1.0 from |a| = 7.999 on and up to 5 ulps off before; a correctly
+    rounded tanh (and PyTorch's on CPU) stays below 1 up to |a| = 9.01. The decoder NLL takes
+    logs of differences of two CDFs there, so every ulp counts: for |a| >= 0.55, tanh = 1 - s with
+    s = 2e / (1 + e), e = exp(-2|a|), whose only significant rounding is the last one (measured
+    against float64: 0.75% of float32 inputs in [2, 4) off by 1 ulp, 0.02% in [4, 6), none from 8).
     """
     mag = jnp.abs(a)
     e = jnp.exp(-2.0 * mag)
