@@ -258,6 +258,9 @@ def cmd_train(argv: list[str]) -> int:
     local_ids = _device_ids(f.local_device_ids)
     if f.distributed or f.coordinator:
         import jax
+        # A process that waits in vain is aborted by jax (exit 134, SIGABRT) after the timeout.
+        print(f"joining jax.distributed: waiting up to {f.distributed_timeout} s for all processes "
+              "(--distributed_timeout)", file=sys.stderr, flush=True)
         jax.distributed.initialize(f.coordinator, f.num_processes, f.process_id, local_device_ids=local_ids,
                                    initialization_timeout=f.distributed_timeout)
     elif local_ids is not None or f["distributed_timeout"].present:
