@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import re
@@ -247,6 +248,11 @@ def cmd_train(argv: list[str]) -> int:
     flags.DEFINE_list("local_device_ids", None, "the accelerators this process drives, e.g. 0,1,2,3 (one process "
                       "per node driving all its GPUs; SLURM detection alone gives one GPU per task)", flag_values=f)
     argv = ["dit-jax train"] + argv
+    if {"-h", "--help", "--helpfull"} & set(argv):
+        config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/dit.py:XL/2 (default: the "
+                                        "demo); any field can be overridden: --config.batch_size=64", flag_values=f)
+        print("dit-jax train [flags]\n" + f.get_help() + "\n\n" + inspect.cleandoc(cmd_train.__doc__))
+        return 0
     try:
         config_flags.DEFINE_config_file("config", _repo_config("demo.py"), "config file, e.g. configs/dit.py:XL/2",
                                         flag_values=f, lock_config=True, sys_argv=argv)

@@ -122,6 +122,13 @@ def test_train_exit_codes(monkeypatch, capsys, tmp_path, error, code):
     assert err == ("" if code == 75 else f"error: {error}\n")
 
 
+def test_train_help_lists_the_launch_flags_and_exit_codes(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    for text in ("--distributed_timeout", "--local_device_ids", "--workdir", "75 preempted"):
+        assert text in out
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--local_device_ids=0,x"], "--local_device_ids takes comma-separated integers"),
     (["--local_device_ids=0,1"], "apply to multi-host runs: add --distributed"),
