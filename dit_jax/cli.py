@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import re
@@ -243,14 +244,6 @@ def _repo_config(name: str) -> str:
 HELP_FLAGS = ("-h", "--help", "--helpfull", "--helpshort")
 
 
-def _forget_train_flags(flag_values) -> None:
-    """cmd_train defines its flags on absl's global FLAGS: drop an earlier call's so that a second call
-    in one process (a test, a notebook) can define them again."""
-    for name in list(flag_values):
-        if name == "config" or name.startswith("config.") or flag_values.find_module_defining_flag(name) == __name__:
-            delattr(flag_values, name)
-
-
 def _check_config_file(argv: list[str]) -> None:
     """A missing --config file, said in one line (ml_collections reports it as a chain of tracebacks)."""
     for i, arg in enumerate(argv):
@@ -295,24 +288,35 @@ def _train_help(f) -> str:
 
 
 def cmd_train(argv: list[str]) -> int:
-    """Parsed with absl + ml_collections so that `--config.batch_size=64` overrides are typed."""
+    """Parsed with absl + ml_collections so that `--config.batch_size=64` overrides are typed.
+
+    Exit codes (dit_jax/train/exit_codes.py): 0 finished, 75 preempted with a checkpoint saved (rerun
+    to resume), 2 bad input, 3 diverged, 1 any other failure.
+    """
     from absl import flags
     from ml_collections import config_flags
 
-    _forget_train_flags(flags.FLAGS)
-    flags.DEFINE_string("workdir", "workdir/demo", "run directory: checkpoints, samples, metrics (resumed if present)")
+    # Flags of this call only: a second `main(["train", ...])` in one process defines them afresh.
+    f = flags.FlagValues()
+    flags.DEFINE_string("workdir", "workdir/demo", "run directory: checkpoints, samples, metrics (resumed if present)",
+                        flag_values=f)
     flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host; auto-detects "
-                      "TPU pods and SLURM, else set --coordinator/--num_processes/--process_id)")
-    flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-host without auto-detection)")
-    flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)")
-    flags.DEFINE_integer("process_id", None, "this process's index (multi-host)")
+                      "TPU pods and SLURM, else set --coordinator/--num_processes/--process_id)", flag_values=f)
+    flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-host without auto-detection)",
+                        flag_values=f)
+    flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)", flag_values=f)
+    flags.DEFINE_integer("process_id", None, "this process's index (multi-host)", flag_values=f)
+    flags.DEFINE_integer("distributed_timeout", 300, "seconds to wait for all processes to join "
+                         "jax.distributed.initialize before failing", flag_values=f)
+    flags.DEFINE_list("local_device_ids", None, "the accelerators this process drives, e.g. 0,1,2,3 (one process "
+                      "per node driving all its GPUs; SLURM detection alone gives one GPU per task)", flag_values=f)
     show_help = any(a in HELP_FLAGS for a in argv)
     argv = ["dit-jax train"] + [a for a in argv if a not in HELP_FLAGS]
     _check_config_file(argv)
     try:
         config_flags.DEFINE_config_file("config", _repo_config("demo.py"), "config file, e.g. configs/dit.py:XL/2",
-                                        lock_config=True, sys_argv=argv)
-        positional = flags.FLAGS(argv)[1:]
+                                        flag_values=f, lock_config=True, sys_argv=argv)
+        positional = f(argv)[1:]
     except AttributeError as e:  # an unknown --config.key: ml_collections says which and suggests one
         m = re.search(r'Did you mean "([\w.]+)" instead of "([\w.]+)"', str(e))
         hint = f"{m.group(2)!r}; did you mean {m.group(1)!r}?" if m else str(e)
@@ -320,21 +324,40 @@ def cmd_train(argv: list[str]) -> int:
     except flags.Error as e:  # the config file's get_config raised: its last line says what, not the traceback
         lines = [line for line in str(e).splitlines() if line.strip()]
         raise ValueError(lines[0] if len(lines) == 1 else f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}") from None
-    f = flags.FLAGS
     if show_help:
-        print(_train_help(f))
+        print(_train_help(f) + "\n\n" + inspect.cleandoc(cmd_train.__doc__))
         return 0
     if positional:
         raise ValueError(_positional_problem(positional))
+    local_ids = _device_ids(f.local_device_ids)
     if f.distributed or f.coordinator:
         import jax
-        jax.distributed.initialize(f.coordinator, f.num_processes, f.process_id)
-    from dit_jax.train.loop import Preempted, train_and_evaluate
+        # A process that waits in vain is aborted by jax (exit 134, SIGABRT) after the timeout.
+        print(f"joining jax.distributed: waiting up to {f.distributed_timeout} s for all processes "
+              "(--distributed_timeout)", file=sys.stderr, flush=True)
+        jax.distributed.initialize(f.coordinator, f.num_processes, f.process_id, local_device_ids=local_ids,
+                                   initialization_timeout=f.distributed_timeout)
+    elif local_ids is not None or f["distributed_timeout"].present:
+        raise ValueError("--local_device_ids and --distributed_timeout apply to multi-host runs: add --distributed")
+    from dit_jax.train import exit_codes
+    from dit_jax.train.loop import train_and_evaluate
     try:
         train_and_evaluate(f.config, f.workdir)
-    except Preempted:
-        return 0
-    return 0
+    except (exit_codes.RunStopped, FloatingPointError) as e:  # the codes a retry loop acts on
+        if not isinstance(e, exit_codes.Preempted):  # a preemption is announced by the loop
+            print(f"error: {e}", file=sys.stderr)
+        return exit_codes.exit_code(e)
+    return exit_codes.FINISHED
+
+
+def _device_ids(values: list[str] | None) -> list[int] | None:
+    if values is None:
+        return None
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        pass
+    raise ValueError(f"--local_device_ids takes comma-separated integers like 0,1,2,3, got {','.join(values)!r}")
 
 
 def cmd_evaluate(args) -> int:

@@ -52,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.log_every = 100
     c.checkpoint_every = 10_000
+    # Also save when this many minutes passed since the last save (whichever comes first; 0: off),
+    # so that a preempted slice loses bounded work. Decided on process 0's clock at log steps.
+    c.checkpoint_every_minutes = 0.0
     c.keep_checkpoints = 3
     c.async_checkpointing = True
 
@@ -67,6 +70,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_weights = ""
     # MFU: peak dense FLOP/s per device; 0 picks it from the device kind when known.
     c.peak_tflops_per_device = 0.0
+    # JAX's persistent compilation cache: a restarted run loads its compiled step instead of
+    # compiling it again ('' leaves it off). A gs:// path shares it between the hosts of a pod.
+    c.compilation_cache_dir = "~/.cache/dit_jax/jax_cache"
+    # XProf/TensorBoard trace of num_steps steps into WORKDIR/profile, from start_step steps after
+    # this process started (>= 1 keeps compilation out); hosts: 'all' or process indices '0,1'.
+    c.profile = ml_collections.ConfigDict(dict(start_step=5, num_steps=0, hosts="0"))
     return c
 
 

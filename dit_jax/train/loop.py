@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
+from contextlib import nullcontext
 from functools import partial
 
 import flax.linen as nn
@@ -21,16 +21,15 @@ from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiT, forward_macs
 from dit_jax.parallel.mesh import describe as describe_mesh, make_mesh_from_config
 from dit_jax.parallel.sharding import LOGICAL_RULES, batch_divisor, batch_sharding, replicated, state_shardings
-from dit_jax.train import checkpoint as ckpt, evaluation
+from dit_jax.train import checkpoint as ckpt, evaluation, profile
+from dit_jax.train.compilation_cache import configure as configure_compilation_cache
 from dit_jax.train.config_base import to_dit_config
+from dit_jax.train.exit_codes import Preempted
 from dit_jax.train.metrics_log import MetricsLog, peak_flops
 from dit_jax.train.state import abstract_state, create_state, make_optimizer
 from dit_jax.train.step import train_step
+from dit_jax.train.timing import SaveClock, StepTimer, log_fields
 from dit_jax.train.validation import validate
-
-
-class Preempted(Exception):
-    pass
 
 
 def _check_batch(config, mesh) -> None:
@@ -105,6 +104,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     regular checkpoints.
     """
     validate(config)
+    configure_compilation_cache(config.compilation_cache_dir)
     workdir = os.path.abspath(workdir)
     model_cfg = to_dit_config(config.model)
     mesh = make_mesh_from_config(config.mesh)
@@ -165,46 +165,57 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
     peak = config.peak_tflops_per_device * 1e12 or peak_flops(jax.devices()[0])
     sigterm = _install_sigterm()
     metrics, last = {}, {}
-    t_mark, step_mark = time.time(), start
-    total = config.total_steps
+    timer, save_clock = StepTimer(), SaveClock(config.checkpoint_every_minutes)
+    profiler = profile.StepProfiler(config.profile, workdir, start)
+    step_mark, total = start, config.total_steps
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         for step in range(start, total):
-            batch = to_global(next(data_iter), batch_sharding(mesh))
-            state, metrics = step_fn(state, batch, vae_params)
+            with timer.measure("other"):  # starting or writing a trace is not training time
+                annotation = profiler.step(step, state)
+            with annotation:
+                with timer.measure("input"):
+                    batch = to_global(next(data_iter), batch_sharding(mesh))
+                # The first call traces and compiles the step (or loads it from the persistent cache).
+                with timer.measure("compile") if step == start else nullcontext():
+                    state, metrics = step_fn(state, batch, vae_params)
             done = step + 1
-            if done % config.log_every == 0 or done == total:
+            log_step = done % config.log_every == 0 or done == total
+            if log_step:
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                dt = time.time() - t_mark
-                img_s = (done - step_mark) * config.batch_size / dt
-                last.update(img_per_s=img_s, step=done)
-                if peak:
-                    last["mfu"] = img_s * flops_per_image / (peak * jax.device_count())
-                log.write(done, total, last, eta_s=(total - done) * dt / max(done - step_mark, 1))
-                t_mark, step_mark = time.time(), done
+                last.update(log_fields(timer.window(), done - step_mark, total - done, config.batch_size,
+                                       flops_per_image, peak * jax.device_count()), step=done)
+                if "compile_s" in last:
+                    log.print(f"compiled the train step in {last['compile_s']:.1f} s")
+                log.write(done, total, last, eta_s=last["eta_s"])
+                step_mark = done
             # One host: our SIGTERM flag. Several: Orbax's preemption sync point, so that all hosts
             # agree on the step to save at (a local flag could differ between hosts and hang the save).
             preempted = sigterm["set"] if jax.process_count() == 1 else manager.reached_preemption(done)
-            t_side = time.time()  # time spent below (saves, evaluations, grids) is not training time
-            if done % config.checkpoint_every == 0 or done == total or preempted:
-                ckpt.save(manager, done, state, data_iter, cfg_json, force=preempted)
-            if config.eval.kind and config.eval.every and done % config.eval.every == 0 and done != total:
-                scores = evaluation.evaluate(config, model_cfg, state.ema_params, vae)
-                log.print(evaluation.describe(config, scores))
-                log.scalars(done, scores)
-            if config.sample.every and (done % config.sample.every == 0 or done == total):
-                path = sample_grid(config, model_cfg, state.ema_params, done, workdir, vae)
-                if path:
-                    log.print(f"EMA samples: {path}")
-            t_mark += time.time() - t_side
+            if (done % config.checkpoint_every == 0 or done == total or preempted
+                    or save_clock.due(log_step, jax.process_count())):
+                with timer.measure("checkpoint"):
+                    ckpt.save(manager, done, state, data_iter, cfg_json, force=preempted)
+                save_clock.saved()
+            with timer.measure("other"):
+                if config.eval.kind and config.eval.every and done % config.eval.every == 0 and done != total:
+                    scores = evaluation.evaluate(config, model_cfg, state.ema_params, vae)
+                    log.print(evaluation.describe(config, scores))
+                    log.scalars(done, scores)
+                if config.sample.every and (done % config.sample.every == 0 or done == total):
+                    path = sample_grid(config, model_cfg, state.ema_params, done, workdir, vae)
+                    if path:
+                        log.print(f"EMA samples: {path}")
             if stop_after is not None and done - start >= stop_after:
                 manager.wait_until_finished()
                 close_loader(data_iter)
                 return last
             if preempted:
+                profiler.stop(state)
                 manager.wait_until_finished()
                 close_loader(data_iter)
                 log.print(f"preempted: checkpoint saved at step {done}; rerun with the same workdir to resume")
                 raise Preempted(done)
+    profiler.stop(state)
     manager.wait_until_finished()
     close_loader(data_iter)
     if config.eval.kind:

@@ -6,17 +6,25 @@ import json
 import os
 import sys
 
-# Peak dense bf16 FLOP/s per device for MFU. H100 uses the reference anchors' 790 TFLOP/s so MFU
-# numbers compare like for like with the PyTorch measurements.
-PEAK_TFLOPS = {"h100": 790.0, "h200": 790.0, "a100": 312.0, "tpu v3": 61.5, "tpu v4": 137.5, "tpu v5 lite": 197.0,
-               "tpu v5e": 197.0, "tpu v5p": 229.5, "tpu v6 lite": 918.0}
+# Peak dense bf16 TFLOP/s of one JAX device, by device_kind (lower case). A device is what
+# jax.devices() lists: a whole chip on TPU v4 and later (v4 and v5p chips have two TensorCores that
+# JAX drives as one device; v5p's device_kind is "TPU v5"), a TensorCore on v2/v3, a GPU.
+PEAK_TFLOPS = {
+    "tpu v2": 22.5, "tpu v3": 61.5, "tpu v4": 275.0, "tpu v5": 459.0, "tpu v5p": 459.0,
+    "tpu v5 lite": 197.0, "tpu v5e": 197.0, "tpu v6 lite": 918.0, "tpu v6e": 918.0,
+    # GPUs' device_kind carries the product name, e.g. "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB".
+    "h100 pcie": 756.0, "h100": 989.0, "h200": 989.0, "a100": 312.0,
+}
 
 
 def peak_flops(device) -> float:
+    """Exact device_kind first (so "tpu v5" does not take "tpu v5 lite"), then the longest name it contains."""
     kind = getattr(device, "device_kind", "").lower()
-    for name, tflops in PEAK_TFLOPS.items():
+    if kind in PEAK_TFLOPS:
+        return PEAK_TFLOPS[kind] * 1e12
+    for name in sorted(PEAK_TFLOPS, key=len, reverse=True):
         if name in kind:
-            return tflops * 1e12
+            return PEAK_TFLOPS[name] * 1e12
     return 0.0  # unknown (e.g. CPU): MFU is not reported
 
 
@@ -49,6 +57,10 @@ class MetricsLog:
         parts.append(f"{metrics['img_per_s']:.1f} img/s")
         if "mfu" in metrics:
             parts.append(f"MFU {metrics['mfu']:.1%}")
+        if metrics.get("input_wait_s", 0.0) >= 0.05:  # shown when it rounds to something
+            parts.append(f"input wait {metrics['input_wait_s']:.1f} s")
+        if metrics.get("checkpoint_s", 0.0) >= 0.05:
+            parts.append(f"saving {metrics['checkpoint_s']:.1f} s")
         parts.append(f"ETA {_duration(eta_s)}")
         print(" | ".join(parts), file=sys.stdout, flush=True)
         self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")

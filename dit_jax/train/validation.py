@@ -91,6 +91,10 @@ def _training(config) -> list[str]:
     problems += _at_least(config, ("seed",), 0)
     if not 0 <= config.ema_decay < 1:
         problems.append(f"ema_decay must be in [0, 1), got {config.ema_decay}")
+    if config.checkpoint_every_minutes < 0:
+        problems.append(f"checkpoint_every_minutes must be >= 0 (0: off), got {config.checkpoint_every_minutes}")
+    from dit_jax.train import profile
+    problems += profile.check(config)
     if config.get("peak_tflops_per_device", 0.0) < 0:
         problems.append(f"peak_tflops_per_device must be >= 0 (0: from the device kind), "
                         f"got {config.peak_tflops_per_device}")
@@ -121,6 +125,10 @@ def _mesh(mesh) -> list[str]:
                 "(e.g. --config.mesh.data=-1)"]
     if list(sizes.values()).count(-1) > 1:
         return [f"at most one of mesh.data/fsdp/tensor may be -1, got {sizes}"]
+    dcn = {axis: mesh[axis] for axis in ("dcn_data", "dcn_fsdp") if axis in mesh}
+    bad = {axis: size for axis, size in dcn.items() if not isinstance(size, int) or size < 1}
+    if bad:
+        return [f"mesh.dcn_* sizes (the slices an axis spans) must be >= 1, got {bad}"]
     return []
 
 
