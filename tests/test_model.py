@@ -140,7 +140,7 @@ def test_scan_and_remat_layouts_compute_the_same():
     params = _randomise(init_params(SMALL, jax.random.key(0)))
     x, t, y = _random_inputs(SMALL)
     base = DiT(SMALL).apply({"params": params}, x, t, y)
-    for scan, remat in ((True, False), (True, True), (False, True)):
+    for scan, remat in ((True, "none"), (True, "full"), (False, "dots_saveable")):
         cfg = dataclasses.replace(SMALL, scan_blocks=scan, remat=remat)
         p = stack_blocks(params, cfg.depth) if scan else params
         assert jax.tree.structure(p) == jax.tree.structure(init_params(cfg, jax.random.key(0)))
@@ -184,7 +184,7 @@ def test_bfloat16_compute_with_float32_params():
     x, t, y = _random_inputs(SMALL)
     out16 = DiT(cfg).apply({"params": params}, x, t, y)
     out32 = DiT(SMALL).apply({"params": params}, x, t, y)
-    assert out16.dtype == jnp.bfloat16
+    assert out16.dtype == jnp.float32  # bf16 inside, float32 out for the loss and the sampler
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(init_params(cfg, jax.random.key(0))))
     rel = float(jnp.abs(out16.astype(jnp.float32) - out32).max() / jnp.abs(out32).max())
     assert rel < 0.05
