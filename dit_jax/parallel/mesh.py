@@ -83,6 +83,6 @@ def describe(mesh: Mesh, mesh_config) -> str:
     dcn = {"data": mesh_config.get("dcn_data", 1), "fsdp": mesh_config.get("dcn_fsdp", 1)}
     crossing = [f"{axis} ({n} x {mesh.shape[axis] // n})" for axis, n in dcn.items() if n > 1]
     if not crossing:
-        return "one slice: all mesh axes on ICI"
+        return "one slice: no axis crosses DCN"
     return f"{math.prod(dcn.values())} slices: across DCN {', '.join(crossing)}; within a slice the rest"
 
