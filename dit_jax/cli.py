@@ -235,28 +235,33 @@ def cmd_models(args) -> int:
 
 
 def _repo_config(name: str) -> str:
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", name)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: pass --config PATH (the configs/ folder of the dit-jax checkout)")
-    return path
+    from dit_jax.train.config_base import packaged_config
+    return packaged_config(name)
 
 
 HELP_FLAGS = ("-h", "--help", "--helpfull", "--helpshort")
 
 
-def _check_config_file(argv: list[str]) -> None:
-    """A missing --config file, said in one line (ml_collections reports it as a chain of tracebacks)."""
+def _resolve_config_file(argv: list[str]) -> list[str]:
+    """argv with `--config configs/NAME.py[:ARG]` pointed at the packaged file when there is no such
+    file here; a config file that exists nowhere is said in one line (ml_collections reports it as
+    a chain of tracebacks)."""
+    from dit_jax.train.config_base import resolve_config_spec
+    out = list(argv)
     for i, arg in enumerate(argv):
         if arg == "--config" and i + 1 < len(argv):
-            spec = argv[i + 1]
+            at, spec, prefix = i + 1, argv[i + 1], ""
         elif arg.startswith("--config="):
-            spec = arg[len("--config="):]
+            at, spec, prefix = i, arg[len("--config="):], "--config="
         else:
             continue
+        spec = resolve_config_spec(spec)
         path = spec.partition(":")[0]
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file {path!r} not found: pass --config=FILE[:ARG], e.g. "
-                                    f"--config={_repo_config('dit.py')}:XL/2")
+                                    "--config=configs/dit.py:XL/2")
+        out[at] = prefix + spec
+    return out
 
 
 def _positional_problem(positional: list[str]) -> str:
@@ -312,7 +317,7 @@ def cmd_train(argv: list[str]) -> int:
                       "per node driving all its GPUs; SLURM detection alone gives one GPU per task)", flag_values=f)
     show_help = any(a in HELP_FLAGS for a in argv)
     argv = ["dit-jax train"] + [a for a in argv if a not in HELP_FLAGS]
-    _check_config_file(argv)
+    argv = _resolve_config_file(argv)
     try:
         config_flags.DEFINE_config_file("config", _repo_config("demo.py"), "config file, e.g. configs/dit.py:XL/2",
                                         flag_values=f, lock_config=True, sys_argv=argv)

@@ -209,9 +209,9 @@ def parse_args(argv: list[str]):
     from absl import flags
     from ml_collections import config_flags
 
-    from dit_jax.cli import _repo_config
+    from dit_jax.cli import _repo_config, _resolve_config_file
     fv = flags.FlagValues()
-    rest = ["dit-jax compile"] + rest
+    rest = ["dit-jax compile"] + _resolve_config_file(rest)
     try:
         config_flags.DEFINE_config_file("config", _repo_config("dit.py"), "config file, e.g. configs/dit.py:XL/2",
                                         flag_values=fv, lock_config=True, sys_argv=rest)
