@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -54,7 +53,3 @@ def create_state(model_config: DiTConfig, tx: optax.GradientTransformation, seed
 def abstract_state(model_config: DiTConfig, tx, seed: int = 0) -> TrainState:
     """Shapes of the state with nn.Partitioned boxes kept (for shardings)."""
     return jax.eval_shape(lambda: create_state(model_config, tx, seed))
-
-
-def unboxed(state: TrainState) -> TrainState:
-    return nn.unbox(state)
