@@ -6,12 +6,11 @@ beside the params so a load can refuse weights of another model with a message n
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dit_jax import storage
 from dit_jax.convert.dit_torch import check_config_matches, stack_blocks, unstack_blocks
 from dit_jax.models.dit import DiTConfig
 
@@ -24,19 +23,19 @@ def save_weights(directory: str, params, config: DiTConfig, force: bool = False)
 
 
 def _save(directory: str, params, config_dict: dict, force: bool) -> str:
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory) and not force:
+    directory = storage.resolve(directory)
+    if directory.exists() and not force:
         raise FileExistsError(f"{directory} exists; choose a new path or pass force=True (--force) to replace it")
     params = jax.tree.map(np.asarray, params)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         ckptr.save(directory, ocp.args.Composite(params=ocp.args.StandardSave(params),
                                                  config=ocp.args.JsonSave(config_dict)), force=force)
-    return directory
+    return str(directory)
 
 
 def _load_config_dict(directory: str) -> dict:
-    directory = os.path.abspath(directory)
-    if not os.path.isdir(os.path.join(directory, "config")):
+    directory = storage.resolve(directory)
+    if not (directory / "config").is_dir():
         raise FileNotFoundError(f"{directory} is not a dit-jax weights directory (no 'config' item); "
                                 "create one with `dit-jax convert`")
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
@@ -46,7 +45,7 @@ def _load_config_dict(directory: str) -> dict:
 
 def _load_params(directory: str):
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        restored = ckptr.restore(os.path.abspath(directory), ocp.args.Composite(params=ocp.args.StandardRestore()))
+        restored = ckptr.restore(storage.resolve(directory), ocp.args.Composite(params=ocp.args.StandardRestore()))
     return restored["params"]
 
 

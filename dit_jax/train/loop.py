@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dit_jax import storage
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiT, forward_macs
 from dit_jax.parallel.sharding import LOGICAL_RULES, batch_divisor, batch_sharding, logical_shardings, make_mesh, replicated
@@ -123,8 +124,7 @@ def sample_grid(config, model_cfg, ema_params, step: int, workdir: str, vae=None
     images = to_uint8(jax.device_get(samples))
     if jax.process_index() != 0:
         return None
-    path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    path = storage.join(workdir, "samples", f"step_{step:07d}.png")
     save_grid(images, path, nrow=min(model_cfg.num_classes, s.num), upscale=max(1, 64 // images.shape[1]))
     return path
 
@@ -136,7 +136,8 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     regular checkpoints.
     """
     validate(config)
-    workdir = os.path.abspath(workdir)
+    storage.require_local(config.data.data_dir, "data.data_dir")
+    workdir = str(storage.resolve(workdir))
     model_cfg = to_dit_config(config.model)
     mesh = make_mesh(**config.mesh)
     _check_batch(config, mesh)
@@ -248,6 +249,5 @@ def final_evaluation(config, model_cfg, ema_params, workdir: str, log: MetricsLo
     if jax.process_index() == 0:
         names = ["eval_scores.json"] + (["demo_scores.json"] if config.eval.kind == "digits" else [])
         for name in names:
-            with open(os.path.join(workdir, name), "w") as f:
-                json.dump(scores, f, indent=2)
+            storage.write_bytes_atomic(storage.join(workdir, name), json.dumps(scores, indent=2).encode())
     return scores
