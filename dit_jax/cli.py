@@ -171,6 +171,8 @@ def cmd_build_dataset(args) -> int:
     from dit_jax.data.digits import default_data_dir
     from dit_jax.data.image_folder import build_image_folder
     data_dir = args.data_dir or default_data_dir()
+    from dit_jax import storage
+    storage.require_local(data_dir, "--data-dir")
     path = build_image_folder(args.src_dir, data_dir, args.name)
     print(f"dataset {args.name!r} in {path}; train on it with --config.data.name={args.name} "
           f"--config.data.data_dir={data_dir}")
@@ -390,9 +392,10 @@ def cmd_evaluate(args) -> int:
     print(" | ".join(f"{label:>9}" for _, label in names))
     print(" | ".join(f"{metrics[key]:>9.4f}" for key, _ in names))
     out = args.out or os.path.splitext(args.samples)[0] + ".metrics.json"
-    with open(out, "w") as f:
-        json.dump({**{k: float(v) for k, v in metrics.items()}, "num_samples": int(len(samples)),
-                   "reference": os.path.abspath(args.reference), "preprocess": args.preprocess}, f, indent=2)
+    from dit_jax import storage
+    storage.write_bytes_atomic(out, json.dumps(
+        {**{k: float(v) for k, v in metrics.items()}, "num_samples": int(len(samples)),
+         "reference": str(storage.resolve(args.reference)), "preprocess": args.preprocess}, indent=2).encode())
     print(f"wrote {out}")
     return 0
 

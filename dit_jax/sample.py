@@ -137,9 +137,16 @@ def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.n
 
 
 def save_grid(images: np.ndarray, path: str, nrow: int | None = None, upscale: int = 1) -> None:
+    """Write the grid as a PNG file, local or in a bucket."""
+    import io
+
     from PIL import Image
+
+    from dit_jax import storage
     grid = make_grid(images, nrow)
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     if upscale > 1:
         img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
-    img.save(path)
+    png = io.BytesIO()
+    img.save(png, format="PNG")
+    storage.write_bytes_atomic(path, png.getvalue())

@@ -9,8 +9,20 @@ directory `./gs:/b/x`; `os.makedirs` and `open` cannot reach a bucket at all.
 from __future__ import annotations
 
 import os
+import shutil
 
 from etils import epath
+
+
+def _fresh_listings() -> None:
+    # Several writers share a run directory (every host, and Orbax's tensorstore beside gcsfs), so
+    # gcsfs's cached directory listings go stale: a shard or checkpoint another writer made would
+    # read as missing. Listing afresh costs one request per listing.
+    import fsspec
+    fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
+
+
+_fresh_listings()
 
 
 def is_uri(path) -> bool:
@@ -49,3 +61,73 @@ def write_bytes_atomic(path, data: bytes) -> None:
     tmp = p.parent / f".{p.name}.tmp-{os.getpid()}"
     tmp.write_bytes(data)
     os.replace(tmp, p)
+
+
+def exists(path) -> bool:
+    return resolve(path).exists()
+
+
+def read_bytes(path) -> bytes:
+    return resolve(path).read_bytes()
+
+
+def rmtree(path) -> None:
+    p = resolve(path)
+    if p.exists():
+        p.rmtree()
+
+
+def upload_tree(local_dir: str, dest) -> None:
+    """Copy every file under the local directory `local_dir` to `dest` (local or URI), streamed."""
+    for root, _, names in os.walk(local_dir):
+        for name in names:
+            src = os.path.join(root, name)
+            target = resolve(dest).joinpath(os.path.relpath(src, local_dir))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(src, "rb") as f, target.open("wb") as g:
+                shutil.copyfileobj(f, g, 16 << 20)
+
+
+def require_local(path, what: str) -> None:
+    """Refuse a cloud URI where ArrayRecord files are read or written: ArrayRecord opens local
+    files only, and a URI here would fail deep inside the data pipeline (or after hours of work)."""
+    if path and is_uri(path):
+        raise ValueError(
+            f"{what} {path!r} is a cloud URI, but ArrayRecord datasets can only be opened from a local "
+            "filesystem: mount the bucket with gcsfuse (gcsfuse --implicit-dirs BUCKET /mnt/BUCKET) and pass "
+            "/mnt/BUCKET/..., or copy the dataset to local disk on every host (gsutil -m cp -r gs://... /data/) "
+            "and pass that directory")
+
+
+class TextAppender:
+    """A text file that grows line by line (metrics.jsonl).
+
+    Local files are appended to. An object store cannot append, so there the whole text is kept
+    and the object rewritten on each flush; one line per logged step keeps it small (about 1 MB for
+    a 400k-step run logged every 100 steps). Lines already in the object are kept on resume.
+    """
+
+    def __init__(self, path):
+        self.path = resolve(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if is_uri(self.path):
+            self._file = None
+            self._text = self.path.read_text() if self.path.exists() else ""
+        else:
+            self._file = open(self.path, "a")
+
+    def write(self, text: str) -> None:
+        if self._file is None:
+            self._text += text
+        else:
+            self._file.write(text)
+
+    def flush(self) -> None:
+        if self._file is None:
+            write_bytes_atomic(self.path, self._text.encode())
+        else:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()

@@ -6,8 +6,6 @@ beside the params so a load can refuse weights of another model with a message n
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -25,14 +23,14 @@ def save_weights(directory: str, params, config: DiTConfig, force: bool = False)
 
 
 def _save(directory: str, params, config_dict: dict, force: bool) -> str:
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory) and not force:
+    directory = storage.resolve(directory)
+    if directory.exists() and not force:
         raise FileExistsError(f"{directory} exists; choose a new path or pass force=True (--force) to replace it")
     params = jax.tree.map(np.asarray, params)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         ckptr.save(directory, ocp.args.Composite(params=ocp.args.StandardSave(params),
                                                  config=ocp.args.JsonSave(config_dict)), force=force)
-    return directory
+    return str(directory)
 
 
 def training_run_of(directory: str) -> str | None:
@@ -63,8 +61,8 @@ def weights_dir_problem(directory: str) -> str | None:
 
 
 def _load_config_dict(directory: str) -> dict:
-    directory = os.path.abspath(directory)
-    problem = weights_dir_problem(directory)
+    directory = storage.resolve(directory)
+    problem = weights_dir_problem(str(directory))
     if problem:
         raise FileNotFoundError(problem)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
@@ -74,7 +72,7 @@ def _load_config_dict(directory: str) -> dict:
 
 def _load_params(directory: str):
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        restored = ckptr.restore(os.path.abspath(directory), ocp.args.Composite(params=ocp.args.StandardRestore()))
+        restored = ckptr.restore(storage.resolve(directory), ocp.args.Composite(params=ocp.args.StandardRestore()))
     return restored["params"]
 
 

@@ -70,6 +70,42 @@ def test_extraction_stores_posterior_of_image_and_flip_and_resumes(setup):
     assert not os.path.exists(os.path.join(out, "tiny_latents", SHARDS))
 
 
+def test_extraction_into_a_bucket_resumes_from_its_shards_and_uploads_the_dataset(setup, gcs_bucket, tmp_path):
+    """Shards in gs:// (so hosts without a shared filesystem see each other's); the ArrayRecord dataset
+    is built locally and uploaded, then brought back as a per-host copy would be."""
+    import io
+
+    import tensorflow_datasets as tfds
+
+    from conftest import gcs_objects
+    from dit_jax import storage
+    from dit_jax.data.pipeline import DecodeCrop, open_source
+    root, data_dir, vae, vae_dir = setup
+    bucket, url = gcs_bucket
+    out = f"gs://{bucket}/tfds"
+    marker, buf = {k: np.full((5, 8, 8, 4), 7.0, np.float32) for k in LATENT_KEYS}, io.BytesIO()
+    np.savez(buf, label=np.zeros(5, np.int64), **marker)
+    storage.write_bytes_atomic(f"{out}/bucket_latents/{SHARDS}/shard_000001.npz", buf.getvalue())  # done earlier
+    logs = []
+    assert extract_latents("tiny_images", data_dir, 16, vae_dir, "bucket_latents", out_data_dir=out, batch_size=4,
+                           dtype="float32", shard_size=5, log=logs.append) == out
+    assert any("gsutil -m cp -r" in line for line in logs)
+    names = gcs_objects(url, bucket, "tfds/bucket_latents/")
+    assert not [n for n in names if SHARDS in n]  # shards removed once the dataset is built
+    assert "tfds/bucket_latents/1.0.0/dataset_info.json" in names
+    local = tmp_path / "copy"
+    for name in names:  # what `gsutil -m cp -r` would bring to a host
+        dest = local / name.removeprefix("tfds/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(storage.read_bytes(f"gs://{bucket}/{name}"))
+    latents = tfds.data_source("bucket_latents", split="train", data_dir=str(local))
+    assert len(latents) == 12 and np.all(latents[5]["mean"] == 7.0)  # the bucket's earlier shard was kept
+    img = DecodeCrop(16, 3, 3).map({**open_source("tiny_images", data_dir)[0], "_key": 0})["image"]
+    with torch.no_grad():
+        post = vae.encode(torch.from_numpy(img.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]).latent_dist
+    np.testing.assert_allclose(latents[0]["mean"], post.mean[0].permute(1, 2, 0).numpy(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("flip", [False, True])
 def test_vae_in_step_and_latent_dataset_give_the_same_losses(setup, tmp_path, flip):
     from test_train import losses, tiny_config

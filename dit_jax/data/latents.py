@@ -7,11 +7,14 @@ step, as the reference does when it encodes images inside its loop; storing one 
 
 Extraction is split into shards of `shard_size` records, each written atomically as it finishes,
 so an interrupted run resumes without redoing finished shards; hosts take every process_count-th
-shard. When all shards exist the TFDS dataset is assembled from them.
+shard. When all shards exist the TFDS dataset is assembled from them. The output may be a bucket
+(gs://...): shards go there directly, so hosts without a shared filesystem see each other's work;
+the dataset is assembled in a local temporary directory and uploaded.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -21,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
+
+from dit_jax import storage
 
 VERSION = "1.0.0"
 LATENT_KEYS = ("mean", "std", "mean_flip", "std_flip")
@@ -51,7 +56,7 @@ def _encoder(vae_params, vae_config):
 
 
 def _shard_path(out_dir: str, k: int) -> str:
-    return os.path.join(out_dir, SHARDS, f"shard_{k:06d}.npz")
+    return storage.join(out_dir, SHARDS, f"shard_{k:06d}.npz")
 
 
 def _builder_class(name: str, shard_files: list[str], latent_shape: tuple, dtype: str):
@@ -73,7 +78,7 @@ def _builder_class(name: str, shard_files: list[str], latent_shape: tuple, dtype
         def _generate_examples(self):
             i = 0
             for path in shard_files:
-                with np.load(path) as z:
+                with np.load(io.BytesIO(storage.read_bytes(path))) as z:
                     for j in range(len(z["label"])):
                         yield i, {"label": z["label"][j], **{k: z[k][j] for k in LATENT_KEYS}}
                         i += 1
@@ -91,9 +96,10 @@ def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out
 
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
-    out_data_dir = os.path.abspath(os.path.expanduser(out_data_dir or data_dir or default_data_dir()))
-    target = os.path.join(out_data_dir, out_name, VERSION)
-    if os.path.exists(os.path.join(target, "dataset_info.json")):
+    storage.require_local(data_dir, "--data-dir")
+    out_data_dir = str(storage.resolve(out_data_dir or data_dir or default_data_dir()))
+    target = storage.join(out_data_dir, out_name, VERSION)
+    if storage.exists(storage.join(target, "dataset_info.json")):
         log(f"latent dataset {out_name!r} already built at {target}")
         return out_data_dir
     source = open_source(name, data_dir, split)
@@ -101,12 +107,12 @@ def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out
     encode = _encoder(vae_params, vae_config)
     batch_size = -(-batch_size // jax.local_device_count()) * jax.local_device_count()  # split evenly
     decode = DecodeCrop(image_size, 3, np.iinfo(np.int32).max)
-    work = os.path.join(out_data_dir, out_name)
-    os.makedirs(os.path.join(work, SHARDS), exist_ok=True)
+    work = storage.join(out_data_dir, out_name)
+    storage.makedirs(storage.join(work, SHARDS))
     n = len(source)
     num_shards = -(-n // shard_size)
     mine = [k for k in range(num_shards) if k % jax.process_count() == jax.process_index()]
-    todo = [k for k in mine if not os.path.exists(_shard_path(work, k))]
+    todo = [k for k in mine if not storage.exists(_shard_path(work, k))]
     log(f"extracting {n} images of {name!r} ({image_size} px) with the VAE in {vae_dir}: {len(mine)} shards here, "
         f"{len(mine) - len(todo)} already done")
     t0, done_images = time.time(), 0
@@ -121,10 +127,10 @@ def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out
             res = encode(np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)]) if pad else chunk)
             for key, value in zip(LATENT_KEYS, res):
                 outs[key].append(np.asarray(value)[: len(chunk)].astype(dtype))
-        tmp = _shard_path(work, k) + ".tmp.npz"
-        np.savez(tmp, label=np.array([r["label"] for r in records], np.int64),
+        shard = io.BytesIO()
+        np.savez(shard, label=np.array([r["label"] for r in records], np.int64),
                  **{key: np.concatenate(v) for key, v in outs.items()})
-        os.replace(tmp, _shard_path(work, k))  # atomic: a shard file is complete or absent
+        storage.write_bytes_atomic(_shard_path(work, k), shard.getvalue())  # a shard is complete or absent
         done_images += hi - lo
         rate = done_images / (time.time() - t0)
         log(f"shard {count}/{len(todo)}: {rate:.1f} img/s, ETA {(len(todo) - count) * shard_size / rate:.0f} s")
@@ -134,20 +140,29 @@ def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out
     if jax.process_index() != 0:
         return out_data_dir
     files = [_shard_path(work, k) for k in range(num_shards)]
-    missing = [f for f in files if not os.path.exists(f)]
+    missing = [f for f in files if not storage.exists(f)]
     if missing:
         raise FileNotFoundError(f"{len(missing)} shard(s) missing (first {missing[0]}): rerun to finish them")
-    with np.load(files[0]) as z:
+    with np.load(io.BytesIO(storage.read_bytes(files[0]))) as z:
         latent_shape = z["mean"].shape[1:]
-    tmp = tempfile.mkdtemp(prefix=f".{out_name}-build-", dir=out_data_dir)
+    # ArrayRecord writes local files only: a bucket's dataset is built in local temp space.
+    remote = storage.is_uri(out_data_dir)
+    tmp = tempfile.mkdtemp(prefix=f".{out_name}-build-", dir=None if remote else out_data_dir)
     try:
         builder = _builder_class(out_name, files, latent_shape, dtype)(
             data_dir=tmp, file_format=tfds.core.FileFormat.ARRAY_RECORD)
         builder.download_and_prepare(download_dir=os.path.join(tmp, "downloads"))
-        os.rename(os.path.join(tmp, out_name, VERSION), target)
+        built = os.path.join(tmp, out_name, VERSION)
+        if remote:
+            storage.upload_tree(built, target)
+        else:
+            os.rename(built, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(os.path.join(work, SHARDS), ignore_errors=True)
+    storage.rmtree(storage.join(work, SHARDS))
     per_image = 4 * int(np.prod(latent_shape)) * np.dtype(dtype).itemsize
     log(f"built latent dataset {out_name!r} at {target}: {n} images, {per_image / 1024:.1f} KiB of latents per image")
+    if remote:
+        log("training reads ArrayRecord from local paths only: copy it to every host (gsutil -m cp -r "
+            f"{storage.join(out_data_dir, out_name)} /data/) or mount the bucket with gcsfuse")
     return out_data_dir

@@ -65,6 +65,8 @@ def open_source(name: str, data_dir: str, split: str = "train"):
     configured channels; raw Tensor images come back as uint8 arrays.
     """
     data_dir = data_dir or default_data_dir()
+    from dit_jax.storage import require_local
+    require_local(data_dir, "data_dir")
     if name == DIGITS:
         ensure_digits(data_dir)
     try:

@@ -8,11 +8,12 @@ straight into the shardings of the current mesh, which may differ from the one t
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import grain
 import orbax.checkpoint as ocp
+
+from dit_jax import storage
 
 CONFIG_ITEM, STATE_ITEM, DATA_ITEM = "config", "state", "data"
 
@@ -20,7 +21,7 @@ CONFIG_ITEM, STATE_ITEM, DATA_ITEM = "config", "state", "data"
 def make_manager(workdir: str, keep: int, interval: int, async_save: bool = True) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=interval,
                                            enable_async_checkpointing=async_save, create=True)
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+    return ocp.CheckpointManager(storage.join(workdir, "checkpoints"), options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter, config_json: dict,
@@ -76,7 +77,7 @@ def load_ema(workdir: str, step: int | None = None, params_key: str = "ema_param
 
     from dit_jax.train.config_base import to_dit_config
     manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        storage.join(workdir, "checkpoints"),
         options=ocp.CheckpointManagerOptions(read_only=True, create=False),
         item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler(), CONFIG_ITEM: ocp.JsonCheckpointHandler()})
     step = manager.latest_step() if step is None else step

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dit_jax import storage
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiT, forward_macs
 from dit_jax.parallel.mesh import describe as describe_mesh, make_mesh_from_config
@@ -91,8 +92,7 @@ def sample_grid(config, model_cfg, ema_params, step: int, workdir: str, vae=None
     images = to_uint8(jax.device_get(samples))
     if jax.process_index() != 0:
         return None
-    path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    path = storage.join(workdir, "samples", f"step_{step:07d}.png")
     save_grid(images, path, nrow=min(model_cfg.num_classes, s.num), upscale=max(1, 64 // images.shape[1]))
     return path
 
@@ -104,8 +104,9 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     regular checkpoints.
     """
     validate(config)
+    storage.require_local(config.data.data_dir, "data.data_dir")
     configure_compilation_cache(config.compilation_cache_dir)
-    workdir = os.path.abspath(workdir)
+    workdir = str(storage.resolve(workdir))
     model_cfg = to_dit_config(config.model)
     mesh = make_mesh_from_config(config.mesh)
     _check_batch(config, mesh)
@@ -231,6 +232,5 @@ def final_evaluation(config, model_cfg, ema_params, workdir: str, log: MetricsLo
     if jax.process_index() == 0:
         names = ["eval_scores.json"] + (["demo_scores.json"] if config.eval.kind == "digits" else [])
         for name in names:
-            with open(os.path.join(workdir, name), "w") as f:
-                json.dump(scores, f, indent=2)
+            storage.write_bytes_atomic(storage.join(workdir, name), json.dumps(scores, indent=2).encode())
     return scores

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import sys
+import tempfile
+
+from dit_jax import storage
 
 # Peak dense bf16 TFLOP/s of one JAX device, by device_kind (lower case). A device is what
 # jax.devices() lists: a whole chip on TPU v4 and later (v4 and v5p chips have two TensorCores that
@@ -39,10 +42,10 @@ class MetricsLog:
         self.enabled = enabled
         self.writer = None
         if enabled:
-            os.makedirs(workdir, exist_ok=True)
-            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self.jsonl = storage.TextAppender(storage.join(workdir, "metrics.jsonl"))
             from tensorboardX import SummaryWriter
-            self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self.events = EventsDir(storage.join(workdir, "tensorboard"))
+            self.writer = SummaryWriter(self.events.local)
 
     def print(self, msg: str) -> None:
         if self.enabled:
@@ -69,6 +72,7 @@ class MetricsLog:
             if k != "step":
                 self.writer.add_scalar(f"train/{k}", v, step)
         self.writer.flush()
+        self.events.sync()
 
     def scalars(self, step: int, values: dict) -> None:
         """Extra metrics (e.g. evaluation scores) beside the loss: metrics.jsonl and TensorBoard."""
@@ -79,9 +83,35 @@ class MetricsLog:
         for k, v in values.items():
             self.writer.add_scalar(k, v, step)
         self.writer.flush()
+        self.events.sync()
 
     def close(self) -> None:
         if self.enabled and self.writer is not None:
             self.jsonl.close()
             self.writer.close()
+            self.events.close()
             self.writer = None
+
+
+class EventsDir:
+    """Where TensorBoard event files are written: the run's directory itself when it is local;
+    for a bucket, a local directory whose files are copied up after every flush.
+
+    tensorboardX has its own gs:// writer, but it goes through a second client
+    (google-cloud-storage) with its own credentials lookup, and it uploads again from `__del__`, so
+    a process could hang at exit retrying an upload. Copying up through `storage` keeps one path
+    layer; an event file is small, so rewriting it whole per flush is cheap.
+    """
+
+    def __init__(self, path: str):
+        self.remote = path if storage.is_uri(path) else None
+        self.local = tempfile.mkdtemp(prefix="dit_jax-events-") if self.remote else path
+
+    def sync(self) -> None:
+        if self.remote:
+            storage.upload_tree(self.local, self.remote)
+
+    def close(self) -> None:
+        if self.remote:
+            self.sync()
+            shutil.rmtree(self.local, ignore_errors=True)
