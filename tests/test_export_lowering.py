@@ -40,8 +40,8 @@ exported_sampler = export.export(sampler, platforms=platforms)(params, labels, k
 
 def summary(e):
     text = e.mlir_module()
-    return {{"platforms": list(e.platforms), "devices": e.nr_devices, "bytes": len(e.serialize()),
-            "sharded_inputs": sum("devices=" in str(s) for s in e.in_shardings_hlo),
+    return {{"platforms": list(e.platforms), "devices": e.nr_devices, "bytes": len(e.mlir_module_serialized),
+            "sharded_inputs": sum(not s.is_fully_replicated for s in e.in_shardings_jax(mesh)),
             "donated": text.count("tf.aliasing_output") + text.count("jax.buffer_donor")}}
 print("RESULT", json.dumps({{"step": summary(exported_step), "sampler": summary(exported_sampler)}}))
 """
