@@ -85,7 +85,8 @@ def test_bad_train_arguments_fail_in_one_line_and_keep_the_run(run, capsys, args
 
 def test_bad_config_in_a_fresh_workdir_creates_nothing(tmp_path, capsys):
     wd = tmp_path / "new"
-    assert main(["train", f"--workdir={wd}", "--config.keep_checkpoints=0", "--config.optim.lr=0.0"]) == 2
+    assert main(["train", f"--workdir={wd}", "--config.total_steps=1", "--config.keep_checkpoints=0",
+                 "--config.optim.lr=0.0"]) == 2
     one_error_line(capsys, "keep_checkpoints", "optim.lr")  # every problem at once
     assert not wd.exists()
 
@@ -256,12 +257,16 @@ def _truncated(path):
     path.write_bytes(path.read_bytes()[:200])
 
 
-def _damaged_member(path):
-    """Same size, 64 bytes of the images flipped: the archive opens, reading arr_0 fails its CRC."""
-    np.savez(path, arr_0=np.full((4, 8, 8, 3), 7, np.uint8), labels=np.arange(4))
+def _flip_bytes(path, start=300, count=64):
+    """Same size, `count` bytes flipped: the archive still opens, reading the member there fails its CRC."""
     data = bytearray(path.read_bytes())
-    data[300:364] = bytes(b ^ 0xFF for b in data[300:364])
+    data[start:start + count] = bytes(b ^ 0xFF for b in data[start:start + count])
     path.write_bytes(bytes(data))
+
+
+def _damaged_member(path):
+    np.savez(path, arr_0=np.full((4, 8, 8, 3), 7, np.uint8), labels=np.arange(4))
+    _flip_bytes(path)
 
 
 @pytest.mark.parametrize("make, name", [(_npy_renamed, "samples.npz"), (_truncated, "samples.npz"),
@@ -277,9 +282,14 @@ def test_evaluate_names_an_unreadable_sample_file(reference_batch, tmp_path, cap
     one_error_line(capsys, f"error: {path}: ")
 
 
-@pytest.mark.parametrize("make", [_npy_renamed, _damaged_member], ids=["npy renamed npz", "damaged member"])
-def test_evaluate_names_an_unreadable_reference_batch(tmp_path, capsys, make):
-    make(tmp_path / "ref.npz")
-    assert main(["evaluate", str(tmp_path / "ref.npz"), str(tmp_path / "s.npz"), "--inception",
-                 str(tmp_path / "none.pth"), "--min-reference-images", "4"]) == 2
-    one_error_line(capsys, f"error: {tmp_path / 'ref.npz'}: ")
+@pytest.mark.parametrize("damage", ["npy renamed npz", "damaged images"])
+def test_evaluate_names_an_unreadable_reference_batch(reference_batch, tmp_path, capsys, damage):
+    path = tmp_path / "ref.npz"
+    if damage == "npy renamed npz":
+        _npy_renamed(path)
+    else:
+        shutil.copy(reference_batch, path)
+        _flip_bytes(path)  # inside arr_0, the first member
+    assert main(["evaluate", str(path), str(tmp_path / "s.npz"), "--inception", str(tmp_path / "none.pth"),
+                 "--min-reference-images", "4"]) == 2
+    one_error_line(capsys, f"error: {path}: ")
