@@ -167,15 +167,17 @@ def _setting(config) -> str:
 def alternatives(config, devices_per_slice: int):
     """Settings that lower memory per device, cheapest first: remat, FSDP of 2-16 (the sizes that
     compiled to all-gather/reduce-scatter rather than all-reduces), unrolled blocks."""
+    fsdp0, remat0 = config.mesh.fsdp, config.model.remat
+    larger = [f for f in (2, 4, 8, 16) if f > fsdp0 and devices_per_slice % (f * config.mesh.tensor) == 0]
+    settings = ([] if remat0 else [(True, fsdp0)]) + [(remat0, f) for f in larger]
+    settings += [] if remat0 else [(True, f) for f in larger]
     out = []
-    for remat in ([False, True] if not config.model.remat else [True]):
-        for fsdp in [config.mesh.fsdp] + [f for f in (2, 4, 8, 16) if f > config.mesh.fsdp]:
-            if devices_per_slice % (fsdp * config.mesh.tensor) or (not remat and fsdp == config.mesh.fsdp):
-                continue
-            c = copy.deepcopy(config)
-            c.model.remat = remat
+    for remat, fsdp in settings:
+        c = copy.deepcopy(config)
+        c.model.remat = remat
+        if fsdp != fsdp0:
             c.mesh.fsdp, c.mesh.data = fsdp, -1
-            out.append(c)
+        out.append(c)
     if config.model.scan_blocks:
         c = copy.deepcopy(config)
         c.model.scan_blocks = False
@@ -211,6 +213,11 @@ def parse_args(argv: list[str]):
 
     from dit_jax.cli import _repo_config, _resolve_config_file
     fv = flags.FlagValues()
+    # ml_collections wants the config file before its overrides; take them in any order.
+    first = next((i for i, a in enumerate(rest) if a == "--config" or a.startswith("--config=")), None)
+    if first is not None:
+        n = 2 if rest[first] == "--config" else 1
+        rest = rest[first:first + n] + rest[:first] + rest[first + n:]
     rest = ["dit-jax compile"] + _resolve_config_file(rest)
     try:
         config_flags.DEFINE_config_file("config", _repo_config("dit.py"), "config file, e.g. configs/dit.py:XL/2",
@@ -248,9 +255,9 @@ def main(argv: list[str]) -> int:
         except ValueError as e:  # e.g. an fsdp size the model's dimensions do not divide
             print(f"try {_setting(candidate)}: {e}")
             continue
-        peak = tried["memory"]["peak"] / GIB
-        print(f"try {_setting(candidate)}: peak {peak:.2f} GiB ({tried['seconds']:.1f} s)")
-        if peak <= hbm:
+        peak = tried["memory"]["peak"]
+        print(f"try {_setting(candidate)}: peak {_size(peak)} ({tried['seconds']:.1f} s)")
+        if peak <= hbm * GIB:
             print(f"fits with: {_setting(candidate)} (--config.model.remat={candidate.model.remat} "
                   f"--config.mesh.fsdp={candidate.mesh.fsdp} --config.model.scan_blocks={candidate.model.scan_blocks})")
             return 1

@@ -11,8 +11,8 @@ from dit_jax.cli import main
 from dit_jax.compile_check import parse_topology, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config.model.hidden_size=32", "--config.model.depth=1", "--config.model.num_heads=2",
-        "--config.batch_size=8"]
+TINY = ["--config", "configs/demo.py", "--config.model.hidden_size=32", "--config.model.depth=1",
+        "--config.model.num_heads=2", "--config.batch_size=8"]
 
 
 @pytest.mark.parametrize("name, dims, hbm", [

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import jax
-import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 
