@@ -34,7 +34,8 @@ def test_tpu_pod_recipe_restarts_on_preemption_and_crash_and_stops_when_done():
     runs = [c for c in cmds if c[3:5] == ["tpu-vm", "ssh"] and "--worker=all" in c and "train" in c[-1]]
     assert len(runs) == 3  # first try, after the preemption, after the crash
     assert runs[0][-1].startswith("cd ~/dit-jax && .venv/bin/dit-jax train --distributed "
-                                  "--config=configs/dit.py:XL/2 --workdir=gs://bucket/run --config.batch_size=256")
+                                  "--config=configs/dit.py:XL/2 --workdir=gs://bucket/run "
+                                  "--config.compilation_cache_dir=gs://bucket/run/jax_cache --config.batch_size=256")
     installs = [c for c in cmds if "install" in c[-1]]
     assert len(installs) == 2 and "pip install -q -e . 'jax[tpu]'" in installs[0][-1]
     assert "preempted (exit 75)" in res.stdout and "retry 1 of 3" in res.stdout and "finished" in res.stdout
@@ -86,7 +87,8 @@ def test_xpk_recipe_builds_pushes_and_creates_the_workload():
     create = cmds[2]
     assert create[:3] == ["xpk", "workload", "create"]
     assert create[create.index("--num-slices") + 1] == "2" and create[create.index("--tpu-type") + 1] == "v5p-256"
-    assert create[-1] == "dit-jax train --distributed --config=configs/dit.py:XL/2 --workdir=gs://b/r"
+    assert create[-1] == ("dit-jax train --distributed --config=configs/dit.py:XL/2 --workdir=gs://b/r "
+                          "--config.compilation_cache_dir=gs://b/r/jax_cache")
 
 
 def test_dockerfile_installs_what_the_readme_installs():

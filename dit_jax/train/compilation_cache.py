@@ -1,9 +1,9 @@
 """JAX's persistent compilation cache for training runs (config.compilation_cache_dir).
 
 A restarted job (after a preemption, or the next run of the same config) loads its compiled
-programs from the cache instead of compiling them again. JAX writes entries from process 0 only,
-and reads them on every host, so a directory every host sees (e.g. gs://bucket/jax_cache) serves a
-whole pod; a per-host local directory (the default) serves each host's own restarts.
+programs from the cache instead of compiling them again. JAX writes entries from process 0 only and
+reads them on every host: on several hosts the cache needs a directory they all see (e.g.
+gs://bucket/jax_cache); with the local default only process 0 finds its programs again.
 """
 
 from __future__ import annotations

@@ -171,14 +171,14 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
     step_mark, total = start, config.total_steps
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         for step in range(start, total):
+            t_input = timer.clock()
+            batch = to_global(next(data_iter), batch_sharding(mesh))
+            timer.add("input", since=t_input)
             with timer.measure("other"):  # starting or writing a trace is not training time
                 annotation = profiler.step(step, state)
-            with annotation:
-                with timer.measure("input"):
-                    batch = to_global(next(data_iter), batch_sharding(mesh))
-                # The first call traces and compiles the step (or loads it from the persistent cache).
-                with timer.measure("compile") if step == start else nullcontext():
-                    state, metrics = step_fn(state, batch, vae_params)
+            # The first call traces and compiles the step (or loads it from the persistent cache).
+            with annotation, timer.measure("compile") if step == start else nullcontext():
+                state, metrics = step_fn(state, batch, vae_params)
             done = step + 1
             log_step = done % config.log_every == 0 or done == total
             if log_step:
@@ -197,15 +197,16 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
                 with timer.measure("checkpoint"):
                     ckpt.save(manager, done, state, data_iter, cfg_json, force=preempted)
                 save_clock.saved()
-            with timer.measure("other"):
-                if config.eval.kind and config.eval.every and done % config.eval.every == 0 and done != total:
-                    scores = evaluation.evaluate(config, model_cfg, state.ema_params, vae)
-                    log.print(evaluation.describe(config, scores))
-                    log.scalars(done, scores)
-                if config.sample.every and (done % config.sample.every == 0 or done == total):
-                    path = sample_grid(config, model_cfg, state.ema_params, done, workdir, vae)
-                    if path:
-                        log.print(f"EMA samples: {path}")
+            t_side = timer.clock()  # time spent below (evaluations, grids) is not training time
+            if config.eval.kind and config.eval.every and done % config.eval.every == 0 and done != total:
+                scores = evaluation.evaluate(config, model_cfg, state.ema_params, vae)
+                log.print(evaluation.describe(config, scores))
+                log.scalars(done, scores)
+            if config.sample.every and (done % config.sample.every == 0 or done == total):
+                path = sample_grid(config, model_cfg, state.ema_params, done, workdir, vae)
+                if path:
+                    log.print(f"EMA samples: {path}")
+            timer.add("other", since=t_side)
             if stop_after is not None and done - start >= stop_after:
                 manager.wait_until_finished()
                 close_loader(data_iter)

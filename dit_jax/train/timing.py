@@ -30,7 +30,11 @@ class StepTimer:
         try:
             yield
         finally:
-            self.spent[kind] += self.clock() - t0
+            self.add(kind, since=t0)
+
+    def add(self, kind: str, since: float) -> None:
+        """Counts the time from `since` (a reading of self.clock) to now as `kind`."""
+        self.spent[kind] += self.clock() - since
 
     def window(self) -> dict:
         """{'wall', 'train', *EXCLUDED} seconds since the previous call; starts the next window."""

@@ -15,6 +15,7 @@
 #   SPOT=1                            spot capacity (preemptible); SPOT=0 on-demand or reserved
 #   NUM_SLICES=1                      >1: a multi-slice job (the mesh's dcn axes cross the slices)
 #   PROJECT=                          gcloud project (default: gcloud's configured one)
+#   CACHE_DIR=$WORKDIR/jax_cache      the compilation cache all hosts share (restarts skip compiling)
 #   MAX_FAILURES=3                    crashes (exit codes other than 0/2/3/75) retried before giving up
 #   SRC=.                             the dit-jax checkout copied to every worker
 #   PYTHON=python3                    a Python >= 3.11 on the workers (older images ship 3.10: install
@@ -37,7 +38,7 @@ GCLOUD=(gcloud compute tpus)
 # Every worker: the README's install (Python >= 3.11, dit-jax and jax for TPUs), then the run. The
 # exit code is kept on each worker so that the loop here can read it after the ssh session ends.
 INSTALL="cd ~/dit-jax && ${PYTHON:-python3} -m venv .venv && .venv/bin/pip install -q -e . 'jax[tpu]'"
-TRAIN="cd ~/dit-jax && .venv/bin/dit-jax train --distributed --config=$CONFIG --workdir=$WORKDIR${TRAIN_FLAGS:+ $TRAIN_FLAGS}"
+TRAIN="cd ~/dit-jax && .venv/bin/dit-jax train --distributed --config=$CONFIG --workdir=$WORKDIR --config.compilation_cache_dir=${CACHE_DIR:-$WORKDIR/jax_cache}${TRAIN_FLAGS:+ $TRAIN_FLAGS}"
 TRAIN="$TRAIN; echo \$? > ~/dit_jax_exit_code"
 
 create_slices() {

@@ -10,7 +10,7 @@
 # restart resumes from the last checkpoint in WORKDIR. Exit 75 (preempted, saved) and crashes are
 # failures to JobSet and so restart; 0 ends the workload. 2 (bad input) and 3 (diverged) restart
 # too (XPK has no per-exit-code policy), and fail again within seconds of starting each time.
-# Settings: NUM_SLICES=1, CONFIG=configs/dit.py:XL/2, TRAIN_FLAGS, WORKLOAD=dit-jax, MAX_RESTARTS=10.
+# Settings: CACHE_DIR=$WORKDIR/jax_cache (compilation cache all hosts share), NUM_SLICES=1, CONFIG=configs/dit.py:XL/2, TRAIN_FLAGS, WORKLOAD=dit-jax, MAX_RESTARTS=10.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source tools/launch/lib.sh
@@ -24,5 +24,5 @@ run docker push "$IMAGE"
 run xpk workload create --cluster "$CLUSTER" --project "$PROJECT" --zone "$ZONE" --workload "$WORKLOAD" \
   --tpu-type "$TPU_TYPE" --num-slices "${NUM_SLICES:-1}" --docker-image "$IMAGE" \
   --max-restarts "${MAX_RESTARTS:-10}" \
-  --command "dit-jax train --distributed --config=$CONFIG --workdir=$WORKDIR${TRAIN_FLAGS:+ $TRAIN_FLAGS}"
+  --command "dit-jax train --distributed --config=$CONFIG --workdir=$WORKDIR --config.compilation_cache_dir=${CACHE_DIR:-$WORKDIR/jax_cache}${TRAIN_FLAGS:+ $TRAIN_FLAGS}"
 echo "follow it with: xpk workload list --cluster $CLUSTER --project $PROJECT --zone $ZONE"
