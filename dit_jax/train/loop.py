@@ -20,8 +20,9 @@ import jax.numpy as jnp
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiT, forward_macs
 from dit_jax.parallel.sharding import LOGICAL_RULES, batch_divisor, batch_sharding, logical_shardings, make_mesh, replicated
-from dit_jax.train import checkpoint as ckpt, evaluation
+from dit_jax.train import checkpoint as ckpt, evaluation, workdir_lock
 from dit_jax.train.config_base import to_dit_config
+from dit_jax.train.integrity import NonFiniteWatch
 from dit_jax.train.metrics_log import MetricsLog, peak_flops
 from dit_jax.train.state import abstract_state, create_state, make_optimizer
 from dit_jax.train.step import INPUT_MODES, train_step
@@ -140,14 +141,21 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     model_cfg = to_dit_config(config.model)
     mesh = make_mesh(**config.mesh)
     _check_batch(config, mesh)
+    lock = workdir_lock.take(workdir)
     log = MetricsLog(workdir, enabled=jax.process_index() == 0)
+    manager = ckpt.make_manager(workdir, config.keep_checkpoints, 1, config.async_checkpointing)
+    ok = False
     try:
-        return _train(config, workdir, model_cfg, mesh, log, stop_after)
-    finally:
+        last = _train(config, workdir, model_cfg, mesh, log, stop_after, manager)
+        ok = True
+        return last
+    finally:  # on any error too: no save left running, no temporary checkpoint left behind
+        ckpt.close(manager, failed=not ok)
         log.close()
+        lock.release()
 
 
-def _train(config, workdir, model_cfg, mesh, log, stop_after):
+def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
     from dit_jax.data.pipeline import close as close_loader, make_train_loader, to_global
 
     log.print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on {jax.process_count()} host(s); "
@@ -164,12 +172,9 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
 
     loader = make_train_loader(config.data, config.batch_size, config.seed)
     data_iter = iter(loader)
-    manager = ckpt.make_manager(workdir, config.keep_checkpoints, 1, config.async_checkpointing)
     cfg_json = ckpt.config_json(config)
-    latest = manager.latest_step()
+    state, latest = ckpt.resume(manager, abstract_placed, data_iter, cfg_json, workdir, say=log.print)
     if latest is not None:
-        ckpt.check_compatible(ckpt.stored_config(manager, latest), cfg_json, workdir)
-        state = ckpt.restore(manager, latest, abstract_placed, data_iter)
         log.print(f"resumed from step {latest} in {workdir}/checkpoints")
     else:
         init_params = None
@@ -181,6 +186,7 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
             state = jax.jit(lambda p: nn.unbox(create_state(model_cfg, tx, config.seed, p)),
                             out_shardings=shardings)(init_params)
     start = int(jax.device_get(state.step))
+    log.truncate_after(start)  # rows past the checkpoint are re-run: one row per step
 
     step_fn = jax.jit(partial(train_step, model=DiT(model_cfg), diffusion=diffusion, tx=tx,
                               ema_decay=config.ema_decay, input_mode=config.data.latents,
@@ -193,6 +199,7 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
     peak = config.peak_tflops_per_device * 1e12 or peak_flops(jax.devices()[0])
     sigterm = _install_sigterm()
     metrics, last = {}, {}
+    watch = NonFiniteWatch()
     t_mark, step_mark = time.time(), start
     total = config.total_steps
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
@@ -200,6 +207,8 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
             batch = to_global(next(data_iter), batch_sharding(mesh))
             state, metrics = step_fn(state, batch, vae_params)
             done = step + 1
+            watch.update(metrics, done)
+            ckpt.check_writes(manager)
             if done % config.log_every == 0 or done == total:
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 dt = time.time() - t_mark
@@ -209,11 +218,13 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
                     last["mfu"] = img_s * flops_per_image / (peak * jax.device_count())
                 log.write(done, total, last, eta_s=(total - done) * dt / max(done - step_mark, 1))
                 t_mark, step_mark = time.time(), done
+                watch.check(workdir, manager.latest_step())
             # One host: our SIGTERM flag. Several: Orbax's preemption sync point, so that all hosts
             # agree on the step to save at (a local flag could differ between hosts and hang the save).
             preempted = sigterm["set"] if jax.process_count() == 1 else manager.reached_preemption(done)
             t_side = time.time()  # time spent below (saves, evaluations, grids) is not training time
             if done % config.checkpoint_every == 0 or done == total or preempted:
+                watch.check(workdir, manager.latest_step())
                 ckpt.save(manager, done, state, data_iter, cfg_json, force=preempted)
             if config.eval.kind and config.eval.every and done % config.eval.every == 0 and done != total:
                 scores = evaluation.evaluate(config, model_cfg, state.ema_params, vae)
@@ -225,15 +236,15 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
                     log.print(f"EMA samples: {path}")
             t_mark += time.time() - t_side
             if stop_after is not None and done - start >= stop_after:
-                manager.wait_until_finished()
+                ckpt.finish_writes(manager)
                 close_loader(data_iter)
                 return last
             if preempted:
-                manager.wait_until_finished()
+                ckpt.finish_writes(manager)
                 close_loader(data_iter)
                 log.print(f"preempted: checkpoint saved at step {done}; rerun with the same workdir to resume")
                 raise Preempted(done)
-    manager.wait_until_finished()
+    ckpt.finish_writes(manager)
     close_loader(data_iter)
     if config.eval.kind:
         last.update(final_evaluation(config, model_cfg, state.ema_params, workdir, log, vae))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -26,13 +27,27 @@ def _duration(seconds: float) -> str:
     return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
+def json_row(step: int, values: dict) -> str:
+    """One strict-JSON line: NaN/Inf become null (bare NaN is not JSON and breaks other readers)."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
+    return json.dumps({"step": step, **clean}, allow_nan=False)
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # e.g. a last line cut short by a crash
+
+
 class MetricsLog:
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
         self.writer = None
         if enabled:
             os.makedirs(workdir, exist_ok=True)
-            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+            self.jsonl = open(self.jsonl_path, "a")
             from tensorboardX import SummaryWriter
             self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
@@ -51,7 +66,7 @@ class MetricsLog:
             parts.append(f"MFU {metrics['mfu']:.1%}")
         parts.append(f"ETA {_duration(eta_s)}")
         print(" | ".join(parts), file=sys.stdout, flush=True)
-        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.write(json_row(step, metrics) + "\n")
         self.jsonl.flush()
         for k, v in metrics.items():
             if k != "step":
@@ -62,11 +77,27 @@ class MetricsLog:
         """Extra metrics (e.g. evaluation scores) beside the loss: metrics.jsonl and TensorBoard."""
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.write(json_row(step, values) + "\n")
         self.jsonl.flush()
         for k, v in values.items():
             self.writer.add_scalar(k, v, step)
         self.writer.flush()
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the rows past `step` (and any torn line): on resume from a checkpoint at `step` those
+        steps run again, and metrics.jsonl keeps one row per step."""
+        if not self.enabled:
+            return
+        self.jsonl.close()
+        with open(self.jsonl_path) as f:
+            lines = f.read().splitlines()
+        kept = [line for line in lines if (s := _step_of(line)) is not None and s <= step]
+        if len(kept) != len(lines):
+            tmp = self.jsonl_path + ".tmp"
+            with open(tmp, "w") as f:
+                f.write("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.jsonl_path)
+        self.jsonl = open(self.jsonl_path, "a")
 
     def close(self) -> None:
         if self.enabled and self.writer is not None:
