@@ -21,7 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from dit_jax import storage
-from dit_jax.train import integrity
+from dit_jax.train import integrity, orbax_noise
 
 CONFIG_ITEM, STATE_ITEM, DATA_ITEM, INTEGRITY_ITEM = "config", "state", "data", "integrity"
 # Orbax writes both into a step directory when it commits it; a copy or a half-written one lacks them.
@@ -34,6 +34,7 @@ class CheckpointError(ValueError):
 
 
 def make_manager(workdir: str, keep: int, interval: int, async_save: bool = True) -> ocp.CheckpointManager:
+    orbax_noise.quiet_while_saving()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=interval, cleanup_tmp_directories=True,
                                            enable_async_checkpointing=async_save, create=True)
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
@@ -43,7 +44,7 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iter, config_jso
          force: bool = False) -> None:
     """Start an asynchronous save of a finite state with its checksum; errors of an earlier save
     surface here at the latest (see `check_writes`)."""
-    check_writes(manager)
+    finish_writes(manager)  # Orbax waits for the previous save anyway; this names its failure
     checksums, finite = integrity.fingerprint(state)
     if not finite:
         raise integrity.NonFiniteLoss(integrity.non_finite_message(
@@ -65,12 +66,16 @@ def check_writes(manager: ocp.CheckpointManager, wait: bool = False) -> None:
     one), so the loop calls it at every step and a failure stops the run at once rather than at
     the next save.
     """
+    step = manager.latest_step()  # the one being written, if any
     try:
-        manager.wait_until_finished() if wait else manager.check_for_errors()
+        if wait or not manager.is_saving_in_progress():
+            manager.wait_until_finished()  # returns at once when no save is running
     except Exception as e:  # noqa: BLE001 - whatever the write raised, the run cannot go on
-        raise CheckpointError(f"writing a checkpoint to {manager.directory} failed: {_one_line(e)}. "
-                              f"Free space (or fix access) there and rerun with the same workdir to resume "
-                              f"from its last complete checkpoint") from e
+        kept = manager.latest_step()  # Orbax has dropped the failed step by now
+        raise CheckpointError(
+            f"writing the checkpoint of step {step} to {manager.directory} failed: {_one_line(e)}. Free space "
+            f"(or fix access) there and rerun with the same workdir to resume from "
+            + (f"step {kept}, the last complete checkpoint" if kept is not None else "the start")) from e
 
 
 def finish_writes(manager: ocp.CheckpointManager) -> None:
@@ -85,6 +90,8 @@ def close(manager: ocp.CheckpointManager, failed: bool) -> None:
     except Exception:  # noqa: BLE001
         if not failed:
             raise
+    finally:
+        orbax_noise.quiet_after_failure() if failed else orbax_noise.restore()
     if failed and jax.process_index() == 0:
         for tmp in storage.resolve(manager.directory).glob("*.orbax-checkpoint-tmp*"):
             tmp.rmtree() if tmp.is_dir() else tmp.unlink()
@@ -92,7 +99,8 @@ def close(manager: ocp.CheckpointManager, failed: bool) -> None:
 
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) < 300 else text[:300] + "..."
+    # Orbax's messages start with the file and end with the OS error: keep both ends.
+    return text if len(text) < 400 else text[:150] + " ... " + text[-240:]
 
 
 def stored_config(manager: ocp.CheckpointManager, step: int) -> dict:

@@ -69,7 +69,7 @@ class MetricsLog:
         self.jsonl.write(json_row(step, metrics) + "\n")
         self.jsonl.flush()
         for k, v in metrics.items():
-            if k != "step":
+            if k != "step" and math.isfinite(v):  # the non-finite loss stops the run with its own message
                 self.writer.add_scalar(f"train/{k}", v, step)
         self.writer.flush()
 
