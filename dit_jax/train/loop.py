@@ -149,6 +149,9 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
         last = _train(config, workdir, model_cfg, mesh, log, stop_after, manager)
         ok = True
         return last
+    except Preempted:
+        ok = True  # saved and finished writing: a clean stop
+        raise
     finally:  # on any error too: no save left running, no temporary checkpoint left behind
         ckpt.close(manager, failed=not ok)
         log.close()
