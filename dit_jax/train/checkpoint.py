@@ -1,8 +1,13 @@
 """Orbax checkpoints of a training run: train state, data iterator state and the config.
 
 Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames it when
-complete), so a half-written checkpoint is never listed as the latest step. A restore goes
-straight into the shardings of the current mesh, which may differ from the one that saved it.
+complete). A restore goes straight into the shardings of the current mesh, which may differ from
+the one that saved it.
+
+Each checkpoint carries a checksum of its state (dit_jax.train.integrity), and only a finite
+state is saved. On resume, step directories without Orbax's commit markers (copied or
+half-written) and checkpoints that fail to read or to match their checksum are moved to
+WORKDIR/checkpoints_set_aside/ with a warning, and the newest intact checkpoint is used.
 """
 
 from __future__ import annotations
@@ -11,25 +16,90 @@ import json
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 from dit_jax import storage
+from dit_jax.train import integrity, orbax_noise
 
-CONFIG_ITEM, STATE_ITEM, DATA_ITEM = "config", "state", "data"
+CONFIG_ITEM, STATE_ITEM, DATA_ITEM, INTEGRITY_ITEM = "config", "state", "data", "integrity"
+# Orbax writes both into a step directory when it commits it; a copy or a half-written one lacks them.
+COMMIT_MARKERS = ("commit_success.txt", "_CHECKPOINT_METADATA")
+SET_ASIDE = "checkpoints_set_aside"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be written, or none of those present could be read."""
 
 
 def make_manager(workdir: str, keep: int, interval: int, async_save: bool = True) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=interval,
+    orbax_noise.quiet_while_saving()
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=interval, cleanup_tmp_directories=True,
                                            enable_async_checkpointing=async_save, create=True)
     return ocp.CheckpointManager(storage.join(workdir, "checkpoints"), options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter, config_json: dict,
-         force: bool = False) -> bool:
-    items = {STATE_ITEM: ocp.args.StandardSave(state), CONFIG_ITEM: ocp.args.JsonSave(config_json)}
+         force: bool = False) -> None:
+    """Start an asynchronous save of a finite state with its checksum; errors of an earlier save
+    surface here at the latest (see `check_writes`)."""
+    finish_writes(manager)  # Orbax waits for the previous save anyway; this names its failure
+    checksums, finite = integrity.fingerprint(state)
+    if not finite:
+        raise integrity.NonFiniteLoss(integrity.non_finite_message(
+            f"the train state at step {step} holds NaN/Inf values", str(storage.resolve(manager.directory).parent),
+            manager.latest_step()))
+    items = {STATE_ITEM: ocp.args.StandardSave(state), CONFIG_ITEM: ocp.args.JsonSave(config_json),
+             INTEGRITY_ITEM: ocp.args.JsonSave({"checksums": checksums})}
     if data_iter is not None:
         items[DATA_ITEM] = grain.checkpoint.CheckpointSave(data_iter)
-    return manager.save(step, args=ocp.args.Composite(**items), force=force)
+    if not manager.save(step, args=ocp.args.Composite(**items), force=force):
+        raise CheckpointError(f"the checkpoint of step {step} was not written to {manager.directory} (Orbax "
+                              f"declined it; its latest step is {manager.latest_step()}): use a new --workdir")
+
+
+def check_writes(manager: ocp.CheckpointManager, wait: bool = False) -> None:
+    """Raise CheckpointError, in one line, if an asynchronous save has failed (e.g. a full disk).
+
+    Without `wait` it is cheap (it looks at a finished background write, it does not wait for
+    one), so the loop calls it at every step and a failure stops the run at once rather than at
+    the next save.
+    """
+    step = manager.latest_step()  # the one being written, if any
+    try:
+        if wait or not manager.is_saving_in_progress():
+            manager.wait_until_finished()  # returns at once when no save is running
+    except Exception as e:  # noqa: BLE001 - whatever the write raised, the run cannot go on
+        kept = manager.latest_step()  # Orbax has dropped the failed step by now
+        raise CheckpointError(
+            f"writing the checkpoint of step {step} to {manager.directory} failed: {_one_line(e)}. Free space "
+            f"(or fix access) there and rerun with the same workdir to resume from "
+            + (f"step {kept}, the last complete checkpoint" if kept is not None else "the start")) from e
+
+
+def finish_writes(manager: ocp.CheckpointManager) -> None:
+    check_writes(manager, wait=True)
+
+
+def close(manager: ocp.CheckpointManager, failed: bool) -> None:
+    """Shut the manager down; after a failure also drop the temporary directory of a save that did
+    not complete, and never let a second error hide the first."""
+    try:
+        manager.close()
+    except Exception:  # noqa: BLE001
+        if not failed:
+            raise
+    finally:
+        orbax_noise.quiet_after_failure() if failed else orbax_noise.restore()
+    if failed and jax.process_index() == 0:
+        for tmp in storage.resolve(manager.directory).glob("*.orbax-checkpoint-tmp*"):
+            tmp.rmtree() if tmp.is_dir() else tmp.unlink()
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    # Orbax's messages start with the file and end with the OS error: keep both ends.
+    return text if len(text) < 400 else text[:150] + " ... " + text[-240:]
 
 
 def stored_config(manager: ocp.CheckpointManager, step: int) -> dict:
@@ -46,6 +116,85 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
     return manager.restore(step, args=ocp.args.Composite(**items))[STATE_ITEM]
 
 
+def resume(manager: ocp.CheckpointManager, abstract_state, data_iter, config_json: dict, workdir: str,
+           say=print):
+    """(state, step) of the newest intact committed checkpoint, or (None, None) in an empty workdir.
+
+    Uncommitted step directories and damaged checkpoints (unreadable config, metadata or data, or
+    a checksum that does not match) are set aside with a warning naming the step. A checkpoint of
+    another model or seed is refused (check_compatible), never set aside.
+    """
+    directory = storage.resolve(manager.directory)
+    for path in uncommitted_step_dirs(directory):
+        say(f"warning: {path} has no commit marker (copied or half-written): "
+            f"{_set_aside(directory, path, workdir)}; it is not resumed from")
+    manager.reload()
+    damaged = []
+    for step in reversed(manager.all_steps()):
+        problem, state = _try_restore(manager, step, abstract_state, data_iter, config_json, workdir)
+        if problem is None:
+            if damaged:
+                say(f"resuming from step {step}, the newest intact checkpoint")
+            return state, step
+        damaged.append(step)
+        say(f"warning: checkpoint step {step} is damaged ({problem}): "
+            f"{_set_aside(directory, directory / str(step), workdir)}; falling back to the previous checkpoint")
+        manager.reload()
+    if damaged:
+        raise CheckpointError(f"every checkpoint in {directory} is damaged (steps {sorted(damaged)}), see the "
+                              f"warnings above; they were moved to {storage.join(workdir, SET_ASIDE)}. Rerun to "
+                              f"start this workdir afresh, or use a new --workdir")
+    return None, None
+
+
+def uncommitted_step_dirs(directory) -> list:
+    if not directory.exists():
+        return []
+    return sorted((p for p in directory.iterdir()
+                   if p.name.isdigit() and not all((p / m).exists() for m in COMMIT_MARKERS)),
+                  key=lambda p: int(p.name))
+
+
+def _try_restore(manager, step, abstract_state, data_iter, config_json, workdir):
+    """(None, state) for a sound checkpoint, else (what is wrong, None)."""
+    try:
+        stored = stored_config(manager, step)
+    except Exception as e:  # noqa: BLE001 - any read failure means this step cannot be used
+        return f"its config does not read: {_one_line(e)}", None
+    check_compatible(stored, config_json, workdir)
+    try:
+        state = restore(manager, step, abstract_state, data_iter)
+    except Exception as e:  # noqa: BLE001
+        return f"it does not restore: {_one_line(e)}", None
+    if not (storage.resolve(manager.directory) / str(step) / INTEGRITY_ITEM).exists():
+        return None, state  # written before checksums were stored: nothing to verify against
+    try:
+        stored_sums = manager.restore(step, args=ocp.args.Composite(
+            **{INTEGRITY_ITEM: ocp.args.JsonRestore()}))[INTEGRITY_ITEM]["checksums"]
+    except Exception as e:  # noqa: BLE001
+        return f"its checksum does not read: {_one_line(e)}", None
+    bad = integrity.mismatches(stored_sums, integrity.fingerprint(state)[0])
+    if bad:
+        return f"checksum mismatch in {len(bad)} array(s), e.g. {bad[0]}", None
+    return None, state
+
+
+def _set_aside(directory, path, workdir: str) -> str:
+    """Move a step directory out of Orbax's sight (kept, not deleted); process 0 moves, all wait."""
+    dest_dir = storage.resolve(storage.join(workdir, SET_ASIDE))
+    dest = dest_dir / path.name
+    n = 1
+    while dest.exists():
+        dest, n = dest_dir / f"{path.name}.{n}", n + 1
+    if jax.process_index() == 0:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        path.rename(dest)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"set aside {path.name}")
+    return f"moved to {dest}"
+
+
 def check_compatible(stored: dict, current: dict, workdir: str) -> None:
     """Refuse to resume a run of another model (or with another data setup), naming each difference."""
     from dit_jax.train.config_base import to_dit_config
@@ -60,6 +209,10 @@ def check_compatible(stored: dict, current: dict, workdir: str) -> None:
     if diffs:
         raise ValueError(f"the checkpoint in {workdir} belongs to another model/config: " + "; ".join(diffs)
                          + ". Use a new --workdir, or set the config back to match.")
+    if "seed" in stored and stored["seed"] != current.get("seed"):
+        raise ValueError(f"the run in {workdir} was started with seed {stored['seed']}, this config has seed "
+                         f"{current.get('seed')}: a run's data order and noise are fixed by its seed, so resume "
+                         f"with --config.seed={stored['seed']}, or use a new --workdir for the new seed")
 
 
 def config_json(config) -> dict:

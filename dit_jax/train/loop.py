@@ -22,10 +22,11 @@ from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiT, forward_macs
 from dit_jax.parallel.mesh import describe as describe_mesh, make_mesh_from_config
 from dit_jax.parallel.sharding import LOGICAL_RULES, batch_divisor, batch_sharding, replicated, state_shardings
-from dit_jax.train import checkpoint as ckpt, evaluation, profile
+from dit_jax.train import checkpoint as ckpt, evaluation, profile, workdir_lock
 from dit_jax.train.compilation_cache import configure as configure_compilation_cache
 from dit_jax.train.config_base import to_dit_config
 from dit_jax.train.exit_codes import Preempted
+from dit_jax.train.integrity import NonFiniteWatch
 from dit_jax.train.metrics_log import MetricsLog, peak_flops
 from dit_jax.train.state import abstract_state, create_state, make_optimizer
 from dit_jax.train.step import train_step
@@ -110,14 +111,24 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     model_cfg = to_dit_config(config.model)
     mesh = make_mesh_from_config(config.mesh)
     _check_batch(config, mesh)
+    lock = workdir_lock.take(workdir)
     log = MetricsLog(workdir, enabled=jax.process_index() == 0)
+    manager = ckpt.make_manager(workdir, config.keep_checkpoints, 1, config.async_checkpointing)
+    ok = False
     try:
-        return _train(config, workdir, model_cfg, mesh, log, stop_after)
-    finally:
+        last = _train(config, workdir, model_cfg, mesh, log, stop_after, manager)
+        ok = True
+        return last
+    except Preempted:
+        ok = True  # saved and finished writing: a clean stop
+        raise
+    finally:  # on any error too: no save left running, no temporary checkpoint left behind
+        ckpt.close(manager, failed=not ok)
         log.close()
+        lock.release()
 
 
-def _train(config, workdir, model_cfg, mesh, log, stop_after):
+def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
     from dit_jax.data.pipeline import close as close_loader, make_train_loader, to_global
 
     log.print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on {jax.process_count()} host(s); "
@@ -137,12 +148,9 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
 
     loader = make_train_loader(config.data, config.batch_size, config.seed)
     data_iter = iter(loader)
-    manager = ckpt.make_manager(workdir, config.keep_checkpoints, 1, config.async_checkpointing)
     cfg_json = ckpt.config_json(config)
-    latest = manager.latest_step()
+    state, latest = ckpt.resume(manager, abstract_placed, data_iter, cfg_json, workdir, say=log.print)
     if latest is not None:
-        ckpt.check_compatible(ckpt.stored_config(manager, latest), cfg_json, workdir)
-        state = ckpt.restore(manager, latest, abstract_placed, data_iter)
         log.print(f"resumed from step {latest} in {workdir}/checkpoints")
     else:
         init_params = None
@@ -154,6 +162,7 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
             state = jax.jit(lambda p: nn.unbox(create_state(model_cfg, tx, config.seed, p)),
                             out_shardings=shardings)(init_params)
     start = int(jax.device_get(state.step))
+    log.truncate_after(start)  # rows past the checkpoint are re-run: one row per step
 
     step_fn = jax.jit(partial(train_step, model=DiT(model_cfg), diffusion=diffusion, tx=tx,
                               ema_decay=config.ema_decay, input_mode=config.data.latents,
@@ -169,6 +178,7 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
     timer, save_clock = StepTimer(), SaveClock(config.checkpoint_every_minutes)
     profiler = profile.StepProfiler(config.profile, workdir, start)
     step_mark, total = start, config.total_steps
+    watch = NonFiniteWatch()
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         for step in range(start, total):
             t_input = timer.clock()
@@ -180,6 +190,8 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
             with annotation, timer.measure("compile") if step == start else nullcontext():
                 state, metrics = step_fn(state, batch, vae_params)
             done = step + 1
+            watch.update(metrics, done)
+            ckpt.check_writes(manager)
             log_step = done % config.log_every == 0 or done == total
             if log_step:
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -189,11 +201,13 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
                     log.print(f"compiled the train step in {last['compile_s']:.1f} s")
                 log.write(done, total, last, eta_s=last["eta_s"])
                 step_mark = done
+                watch.check(workdir, manager.latest_step())
             # One host: our SIGTERM flag. Several: Orbax's preemption sync point, so that all hosts
             # agree on the step to save at (a local flag could differ between hosts and hang the save).
             preempted = sigterm["set"] if jax.process_count() == 1 else manager.reached_preemption(done)
             if (done % config.checkpoint_every == 0 or done == total or preempted
                     or save_clock.due(log_step, jax.process_count())):
+                watch.check(workdir, manager.latest_step())
                 with timer.measure("checkpoint"):
                     ckpt.save(manager, done, state, data_iter, cfg_json, force=preempted)
                 save_clock.saved()
@@ -208,17 +222,17 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
                     log.print(f"EMA samples: {path}")
             timer.add("other", since=t_side)
             if stop_after is not None and done - start >= stop_after:
-                manager.wait_until_finished()
+                ckpt.finish_writes(manager)
                 close_loader(data_iter)
                 return last
             if preempted:
                 profiler.stop(state)
-                manager.wait_until_finished()
+                ckpt.finish_writes(manager)
                 close_loader(data_iter)
                 log.print(f"preempted: checkpoint saved at step {done}; rerun with the same workdir to resume")
                 raise Preempted(done)
     profiler.stop(state)
-    manager.wait_until_finished()
+    ckpt.finish_writes(manager)
     close_loader(data_iter)
     if config.eval.kind:
         last.update(final_evaluation(config, model_cfg, state.ema_params, workdir, log, vae))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -37,6 +38,19 @@ def _duration(seconds: float) -> str:
     return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
+def json_row(step: int, values: dict) -> str:
+    """One strict-JSON line: NaN/Inf become null (bare NaN is not JSON and breaks other readers)."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
+    return json.dumps({"step": step, **clean}, allow_nan=False)
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # e.g. a last line cut short by a crash
+
+
 class MetricsLog:
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
@@ -66,10 +80,10 @@ class MetricsLog:
             parts.append(f"saving {metrics['checkpoint_s']:.1f} s")
         parts.append(f"ETA {_duration(eta_s)}")
         print(" | ".join(parts), file=sys.stdout, flush=True)
-        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.write(json_row(step, metrics) + "\n")
         self.jsonl.flush()
         for k, v in metrics.items():
-            if k != "step":
+            if k != "step" and math.isfinite(v):  # the non-finite loss stops the run with its own message
                 self.writer.add_scalar(f"train/{k}", v, step)
         self.writer.flush()
         self.events.sync()
@@ -78,12 +92,25 @@ class MetricsLog:
         """Extra metrics (e.g. evaluation scores) beside the loss: metrics.jsonl and TensorBoard."""
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.write(json_row(step, values) + "\n")
         self.jsonl.flush()
         for k, v in values.items():
             self.writer.add_scalar(k, v, step)
         self.writer.flush()
         self.events.sync()
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the rows past `step` (and any torn line): on resume from a checkpoint at `step` those
+        steps run again, and metrics.jsonl keeps one row per step."""
+        if not self.enabled:
+            return
+        self.jsonl.close()
+        path = self.jsonl.path
+        lines = path.read_text().splitlines() if path.exists() else []
+        kept = [line for line in lines if (s := _step_of(line)) is not None and s <= step]
+        if len(kept) != len(lines):
+            storage.write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
+        self.jsonl = storage.TextAppender(path)
 
     def close(self) -> None:
         if self.enabled and self.writer is not None:

@@ -1,0 +1,167 @@
+"""One training per workdir: a lock file WORKDIR/train.lock naming its holder, with a heartbeat.
+
+Two trainings on one workdir would overwrite each other's checkpoints and interleave
+metrics.jsonl, so the second is refused. A lock left by a crash (kill -9, a lost machine) is taken
+over when it is provably stale: its holder ran on this host and that process is gone, or its
+heartbeat (rewritten every minute by the holder) is older than `stale_after_s`.
+
+Locally the lock is created with O_EXCL and a stale one is renamed away before retaking it, so
+of two processes racing for it exactly one wins. Object stores (gs://) have no exclusive create
+through this path layer: the owner writes its token and reads it back after a pause, the usual
+best effort there. In a multi-host run only process 0 takes the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+
+from dit_jax import storage
+
+LOCK_NAME = "train.lock"
+HEARTBEAT_S = 60.0
+STALE_AFTER_S = 10 * 60.0
+
+
+class WorkdirLocked(ValueError):
+    """Another training holds the workdir."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+class WorkdirLock:
+    def __init__(self, workdir: str, stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S):
+        self.workdir = workdir
+        self.path = storage.resolve(storage.join(workdir, LOCK_NAME))
+        self.stale_after_s = stale_after_s
+        self.heartbeat_s = heartbeat_s
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread = None
+
+    def _record(self) -> bytes:
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
+                           "heartbeat": time.time()}).encode()
+
+    def _read(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError):
+            return {}  # half-written by a holder that died while creating it: judged by its age below
+
+    def _stale(self, holder: dict) -> bool:
+        if not holder:
+            try:
+                age = time.time() - self.path.stat().st_mtime
+            except (FileNotFoundError, AttributeError):
+                return True
+            return age > self.stale_after_s
+        if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
+            return True
+        return time.time() - float(holder.get("heartbeat", 0)) > self.stale_after_s
+
+    def _create_local(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(self._record())
+        return True
+
+    def _create_remote(self) -> bool:
+        if self.path.exists():
+            return False
+        self.path.write_bytes(self._record())
+        time.sleep(2.0)  # a racing writer's object would have replaced ours by now
+        return (self._read() or {}).get("token") == self.token
+
+    def acquire(self) -> "WorkdirLock":
+        storage.makedirs(self.workdir)
+        create = self._create_remote if storage.is_uri(self.path) else self._create_local
+        for _ in range(3):
+            if create():
+                self._start_heartbeat()
+                return self
+            holder = self._read()
+            if holder is None:
+                continue  # released meanwhile
+            if not self._stale(holder):
+                raise WorkdirLocked(
+                    f"{self.workdir} is in use by another training (pid {holder.get('pid')} on "
+                    f"{holder.get('host')}, lock {self.path}): wait for it to finish or use another --workdir. "
+                    f"If that process is gone, delete the lock file (it is also taken over by itself "
+                    f"{self.stale_after_s / 60:.0f} minutes after its last heartbeat)")
+            self._take_over_stale()
+        raise WorkdirLocked(f"could not take the lock {self.path}: another process is racing for it")
+
+    def _take_over_stale(self) -> None:
+        """Rename the stale lock away first: only one of several racing processes succeeds."""
+        aside = self.path.parent / f"{LOCK_NAME}.stale-{self.token}"
+        try:
+            self.path.rename(aside)
+        except (FileNotFoundError, OSError):
+            return
+        aside.unlink()
+
+    def _start_heartbeat(self) -> None:
+        def beat():
+            while not self._stop.wait(self.heartbeat_s):
+                if (self._read() or {}).get("token") != self.token:
+                    return  # taken over (we were judged stale): never overwrite the new holder
+                storage.write_bytes_atomic(self.path, self._record())
+        self._thread = threading.Thread(target=beat, name="workdir-lock-heartbeat", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if (self._read() or {}).get("token") == self.token:
+            self.path.unlink()
+
+    def __enter__(self) -> "WorkdirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class _NotHeld:
+    def release(self) -> None:
+        pass
+
+
+def take(workdir: str):
+    """Process 0 takes the workdir's lock (released by `.release()`); every process raises
+    WorkdirLocked if it was refused, so that no host of a multi-host run goes on alone."""
+    import jax
+    held, error = _NotHeld(), None
+    if jax.process_index() == 0:
+        try:
+            held = WorkdirLock(workdir).acquire()
+        except WorkdirLocked as e:
+            error = e
+    if jax.process_count() > 1:
+        import numpy as np
+        from jax.experimental import multihost_utils
+        if multihost_utils.broadcast_one_to_all(np.int32(error is not None)) and error is None:
+            error = WorkdirLocked(f"{workdir} is in use by another training (see process 0's message)")
+    if error is not None:
+        raise error
+    return held
