@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a training run: train state, data iterator state and the config.
+"""Orbax checkpoints of a training run: train state and the config (the data position is the step).
 
 Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames it when
 complete), so a half-written checkpoint is never listed as the latest step. A restore goes
@@ -11,10 +11,9 @@ import json
 import os
 from typing import Any
 
-import grain
 import orbax.checkpoint as ocp
 
-CONFIG_ITEM, STATE_ITEM, DATA_ITEM = "config", "state", "data"
+CONFIG_ITEM, STATE_ITEM = "config", "state"
 
 
 def make_manager(workdir: str, keep: int, interval: int, async_save: bool = True) -> ocp.CheckpointManager:
@@ -23,11 +22,8 @@ def make_manager(workdir: str, keep: int, interval: int, async_save: bool = True
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_iter, config_json: dict,
-         force: bool = False) -> bool:
+def save(manager: ocp.CheckpointManager, step: int, state, config_json: dict, force: bool = False) -> bool:
     items = {STATE_ITEM: ocp.args.StandardSave(state), CONFIG_ITEM: ocp.args.JsonSave(config_json)}
-    if data_iter is not None:
-        items[DATA_ITEM] = grain.checkpoint.CheckpointSave(data_iter)
     return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
@@ -36,12 +32,9 @@ def stored_config(manager: ocp.CheckpointManager, step: int) -> dict:
     return dict(restored[CONFIG_ITEM])
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter) -> Any:
-    """The state at `step` placed into the shardings of `abstract_state`; the data iterator is
-    restored in place."""
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state) -> Any:
+    """The state at `step` placed into the shardings of `abstract_state`."""
     items = {STATE_ITEM: ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
-        items[DATA_ITEM] = grain.checkpoint.CheckpointRestore(data_iter)
     return manager.restore(step, args=ocp.args.Composite(**items))[STATE_ITEM]
 
 
