@@ -43,7 +43,7 @@ print("process", pid, "done", flush=True)
 
 # Sample grids at steps 3 and 6, the digits evaluation at step 3 and at the end.
 WITH_SAMPLING = {"sample.every": 3, "sample.num": 6, "sample.steps": "4", "eval.kind": "digits", "eval.every": 3,
-                 "eval.num_samples": 10, "eval.batch_size": 6, "eval.steps": "4"}
+                 "eval.num_samples": 12, "eval.batch_size": 6, "eval.steps": "4"}
 
 
 def free_port() -> int:
@@ -65,7 +65,7 @@ def start(workdir, changes=None, stop_after=None, processes=2):
             for i in range(processes)]
 
 
-def finish(procs, timeout=600):
+def finish(procs, timeout=1500):
     outs = [p.communicate(timeout=timeout)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-4000:]
