@@ -15,7 +15,6 @@ import time
 import numpy as np
 import pytest
 
-from test_train import losses
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -70,6 +69,12 @@ def finish(procs, timeout=1500):
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-4000:]
     return outs
+
+
+def losses(workdir):
+    """Loss per step from metrics.jsonl (evaluation rows have none); a re-run step's later entry wins."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {row["step"]: row["loss"] for row in map(json.loads, f) if "loss" in row}
 
 
 def scores(workdir):
