@@ -77,6 +77,13 @@ def losses(workdir):
         return {row["step"]: row["loss"] for row in map(json.loads, f) if "loss" in row}
 
 
+def same_losses(a, b):
+    """The losses of every step, equal up to the reduction order of cross-process collectives (a
+    step on another batch differs by far more)."""
+    a, b = losses(a), losses(b)
+    return sorted(a) == sorted(b) and all(a[s] == pytest.approx(b[s], rel=1e-5) for s in a)
+
+
 def scores(workdir):
     with open(os.path.join(workdir, "eval_scores.json")) as f:
         final = json.load(f)
@@ -107,7 +114,7 @@ def test_two_processes_sample_and_evaluate_as_one(runs):
     final_one, periodic_one = scores(one)
     assert sorted(periodic_two) == [3] and np.isfinite(periodic_two[3])
     assert periodic_two == periodic_one and final_two == final_one
-    assert losses(two) == losses(one)
+    assert same_losses(two, one)
     # Every host computed the same scores (only process 0 prints them).
     assert outs[0].count("EMA quality") == 2
 
@@ -120,8 +127,8 @@ def test_resume_two_processes_on_one_and_one_on_two(runs, tmp_path):
         shutil.rmtree(os.path.join(wd, "checkpoints", "6"))  # as if stopped after the checkpoint of step 3
         outs = finish(start(wd, WITH_SAMPLING, processes=processes))
         assert "resumed from step 3" in outs[0]
-        assert losses(wd) == losses(source)  # steps 4-6 saw the same global batches
-        assert scores(wd)[0] == scores(source)[0]
+        assert same_losses(wd, source)  # steps 4-6 saw the same global batches
+        assert scores(wd)[0] == pytest.approx(scores(source)[0], rel=1e-4)
 
 
 def wait_for(proc, text, lines):

@@ -178,8 +178,9 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after):
                       in_shardings=(shardings, batch_sharding(mesh), replicated(mesh)),
                       out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
     vae_params = jax.device_put(vae[0], replicated(mesh)) if vae else None  # uploaded once for the run
-    grid_sampler = make_grid_sampler(config, model_cfg, mesh, vae[1] if vae else None) if config.sample.every else None
-    eval_sampler = evaluation.make_sampler(config, model_cfg, mesh, vae[1] if vae else None) if config.eval.kind else None
+    vae_config = vae[1] if vae else None
+    grid_sampler = make_grid_sampler(config, model_cfg, mesh, vae_config) if config.sample.every else None
+    eval_sampler = evaluation.make_sampler(config, model_cfg, mesh, vae_config) if config.eval.kind else None
 
     flops_per_image = 3 * 2 * forward_macs(model_cfg)  # forward + backward (2x), MACs -> FLOPs
     peak = config.peak_tflops_per_device * 1e12 or peak_flops(jax.devices()[0])
