@@ -109,8 +109,12 @@ def _check_sample_args(args) -> None:
 def _sample_npz(args, params, config, source) -> int:
     """The reference's evaluation protocol by default: 250 DDPM steps, cfg 1.5 (3 channels, only if
     > 1), uniform random labels, VAE decode, uint8 as the reference; into the ADM .npz."""
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
     from dit_jax.diffusion.gaussian import create_diffusion
-    from dit_jax.sample import make_sampler, sample_npz
+    from dit_jax.sample import make_batch_sampler, sample_npz
 
     if args.classes:
         raise ValueError("--num-samples draws uniform random labels (the evaluation protocol); drop --classes")
@@ -120,19 +124,20 @@ def _sample_npz(args, params, config, source) -> int:
         raise ValueError(f"--out must be an .npz path with --num-samples, got {args.out!r}")
     steps = args.steps or "250"
     cfg_scale = 1.5 if args.cfg_scale is None else args.cfg_scale
-    decode = None
+    vae = None
     if args.vae:
-        from dit_jax.models.vae import decode_latents
         from dit_jax.weights import load_vae_weights
-        vae_params, vae_config = load_vae_weights(args.vae)
-        decode = lambda z: decode_latents(vae_params, z, vae_config)  # noqa: E731
+        vae = load_vae_weights(args.vae)
     print(f"sampling {args.num_samples} images from {source}: {steps} {args.sampler} steps, cfg {cfg_scale} "
           f"({args.cfg_mode}), seed {args.seed}", flush=True)
-    run = make_sampler(config, create_diffusion(steps, learn_sigma=config.learn_sigma), cfg_scale, args.cfg_mode,
-                       args.sampler, args.eta)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("batch",))
+    run = make_batch_sampler(config, create_diffusion(steps, learn_sigma=config.learn_sigma),
+                             NamedSharding(mesh, P("batch")), cfg_scale, args.cfg_mode, args.sampler, args.eta,
+                             vae_config=vae[1] if vae else None, uint8=True)
+    settings = dict(weights=source, vae=args.vae, steps=steps, cfg_scale=cfg_scale, cfg_mode=args.cfg_mode,
+                    sampler=args.sampler, eta=args.eta)
     sample_npz(run, params, args.num_samples, config.num_classes, args.seed, args.out, args.batch_per_device,
-               decode)
+               vae, settings)
     return 0
 
 

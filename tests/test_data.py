@@ -204,44 +204,39 @@ def test_shards_are_disjoint_and_cover_the_data():
         pipeline.make_train_loader(CONST_CFG, 15, 0, shard_options=opts, source=ConstSource(64))
 
 
-def test_state_restore_gives_identical_next_batches(digits_dir, tmp_path):
-    import orbax.checkpoint as ocp
+def test_a_start_step_gives_the_batches_of_the_uninterrupted_loader(digits_dir):
     cfg = digits_cfg(digits_dir)
-    it = iter(pipeline.make_train_loader(cfg, 64, seed=0))
-    for _ in range(40):  # past the first epoch (1797 / 64 = 28 batches)
-        next(it)
-    state = it.get_state()
-    with ocp.CheckpointManager(str(tmp_path / "ckpt")) as manager:
-        manager.save(40, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
-        manager.wait_until_finished()
-    expected = [next(it) for _ in range(3)]
-
-    by_state = iter(pipeline.make_train_loader(cfg, 64, seed=0))
-    by_state.set_state(state)
-    assert_same_batches([next(by_state) for _ in range(3)], expected)
-
-    by_orbax = iter(pipeline.make_train_loader(cfg, 64, seed=0))
-    with ocp.CheckpointManager(str(tmp_path / "ckpt")) as manager:
-        manager.restore(40, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(by_orbax)))
-    assert_same_batches([next(by_orbax) for _ in range(3)], expected)
+    uninterrupted = take(pipeline.make_train_loader(cfg, 64, seed=0), 43)
+    # Past the first epoch (1797 / 64 = 28 batches): the position is the step, nothing else.
+    assert_same_batches(take(pipeline.make_train_loader(cfg, 64, seed=0, start_step=40), 3), uninterrupted[40:])
 
 
-def test_two_workers_outside_absl_app_deterministic_and_resumable(digits_dir):
-    cfg = digits_cfg(digits_dir, worker_count=2)
-    it = iter(pipeline.make_train_loader(cfg, 64, seed=0))
-    try:
-        first = [next(it) for _ in range(5)]
-        state = it.get_state()
-        expected = [next(it) for _ in range(3)]
-    finally:
-        pipeline.close(it)
-    again = iter(pipeline.make_train_loader(cfg, 64, seed=0))
-    try:
-        assert_same_batches([next(again) for _ in range(5)], first)
-        again.set_state(state)
-        assert_same_batches([next(again) for _ in range(3)], expected)
-    finally:
-        pipeline.close(again)
+def test_global_batches_do_not_depend_on_the_host_count():
+    """Global batch s holds the same records (with the same flips) whether 1, 2 or 4 hosts read it,
+    so a run resumes on another number of hosts as it would have gone on."""
+    source, steps = ConstSource(50), range(5, 9)  # global batch 20: epochs of 2.5 batches
+    cfg = dict(CONST_CFG, random_flip=True)
+
+    def global_batches(hosts):
+        parts = [take(pipeline.make_train_loader(
+            cfg, 20, 3, steps.start, source=source,
+            shard_options=grain.sharding.ShardOptions(shard_index=p, shard_count=hosts)), len(steps))
+            for p in range(hosts)]
+        return [{k: np.concatenate([part[s][k] for part in parts]) for k in ("image", "label")}
+                for s in range(len(steps))]
+
+    one = global_batches(1)
+    assert_same_batches(global_batches(2), one)
+    assert_same_batches(global_batches(4), one)
+    ids = sum((record_ids(b) for b in take(pipeline.make_train_loader(cfg, 20, 3, source=source), 10)), [])
+    assert sum((record_ids(b) for b in one), []) == ids[100:180]
+
+
+def test_two_workers_outside_absl_app_give_the_batches_of_none(digits_dir):
+    with_workers = take(pipeline.make_train_loader(digits_cfg(digits_dir, worker_count=2), 64, seed=0,
+                                                   start_step=5), 3)
+    assert_same_batches(with_workers, take(pipeline.make_train_loader(digits_cfg(digits_dir), 64, seed=0,
+                                                                      start_step=5), 3))
 
 
 def test_label_out_of_range_is_an_error_naming_the_record():

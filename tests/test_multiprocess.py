@@ -1,28 +1,48 @@
-"""Two local processes (jax.distributed on 127.0.0.1, 2 CPU devices each) train one model together,
-checkpoint to one directory, and resume exactly."""
+"""Two local processes (jax.distributed on 127.0.0.1, 2 CPU devices each) as a pod slice would run:
+training with sample grids and evaluations on, checkpoints in one directory, resumes on another
+number of hosts, preemption of all or one host, and `dit-jax sample --num-samples`. Every 2-process
+result is compared with one process over the same 4 devices."""
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
-from test_train import losses
+import numpy as np
+import pytest
 
-WORKER = r"""
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+
+# argv: port ("-" for one process), process id, workdir, JSON config changes, JSON stop_after
+TRAIN = r"""
 import os, sys, json
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + ("4" if sys.argv[1] == "-" else "2")
 os.environ["JAX_PLATFORMS"] = "cpu"
 import jax
-port, pid, workdir, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
-jax.distributed.initialize("127.0.0.1:" + port, num_processes=2, process_id=pid)
-assert jax.device_count() == 4 and jax.local_device_count() == 2
+port, pid, workdir, changes, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4]), json.loads(sys.argv[5])
+if port != "-":
+    jax.distributed.initialize("127.0.0.1:" + port, num_processes=2, process_id=pid)
+assert jax.device_count() == 4
 sys.path.insert(0, {tests!r})
 from test_train import tiny_config
-from dit_jax.train.loop import train_and_evaluate
-train_and_evaluate(tiny_config(**{{"mesh.data": 2, "mesh.fsdp": 2}}), workdir, stop_after=stop)
-print("process", pid, "done")
+from dit_jax.train.loop import Preempted, train_and_evaluate
+try:
+    train_and_evaluate(tiny_config(**{{"mesh.data": 2, "mesh.fsdp": 2, **changes}}), workdir, stop_after=stop)
+except Preempted:
+    print("process", pid, "preempted", flush=True)
+    sys.exit(0)
+print("process", pid, "done", flush=True)
 """
+
+# Sample grids at steps 3 and 6, the digits evaluation at step 3 and at the end.
+WITH_SAMPLING = {"sample.every": 3, "sample.num": 6, "sample.steps": "4", "eval.kind": "digits", "eval.every": 3,
+                 "eval.num_samples": 12, "eval.batch_size": 6, "eval.steps": "4"}
 
 
 def free_port() -> int:
@@ -31,26 +51,151 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two(workdir, stop_after=None):
-    script = WORKER.format(tests=os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, "-c", script, port, str(i), workdir, json.dumps(stop_after)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-             for i in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
+def env():
+    return {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+
+def start(workdir, changes=None, stop_after=None, processes=2):
+    script = TRAIN.format(tests=TESTS)
+    port = str(free_port()) if processes == 2 else "-"
+    return [subprocess.Popen([sys.executable, "-c", script, port, str(i), workdir, json.dumps(changes or {}),
+                              json.dumps(stop_after)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=env(), cwd=ROOT)
+            for i in range(processes)]
+
+
+def finish(procs, timeout=1500):
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-4000:]
     return outs
 
 
-def test_two_processes_train_checkpoint_and_resume(tmp_path):
-    full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
-    outs = run_two(full)
+def losses(workdir):
+    """Loss per step from metrics.jsonl (evaluation rows have none); a re-run step's later entry wins."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {row["step"]: row["loss"] for row in map(json.loads, f) if "loss" in row}
+
+
+def same_losses(a, b):
+    """The losses of every step, equal up to the reduction order of cross-process collectives (a
+    step on another batch differs by far more)."""
+    a, b = losses(a), losses(b)
+    return sorted(a) == sorted(b) and all(a[s] == pytest.approx(b[s], rel=1e-5) for s in a)
+
+
+def scores(workdir):
+    with open(os.path.join(workdir, "eval_scores.json")) as f:
+        final = json.load(f)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        periodic = {row["step"]: row["eval/frechet_distance"] for row in map(json.loads, f)
+                    if "eval/frechet_distance" in row}
+    return {k: v for k, v in final.items() if k != "eval/seconds"}, periodic
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One 6-step run with grids and evaluations on 2 processes and the same on 1 process (4 devices each)."""
+    base = tmp_path_factory.mktemp("runs")
+    two, one = str(base / "two"), str(base / "one")
+    procs = start(two, WITH_SAMPLING) + start(one, WITH_SAMPLING, processes=1)
+    outs = finish(procs)
+    return two, one, outs
+
+
+def test_two_processes_sample_and_evaluate_as_one(runs):
+    two, one, outs = runs
     assert "over 4 devices on 2 host(s)" in outs[0]
-    run_two(resumed, stop_after=4)           # both processes stop after step 4 (checkpoint at 3)
-    assert sorted(os.listdir(os.path.join(resumed, "checkpoints")))[:1] == ["3"]
-    run_two(resumed)                          # both resume from step 3 in the shared directory
-    a, b = losses(full), losses(resumed)
-    assert sorted(a) == sorted(b) == list(range(1, 7))
-    assert all(a[s] == b[s] for s in a), (a, b)
+    for step in (3, 6):  # only process 0 writes, the grids are those of one process
+        name = os.path.join("samples", f"step_{step:07d}.png")
+        with open(os.path.join(two, name), "rb") as a, open(os.path.join(one, name), "rb") as b:
+            assert a.read() == b.read()
+    final_two, periodic_two = scores(two)
+    final_one, periodic_one = scores(one)
+    assert sorted(periodic_two) == [3] and np.isfinite(periodic_two[3])
+    assert periodic_two == periodic_one and final_two == final_one
+    assert same_losses(two, one)
+    # Every host computed the same scores (only process 0 prints them).
+    assert outs[0].count("EMA quality") == 2
+
+
+def test_resume_two_processes_on_one_and_one_on_two(runs, tmp_path):
+    two, one, _ = runs
+    for source, processes in ((two, 1), (one, 2)):
+        wd = str(tmp_path / f"to{processes}")
+        shutil.copytree(source, wd)
+        shutil.rmtree(os.path.join(wd, "checkpoints", "6"))  # as if stopped after the checkpoint of step 3
+        outs = finish(start(wd, WITH_SAMPLING, processes=processes))
+        assert "resumed from step 3" in outs[0]
+        assert same_losses(wd, source)  # steps 4-6 saw the same global batches
+        assert scores(wd)[0] == pytest.approx(scores(source)[0], rel=1e-4)
+
+
+def wait_for(proc, text, lines):
+    for line in proc.stdout:
+        lines.append(line)
+        if text in line:
+            return
+    raise AssertionError("".join(lines)[-4000:])
+
+
+@pytest.mark.parametrize("signalled", ["all", "one"])
+def test_sigterm_to_all_or_one_process_saves_the_same_step(tmp_path, signalled):
+    wd = str(tmp_path / "run")
+    long_run = {"total_steps": 100_000, "checkpoint_every": 100_000}
+    procs = start(wd, long_run)
+    lines = []
+    wait_for(procs[0], "step 3/", lines)
+    t0 = time.time()
+    for p in procs if signalled == "all" else procs[1:]:
+        p.send_signal(signal.SIGTERM)
+    outs = finish(procs, timeout=120)
+    assert time.time() - t0 < 60
+    saved = sorted(int(d) for d in os.listdir(os.path.join(wd, "checkpoints")) if d.isdigit())
+    assert len(saved) == 1 and saved[0] >= 3, saved
+    assert all(f"process {i} preempted" in out for i, out in enumerate(outs))
+    assert f"checkpoint saved at step {saved[0]}" in "".join(lines) + outs[0]
+    outs = finish(start(wd, long_run, stop_after=1))
+    assert f"resumed from step {saved[0]}" in outs[0]
+
+
+SAMPLE = r"""
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["JAX_PLATFORMS"] = "cpu"
+import jax
+jax.distributed.initialize("127.0.0.1:" + sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from dit_jax.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def test_sample_num_samples_on_two_processes(tmp_path, capsys):
+    sys.path.insert(0, TESTS)
+    from test_sample_npz import tiny_params, TINY
+
+    from dit_jax.cli import main
+    from dit_jax.weights import save_weights
+    w = save_weights(str(tmp_path / "w"), tiny_params(), TINY)
+    out = str(tmp_path / "two.npz")
+    args = ["sample", "--weights", w, "--num-samples", "10", "--batch-per-device", "2", "--steps", "3",
+            "--seed", "7", "--out", out]
+    port = str(free_port())
+    finish([subprocess.Popen([sys.executable, "-c", SAMPLE, port, str(i), *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=env(), cwd=ROOT) for i in range(2)])
+    # Each host wrote the rows it held: 2 shards of 8 x 2 hosts.
+    assert sorted(f for f in os.listdir(out + ".shards") if f.startswith("shard_")) == [
+        f"shard_00000{s}_{p}-of-2.npz" for s in range(2) for p in range(2)]
+    one = str(tmp_path / "one.npz")
+    assert main(args[:-1] + [one]) == 0
+    with np.load(out) as a, np.load(one) as b:
+        assert np.array_equal(a["labels"], b["labels"]) and a["arr_0"].shape == (10, 8, 8, 3)
+        assert np.abs(a["arr_0"].astype(int) - b["arr_0"].astype(int)).max() <= 1
+    # Another seed or another device count over the same shards starts over instead of mixing them in.
+    capsys.readouterr()
+    assert main(args[:-4] + ["--seed", "8", "--out", out]) == 0
+    assert "starting over" in capsys.readouterr().out
+    fresh = str(tmp_path / "fresh.npz")
+    assert main(args[:-4] + ["--seed", "8", "--out", fresh]) == 0
+    with np.load(out) as a, np.load(fresh) as b:
+        assert np.array_equal(a["arr_0"], b["arr_0"])

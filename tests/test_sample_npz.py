@@ -12,7 +12,7 @@ import pytest
 from dit_jax.cli import main
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiTConfig, init_params
-from dit_jax.sample import make_sampler, sample_npz
+from dit_jax.sample import make_batch_sampler, sample_npz
 from dit_jax.weights import save_weights
 
 TINY = DiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=5)
@@ -24,7 +24,9 @@ def tiny_params():
 
 
 def run_fn():
-    return make_sampler(TINY, create_diffusion("4"), cfg_scale=1.5)
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("batch",))
+    by_batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    return make_batch_sampler(TINY, create_diffusion("4"), by_batch, cfg_scale=1.5, uint8=True)
 
 
 EIGHT = r"""
@@ -61,9 +63,13 @@ def test_same_images_on_1_and_8_devices_and_resume(tmp_path):
     assert diff.max() <= 1 and (diff == 0).mean() > 0.99
     # Resume: a finished shard is kept, not recomputed (mark it), the rest is filled in.
     resumed = str(tmp_path / "resumed.npz")
-    os.makedirs(resumed + ".shards")
-    np.savez(os.path.join(resumed + ".shards", "shard_000001.npz"), images=np.zeros((4, 8, 8, 3), np.uint8),
-             labels=labels[4:8])
+    sample_npz(run_fn(), tiny_params(), 10, 5, 7, resumed, batch_per_device=4, log=lambda s: None)
+    shard_dir = resumed + ".shards"
+    marked = os.path.join(shard_dir, "shard_000001_0-of-1.npz")
+    with np.load(marked) as z:
+        np.savez(marked, images=np.zeros_like(z["images"]), labels=z["labels"], index=z["index"])
+    for name in ("shard_000000_0-of-1.npz", "shard_000002_0-of-1.npz", "../resumed.npz"):
+        os.remove(os.path.join(shard_dir, name))
     sample_npz(run_fn(), tiny_params(), 10, 5, 7, resumed, batch_per_device=4, log=lambda s: None)
     with np.load(resumed) as z:
         c = z["arr_0"]

@@ -1,20 +1,18 @@
 """Training input: a TFDS ArrayRecord source read through Grain, per host, handed to JAX as global arrays.
 
     source = open_source(name, data_dir, split)       # random access, no TensorFlow
-    loader = make_train_loader(config.data, global_batch_size, seed)
-    it = iter(loader)                                  # it.get_state() / it.set_state(), or Orbax through
-                                                       # grain.checkpoint.CheckpointSave / CheckpointRestore
+    loader = make_train_loader(config.data, global_batch_size, seed, start_step)
+    it = iter(loader)
     batch = to_global(next(it), sharding)              # {'image': (B, H, W, C) in [-1, 1], 'label': (B,)}
     close(it)                                          # stops its worker processes
 
-Each host reads its own part of every global batch (`ShardByJaxProcess`): the shuffled, endlessly
-repeated index stream is dealt round-robin across hosts, so the hosts' records are disjoint and
-together cover every epoch. Decoding, the ADM crop and the flip run in Grain worker processes; the
-flip's randomness comes from Grain's per-record generator, seeded from the loader seed and the
-record's position in the stream, so a seed fixes the data order and augmentation, and a saved
-iterator state resumes both exactly. With workers, each worker batches its own slice of the stream, so
-the order also depends on worker_count; a saved state restores only into a loader with the same
-source, seed and worker_count (Grain checks).
+The data position is the global step: global batch s holds positions [s B, (s + 1) B) of one
+seeded record stream (each epoch reshuffled), and each host reads its contiguous slice of it, so
+the hosts' records are disjoint and together cover every epoch. A run resumes at step s on any
+number of hosts, with any worker_count, and sees the batches the uninterrupted run saw. Decoding,
+the ADM crop and the flip run in Grain worker processes (data.worker_count); the flip's
+randomness comes from Grain's per-record generator, seeded from the loader seed and the record's
+position in the stream, so a seed fixes the data order and augmentation.
 """
 
 from __future__ import annotations
@@ -186,11 +184,17 @@ def _ensure_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def make_train_loader(data, global_batch_size: int, seed: int, *,
+def make_train_loader(data, global_batch_size: int, seed: int, start_step: int = 0, *,
                       shard_options: grain.sharding.ShardOptions | None = None,
-                      source=None) -> grain.DataLoader:
-    """The endless, shuffled training loader of this host: batches {'image': float32 (B_local, S, S, C) in
-    [-1, 1], 'label': int32 (B_local,)}, B_local = global_batch_size / number of hosts.
+                      source=None) -> grain.IterDataset:
+    """This host's endless training batches of global steps start_step, start_step + 1, ...: batches
+    {'image': float32 (B_local, S, S, C) in [-1, 1], 'label': int32 (B_local,)}, B_local =
+    global_batch_size / number of hosts.
+
+    Global batch s is a function of (source, seed, s) only: it holds positions [s B, (s + 1) B) of
+    the record stream (every epoch reshuffled from the seed), and host p of P takes rows
+    [p B / P, (p + 1) B / P). So a run resumes at a step on any number of hosts or workers and sees
+    the batches the uninterrupted run saw, with no iterator state to save.
 
     `data` (ConfigDict or dict): name, data_dir ('' = default), split, image_size, channels, num_classes,
     random_flip, worker_count, worker_buffer_size; optional read_threads, read_buffer_size (Grain's
@@ -198,51 +202,51 @@ def make_train_loader(data, global_batch_size: int, seed: int, *,
     (tests).
     """
     shard_options = shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=True)
-    if global_batch_size % shard_options.shard_count:
-        raise ValueError(f"global batch size {global_batch_size} is not divisible by the {shard_options.shard_count} "
+    hosts = shard_options.shard_count
+    if global_batch_size % hosts:
+        raise ValueError(f"global batch size {global_batch_size} is not divisible by the {hosts} "
                          "data shards (JAX processes)")
-    local_batch_size = global_batch_size // shard_options.shard_count
+    local_batch_size = global_batch_size // hosts
     if source is None:
         source = open_source(_field(data, "name"), _field(data, "data_dir", ""), _field(data, "split", "train"))
     if not len(source):
         raise ValueError(f"data source {source!r} is empty")
     num_classes = int(_field(data, "num_classes"))
+    # Grain wants a 32-bit seed; the shuffles and the per-record generators both derive from it. A
+    # record's generator depends on its position in the stream, not on the host that reads it.
+    seed = int(seed) % 2**32
+    records = grain.MapDataset.source(KeyedSource(source)).shuffle(seed=seed).repeat(None)
     if "mean" in source[0]:  # a latent dataset (dit_jax.data.latents): pick the image or its flip
-        operations = [PickLatent(num_classes, bool(_field(data, "random_flip"))),
-                      grain.transforms.Batch(local_batch_size, drop_remainder=True)]
+        batches = (records.random_map(PickLatent(num_classes, bool(_field(data, "random_flip"))), seed=seed)
+                   .batch(local_batch_size, drop_remainder=True))
     else:
-        operations = [DecodeCrop(int(_field(data, "image_size")), int(_field(data, "channels")), num_classes)]
+        records = records.map(DecodeCrop(int(_field(data, "image_size")), int(_field(data, "channels")),
+                                          num_classes))
         if _field(data, "random_flip"):
-            operations.append(RandomFlip())
+            records = records.random_map(RandomFlip(), seed=seed)
         # Batch uint8 and convert once per batch: cheaper than per image.
-        operations += [grain.transforms.Batch(local_batch_size, drop_remainder=True), ToFloat()]
-    worker_count = int(_field(data, "worker_count", 0))
-    if worker_count:
-        _ensure_flags_parsed()
-    # Grain wants a 32-bit seed; shuffling and the per-record generators both derive from it.
-    sampler = grain.samplers.IndexSampler(num_records=len(source), shuffle=True, num_epochs=None,
-                                          seed=int(seed) % 2**32)
+        batches = records.batch(local_batch_size, drop_remainder=True).map(ToFloat())
+    # Local batch k holds stream positions [k B_local, (k + 1) B_local): host p's part of global batch s is k = s P + p.
+    mine = batches[start_step * hosts + shard_options.shard_index::hosts]
     # Grain's default of 16 reader threads suits remote files; on a 2-core laptop they fight over the GIL
     # (digits: 3x slower than 2 threads), so the default is capped at the CPU count.
     read_options = grain.ReadOptions(
         num_threads=int(_field(data, "read_threads", min(16, os.cpu_count() or 1))),
         prefetch_buffer_size=int(_field(data, "read_buffer_size", grain.ReadOptions().prefetch_buffer_size)))
-    # shard_options go to the DataLoader only: it deals the sampler's stream to the shards itself, so a
-    # sharded sampler would shard twice.
-    return grain.DataLoader(data_source=KeyedSource(source), sampler=sampler, operations=operations,
-                            worker_count=worker_count, worker_buffer_size=int(_field(data, "worker_buffer_size", 1)),
-                            shard_options=shard_options, read_options=read_options)
+    loader = mine.to_iter_dataset(read_options)
+    worker_count = int(_field(data, "worker_count", 0))
+    if worker_count:
+        _ensure_flags_parsed()
+        loader = loader.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=worker_count, per_worker_buffer_size=int(_field(data, "worker_buffer_size", 1))))
+    return loader
 
 
 def close(iterator) -> None:
-    """Stops a loader iterator's worker processes and reader threads now.
-
-    Grain 0.2.18's DataLoaderIterator has no public close; left to the garbage collector at interpreter
-    exit, its worker teardown prints tracebacks.
-    """
-    inner = getattr(iterator, "_iterator", None)
-    if inner is not None and hasattr(inner, "close"):
-        inner.close()
+    """Stops a loader iterator's worker processes and reader threads now (left to the garbage
+    collector at interpreter exit, their teardown prints tracebacks)."""
+    if hasattr(iterator, "close"):
+        iterator.close()
 
 
 def to_global(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a training run: train state, data iterator state and the config.
+"""Orbax checkpoints of a training run: train state and the config (the data position is the step).
 
 Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames it when
 complete). A restore goes straight into the shardings of the current mesh, which may differ from
@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 
 from dit_jax import storage
 from dit_jax.train import integrity, orbax_noise
 
-CONFIG_ITEM, STATE_ITEM, DATA_ITEM, INTEGRITY_ITEM = "config", "state", "data", "integrity"
+CONFIG_ITEM, STATE_ITEM, INTEGRITY_ITEM = "config", "state", "integrity"
 # Orbax writes both into a step directory when it commits it; a copy or a half-written one lacks them.
 COMMIT_MARKERS = ("commit_success.txt", "_CHECKPOINT_METADATA")
 SET_ASIDE = "checkpoints_set_aside"
@@ -39,8 +38,7 @@ def make_manager(workdir: str, keep: int, interval: int, async_save: bool = True
     return ocp.CheckpointManager(storage.join(workdir, "checkpoints"), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_iter, config_json: dict,
-         force: bool = False) -> None:
+def save(manager: ocp.CheckpointManager, step: int, state, config_json: dict, force: bool = False) -> None:
     """Start an asynchronous save of a finite state with its checksum; errors of an earlier save
     surface here at the latest (see `check_writes`)."""
     finish_writes(manager)  # Orbax waits for the previous save anyway; this names its failure
@@ -51,8 +49,6 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iter, config_jso
             manager.latest_step()))
     items = {STATE_ITEM: ocp.args.StandardSave(state), CONFIG_ITEM: ocp.args.JsonSave(config_json),
              INTEGRITY_ITEM: ocp.args.JsonSave({"checksums": checksums})}
-    if data_iter is not None:
-        items[DATA_ITEM] = grain.checkpoint.CheckpointSave(data_iter)
     if not manager.save(step, args=ocp.args.Composite(**items), force=force):
         raise CheckpointError(f"the checkpoint of step {step} was not written to {manager.directory} (Orbax "
                               f"declined it; its latest step is {manager.latest_step()}): use a new --workdir")
@@ -107,16 +103,13 @@ def stored_config(manager: ocp.CheckpointManager, step: int) -> dict:
     return dict(restored[CONFIG_ITEM])
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter) -> Any:
-    """The state at `step` placed into the shardings of `abstract_state`; the data iterator is
-    restored in place."""
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state) -> Any:
+    """The state at `step` placed into the shardings of `abstract_state`."""
     items = {STATE_ITEM: ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
-        items[DATA_ITEM] = grain.checkpoint.CheckpointRestore(data_iter)
     return manager.restore(step, args=ocp.args.Composite(**items))[STATE_ITEM]
 
 
-def resume(manager: ocp.CheckpointManager, abstract_state, data_iter, config_json: dict, workdir: str,
+def resume(manager: ocp.CheckpointManager, abstract_state, config_json: dict, workdir: str,
            say=print):
     """(state, step) of the newest intact committed checkpoint, or (None, None) in an empty workdir.
 
@@ -131,7 +124,7 @@ def resume(manager: ocp.CheckpointManager, abstract_state, data_iter, config_jso
     manager.reload()
     damaged = []
     for step in reversed(manager.all_steps()):
-        problem, state = _try_restore(manager, step, abstract_state, data_iter, config_json, workdir)
+        problem, state = _try_restore(manager, step, abstract_state, config_json, workdir)
         if problem is None:
             if damaged:
                 say(f"resuming from step {step}, the newest intact checkpoint")
@@ -155,7 +148,7 @@ def uncommitted_step_dirs(directory) -> list:
                   key=lambda p: int(p.name))
 
 
-def _try_restore(manager, step, abstract_state, data_iter, config_json, workdir):
+def _try_restore(manager, step, abstract_state, config_json, workdir):
     """(None, state) for a sound checkpoint, else (what is wrong, None)."""
     try:
         stored = stored_config(manager, step)
@@ -163,7 +156,7 @@ def _try_restore(manager, step, abstract_state, data_iter, config_json, workdir)
         return f"its config does not read: {_one_line(e)}", None
     check_compatible(stored, config_json, workdir)
     try:
-        state = restore(manager, step, abstract_state, data_iter)
+        state = restore(manager, step, abstract_state)
     except Exception as e:  # noqa: BLE001
         return f"it does not restore: {_one_line(e)}", None
     if not (storage.resolve(manager.directory) / str(step) / INTEGRITY_ITEM).exists():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dit_jax.diffusion.gaussian import create_diffusion
@@ -35,29 +34,41 @@ def check(config) -> list[str]:
     return problems
 
 
-def ema_samples(config, model_cfg, ema_params, vae=None) -> tuple[np.ndarray, np.ndarray]:
-    """(samples in [-1, 1] (decoded with the VAE for latent models), labels): labels cycle through
-    the classes and the noise is fixed by the seed, the same at every evaluation."""
-    from dit_jax.models.vae import decode_latents
-    from dit_jax.sample import make_sampler
+def make_sampler(config, model_cfg, mesh, vae_config=None):
+    """The evaluation's jitted sampler over the run's mesh, built once per run (`make_batch_sampler`)."""
+    from dit_jax.parallel.sharding import batch_sharding
+    from dit_jax.sample import make_batch_sampler
     e = config.eval
-    sampler = make_sampler(model_cfg, create_diffusion(e.steps, learn_sigma=model_cfg.learn_sigma),
-                           e.cfg_scale, e.cfg_mode, "ddpm")
+    return make_batch_sampler(model_cfg, create_diffusion(e.steps, learn_sigma=model_cfg.learn_sigma),
+                              batch_sharding(mesh), e.cfg_scale, e.cfg_mode, "ddpm",
+                              vae_config=vae_config if config.data.latents else None)
+
+
+def ema_samples(config, model_cfg, ema_params, sampler, vae_params=None,
+                stop=lambda: False) -> tuple[np.ndarray, np.ndarray] | None:
+    """(samples in [-1, 1] (decoded with the VAE for latent models), labels) on every host: labels cycle
+    through the classes and the noise is fixed by the seed, the same at every evaluation. All hosts
+    sample together; None when `stop()` (asked between batches, the same answer on every host) says so."""
+    from dit_jax.sample import fetch
+    e = config.eval
     labels = np.arange(e.num_samples) % model_cfg.num_classes
     out = []
     for i in range(0, len(labels), e.batch_size):
-        x = sampler(ema_params, jnp.asarray(labels[i:i + e.batch_size], jnp.int32),
-                    jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), i))
-        if config.data.latents:
-            x = decode_latents(vae[0], x, vae[1])
-        out.append(np.asarray(jax.device_get(x)))
+        if stop():
+            return None
+        chunk = labels[i:i + e.batch_size]
+        x = sampler(ema_params, chunk, jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), i), vae_params)
+        out.append(fetch(x, len(chunk)))
     return np.concatenate(out), labels
 
 
-def evaluate(config, model_cfg, ema_params, vae=None) -> dict[str, float]:
-    """{'eval/...': value} for config.eval.kind."""
+def evaluate(config, model_cfg, ema_params, sampler, vae_params=None, stop=lambda: False) -> dict[str, float] | None:
+    """{'eval/...': value} for config.eval.kind, the same on every host; None if `stop()` interrupted it."""
     t0 = time.time()
-    images, labels = ema_samples(config, model_cfg, ema_params, vae)
+    sampled = ema_samples(config, model_cfg, ema_params, sampler, vae_params, stop)
+    if sampled is None:
+        return None
+    images, labels = sampled
     if config.eval.kind == "digits":
         from dit_jax.evaluate.digits_classifier import load_classifier, score_samples
         scores = score_samples(np.clip(images, -1, 1), labels, load_classifier())

@@ -8,14 +8,12 @@ written by all hosts together, and a restart with the same workdir resumes where
 from __future__ import annotations
 
 import json
-import os
-import signal
 from contextlib import nullcontext
 from functools import partial
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+import numpy as np
 
 from dit_jax import storage
 from dit_jax.diffusion.gaussian import create_diffusion
@@ -24,6 +22,7 @@ from dit_jax.parallel.mesh import describe as describe_mesh, make_mesh_from_conf
 from dit_jax.parallel.sharding import LOGICAL_RULES, batch_divisor, batch_sharding, replicated, state_shardings
 from dit_jax.train import checkpoint as ckpt, evaluation, profile, workdir_lock
 from dit_jax.train.compilation_cache import configure as configure_compilation_cache
+from dit_jax.train.preemption import Watch
 from dit_jax.train.config_base import to_dit_config
 from dit_jax.train.exit_codes import Preempted
 from dit_jax.train.integrity import NonFiniteWatch
@@ -41,19 +40,6 @@ def _check_batch(config, mesh) -> None:
                          f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); use a multiple of {div}")
     if config.batch_size % jax.process_count():
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} hosts")
-
-
-def _install_sigterm():
-    """SIGTERM (preemption) sets a flag; the loop saves a checkpoint at the next step and exits."""
-    flag = {"set": False}
-
-    def handler(signum, frame):
-        flag["set"] = True
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave it to the caller
-        pass
-    return flag
 
 
 def load_vae(config, model_cfg):
@@ -75,22 +61,26 @@ def load_vae(config, model_cfg):
     return params, vae_config
 
 
-def sample_grid(config, model_cfg, ema_params, step: int, workdir: str, vae=None) -> str | None:
-    """EMA samples as a PNG grid; latent models are decoded with the VAE (skipped without one)."""
-    from dit_jax.sample import make_sampler, save_grid, to_uint8
-    if config.data.latents and vae is None:
+def make_grid_sampler(config, model_cfg, mesh, vae_config=None):
+    """The sample grids' jitted sampler over the run's mesh, built once per run."""
+    from dit_jax.sample import make_batch_sampler
+    s = config.sample
+    return make_batch_sampler(model_cfg, create_diffusion(s.steps, learn_sigma=model_cfg.learn_sigma,
+                                                          noise_schedule=config.diffusion.noise_schedule,
+                                                          diffusion_steps=config.diffusion.num_timesteps),
+                              batch_sharding(mesh), s.cfg_scale, s.cfg_mode, s.sampler,
+                              vae_config=vae_config if config.data.latents else None, uint8=True)
+
+
+def sample_grid(config, model_cfg, ema_params, step: int, workdir: str, sampler, vae_params=None) -> str | None:
+    """EMA samples as a PNG grid, sampled by all hosts and written by process 0; latent models are
+    decoded with the VAE (skipped without one)."""
+    from dit_jax.sample import fetch, save_grid
+    if config.data.latents and vae_params is None:
         return None
     s = config.sample
-    sampler = make_sampler(model_cfg, create_diffusion(s.steps, learn_sigma=model_cfg.learn_sigma,
-                                                       noise_schedule=config.diffusion.noise_schedule,
-                                                       diffusion_steps=config.diffusion.num_timesteps),
-                           s.cfg_scale, s.cfg_mode, s.sampler)
-    labels = jnp.arange(s.num, dtype=jnp.int32) % model_cfg.num_classes
-    samples = sampler(ema_params, labels, jax.random.PRNGKey(config.seed + 1))
-    if config.data.latents:
-        from dit_jax.models.vae import decode_latents
-        samples = decode_latents(vae[0], samples, vae[1])
-    images = to_uint8(jax.device_get(samples))
+    labels = np.arange(s.num) % model_cfg.num_classes
+    images = fetch(sampler(ema_params, labels, jax.random.PRNGKey(config.seed + 1), vae_params), s.num)
     if jax.process_index() != 0:
         return None
     path = storage.join(workdir, "samples", f"step_{step:07d}.png")
@@ -146,10 +136,8 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
     abstract_placed = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                    nn.unbox(abstract), shardings)
 
-    loader = make_train_loader(config.data, config.batch_size, config.seed)
-    data_iter = iter(loader)
     cfg_json = ckpt.config_json(config)
-    state, latest = ckpt.resume(manager, abstract_placed, data_iter, cfg_json, workdir, say=log.print)
+    state, latest = ckpt.resume(manager, abstract_placed, cfg_json, workdir, say=log.print)
     if latest is not None:
         log.print(f"resumed from step {latest} in {workdir}/checkpoints")
     else:
@@ -163,17 +151,21 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
                             out_shardings=shardings)(init_params)
     start = int(jax.device_get(state.step))
     log.truncate_after(start)  # rows past the checkpoint are re-run: one row per step
+    data_iter = iter(make_train_loader(config.data, config.batch_size, config.seed, start))
 
     step_fn = jax.jit(partial(train_step, model=DiT(model_cfg), diffusion=diffusion, tx=tx,
                               ema_decay=config.ema_decay, input_mode=config.data.latents,
                               vae_config=vae[1] if vae else None, latent_scale=config.data.latent_scale),
                       in_shardings=(shardings, batch_sharding(mesh), replicated(mesh)),
                       out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
-    vae_params = jax.device_put(vae[0], replicated(mesh)) if vae and config.data.latents == "encode" else None
+    vae_params = jax.device_put(vae[0], replicated(mesh)) if vae else None  # uploaded once for the run
+    vae_config = vae[1] if vae else None
+    grid_sampler = make_grid_sampler(config, model_cfg, mesh, vae_config) if config.sample.every else None
+    eval_sampler = evaluation.make_sampler(config, model_cfg, mesh, vae_config) if config.eval.kind else None
 
     flops_per_image = 3 * 2 * forward_macs(model_cfg)  # forward + backward (2x), MACs -> FLOPs
     peak = config.peak_tflops_per_device * 1e12 or peak_flops(jax.devices()[0])
-    sigterm = _install_sigterm()
+    preempted = Watch(manager)
     metrics, last = {}, {}
     timer, save_clock = StepTimer(), SaveClock(config.checkpoint_every_minutes)
     profiler = profile.StepProfiler(config.profile, workdir, start)
@@ -188,7 +180,7 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
                 annotation = profiler.step(step, state)
             # The first call traces and compiles the step (or loads it from the persistent cache).
             with annotation, timer.measure("compile") if step == start else nullcontext():
-                state, metrics = step_fn(state, batch, vae_params)
+                state, metrics = step_fn(state, batch, vae_params if config.data.latents == "encode" else None)
             done = step + 1
             watch.update(metrics, done)
             ckpt.check_writes(manager)
@@ -202,30 +194,33 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
                 log.write(done, total, last, eta_s=last["eta_s"])
                 step_mark = done
                 watch.check(workdir, manager.latest_step())
-            # One host: our SIGTERM flag. Several: Orbax's preemption sync point, so that all hosts
-            # agree on the step to save at (a local flag could differ between hosts and hang the save).
-            preempted = sigterm["set"] if jax.process_count() == 1 else manager.reached_preemption(done)
-            if (done % config.checkpoint_every == 0 or done == total or preempted
-                    or save_clock.due(log_step, jax.process_count())):
+            stop = preempted()
+            saved = (done % config.checkpoint_every == 0 or done == total or stop
+                     or save_clock.due(log_step, jax.process_count()))
+            if saved:
                 watch.check(workdir, manager.latest_step())
                 with timer.measure("checkpoint"):
-                    ckpt.save(manager, done, state, data_iter, cfg_json, force=preempted)
+                    ckpt.save(manager, done, state, cfg_json, force=stop)
                 save_clock.saved()
             t_side = timer.clock()  # time spent below (evaluations, grids) is not training time
-            if config.eval.kind and config.eval.every and done % config.eval.every == 0 and done != total:
-                scores = evaluation.evaluate(config, model_cfg, state.ema_params, vae)
-                log.print(evaluation.describe(config, scores))
-                log.scalars(done, scores)
-            if config.sample.every and (done % config.sample.every == 0 or done == total):
-                path = sample_grid(config, model_cfg, state.ema_params, done, workdir, vae)
+            if config.eval.kind and config.eval.every and done % config.eval.every == 0 and done != total and not stop:
+                scores = evaluation.evaluate(config, model_cfg, state.ema_params, eval_sampler, vae_params, preempted)
+                if scores is not None:
+                    log.print(evaluation.describe(config, scores))
+                    log.scalars(done, scores)
+            if config.sample.every and (done % config.sample.every == 0 or done == total) and not preempted():
+                path = sample_grid(config, model_cfg, state.ema_params, done, workdir, grid_sampler, vae_params)
                 if path:
                     log.print(f"EMA samples: {path}")
+            if preempted() and not saved:  # signalled during the evaluation
+                with timer.measure("checkpoint"):
+                    ckpt.save(manager, done, state, cfg_json, force=True)
             timer.add("other", since=t_side)
             if stop_after is not None and done - start >= stop_after:
                 ckpt.finish_writes(manager)
                 close_loader(data_iter)
                 return last
-            if preempted:
+            if preempted():
                 profiler.stop(state)
                 ckpt.finish_writes(manager)
                 close_loader(data_iter)
@@ -235,14 +230,24 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
     ckpt.finish_writes(manager)
     close_loader(data_iter)
     if config.eval.kind:
-        last.update(final_evaluation(config, model_cfg, state.ema_params, workdir, log, vae))
+        scores = final_evaluation(config, model_cfg, state.ema_params, workdir, log, eval_sampler, vae_params,
+                                  preempted)
+        if scores is None:
+            log.print(f"preempted during the final evaluation; the checkpoint of step {total} is saved: "
+                      "`dit-jax evaluate` or a rerun with the same workdir scores it")
+            raise Preempted(total)
+        last.update(scores)
     return last
 
 
-def final_evaluation(config, model_cfg, ema_params, workdir: str, log: MetricsLog, vae=None) -> dict:
+def final_evaluation(config, model_cfg, ema_params, workdir: str, log: MetricsLog, sampler=None, vae_params=None,
+                     stop=lambda: False) -> dict | None:
     """The quality scores of the final EMA weights, printed and written to WORKDIR/eval_scores.json
-    (and demo_scores.json for the demo's digits scores)."""
-    scores = evaluation.evaluate(config, model_cfg, ema_params, vae)
+    (and demo_scores.json for the demo's digits scores); None if `stop()` interrupted it."""
+    sampler = sampler or evaluation.make_sampler(config, model_cfg, make_mesh_from_config(config.mesh))
+    scores = evaluation.evaluate(config, model_cfg, ema_params, sampler, vae_params, stop)
+    if scores is None:
+        return None
     log.print(evaluation.describe(config, scores))
     if jax.process_index() == 0:
         names = ["eval_scores.json"] + (["demo_scores.json"] if config.eval.kind == "digits" else [])

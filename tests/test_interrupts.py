@@ -1,0 +1,65 @@
+"""Ctrl-C and SIGTERM through `dit-jax train`: Ctrl-C saves like SIGTERM, a second Ctrl-C exits at
+once, and a signal during a long evaluation is noticed between its sampling batches."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from dit_jax.train.checkpoint import make_manager
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.model.hidden_size=32", "--config.model.depth=2", "--config.model.num_heads=2",
+        "--config.batch_size=8", "--config.log_every=1", "--config.checkpoint_every=100000",
+        "--config.total_steps=100000", "--config.sample.every=0"]
+
+
+def start(workdir, *flags):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.Popen([sys.executable, "-m", "dit_jax.cli", "train", f"--workdir={workdir}", *TINY, *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
+
+
+def read_until(proc, text):
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError("".join(lines)[-4000:])
+
+
+def test_ctrl_c_saves_then_a_second_exits_at_once(tmp_path):
+    wd = str(tmp_path / "once")
+    proc = start(wd, "--config.eval.kind=")
+    read_until(proc, "step 3/")
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=300)[0]
+    assert "preempted: checkpoint saved at step" in out, out[-3000:]
+    assert (make_manager(wd, 3, 1).latest_step() or 0) >= 3
+
+    proc = start(str(tmp_path / "twice"), "--config.eval.kind=")
+    read_until(proc, "step 3/")
+    proc.send_signal(signal.SIGINT)
+    read_until(proc, "Ctrl-C again")
+    proc.send_signal(signal.SIGINT)
+    t0 = time.time()
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130 and time.time() - t0 < 10, out[-3000:]
+    assert "exiting without saving" in out
+
+
+def test_sigterm_during_a_long_evaluation_saves_within_seconds(tmp_path):
+    wd = str(tmp_path / "run")
+    # 400 samples in 40 batches of 50 steps: minutes on a CPU; the signal comes as it starts.
+    proc = start(wd, "--config.eval.kind=digits", "--config.eval.every=3", "--config.eval.num_samples=400",
+                 "--config.eval.batch_size=10", "--config.eval.steps=50")
+    read_until(proc, "step 3/")
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.time()
+    out = proc.communicate(timeout=300)[0]
+    assert time.time() - t0 < 60, out[-3000:]
+    assert "EMA quality" not in out  # the evaluation was cut short, not finished
+    assert "preempted: checkpoint saved at step 3" in out, out[-3000:]
+    assert make_manager(wd, 3, 1).latest_step() == 3
