@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import gcs_objects
 
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -93,19 +94,45 @@ def scores(workdir):
     return {k: v for k, v in final.items() if k != "eval/seconds"}, periodic
 
 
+def download(url, bucket, prefix, local):
+    """Copy every object under gs://bucket/prefix/ to `local`, through the emulator's own API (not the
+    code under test)."""
+    import urllib.parse
+    import urllib.request
+    names = gcs_objects(url, bucket, prefix + "/")
+    for name in names:
+        target = os.path.join(local, os.path.relpath(name, prefix))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        quoted = urllib.parse.quote(name, safe="")
+        with urllib.request.urlopen(f"{url}/storage/v1/b/{bucket}/o/{quoted}?alt=media", timeout=60) as r, \
+                open(target, "wb") as f:
+            shutil.copyfileobj(r, f)
+    return names
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One 6-step run with grids and evaluations on 2 processes and the same on 1 process (4 devices each)."""
+def runs(tmp_path_factory, gcs_bucket):
+    """One 6-step run with grids and evaluations on 2 processes, its workdir in a bucket (a GCS-protocol
+    server on 127.0.0.1), and the same run on 1 process in a local workdir (4 devices each). The
+    bucket's run is copied down for the comparisons."""
+    bucket, url = gcs_bucket
     base = tmp_path_factory.mktemp("runs")
     two, one = str(base / "two"), str(base / "one")
-    procs = start(two, WITH_SAMPLING) + start(one, WITH_SAMPLING, processes=1)
+    procs = start(f"gs://{bucket}/multiprocess/two", WITH_SAMPLING) + start(one, WITH_SAMPLING, processes=1)
     outs = finish(procs)
-    return two, one, outs
+    names = download(url, bucket, "multiprocess/two", two)
+    return two, one, outs, names
 
 
 def test_two_processes_sample_and_evaluate_as_one(runs):
-    two, one, outs = runs
+    two, one, outs, names = runs
     assert "over 4 devices on 2 host(s)" in outs[0]
+    # Everything went to the bucket: checkpoints, metrics, events, grids and scores, nothing local.
+    for expected in ("multiprocess/two/checkpoints/6/", "multiprocess/two/metrics.jsonl",
+                     "multiprocess/two/tensorboard/", "multiprocess/two/samples/step_0000003.png",
+                     "multiprocess/two/eval_scores.json"):
+        assert any(n.startswith(expected) for n in names), (expected, names[:20])
+    assert not [d for root in (ROOT, os.getcwd()) for d in os.listdir(root) if d.startswith("gs:")]
     for step in (3, 6):  # only process 0 writes, the grids are those of one process
         name = os.path.join("samples", f"step_{step:07d}.png")
         with open(os.path.join(two, name), "rb") as a, open(os.path.join(one, name), "rb") as b:
@@ -120,7 +147,7 @@ def test_two_processes_sample_and_evaluate_as_one(runs):
 
 
 def test_resume_two_processes_on_one_and_one_on_two(runs, tmp_path):
-    two, one, _ = runs
+    two, one, _, _ = runs
     for source, processes in ((two, 1), (one, 2)):
         wd = str(tmp_path / f"to{processes}")
         shutil.copytree(source, wd)
