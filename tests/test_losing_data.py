@@ -92,17 +92,37 @@ def _data_file(step_dir):
     return max(glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True), key=os.path.getsize)
 
 
+def _flip_block(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        block = f.read(4096)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in block))
+
+
 def _flip_4k(step_dir):
-    """4 KiB inverted near the start of the largest data file: array values, which read back
-    without complaint (further in, the file's index would fail to parse instead)."""
+    """4 KiB inverted inside the largest data file, at a place that still reads back without complaint
+    (array values; where the block hits a compressed chunk's header or the file's index, the read
+    fails loudly instead), found by trying offsets on a scratch copy with Orbax itself."""
+    import orbax.checkpoint as ocp
+
     path = _data_file(step_dir)
     size = os.path.getsize(path)
-    with open(path, "r+b") as f:
-        f.seek(8192)
-        block = f.read(4096)
-        f.seek(8192)
-        f.write(bytes(b ^ 0xFF for b in block))
-    assert os.path.getsize(path) == size
+    original = jax.tree.leaves(ocp.PyTreeCheckpointer().restore(os.path.join(step_dir, "state")))
+    scratch = step_dir + ".scratch"
+    for offset in range(4096, size - 4096, 4096):
+        shutil.copytree(step_dir, scratch)
+        _flip_block(os.path.join(scratch, os.path.relpath(path, step_dir)), offset)
+        try:
+            damaged = jax.tree.leaves(ocp.PyTreeCheckpointer().restore(os.path.join(scratch, "state")))
+        except Exception:  # noqa: BLE001 - a loud failure: try the next block
+            damaged = None
+        shutil.rmtree(scratch)
+        if damaged is not None and not all(np.array_equal(a, b) for a, b in zip(original, damaged)):
+            _flip_block(path, offset)
+            assert os.path.getsize(path) == size
+            return
+    raise AssertionError(f"no 4 KiB block of {path} reads back as silently changed data")
 
 
 def _truncate(step_dir):
