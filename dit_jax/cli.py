@@ -143,13 +143,14 @@ def _sample_npz(args, params, config, source) -> int:
 
 def cmd_convert(args) -> int:
     from dit_jax.convert import dit_torch, torch_io
+    from dit_jax.models.params import config_name
     from dit_jax.weights import load_weights, save_weights
 
     config = _model_config(args)
     if args.to_torch:
         params, config = load_weights(args.to_torch, config)
         torch_io.save_state_dict(dit_torch.to_torch(params, config), args.out)
-        print(f"wrote PyTorch state dict of {dit_torch.config_name(config)} to {args.out}")
+        print(f"wrote PyTorch state dict of {config_name(config)} to {args.out}")
         return 0
     if args.from_diffusers_vae:
         from dit_jax.convert.vae_torch import config_beside, load_diffusers_vae
@@ -166,7 +167,7 @@ def cmd_convert(args) -> int:
         sd = torch_io.load_diffusers_state_dict(args.from_diffusers)
         params, config = dit_torch.from_diffusers(sd, config, args.sample_size, args.num_heads)
     path = save_weights(args.out, params, config, force=args.force)
-    print(f"wrote {dit_torch.config_name(config)} weights to {path}")
+    print(f"wrote {config_name(config)} weights to {path}")
     print(json.dumps(config.architecture()))
     return 0
 

@@ -11,8 +11,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dit_jax import storage
-from dit_jax.convert.dit_torch import check_config_matches, stack_blocks, unstack_blocks
 from dit_jax.models.dit import DiTConfig
+from dit_jax.models.params import check_config_matches, stack_blocks, unstack_blocks
 
 
 def save_weights(directory: str, params, config: DiTConfig, force: bool = False) -> str:
