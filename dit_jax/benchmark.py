@@ -219,7 +219,7 @@ def time_sample(model_cfg: DiTConfig, setting: Setting, batch: int, sample_steps
     """The jitted sampler (one compiled loop over all steps) on `batch` images of one device."""
     from dit_jax.diffusion.gaussian import create_diffusion
     from dit_jax.models.dit import init_params
-    from dit_jax.sample import make_sampler
+    from dit_jax.sampling.sampler import make_sampler
 
     cfg = setting.model(model_cfg)
     params = jax.jit(partial(init_params, cfg))(jax.random.key(0))

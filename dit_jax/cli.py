@@ -32,7 +32,8 @@ def cmd_sample(args) -> int:
 
     from dit_jax.diffusion.gaussian import create_diffusion
     from dit_jax.models.dit import init_params
-    from dit_jax.sample import make_sampler, save_grid, to_uint8
+    from dit_jax.sampling.grids import save_grid, to_uint8
+    from dit_jax.sampling.sampler import make_sampler
     from dit_jax.weights import load_weights
 
     _check_sample_args(args)
@@ -114,7 +115,8 @@ def _sample_npz(args, params, config, source) -> int:
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from dit_jax.diffusion.gaussian import create_diffusion
-    from dit_jax.sample import make_batch_sampler, sample_npz
+    from dit_jax.sampling.npz import sample_npz
+    from dit_jax.sampling.sampler import make_batch_sampler
 
     if args.classes:
         raise ValueError("--num-samples draws uniform random labels (the evaluation protocol); drop --classes")
