@@ -190,14 +190,14 @@ def synthetic_latent_dataset(model_cfg: DiTConfig, data_dir: str, num_records: i
     """A latent dataset of random posteriors in the layout `dit-jax extract-latents` writes."""
     import tensorflow_datasets as tfds
 
-    from dit_jax.data.latents import LATENT_KEYS, _builder_class
+    from dit_jax.data.latents import LATENT_KEYS, dataset_builder
     shape = (model_cfg.input_size, model_cfg.input_size, model_cfg.in_channels)
     rng = np.random.default_rng(0)
     shard = os.path.join(data_dir, "latents_shard.npz")
     np.savez(shard, label=rng.integers(0, model_cfg.num_classes, num_records).astype(np.int64),
              **{k: (rng.standard_normal((num_records,) + shape) * (0.1 if k.startswith("std") else 1.0)).astype(
                  np.float16) for k in LATENT_KEYS})
-    builder = _builder_class(LATENT_DATASET, [shard], shape, "float16")(
+    builder = dataset_builder(LATENT_DATASET, [shard], shape, "float16")(
         data_dir=data_dir, file_format=tfds.core.FileFormat.ARRAY_RECORD)
     builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
     os.remove(shard)

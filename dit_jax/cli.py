@@ -190,39 +190,17 @@ def cmd_build_dataset(args) -> int:
 def cmd_reference_batch(args) -> int:
     """An ADM-layout reference batch from any TFDS image dataset (ADM center crop to --image-size):
     Inception statistics of all images, and `--num-images` of them (shuffled by --seed) as arr_0."""
-    import numpy as np
-
-    from dit_jax.convert.inception_torch import load_fid_inception
-    from dit_jax.data.pipeline import DecodeCrop, open_source
-    from dit_jax.evaluate.adm_metrics import write_reference_batch
-    from dit_jax.models.inception import FIDInceptionV3, extract_features
-
-    source = open_source(args.dataset, args.data_dir, args.split)
-    n = len(source) if not args.max_images else min(args.max_images, len(source))
-    order = np.random.default_rng(args.seed).permutation(len(source))[:n]
-    crop = DecodeCrop(args.image_size, 3, np.iinfo(np.int32).max)
-    variables, model = load_fid_inception(args.inception), FIDInceptionV3(preprocess=args.preprocess)
-    pools, spatials, kept, t0 = [], [], [], time.time()
-    for start in range(0, n, args.chunk):
-        images = np.stack([crop.map({**source[int(i)], "_key": int(i)})["image"] for i in order[start:start + args.chunk]])
-        feats = extract_features(variables, images, args.batch_size, model, outputs=("pool", "spatial"))
-        pools.append(feats["pool"])
-        spatials.append(feats["spatial"])
-        if sum(len(k) for k in kept) < args.num_images:
-            kept.append(images)
-        done = min(start + args.chunk, n)
-        rate = done / (time.time() - t0)
-        print(f"{done}/{n} images, {rate:.1f} img/s, ETA {(n - done) / rate:.0f} s", flush=True)
-    kept_images = np.concatenate(kept)
-    write_reference_batch(args.out, kept_images, np.concatenate(pools), np.concatenate(spatials),
-                          n_images=min(args.num_images, len(kept_images)))
-    print(f"wrote {args.out}: statistics of {n} images, {min(args.num_images, len(kept_images))} images as arr_0")
+    from dit_jax.jobs.reference_batch import reference_batch
+    n, kept = reference_batch(args.dataset, args.data_dir, args.split, args.image_size, args.inception, args.out,
+                              preprocess=args.preprocess, num_images=args.num_images, max_images=args.max_images,
+                              batch_size=args.batch_size, chunk=args.chunk, seed=args.seed)
+    print(f"wrote {args.out}: statistics of {n} images, {kept} images as arr_0")
     return 0
 
 
 def cmd_extract_latents(args) -> int:
     """A TFDS image dataset -> a latent dataset of VAE posterior mean/std (image and flip)."""
-    from dit_jax.data.latents import extract_latents
+    from dit_jax.jobs.extract_latents import extract_latents
     path = extract_latents(args.dataset, args.data_dir, args.image_size, args.vae, args.out_name,
                            out_data_dir=args.out_data_dir, split=args.split, batch_size=args.batch_size,
                            dtype=args.dtype, shard_size=args.shard_size)
