@@ -388,7 +388,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_benchmark(args) -> int:
     """Train step, input pipeline and sampler timed per setting, beside the PyTorch reference (--torch)."""
-    from dit_jax.benchmark import Setting, parse_setting, run_benchmark
+    from dit_jax.benchmark.run import Setting, parse_setting, run_benchmark
     from dit_jax.models.dit import dit_config
     sizes = dict(input_size=args.input_size, num_classes=args.num_classes, in_channels=args.in_channels,
                  num_heads=args.num_heads, depth=args.depth, hidden_size=args.hidden_size)
@@ -595,7 +595,7 @@ def main(argv=None) -> int:
         if argv[:1] == ["train"]:  # absl parses the rest: --config=FILE:ARG and typed --config.x=y overrides
             return cmd_train(argv[1:])
         if argv[:1] == ["compile"]:  # --config as train, plus the target topology
-            from dit_jax.compile_check import main as cmd_compile
+            from dit_jax.parallel.compile_check import main as cmd_compile
             return cmd_compile(argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)

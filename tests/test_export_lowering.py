@@ -17,7 +17,7 @@ from jax import export
 from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, {tests!r})
 from test_train import tiny_config
-from dit_jax.compile_check import sharded_step
+from dit_jax.parallel.compile_check import sharded_step
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.parallel.sharding import LOGICAL_RULES
 from dit_jax.sampling.sampler import make_sampler

@@ -10,7 +10,7 @@ sharded over all devices, latent-dataset input) and times it after warm-up with
 the real Grain pipeline from a latent dataset (a small synthetic one is built unless --data-dir
 names one), and the pipeline alone, to show whether input keeps up. The jitted sampler (N steps,
 classifier-free guidance, one compiled loop) is timed per distinct (dtype, attention, scan).
-`--torch` runs the reference in a process of its own (dit_jax.benchmark_torch) first.
+`--torch` runs the reference in a process of its own (dit_jax.benchmark.reference) first.
 
 One table: img/s, ms per step (per sampling step for samplers), MFU against the device's nominal
 bf16 peak (`dit_jax.train.metrics_log.peak_flops`; blank where unknown, e.g. CPU), peak device
@@ -248,7 +248,7 @@ def time_sample(model_cfg: DiTConfig, setting: Setting, batch: int, sample_steps
 
 def torch_rows(reference: str, model_cfg: DiTConfig, train_batches: list[int], steps: int, warmup: int,
                sample_batch: int, sample_steps: int, cfg_scale: float, repeats: int, timeout: float) -> list[dict]:
-    """The reference's rows from `python -m dit_jax.benchmark_torch` (a process of its own)."""
+    """The reference's rows from `python -m dit_jax.benchmark.reference` (a process of its own)."""
     model = dict(input_size=model_cfg.input_size, patch_size=model_cfg.patch_size,
                  in_channels=model_cfg.in_channels, hidden_size=model_cfg.hidden_size, depth=model_cfg.depth,
                  num_heads=model_cfg.num_heads, mlp_ratio=model_cfg.mlp_ratio,
@@ -261,7 +261,7 @@ def torch_rows(reference: str, model_cfg: DiTConfig, train_batches: list[int], s
         req, out = os.path.join(tmp, "request.json"), os.path.join(tmp, "rows.json")
         with open(req, "w") as f:
             json.dump(request, f)
-        proc = subprocess.run([sys.executable, "-m", "dit_jax.benchmark_torch", req, out], timeout=timeout,
+        proc = subprocess.run([sys.executable, "-m", "dit_jax.benchmark.reference", req, out], timeout=timeout,
                               capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"the PyTorch benchmark failed:\n{proc.stderr[-3000:]}")
