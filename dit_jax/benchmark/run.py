@@ -108,7 +108,7 @@ def build_train_step(model_cfg: DiTConfig, mesh, optim=None, ema_decay: float = 
     from dit_jax.train.step import train_step
 
     tx = make_optimizer(optim or base_config().optim)
-    shardings = logical_shardings(abstract_state(model_cfg, tx), mesh)
+    shardings, _ = logical_shardings(abstract_state(model_cfg, tx), mesh)
     diffusion = create_diffusion("", learn_sigma=model_cfg.learn_sigma)
     with jax.set_mesh(mesh):
         create = jax.jit(lambda: nn.unbox(create_state(model_cfg, tx, 0)), out_shardings=shardings)
