@@ -32,7 +32,8 @@ def cmd_sample(args) -> int:
 
     from dit_jax.diffusion.gaussian import create_diffusion
     from dit_jax.models.dit import init_params
-    from dit_jax.sample import make_sampler, save_grid, to_uint8
+    from dit_jax.sampling.grids import save_grid, to_uint8
+    from dit_jax.sampling.sampler import make_sampler
     from dit_jax.weights import load_weights
 
     _check_sample_args(args)
@@ -114,7 +115,8 @@ def _sample_npz(args, params, config, source) -> int:
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from dit_jax.diffusion.gaussian import create_diffusion
-    from dit_jax.sample import make_batch_sampler, sample_npz
+    from dit_jax.sampling.npz import sample_npz
+    from dit_jax.sampling.sampler import make_batch_sampler
 
     if args.classes:
         raise ValueError("--num-samples draws uniform random labels (the evaluation protocol); drop --classes")
@@ -143,13 +145,14 @@ def _sample_npz(args, params, config, source) -> int:
 
 def cmd_convert(args) -> int:
     from dit_jax.convert import dit_torch, torch_io
+    from dit_jax.models.params import config_name
     from dit_jax.weights import load_weights, save_weights
 
     config = _model_config(args)
     if args.to_torch:
         params, config = load_weights(args.to_torch, config)
         torch_io.save_state_dict(dit_torch.to_torch(params, config), args.out)
-        print(f"wrote PyTorch state dict of {dit_torch.config_name(config)} to {args.out}")
+        print(f"wrote PyTorch state dict of {config_name(config)} to {args.out}")
         return 0
     if args.from_diffusers_vae:
         from dit_jax.convert.vae_torch import config_beside, load_diffusers_vae
@@ -166,7 +169,7 @@ def cmd_convert(args) -> int:
         sd = torch_io.load_diffusers_state_dict(args.from_diffusers)
         params, config = dit_torch.from_diffusers(sd, config, args.sample_size, args.num_heads)
     path = save_weights(args.out, params, config, force=args.force)
-    print(f"wrote {dit_torch.config_name(config)} weights to {path}")
+    print(f"wrote {config_name(config)} weights to {path}")
     print(json.dumps(config.architecture()))
     return 0
 
@@ -187,39 +190,17 @@ def cmd_build_dataset(args) -> int:
 def cmd_reference_batch(args) -> int:
     """An ADM-layout reference batch from any TFDS image dataset (ADM center crop to --image-size):
     Inception statistics of all images, and `--num-images` of them (shuffled by --seed) as arr_0."""
-    import numpy as np
-
-    from dit_jax.convert.inception_torch import load_fid_inception
-    from dit_jax.data.pipeline import DecodeCrop, open_source
-    from dit_jax.evaluate.adm_metrics import write_reference_batch
-    from dit_jax.models.inception import FIDInceptionV3, extract_features
-
-    source = open_source(args.dataset, args.data_dir, args.split)
-    n = len(source) if not args.max_images else min(args.max_images, len(source))
-    order = np.random.default_rng(args.seed).permutation(len(source))[:n]
-    crop = DecodeCrop(args.image_size, 3, np.iinfo(np.int32).max)
-    variables, model = load_fid_inception(args.inception), FIDInceptionV3(preprocess=args.preprocess)
-    pools, spatials, kept, t0 = [], [], [], time.time()
-    for start in range(0, n, args.chunk):
-        images = np.stack([crop.map({**source[int(i)], "_key": int(i)})["image"] for i in order[start:start + args.chunk]])
-        feats = extract_features(variables, images, args.batch_size, model, outputs=("pool", "spatial"))
-        pools.append(feats["pool"])
-        spatials.append(feats["spatial"])
-        if sum(len(k) for k in kept) < args.num_images:
-            kept.append(images)
-        done = min(start + args.chunk, n)
-        rate = done / (time.time() - t0)
-        print(f"{done}/{n} images, {rate:.1f} img/s, ETA {(n - done) / rate:.0f} s", flush=True)
-    kept_images = np.concatenate(kept)
-    write_reference_batch(args.out, kept_images, np.concatenate(pools), np.concatenate(spatials),
-                          n_images=min(args.num_images, len(kept_images)))
-    print(f"wrote {args.out}: statistics of {n} images, {min(args.num_images, len(kept_images))} images as arr_0")
+    from dit_jax.jobs.reference_batch import reference_batch
+    n, kept = reference_batch(args.dataset, args.data_dir, args.split, args.image_size, args.inception, args.out,
+                              preprocess=args.preprocess, num_images=args.num_images, max_images=args.max_images,
+                              batch_size=args.batch_size, chunk=args.chunk, seed=args.seed)
+    print(f"wrote {args.out}: statistics of {n} images, {kept} images as arr_0")
     return 0
 
 
 def cmd_extract_latents(args) -> int:
     """A TFDS image dataset -> a latent dataset of VAE posterior mean/std (image and flip)."""
-    from dit_jax.data.latents import extract_latents
+    from dit_jax.jobs.extract_latents import extract_latents
     path = extract_latents(args.dataset, args.data_dir, args.image_size, args.vae, args.out_name,
                            out_data_dir=args.out_data_dir, split=args.split, batch_size=args.batch_size,
                            dtype=args.dtype, shard_size=args.shard_size)
@@ -407,7 +388,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_benchmark(args) -> int:
     """Train step, input pipeline and sampler timed per setting, beside the PyTorch reference (--torch)."""
-    from dit_jax.benchmark import Setting, parse_setting, run_benchmark
+    from dit_jax.benchmark.run import Setting, parse_setting, run_benchmark
     from dit_jax.models.dit import dit_config
     sizes = dict(input_size=args.input_size, num_classes=args.num_classes, in_channels=args.in_channels,
                  num_heads=args.num_heads, depth=args.depth, hidden_size=args.hidden_size)
@@ -614,7 +595,7 @@ def main(argv=None) -> int:
         if argv[:1] == ["train"]:  # absl parses the rest: --config=FILE:ARG and typed --config.x=y overrides
             return cmd_train(argv[1:])
         if argv[:1] == ["compile"]:  # --config as train, plus the target topology
-            from dit_jax.compile_check import main as cmd_compile
+            from dit_jax.parallel.compile_check import main as cmd_compile
             return cmd_compile(argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)

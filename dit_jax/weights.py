@@ -11,8 +11,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dit_jax import storage
-from dit_jax.convert.dit_torch import check_config_matches, stack_blocks, unstack_blocks
 from dit_jax.models.dit import DiTConfig
+from dit_jax.models.params import check_config_matches, stack_blocks, unstack_blocks
 
 
 def save_weights(directory: str, params, config: DiTConfig, force: bool = False) -> str:
@@ -108,3 +108,21 @@ def load_vae_weights(directory: str):
         raise ValueError(f"{directory} holds DiT weights, not the VAE: convert the VAE with "
                          "`dit-jax convert --from-diffusers-vae PATH --out DIR`")
     return _load_params(directory), VAEConfig.from_dict(d)
+
+
+def load_run_vae(config, model_cfg):
+    """(params, VAEConfig) of data.vae, checked against the model's latent shape; None without one."""
+    if not config.data.vae:
+        return None
+    params, vae_config = load_vae_weights(config.data.vae)
+    factor = vae_config.downsample_factor
+    if vae_config.scaling_factor != config.data.latent_scale:
+        raise ValueError(f"data.latent_scale {config.data.latent_scale} differs from the VAE's scaling factor "
+                         f"{vae_config.scaling_factor} ({config.data.vae})")
+    if (model_cfg.in_channels != vae_config.latent_channels
+            or model_cfg.input_size * factor != config.data.image_size):
+        raise ValueError(f"the VAE in {config.data.vae} maps {config.data.image_size} px images to "
+                         f"{config.data.image_size // factor}x{config.data.image_size // factor}x"
+                         f"{vae_config.latent_channels} latents, but the model takes {model_cfg.input_size}x"
+                         f"{model_cfg.input_size}x{model_cfg.in_channels}")
+    return params, vae_config

@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from dit_jax.convert.dit_torch import from_torch, infer_config, stack_blocks, to_torch
+from dit_jax.convert.dit_torch import from_torch, infer_config, to_torch
 from dit_jax.models.dit import dit_config, init_params
+from dit_jax.models.params import stack_blocks
 from dit_jax.weights import load_weights, save_weights
 
 CFG = dit_config("DiT-S/4", input_size=8, depth=2, num_classes=10)

@@ -8,7 +8,8 @@ import pytest
 
 from dit_jax.models.dit import init_params
 from dit_jax.train.config_base import load_config, to_dit_config
-from dit_jax.train.loop import final_evaluation, train_and_evaluate
+from dit_jax.train.evaluation import final_evaluation
+from dit_jax.train.loop import train_and_evaluate
 from dit_jax.train.metrics_log import MetricsLog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,10 +17,10 @@ from jax import export
 from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, {tests!r})
 from test_train import tiny_config
-from dit_jax.compile_check import sharded_step
+from dit_jax.parallel.compile_check import sharded_step
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.parallel.sharding import LOGICAL_RULES
-from dit_jax.sample import make_sampler
+from dit_jax.sampling.sampler import make_sampler
 from dit_jax.train.config_base import to_dit_config
 
 platforms = ("cuda", "tpu")

@@ -12,7 +12,8 @@ diffusers = pytest.importorskip("diffusers")
 
 from dit_jax.convert.vae_torch import vae_config_from_diffusers, vae_from_diffusers  # noqa: E402
 from dit_jax.data.image_folder import build_image_folder  # noqa: E402
-from dit_jax.data.latents import LATENT_KEYS, SHARDS, extract_latents  # noqa: E402
+from dit_jax.data.latents import LATENT_KEYS  # noqa: E402
+from dit_jax.jobs.extract_latents import SHARDS, extract_latents  # noqa: E402
 from dit_jax.weights import save_vae_weights  # noqa: E402
 
 SMALL = dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,

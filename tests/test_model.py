@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dit_jax.convert.dit_torch import stack_blocks
+from dit_jax.models.params import stack_blocks
 from dit_jax.models.dit import (LOGICAL_AXES, MODEL_NAMES, DiT, DiTConfig, abstract_params, dit_config,
                                 example_inputs, forward_macs, init_params, param_count, reference_param_count)
 from dit_jax.models.layers import sincos_2d_pos_embed, timestep_sinusoid

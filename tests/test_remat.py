@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dit_jax.convert.dit_torch import stack_blocks, unstack_blocks
+from dit_jax.models.params import stack_blocks, unstack_blocks
 from dit_jax.models.dit import REMAT, DiT, DiTConfig, dit_config, init_params
 
 SMALL = dit_config("S/2", input_size=8, depth=2, hidden_size=64, num_heads=2, num_classes=10)

@@ -12,7 +12,8 @@ import pytest
 from dit_jax.cli import main
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiTConfig, init_params
-from dit_jax.sample import make_batch_sampler, sample_npz
+from dit_jax.sampling.npz import sample_npz
+from dit_jax.sampling.sampler import make_batch_sampler
 from dit_jax.weights import save_weights
 
 TINY = DiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=5)
@@ -36,7 +37,7 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, {tests!r})
 import jax
 from test_sample_npz import run_fn, tiny_params
-from dit_jax.sample import sample_npz
+from dit_jax.sampling.npz import sample_npz
 assert jax.device_count() == 8
 sample_npz(run_fn(), tiny_params(), 10, 5, 7, sys.argv[1], batch_per_device=1, log=print)
 """

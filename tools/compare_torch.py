@@ -61,6 +61,7 @@ def main(argv=None) -> int:
     jax.config.update("jax_default_matmul_precision", "highest")  # no TF32/bf16 passes on GPUs
     from dit_jax.convert import dit_torch, torch_io
     from dit_jax.models.dit import dit_config
+    from dit_jax.models.params import config_name
     from dit_jax.parity import format_table, run_comparison, run_training_comparison
 
     models, diffusion = import_reference(args.reference)
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
             grid = int(round(state_dict["pos_embed"].shape[1] ** 0.5))
             config = dit_config(args.model, input_size=grid * config.patch_size, num_classes=args.num_classes)
         config = dit_torch.infer_config(state_dict, config)
-    print(f"comparing {dit_torch.config_name(config)} (input {config.input_size}, {config.num_classes} classes) "
+    print(f"comparing {config_name(config)} (input {config.input_size}, {config.num_classes} classes) "
           f"with the reference at {args.reference}")
     if args.train < 0:
         print("error: --train needs a number of steps >= 1", file=sys.stderr)

@@ -2,8 +2,8 @@
 
 State dicts here are plain `{name: numpy array}` mappings (NCHW / (out, in) PyTorch layouts), so
 the mapping itself needs no PyTorch; `dit_jax.convert.torch_io` reads and writes `.pt` files.
-Our params are the unscanned tree (`blocks_{i}`); `stack_blocks` / `unstack_blocks` move between
-that and the `scan_blocks=True` layout.
+Our params are the unscanned tree (`blocks_{i}`); `dit_jax.models.params.stack_blocks` /
+`unstack_blocks` move between that and the `scan_blocks=True` layout.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 from dit_jax.convert.tree_paths import get_path, set_path
 from dit_jax.models.dit import SIZES, DiTConfig, abstract_params
 from dit_jax.models.layers import sincos_2d_pos_embed
+from dit_jax.models.params import check_config_matches, check_fields, config_name, stack_blocks, unstack_blocks
 
 Array = np.ndarray
 
@@ -67,16 +68,6 @@ def _all_entries(cfg: DiTConfig):
             yield f"blocks.{i}.{suffix}", (f"blocks_{i}",) + path, fwd, bwd
 
 
-
-
-def config_name(cfg: DiTConfig) -> str:
-    """'DiT-XL/2' when `cfg` has a named model's shape, else a short custom description."""
-    for size, (depth, hidden, heads) in SIZES.items():
-        if (cfg.depth, cfg.hidden_size, cfg.num_heads) == (depth, hidden, heads):
-            return f"DiT-{size}/{cfg.patch_size}"
-    return f"custom DiT (depth {cfg.depth}, hidden {cfg.hidden_size}, patch {cfg.patch_size})"
-
-
 def _heads_for(hidden: int, given: DiTConfig | None, num_heads: int | None) -> int:
     """Heads cannot be read off the weights: from the config, the caller, or the named sizes."""
     if given is not None:
@@ -88,27 +79,6 @@ def _heads_for(hidden: int, given: DiTConfig | None, num_heads: int | None) -> i
             return n
     raise ValueError(f"cannot infer the number of heads of a checkpoint with hidden size {hidden} (not a named "
                      "DiT size): pass num_heads (--num-heads) or a config (--model)")
-
-
-def check_config_matches(inferred: DiTConfig, given: DiTConfig | None) -> DiTConfig:
-    """Return `given` (with its compute settings) if its architecture matches, else a clear error."""
-    if given is None:
-        return inferred
-    _check_fields({k: getattr(inferred, k) for k in _ARCHITECTURE}, given)
-    return given
-
-
-_ARCHITECTURE = {"depth": "{} blocks", "hidden_size": "hidden size {}", "num_heads": "{} heads",
-                 "patch_size": "patch size {}", "input_size": "input size {}", "in_channels": "{} input channels",
-                 "num_classes": "{} classes", "learn_sigma": "learn_sigma={}", "mlp_ratio": "MLP ratio {}"}
-
-
-def _check_fields(found: dict, given: DiTConfig) -> None:
-    """'checkpoint has 28 blocks, DiT-S/2 has 12' for every architecture field in `found` that differs."""
-    diffs = [f"checkpoint has {fmt.format(found[k])}, {config_name(given)} has {fmt.format(getattr(given, k))}"
-             for k, fmt in _ARCHITECTURE.items() if k in found and found[k] != getattr(given, k)]
-    if diffs:
-        raise ValueError("checkpoint does not match the requested model: " + "; ".join(diffs))
 
 
 def _need(sd: Mapping[str, Array], name: str, hint: str) -> Array:
@@ -138,7 +108,7 @@ def infer_config(sd: Mapping[str, Array], config: DiTConfig | None = None,
     found = dict(input_size=grid * p, patch_size=p, in_channels=in_ch, hidden_size=hidden, depth=depth,
                  mlp_ratio=fc1.shape[0] / hidden, num_classes=rows - int(dropout > 0), learn_sigma=out == 2 * in_ch)
     if config is not None:  # before the heads, taken from `config`, which may not even divide another size's width
-        _check_fields(found, config)
+        check_fields(found, config)
     inferred = DiTConfig(**found, num_heads=_heads_for(hidden, config, num_heads), class_dropout_prob=dropout)
     return check_config_matches(inferred, config)
 
@@ -190,23 +160,6 @@ def to_torch(params: Mapping, config: DiTConfig) -> dict[str, Array]:
         arr = np.asarray(get_path(params, path), dtype=np.float32)
         sd[name] = np.ascontiguousarray(bwd(arr) if bwd else arr)
     return sd
-
-
-def stack_blocks(params: Mapping, depth: int) -> dict:
-    """blocks_0..blocks_{depth-1} -> the scanned layout {'blocks': {'block': stacked}}."""
-    import jax
-    blocks = [params[f"blocks_{i}"] for i in range(depth)]
-    out = {k: v for k, v in params.items() if not k.startswith("blocks_")}
-    out["blocks"] = {"block": jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *blocks)}
-    return out
-
-
-def unstack_blocks(params: Mapping, depth: int) -> dict:
-    import jax
-    out = {k: v for k, v in params.items() if k != "blocks"}
-    for i in range(depth):
-        out[f"blocks_{i}"] = jax.tree.map(lambda x: np.asarray(x)[i], params["blocks"]["block"])
-    return out
 
 
 # -- diffusers' DiTTransformer2DModel ------------------------------------------------------------

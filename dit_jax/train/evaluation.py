@@ -8,12 +8,16 @@ every time, so the numbers form a curve over training.
 
 from __future__ import annotations
 
+import json
 import time
 
 import jax
 import numpy as np
 
+from dit_jax import storage
 from dit_jax.diffusion.gaussian import create_diffusion
+from dit_jax.parallel.mesh import make_mesh_from_config
+from dit_jax.train.metrics_log import MetricsLog
 
 KINDS = ("", "digits", "fid")
 
@@ -37,7 +41,7 @@ def check(config) -> list[str]:
 def make_sampler(config, model_cfg, mesh, vae_config=None):
     """The evaluation's jitted sampler over the run's mesh, built once per run (`make_batch_sampler`)."""
     from dit_jax.parallel.sharding import batch_sharding
-    from dit_jax.sample import make_batch_sampler
+    from dit_jax.sampling.sampler import make_batch_sampler
     e = config.eval
     return make_batch_sampler(model_cfg, create_diffusion(e.steps, learn_sigma=model_cfg.learn_sigma),
                               batch_sharding(mesh), e.cfg_scale, e.cfg_mode, "ddpm",
@@ -49,7 +53,7 @@ def ema_samples(config, model_cfg, ema_params, sampler, vae_params=None,
     """(samples in [-1, 1] (decoded with the VAE for latent models), labels) on every host: labels cycle
     through the classes and the noise is fixed by the seed, the same at every evaluation. All hosts
     sample together; None when `stop()` (asked between batches, the same answer on every host) says so."""
-    from dit_jax.sample import fetch
+    from dit_jax.sampling.sampler import fetch
     e = config.eval
     labels = np.arange(e.num_samples) % model_cfg.num_classes
     out = []
@@ -76,7 +80,7 @@ def evaluate(config, model_cfg, ema_params, sampler, vae_params=None, stop=lambd
         from dit_jax.convert.inception_torch import load_fid_inception
         from dit_jax.evaluate import adm_metrics
         from dit_jax.models.inception import extract_features
-        from dit_jax.sample import to_uint8
+        from dit_jax.sampling.grids import to_uint8
         ref = adm_metrics.load_reference_batch(config.eval.reference, min_images=0)
         rgb = to_uint8(images if images.shape[-1] == 3 else np.repeat(images, 3, axis=-1))
         pool = extract_features(load_fid_inception(config.eval.inception), rgb, outputs=("pool",))["pool"]
@@ -93,3 +97,19 @@ def describe(config, scores: dict) -> str:
         return head + (f"class accuracy {scores['eval/class_accuracy']:.3f}, "
                        f"Frechet distance {scores['eval/frechet_distance']:.2f}")
     return head + f"FID {scores['eval/fid']:.2f}"
+
+
+def final_evaluation(config, model_cfg, ema_params, workdir: str, log: MetricsLog, sampler=None, vae_params=None,
+                     stop=lambda: False) -> dict | None:
+    """The quality scores of the final EMA weights, printed and written to WORKDIR/eval_scores.json
+    (and demo_scores.json for the demo's digits scores); None if `stop()` interrupted it."""
+    sampler = sampler or make_sampler(config, model_cfg, make_mesh_from_config(config.mesh))
+    scores = evaluate(config, model_cfg, ema_params, sampler, vae_params, stop)
+    if scores is None:
+        return None
+    log.print(describe(config, scores))
+    if jax.process_index() == 0:
+        names = ["eval_scores.json"] + (["demo_scores.json"] if config.eval.kind == "digits" else [])
+        for name in names:
+            storage.write_bytes_atomic(storage.join(workdir, name), json.dumps(scores, indent=2).encode())
+    return scores

@@ -7,19 +7,18 @@ written by all hosts together, and a restart with the same workdir resumes where
 
 from __future__ import annotations
 
-import json
 from contextlib import nullcontext
 from functools import partial
 
 import flax.linen as nn
 import jax
-import numpy as np
 
 from dit_jax import storage
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiT, forward_macs
 from dit_jax.parallel.mesh import describe as describe_mesh, make_mesh_from_config
 from dit_jax.parallel.sharding import LOGICAL_RULES, batch_divisor, batch_sharding, replicated, state_shardings
+from dit_jax.sampling import grids
 from dit_jax.train import checkpoint as ckpt, evaluation, profile, workdir_lock
 from dit_jax.train.compilation_cache import configure as configure_compilation_cache
 from dit_jax.train.preemption import Watch
@@ -31,6 +30,7 @@ from dit_jax.train.state import abstract_state, create_state, make_optimizer
 from dit_jax.train.step import train_step
 from dit_jax.train.timing import SaveClock, StepTimer, log_fields
 from dit_jax.train.validation import validate
+from dit_jax.weights import load_run_vae
 
 
 def _check_batch(config, mesh) -> None:
@@ -40,52 +40,6 @@ def _check_batch(config, mesh) -> None:
                          f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); use a multiple of {div}")
     if config.batch_size % jax.process_count():
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} hosts")
-
-
-def load_vae(config, model_cfg):
-    """(params, VAEConfig) of data.vae, checked against the model's latent shape; None without one."""
-    if not config.data.vae:
-        return None
-    from dit_jax.weights import load_vae_weights
-    params, vae_config = load_vae_weights(config.data.vae)
-    factor = vae_config.downsample_factor
-    if vae_config.scaling_factor != config.data.latent_scale:
-        raise ValueError(f"data.latent_scale {config.data.latent_scale} differs from the VAE's scaling factor "
-                         f"{vae_config.scaling_factor} ({config.data.vae})")
-    if (model_cfg.in_channels != vae_config.latent_channels
-            or model_cfg.input_size * factor != config.data.image_size):
-        raise ValueError(f"the VAE in {config.data.vae} maps {config.data.image_size} px images to "
-                         f"{config.data.image_size // factor}x{config.data.image_size // factor}x"
-                         f"{vae_config.latent_channels} latents, but the model takes {model_cfg.input_size}x"
-                         f"{model_cfg.input_size}x{model_cfg.in_channels}")
-    return params, vae_config
-
-
-def make_grid_sampler(config, model_cfg, mesh, vae_config=None):
-    """The sample grids' jitted sampler over the run's mesh, built once per run."""
-    from dit_jax.sample import make_batch_sampler
-    s = config.sample
-    return make_batch_sampler(model_cfg, create_diffusion(s.steps, learn_sigma=model_cfg.learn_sigma,
-                                                          noise_schedule=config.diffusion.noise_schedule,
-                                                          diffusion_steps=config.diffusion.num_timesteps),
-                              batch_sharding(mesh), s.cfg_scale, s.cfg_mode, s.sampler,
-                              vae_config=vae_config if config.data.latents else None, uint8=True)
-
-
-def sample_grid(config, model_cfg, ema_params, step: int, workdir: str, sampler, vae_params=None) -> str | None:
-    """EMA samples as a PNG grid, sampled by all hosts and written by process 0; latent models are
-    decoded with the VAE (skipped without one)."""
-    from dit_jax.sample import fetch, save_grid
-    if config.data.latents and vae_params is None:
-        return None
-    s = config.sample
-    labels = np.arange(s.num) % model_cfg.num_classes
-    images = fetch(sampler(ema_params, labels, jax.random.PRNGKey(config.seed + 1), vae_params), s.num)
-    if jax.process_index() != 0:
-        return None
-    path = storage.join(workdir, "samples", f"step_{step:07d}.png")
-    save_grid(images, path, nrow=min(model_cfg.num_classes, s.num), upscale=max(1, 64 // images.shape[1]))
-    return path
 
 
 def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -> dict:
@@ -127,7 +81,7 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
 
     diffusion = create_diffusion("", learn_sigma=model_cfg.learn_sigma, noise_schedule=config.diffusion.noise_schedule,
                                  diffusion_steps=config.diffusion.num_timesteps)
-    vae = load_vae(config, model_cfg)
+    vae = load_run_vae(config, model_cfg)
     tx = make_optimizer(config.optim)
     abstract = abstract_state(model_cfg, tx, config.seed)
     shardings, sharding_notes = state_shardings(abstract, mesh, config.mesh)
@@ -160,7 +114,7 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
                       out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
     vae_params = jax.device_put(vae[0], replicated(mesh)) if vae else None  # uploaded once for the run
     vae_config = vae[1] if vae else None
-    grid_sampler = make_grid_sampler(config, model_cfg, mesh, vae_config) if config.sample.every else None
+    grid_sampler = grids.make_grid_sampler(config, model_cfg, mesh, vae_config) if config.sample.every else None
     eval_sampler = evaluation.make_sampler(config, model_cfg, mesh, vae_config) if config.eval.kind else None
 
     flops_per_image = 3 * 2 * forward_macs(model_cfg)  # forward + backward (2x), MACs -> FLOPs
@@ -209,7 +163,7 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
                     log.print(evaluation.describe(config, scores))
                     log.scalars(done, scores)
             if config.sample.every and (done % config.sample.every == 0 or done == total) and not preempted():
-                path = sample_grid(config, model_cfg, state.ema_params, done, workdir, grid_sampler, vae_params)
+                path = grids.sample_grid(config, model_cfg, state.ema_params, done, workdir, grid_sampler, vae_params)
                 if path:
                     log.print(f"EMA samples: {path}")
             if preempted() and not saved:  # signalled during the evaluation
@@ -230,7 +184,7 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
     ckpt.finish_writes(manager)
     close_loader(data_iter)
     if config.eval.kind:
-        scores = final_evaluation(config, model_cfg, state.ema_params, workdir, log, eval_sampler, vae_params,
+        scores = evaluation.final_evaluation(config, model_cfg, state.ema_params, workdir, log, eval_sampler, vae_params,
                                   preempted)
         if scores is None:
             log.print(f"preempted during the final evaluation; the checkpoint of step {total} is saved: "
@@ -238,19 +192,3 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
             raise Preempted(total)
         last.update(scores)
     return last
-
-
-def final_evaluation(config, model_cfg, ema_params, workdir: str, log: MetricsLog, sampler=None, vae_params=None,
-                     stop=lambda: False) -> dict | None:
-    """The quality scores of the final EMA weights, printed and written to WORKDIR/eval_scores.json
-    (and demo_scores.json for the demo's digits scores); None if `stop()` interrupted it."""
-    sampler = sampler or evaluation.make_sampler(config, model_cfg, make_mesh_from_config(config.mesh))
-    scores = evaluation.evaluate(config, model_cfg, ema_params, sampler, vae_params, stop)
-    if scores is None:
-        return None
-    log.print(evaluation.describe(config, scores))
-    if jax.process_index() == 0:
-        names = ["eval_scores.json"] + (["demo_scores.json"] if config.eval.kind == "digits" else [])
-        for name in names:
-            storage.write_bytes_atomic(storage.join(workdir, name), json.dumps(scores, indent=2).encode())
-    return scores

@@ -71,6 +71,8 @@ def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model:
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # The reference's formula by hand: optax.incremental_update computes the same average but rounds
+    # differently (not bit-identical on CPU, even after a single step).
     ema = jax.tree.map(lambda e, p: e * ema_decay + p.astype(e.dtype) * (1 - ema_decay), state.ema_params, params)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     for k in ("mse", "vb"):

@@ -3,7 +3,7 @@
 Run by `dit-jax benchmark --torch` in a process of its own (PyTorch and JAX each load their own
 CUDA libraries and each want the GPU's memory), it prints one JSON list of rows:
 
-    python -m dit_jax.benchmark_torch REQUEST.json OUT.json
+    python -m dit_jax.benchmark.reference REQUEST.json OUT.json
 
 Training: `diffusion.training_losses(model, x, t, dict(y=y))`, AdamW (lr 1e-4, no weight decay),
 backward, step and the EMA update of every parameter, on latents already on the device, in the

@@ -169,8 +169,10 @@ def alternatives(config, devices_per_slice: int):
     compiled to all-gather/reduce-scatter rather than all-reduces), unrolled blocks."""
     fsdp0, remat0 = config.mesh.fsdp, config.model.remat
     larger = [f for f in (2, 4, 8, 16) if f > fsdp0 and devices_per_slice % (f * config.mesh.tensor) == 0]
-    settings = ([] if remat0 else [(True, fsdp0)]) + [(remat0, f) for f in larger]
-    settings += [] if remat0 else [(True, f) for f in larger]
+    # remat is a policy name; booleans are the older spelling of "full" / "none"
+    rematted = remat0 not in ("none", False)
+    settings = ([] if rematted else [("full", fsdp0)]) + [(remat0, f) for f in larger]
+    settings += [] if rematted else [("full", f) for f in larger]
     out = []
     for remat, fsdp in settings:
         c = copy.deepcopy(config)

@@ -10,7 +10,7 @@ sharded over all devices, latent-dataset input) and times it after warm-up with
 the real Grain pipeline from a latent dataset (a small synthetic one is built unless --data-dir
 names one), and the pipeline alone, to show whether input keeps up. The jitted sampler (N steps,
 classifier-free guidance, one compiled loop) is timed per distinct (dtype, attention, scan).
-`--torch` runs the reference in a process of its own (dit_jax.benchmark_torch) first.
+`--torch` runs the reference in a process of its own (dit_jax.benchmark.reference) first.
 
 One table: img/s, ms per step (per sampling step for samplers), MFU against the device's nominal
 bf16 peak (`dit_jax.train.metrics_log.peak_flops`; blank where unknown, e.g. CPU), peak device
@@ -108,7 +108,7 @@ def build_train_step(model_cfg: DiTConfig, mesh, optim=None, ema_decay: float = 
     from dit_jax.train.step import train_step
 
     tx = make_optimizer(optim or base_config().optim)
-    shardings = logical_shardings(abstract_state(model_cfg, tx), mesh)
+    shardings, _ = logical_shardings(abstract_state(model_cfg, tx), mesh)
     diffusion = create_diffusion("", learn_sigma=model_cfg.learn_sigma)
     with jax.set_mesh(mesh):
         create = jax.jit(lambda: nn.unbox(create_state(model_cfg, tx, 0)), out_shardings=shardings)
@@ -190,14 +190,14 @@ def synthetic_latent_dataset(model_cfg: DiTConfig, data_dir: str, num_records: i
     """A latent dataset of random posteriors in the layout `dit-jax extract-latents` writes."""
     import tensorflow_datasets as tfds
 
-    from dit_jax.data.latents import LATENT_KEYS, _builder_class
+    from dit_jax.data.latents import LATENT_KEYS, dataset_builder
     shape = (model_cfg.input_size, model_cfg.input_size, model_cfg.in_channels)
     rng = np.random.default_rng(0)
     shard = os.path.join(data_dir, "latents_shard.npz")
     np.savez(shard, label=rng.integers(0, model_cfg.num_classes, num_records).astype(np.int64),
              **{k: (rng.standard_normal((num_records,) + shape) * (0.1 if k.startswith("std") else 1.0)).astype(
                  np.float16) for k in LATENT_KEYS})
-    builder = _builder_class(LATENT_DATASET, [shard], shape, "float16")(
+    builder = dataset_builder(LATENT_DATASET, [shard], shape, "float16")(
         data_dir=data_dir, file_format=tfds.core.FileFormat.ARRAY_RECORD)
     builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
     os.remove(shard)
@@ -219,7 +219,7 @@ def time_sample(model_cfg: DiTConfig, setting: Setting, batch: int, sample_steps
     """The jitted sampler (one compiled loop over all steps) on `batch` images of one device."""
     from dit_jax.diffusion.gaussian import create_diffusion
     from dit_jax.models.dit import init_params
-    from dit_jax.sample import make_sampler
+    from dit_jax.sampling.sampler import make_sampler
 
     cfg = setting.model(model_cfg)
     params = jax.jit(partial(init_params, cfg))(jax.random.key(0))
@@ -248,7 +248,7 @@ def time_sample(model_cfg: DiTConfig, setting: Setting, batch: int, sample_steps
 
 def torch_rows(reference: str, model_cfg: DiTConfig, train_batches: list[int], steps: int, warmup: int,
                sample_batch: int, sample_steps: int, cfg_scale: float, repeats: int, timeout: float) -> list[dict]:
-    """The reference's rows from `python -m dit_jax.benchmark_torch` (a process of its own)."""
+    """The reference's rows from `python -m dit_jax.benchmark.reference` (a process of its own)."""
     model = dict(input_size=model_cfg.input_size, patch_size=model_cfg.patch_size,
                  in_channels=model_cfg.in_channels, hidden_size=model_cfg.hidden_size, depth=model_cfg.depth,
                  num_heads=model_cfg.num_heads, mlp_ratio=model_cfg.mlp_ratio,
@@ -261,7 +261,7 @@ def torch_rows(reference: str, model_cfg: DiTConfig, train_batches: list[int], s
         req, out = os.path.join(tmp, "request.json"), os.path.join(tmp, "rows.json")
         with open(req, "w") as f:
             json.dump(request, f)
-        proc = subprocess.run([sys.executable, "-m", "dit_jax.benchmark_torch", req, out], timeout=timeout,
+        proc = subprocess.run([sys.executable, "-m", "dit_jax.benchmark.reference", req, out], timeout=timeout,
                               capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"the PyTorch benchmark failed:\n{proc.stderr[-3000:]}")

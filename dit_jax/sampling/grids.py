@@ -1,0 +1,71 @@
+"""Image output: [-1, 1] samples as uint8, laid out in a grid and written as PNG; and the EMA sample
+grid a training run writes."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import jax
+import numpy as np
+
+from dit_jax import storage
+
+
+def to_uint8(x) -> np.ndarray:
+    """[-1, 1] images -> uint8 as the reference: clip(127.5 x + 128, 0, 255), truncated."""
+    return np.clip(127.5 * np.asarray(x, np.float32) + 128.0, 0, 255).astype(np.uint8)
+
+
+def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """(N, H, W, C) uint8 -> one (rows * (H + pad) + pad, ...) uint8 grid image."""
+    n, h, w, c = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, nrow)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
+    return grid
+
+
+def save_grid(images: np.ndarray, path: str, nrow: int | None = None, upscale: int = 1) -> None:
+    """Write the grid as a PNG file, local or in a bucket."""
+    from PIL import Image
+
+    grid = make_grid(images, nrow)
+    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    if upscale > 1:
+        img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
+    png = io.BytesIO()
+    img.save(png, format="PNG")
+    storage.write_bytes_atomic(path, png.getvalue())
+
+
+def make_grid_sampler(config, model_cfg, mesh, vae_config=None):
+    """The sample grids' jitted sampler over the run's mesh, built once per run."""
+    from dit_jax.diffusion.gaussian import create_diffusion
+    from dit_jax.parallel.sharding import batch_sharding
+    from dit_jax.sampling.sampler import make_batch_sampler
+    s = config.sample
+    return make_batch_sampler(model_cfg, create_diffusion(s.steps, learn_sigma=model_cfg.learn_sigma,
+                                                          noise_schedule=config.diffusion.noise_schedule,
+                                                          diffusion_steps=config.diffusion.num_timesteps),
+                              batch_sharding(mesh), s.cfg_scale, s.cfg_mode, s.sampler,
+                              vae_config=vae_config if config.data.latents else None, uint8=True)
+
+
+def sample_grid(config, model_cfg, ema_params, step: int, workdir: str, sampler, vae_params=None) -> str | None:
+    """EMA samples as a PNG grid, sampled by all hosts and written by process 0; latent models are
+    decoded with the VAE (skipped without one)."""
+    from dit_jax.sampling.sampler import fetch
+    if config.data.latents and vae_params is None:
+        return None
+    s = config.sample
+    labels = np.arange(s.num) % model_cfg.num_classes
+    images = fetch(sampler(ema_params, labels, jax.random.PRNGKey(config.seed + 1), vae_params), s.num)
+    if jax.process_index() != 0:
+        return None
+    path = storage.join(workdir, "samples", f"step_{step:07d}.png")
+    save_grid(images, path, nrow=min(model_cfg.num_classes, s.num), upscale=max(1, 64 // images.shape[1]))
+    return path

@@ -1,0 +1,135 @@
+"""The ADM evaluation batch: `num_samples` images sampled over all devices and hosts into one `.npz`,
+in resumable shards recorded by a manifest."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dit_jax import storage
+from dit_jax.sampling.sampler import sample_keys, sample_labels
+
+MANIFEST = "manifest.json"
+
+
+def params_fingerprint(params) -> list[float]:
+    """Per-leaf (sum, sum of squares) of the weights: cheap on device, and different for other weights."""
+    sums = jax.jit(lambda p: [jnp.stack([jnp.sum(a, dtype=jnp.float32), jnp.sum(jnp.square(a.astype(jnp.float32)))])
+                              for a in jax.tree.leaves(p)])(params)
+    return [round(float(v), 6) for pair in jax.device_get(sums) for v in pair]
+
+
+def _manifest(shard_dir) -> dict | None:
+    path = storage.resolve(storage.join(shard_dir, MANIFEST))
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _plan_shards(shard_dir, manifest: dict, num_shards: int, log) -> np.ndarray:
+    """Which shards are still to do, decided on process 0 and sent to every host (hosts may see a
+    shared filesystem at different moments). Shards made by other settings or another layout are
+    deleted first: they would mix other images into the output."""
+    from jax.experimental import multihost_utils
+    todo = np.ones(num_shards, np.int32)
+    if jax.process_index() == 0:
+        directory = storage.makedirs(shard_dir)
+        old = _manifest(shard_dir)
+        if old is not None and old != manifest:
+            changed = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+            log(f"{shard_dir} holds shards made with other settings ({', '.join(changed)} differ): starting over")
+        if old != manifest:
+            for f in directory.glob("shard_*"):
+                f.unlink()
+            storage.write_bytes_atomic(storage.join(shard_dir, MANIFEST), json.dumps(manifest, indent=1).encode())
+        done = {f.name for f in directory.glob("shard_*.npz")}
+        todo = np.asarray([any(_shard_name(s, p, jax.process_count()) not in done for p in range(jax.process_count()))
+                           for s in range(num_shards)], np.int32)
+    if jax.process_count() > 1:
+        todo = np.asarray(multihost_utils.broadcast_one_to_all(todo))
+    return np.flatnonzero(todo)
+
+
+def _shard_name(shard: int, process: int, processes: int) -> str:
+    return f"shard_{shard:06d}_{process}-of-{processes}.npz"
+
+
+def _npz_bytes(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def sample_npz(run, params, num_samples: int, num_classes: int, seed: int, out_path: str,
+               batch_per_device: int = 32, vae=None, settings: dict | None = None, log=print) -> str:
+    """Sample `num_samples` images into the ADM .npz (`arr_0` uint8 NHWC, exactly N; `labels`).
+
+    The work is split into shards of one global batch (batch_per_device x all devices of all
+    hosts); each host writes the rows its devices hold as soon as a batch finishes, under
+    OUT.shards/, so an interrupted run resumes without redoing them. OUT.shards/manifest.json records
+    what made the shards (`settings`: weights, guidance, steps, sampler...; the weights' fingerprint,
+    the seed and the shard layout): a rerun with anything else starts over. `run` is a
+    `make_batch_sampler(..., uint8=True)` function over all devices; `vae` is its (VAE params, VAEConfig)
+    for latent models, uploaded once. Process 0 writes OUT.
+    """
+    from jax.experimental import multihost_utils
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("batch",))
+    params = jax.device_put(params, NamedSharding(mesh, P()))
+    vae_params = jax.device_put(vae[0], NamedSharding(mesh, P())) if vae is not None else None
+    batch = batch_per_device * jax.device_count()
+    shard_dir = out_path + ".shards"
+    num_shards = -(-num_samples // batch)
+    manifest = dict(settings or {}, seed=seed, num_classes=num_classes, weights_fingerprint=params_fingerprint(params),
+                    batch_per_device=batch_per_device, device_count=jax.device_count(),
+                    process_count=jax.process_count())
+    todo = _plan_shards(shard_dir, manifest, num_shards, log)
+    log(f"sampling {num_samples} images in {num_shards} shards of {batch} on {jax.device_count()} devices; "
+        f"{num_shards - len(todo)} shards already done")
+    t0 = time.time()
+    for count, s in enumerate(todo, 1):
+        idx = np.arange(s * batch, (s + 1) * batch)
+        labels = sample_labels(seed, idx, num_classes)
+        out = run(params, labels, sample_keys(seed, idx), vae_params)
+        # Each host writes the rows its own devices hold: nothing crosses hosts.
+        rows = {}
+        for piece in out.addressable_shards:
+            start = piece.index[0].start or 0
+            rows.setdefault(start, np.asarray(piece.data))
+        starts = sorted(rows)
+        local_idx = np.concatenate([np.arange(a, a + len(rows[a])) for a in starts])
+        storage.write_bytes_atomic(
+            storage.join(shard_dir, _shard_name(s, jax.process_index(), jax.process_count())),
+            _npz_bytes(images=np.concatenate([rows[a] for a in starts]), labels=labels[local_idx],
+                       index=idx[local_idx]))
+        rate = count * batch / (time.time() - t0)
+        log(f"shard {count}/{len(todo)}: {rate:.2f} img/s, ETA {(len(todo) - count) * batch / rate:.0f} s")
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("dit_jax sample_npz shards")
+    if jax.process_index() == 0:
+        images, labels = _assemble(shard_dir, num_shards, num_samples)
+        storage.write_bytes_atomic(out_path, _npz_bytes(arr_0=images, labels=labels))
+        log(f"wrote {out_path}: arr_0 {images.shape} uint8, labels {labels.shape}")
+    return out_path
+
+
+def _assemble(shard_dir, num_shards: int, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first num_samples images and labels of all hosts' shard files, in sample order."""
+    images, labels, index = [], [], []
+    processes = jax.process_count()
+    for s in range(num_shards):
+        for p in range(processes):
+            with storage.resolve(storage.join(shard_dir, _shard_name(s, p, processes))).open("rb") as f:
+                z = np.load(io.BytesIO(f.read()))
+                images.append(z["images"]), labels.append(z["labels"]), index.append(z["index"])
+    order = np.argsort(np.concatenate(index), kind="stable")
+    index = np.concatenate(index)[order]
+    if not np.array_equal(index[:num_samples], np.arange(num_samples)):
+        raise RuntimeError(f"the shards in {shard_dir} do not hold samples 0..{num_samples - 1} exactly once")
+    return np.concatenate(images)[order][:num_samples], np.concatenate(labels)[order][:num_samples]
