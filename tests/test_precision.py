@@ -6,6 +6,7 @@ falls back to XLA off GPUs, so one config initialises, converts and lowers on a 
 """
 
 import dataclasses
+import json
 import logging
 import os
 
@@ -19,9 +20,12 @@ from dit_jax.convert.dit_torch import from_torch, to_torch
 from dit_jax.models.dit import DiT, dit_config
 from dit_jax.parity import randomize_zero_layers, torch_model
 from dit_jax.train.config_base import load_config, to_dit_config
+from dit_jax.train.loop import train_and_evaluate
 from dit_jax.train.state import create_state, make_optimizer
 
-DIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "dit.py")
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+DIT = os.path.join(CONFIGS, "dit.py")
+DEMO = os.path.join(CONFIGS, "demo.py")
 
 F32 = dit_config("DiT-S/2", input_size=16, num_classes=10, depth=3)
 BF16 = dataclasses.replace(F32, dtype="bfloat16")
@@ -113,3 +117,30 @@ def test_cudnn_config_initialises_converts_and_lowers_on_cpu(converted, caplog):
     np.testing.assert_array_equal(out, forward(BF16, params, x, t, y))
     fallback = [r for r in caplog.records if "using XLA attention" in r.getMessage()]
     assert len(fallback) == 1  # logged once, not per trace
+
+
+def _demo_losses(workdir, dtype: str) -> np.ndarray:
+    """The demo model (configs/demo.py, batch 16) for 60 steps; the loss logged every 5 steps."""
+    config = load_config(DEMO)
+    config.model.dtype = dtype
+    config.update(total_steps=60, batch_size=16, log_every=5, checkpoint_every=60)
+    config.sample.every = 0
+    config.eval.kind = ""
+    train_and_evaluate(config, str(workdir))
+    with open(workdir / "metrics.jsonl") as f:
+        return np.array([json.loads(line)["loss"] for line in f])
+
+
+def test_demo_trains_alike_in_bf16_and_float32(tmp_path):
+    """The same seed draws the same batches, timesteps and noise in both runs, so the losses differ
+    only by the compute precision. Measured on 2 CPU cores: at most 0.18% apart at any logged step;
+    with bf16 parameters and AdamW moments (param_dtype=bfloat16, what the policy keeps float32)
+    they drift 5.9% apart within these 60 steps."""
+    f32 = _demo_losses(tmp_path / "f32", "float32")
+    bf16 = _demo_losses(tmp_path / "bf16", "bfloat16")
+    assert len(f32) == len(bf16) == 12
+    assert f32[-1] < 0.7 * f32[0]  # it trained
+    rel = np.abs(bf16 - f32) / f32
+    print(f"bf16 vs float32 demo losses over 60 steps: max relative difference {rel.max():.2e}")
+    assert rel.max() < 1e-2
+    assert rel.max() > 0  # it really computed in bf16
