@@ -13,7 +13,6 @@ import jax
 import numpy as np
 import pytest
 
-from dit_jax.train.checkpoint import CheckpointError
 from dit_jax.train.integrity import NonFiniteLoss
 from dit_jax.train.loop import train_and_evaluate
 from dit_jax.train.workdir_lock import WorkdirLocked

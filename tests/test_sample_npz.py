@@ -7,7 +7,6 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 
 from dit_jax.cli import main
 from dit_jax.diffusion.gaussian import create_diffusion

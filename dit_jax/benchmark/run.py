@@ -321,7 +321,7 @@ def run_benchmark(model_name: str, model_cfg: DiTConfig, settings: list[Setting]
                   sample_repeats: int = 1, torch_reference: str = "", torch_timeout: float = 3600,
                   out: str = "", log=print) -> dict:
     """Time every setting (and the reference with torch_reference); print the table, write JSON."""
-    from dit_jax.parallel.sharding import make_mesh
+    from dit_jax.parallel.mesh import make_mesh
     from dit_jax.train.metrics_log import peak_flops
 
     rows = []

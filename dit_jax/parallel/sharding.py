@@ -15,8 +15,6 @@ import flax.linen as nn
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from dit_jax.parallel.mesh import MESH_AXES, make_mesh  # noqa: F401  (the mesh's home is parallel/mesh.py)
-
 # Order matters: flax gives each mesh axis to the first rule that can take it, so activations
 # (batch, length, embed) use data x fsdp for the batch and leave 'embed' unsharded.
 LOGICAL_RULES = (
