@@ -61,5 +61,5 @@ def test_two_slice_compile_reports_memory_and_tries_settings_that_fit(tmp_path):
     assert m and 0 < float(m.group(1)) < float(m.group(3)) and float(m.group(2)) > 0, out
     assert re.search(r"FLOPs per device per step: [\d.]+ GFLOP", out), out
     assert "verdict: does not fit" in out
-    assert re.search(r"try mesh data=-1 fsdp=1 tensor=1, remat=True, scan_blocks=False: peak", out), out
+    assert re.search(r"try mesh data=-1 fsdp=1 tensor=1, remat=full, scan_blocks=False: peak", out), out
     assert "no setting tried fits" in out
