@@ -3,8 +3,10 @@
     source = open_source(name, data_dir, split)       # random access, no TensorFlow
     loader = make_train_loader(config.data, global_batch_size, seed, start_step)
     it = iter(loader)
-    batch = to_global(next(it), sharding)              # {'image': (B, H, W, C) in [-1, 1], 'label': (B,)}
+    batch = to_global(next(it), sharding)              # {'image': uint8 (B, H, W, C), 'label': (B,)}
     close(it)                                          # stops its worker processes
+
+    batches = DevicePrefetch(iter(loader), sharding)   # the same global batches, sent 2 steps ahead
 
 The data position is the global step: global batch s holds positions [s B, (s + 1) B) of one
 seeded record stream (each epoch reshuffled), and each host reads its contiguous slice of it, so
@@ -17,6 +19,7 @@ position in the stream, so a seed fixes the data order and augmentation.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 from typing import Any, Mapping
@@ -157,15 +160,9 @@ class PickLatent(grain.transforms.RandomMap):
                              f"= data.num_classes: the config and the dataset disagree")
         flipped = self.flip and rng.random() < 0.5
         suffix = "_flip" if flipped else ""
-        return {"mean": np.asarray(element["mean" + suffix], np.float32),
-                "std": np.asarray(element["std" + suffix], np.float32), "label": np.int32(label)}
-
-
-class ToFloat(grain.transforms.Map):
-    """Batch of uint8 images -> float32 in [-1, 1]."""
-
-    def map(self, batch: dict) -> dict:
-        return {"image": preprocess.to_float(batch["image"]), "label": batch["label"]}
+        # In the stored dtype (float16 as extracted): the step converts on the device.
+        return {"mean": np.asarray(element["mean" + suffix]), "std": np.asarray(element["std" + suffix]),
+                "label": np.int32(label)}
 
 
 def _field(data: Mapping | Any, name: str, default: Any = dataclasses.MISSING) -> Any:
@@ -188,8 +185,8 @@ def make_train_loader(data, global_batch_size: int, seed: int, start_step: int =
                       shard_options: grain.sharding.ShardOptions | None = None,
                       source=None) -> grain.IterDataset:
     """This host's endless training batches of global steps start_step, start_step + 1, ...: batches
-    {'image': float32 (B_local, S, S, C) in [-1, 1], 'label': int32 (B_local,)}, B_local =
-    global_batch_size / number of hosts.
+    {'image': uint8 (B_local, S, S, C), 'label': int32 (B_local,)} (a latent dataset: {'mean', 'std'}
+    in their stored dtype, and 'label'), B_local = global_batch_size / number of hosts.
 
     Global batch s is a function of (source, seed, s) only: it holds positions [s B, (s + 1) B) of
     the record stream (every epoch reshuffled from the seed), and host p of P takes rows
@@ -224,8 +221,8 @@ def make_train_loader(data, global_batch_size: int, seed: int, start_step: int =
                                           num_classes))
         if _field(data, "random_flip"):
             records = records.random_map(RandomFlip(), seed=seed)
-        # Batch uint8 and convert once per batch: cheaper than per image.
-        batches = records.batch(local_batch_size, drop_remainder=True).map(ToFloat())
+        # uint8 all the way to the devices; the step maps it to [-1, 1] (preprocess.to_float_on_device).
+        batches = records.batch(local_batch_size, drop_remainder=True)
     # Local batch k holds stream positions [k B_local, (k + 1) B_local): host p's part of global batch s is k = s P + p.
     mine = batches[start_step * hosts + shard_options.shard_index::hosts]
     # Grain's default of 16 reader threads suits remote files; on a 2-core laptop they fight over the GIL
@@ -252,3 +249,28 @@ def close(iterator) -> None:
 def to_global(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
     """This host's batch -> global jax.Arrays whose leading dim is local batch x process count."""
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+class DevicePrefetch:
+    """Global batches from a host iterator, each sent to the devices `size` steps before it is used.
+
+    The copies are asynchronous: a batch travels while the steps before it run, so the step does not
+    wait for its input (size 0 sends each batch when it is asked for). Batches sent ahead and not
+    used are dropped on close; the data position is the step, so nothing needs them.
+    """
+
+    def __init__(self, batches, sharding: jax.sharding.Sharding, size: int = 2):
+        self._batches, self._sharding, self._size = batches, sharding, size
+        self._ahead: collections.deque = collections.deque()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, jax.Array]:
+        while len(self._ahead) <= self._size:
+            self._ahead.append(to_global(next(self._batches), self._sharding))
+        return self._ahead.popleft()
+
+    def close(self) -> None:
+        self._ahead.clear()
+        close(self._batches)

@@ -66,3 +66,14 @@ def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def to_float(images: np.ndarray) -> np.ndarray:
     """uint8 in [0, 255] -> float32 in [-1, 1]: ToTensor then Normalize(0.5, 0.5) is x / 127.5 - 1."""
     return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+# to_float of every uint8 value: the device converts by looking pixels up here, not by arithmetic,
+# because XLA turns the division by 127.5 into a multiply that is 1 ulp off on some values.
+PIXEL_VALUES = to_float(np.arange(256, dtype=np.uint8))
+
+
+def to_float_on_device(images):
+    """uint8 pixels on the device (a jax.Array) -> float32 in [-1, 1], bit-identical to to_float."""
+    import jax.numpy as jnp
+    return jnp.asarray(PIXEL_VALUES)[images.astype(jnp.int32)]

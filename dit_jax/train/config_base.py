@@ -34,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         name="imagenet2012", data_dir="", split="train", image_size=256, channels=3, num_classes=1000,
         random_flip=True, worker_count=4, worker_buffer_size=2,
+        prefetch_to_device=2,  # batches sent to the devices ahead of the step that needs them
         # "" trains on pixels; "encode": images encoded by the VAE inside the step (the reference's
         # way, slowest); "dataset": a latent dataset from `dit-jax extract-latents` (fast).
         latents="", vae="", latent_scale=0.18215))  # vae: weights dir from `dit-jax convert --from-diffusers-vae`

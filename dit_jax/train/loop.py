@@ -73,7 +73,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
 
 
 def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
-    from dit_jax.data.pipeline import close as close_loader, make_train_loader, to_global
+    from dit_jax.data.pipeline import DevicePrefetch, make_train_loader
 
     log.print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on {jax.process_count()} host(s); "
               f"model {config.model.name} ({model_cfg.depth} blocks, hidden {model_cfg.hidden_size})")
@@ -105,7 +105,8 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
                             out_shardings=shardings)(init_params)
     start = int(jax.device_get(state.step))
     log.truncate_after(start)  # rows past the checkpoint are re-run: one row per step
-    data_iter = iter(make_train_loader(config.data, config.batch_size, config.seed, start))
+    data_iter = DevicePrefetch(iter(make_train_loader(config.data, config.batch_size, config.seed, start)),
+                               batch_sharding(mesh), config.data.get("prefetch_to_device", 2))
 
     step_fn = jax.jit(partial(train_step, model=DiT(model_cfg), diffusion=diffusion, tx=tx,
                               ema_decay=config.ema_decay, input_mode=config.data.latents,
@@ -128,7 +129,7 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         for step in range(start, total):
             t_input = timer.clock()
-            batch = to_global(next(data_iter), batch_sharding(mesh))
+            batch = next(data_iter)
             timer.add("input", since=t_input)
             with timer.measure("other"):  # starting or writing a trace is not training time
                 annotation = profiler.step(step, state)
@@ -172,17 +173,17 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
             timer.add("other", since=t_side)
             if stop_after is not None and done - start >= stop_after:
                 ckpt.finish_writes(manager)
-                close_loader(data_iter)
+                data_iter.close()
                 return last
             if preempted():
                 profiler.stop(state)
                 ckpt.finish_writes(manager)
-                close_loader(data_iter)
+                data_iter.close()
                 log.print(f"preempted: checkpoint saved at step {done}; rerun with the same workdir to resume")
                 raise Preempted(done)
     profiler.stop(state)
     ckpt.finish_writes(manager)
-    close_loader(data_iter)
+    data_iter.close()
     if config.eval.kind:
         scores = evaluation.final_evaluation(config, model_cfg, state.ema_params, workdir, log, eval_sampler, vae_params,
                                   preempted)

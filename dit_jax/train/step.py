@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dit_jax.data.preprocess import to_float_on_device
 from dit_jax.diffusion.gaussian import GaussianDiffusion
 from dit_jax.models.dit import DiT
 from dit_jax.train.state import TrainState
@@ -24,16 +25,20 @@ def step_keys(rng: jax.Array, step: jax.Array):
 
 def model_input(batch: dict, key: jax.Array, mode: str, vae_params: Any = None, vae_config: Any = None,
                 latent_scale: float = 0.18215) -> jax.Array:
-    """x0 for the diffusion loss.
+    """x0 for the diffusion loss, converted to float32 here, on the device: the host sends what it
+    reads (uint8 pixels, float16 latents), a quarter or half of float32's bytes.
 
-    "": pixels as they come. "encode": the reference's `vae.encode(x).latent_dist.sample() * 0.18215`
+    "": pixels in [-1, 1]. "encode": the reference's `vae.encode(x).latent_dist.sample() * 0.18215`
     inside the step. "dataset": the same posterior sample from a latent dataset's stored mean/std.
     """
+    if mode in ("", "encode"):
+        image = batch["image"]
+        image = to_float_on_device(image) if image.dtype == jnp.uint8 else image.astype(jnp.float32)
     if mode == "":
-        return batch["image"].astype(jnp.float32)
+        return image
     if mode == "encode":
         from dit_jax.models.vae import AutoencoderKL
-        mean, logvar = AutoencoderKL(vae_config).apply({"params": vae_params}, batch["image"], method="encode")
+        mean, logvar = AutoencoderKL(vae_config).apply({"params": vae_params}, image, method="encode")
         std = jnp.exp(0.5 * logvar)
         return latent_scale * (mean + std * jax.random.normal(key, mean.shape, jnp.float32))
     if mode == "dataset":
@@ -45,7 +50,8 @@ def model_input(batch: dict, key: jax.Array, mode: str, vae_params: Any = None, 
 def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model: DiT, diffusion: GaussianDiffusion,
                tx: optax.GradientTransformation, ema_decay: float, input_mode: str = "", vae_config: Any = None,
                latent_scale: float = 0.18215, draws: dict | None = None):
-    """batch: {'image': (B, H, W, C) in [-1, 1]} or a latent dataset's {'mean', 'std'}, plus 'label' (B,).
+    """batch: {'image': (B, H, W, C) uint8, or float in [-1, 1]} or a latent dataset's {'mean', 'std'}
+    (float16 or float32), plus 'label' (B,).
 
     `draws` = {'t': (B,) int, 'noise': x0's shape, 'drop': (B,) bool label-drop mask} replaces the
     step's own random draws (to run the same update as another implementation on the same

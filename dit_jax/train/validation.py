@@ -79,7 +79,7 @@ def _data(d, model) -> list[str]:
     if d.num_classes != model.num_classes:
         problems.append(f"data.num_classes {d.num_classes} != model.num_classes {model.num_classes}")
     problems += [f"data.{p}" for p in _at_least(d, ("image_size", "worker_buffer_size"), 1)]
-    problems += [f"data.{p}" for p in _at_least(d, ("worker_count",), 0)]
+    problems += [f"data.{p}" for p in _at_least(d, ("worker_count", "prefetch_to_device"), 0)]
     return problems
 
 

@@ -1,0 +1,100 @@
+"""The host sends what it reads (uint8 pixels, float16 latents), the device converts, and batches
+are sent to the devices ahead of the step that needs them."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from dit_jax.benchmark.run import LATENT_DATASET, build_train_step, synthetic_latent_dataset
+from dit_jax.data import pipeline, preprocess
+from dit_jax.models.dit import DiTConfig
+from dit_jax.parallel.mesh import make_mesh
+from dit_jax.parallel.sharding import LOGICAL_RULES, batch_sharding
+
+TINY = DiTConfig(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=10)
+
+
+def test_pixels_convert_on_the_device_bit_for_bit():
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    on_device = np.asarray(jax.jit(preprocess.to_float_on_device)(pixels))
+    assert on_device.dtype == np.float32
+    np.testing.assert_array_equal(on_device, preprocess.to_float(pixels))
+
+
+def run_steps(cfg, batches, input_mode):
+    mesh = make_mesh(devices=jax.devices()[:1])
+    create, step = build_train_step(cfg, mesh, input_mode=input_mode)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        state = create()
+        losses = []
+        for b in batches:
+            state, metrics = step(state, jax.device_put(b, batch_sharding(mesh)), None)
+            losses.append(float(metrics["loss"]))
+    return losses, jax.device_get(state.params)
+
+
+def assert_same_run(a, b):
+    assert a[0] == b[0]
+    jax.tree.map(np.testing.assert_array_equal, a[1], b[1])
+
+
+def test_the_step_on_uint8_pixels_equals_the_step_on_host_floats():
+    rng = np.random.default_rng(0)
+    pixels = [{"image": rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8),
+               "label": rng.integers(0, 10, 4).astype(np.int32)} for _ in range(2)]
+    floats = [{"image": preprocess.to_float(b["image"]), "label": b["label"]} for b in pixels]
+    assert_same_run(run_steps(TINY, pixels, ""), run_steps(TINY, floats, ""))
+
+
+def test_the_step_on_float16_latents_equals_the_step_on_their_float32_values():
+    rng = np.random.default_rng(1)
+    cfg = dataclasses.replace(TINY, in_channels=4)
+    half = [{"mean": rng.standard_normal((4, 8, 8, 4)).astype(np.float16),
+             "std": np.full((4, 8, 8, 4), 0.1, np.float16), "label": rng.integers(0, 10, 4).astype(np.int32)}]
+    full = [{k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in b.items()} for b in half]
+    assert_same_run(run_steps(cfg, half, "dataset"), run_steps(cfg, full, "dataset"))
+
+
+def test_a_float16_latent_dataset_reaches_the_device_as_float16(tmp_path):
+    cfg = dataclasses.replace(TINY, in_channels=4)
+    data_dir = synthetic_latent_dataset(cfg, str(tmp_path), 12)
+    data = dict(name=LATENT_DATASET, data_dir=data_dir, split="train", num_classes=10, random_flip=True,
+                worker_count=0, worker_buffer_size=1)
+    it = iter(pipeline.make_train_loader(data, 4, seed=0))
+    try:
+        batch = next(it)
+    finally:
+        pipeline.close(it)
+    assert batch["mean"].dtype == batch["std"].dtype == np.float16
+    assert batch["mean"].shape == (4, 8, 8, 4) and batch["label"].dtype == np.int32
+
+
+class CountingBatches:
+    """Host batch i is all i; counts how many batches were asked for, and whether it was closed."""
+
+    def __init__(self):
+        self.asked, self.closed = 0, False
+
+    def __next__(self):
+        self.asked += 1
+        return {"x": np.full((2, 3), self.asked - 1, np.float32)}
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("size", [0, 2])
+def test_device_prefetch_sends_batches_ahead_in_order(size):
+    mesh = make_mesh(devices=jax.devices()[:1])
+    host = CountingBatches()
+    batches = pipeline.DevicePrefetch(host, batch_sharding(mesh), size)
+    for i in range(4):
+        batch = next(batches)
+        assert isinstance(batch["x"], jax.Array) and batch["x"].sharding == batch_sharding(mesh)
+        np.testing.assert_array_equal(np.asarray(batch["x"]), np.full((2, 3), i))
+        assert host.asked == i + 1 + size  # `size` batches already on their way
+    batches.close()
+    assert host.closed
