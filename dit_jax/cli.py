@@ -8,7 +8,6 @@ import json
 import os
 import re
 import sys
-import time
 
 DEMO_MODEL = dict(input_size=32, patch_size=4, in_channels=3, hidden_size=192, depth=4, num_heads=3,
                   num_classes=10)
@@ -26,77 +25,32 @@ def _model_config(args, default=None):
 
 
 def cmd_sample(args) -> int:
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from dit_jax.diffusion.gaussian import create_diffusion
-    from dit_jax.models.dit import init_params
-    from dit_jax.sampling.grids import save_grid, to_uint8
-    from dit_jax.sampling.sampler import make_sampler
-    from dit_jax.weights import load_weights
-
+    """A class-conditional PNG grid, or with --num-samples the ADM .npz of the evaluation protocol."""
+    from dit_jax.jobs.sample import sample
     _check_sample_args(args)
-    if args.weights and args.workdir:
-        raise ValueError("give --weights or --workdir, not both")
-    if args.workdir:
-        from dit_jax.train.checkpoint import load_ema
-        params, config, step = load_ema(args.workdir)
-        source = f"the EMA weights of {args.workdir} at step {step}"
-    elif args.weights:
-        params, config = load_weights(args.weights, _model_config(args))
-        source = f"weights from {args.weights}"
-    else:
-        config = _model_config(args, default=DEMO_MODEL)
-        params = init_params(config, jax.random.key(args.seed))
-        source = ("a RANDOMLY INITIALISED model (no --weights given): the pictures show the sampler "
-                  "running, not a trained model")
-    if args.num_samples:
-        return _sample_npz(args, params, config, source)
-    steps = args.steps or "50"
-    cfg_scale = 4.0 if args.cfg_scale is None else args.cfg_scale
-    print(f"sampling {args.num} images from {source}", flush=True)
-    if args.classes:
-        labels = [int(c) for c in args.classes.split(",")]
-        labels = (labels * args.num)[: args.num]
-    else:
-        labels = [int(c) for c in np.random.default_rng(args.seed).integers(0, config.num_classes, args.num)]
-    bad = [c for c in labels if not 0 <= c < config.num_classes]
-    if bad:
-        print(f"error: classes {bad} out of range: the model has classes 0..{config.num_classes - 1}", file=sys.stderr)
-        return 2
-    diffusion = create_diffusion(steps, learn_sigma=config.learn_sigma)
-    run = make_sampler(config, diffusion, cfg_scale, args.cfg_mode, args.sampler, args.eta)
-    t0 = time.time()
-    samples = jax.block_until_ready(run(params, jnp.asarray(labels, jnp.int32), jax.random.key(args.seed)))
-    dt = time.time() - t0
-    print(f"{args.num} samples, {diffusion.num_timesteps} {args.sampler} steps, cfg {cfg_scale} "
-          f"({args.cfg_mode}): {dt:.1f} s including compilation ({args.num / dt:.2f} img/s)")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    if args.vae:
-        from dit_jax.models.vae import decode_latents
-        from dit_jax.weights import load_vae_weights
-        vae_params, vae_config = load_vae_weights(args.vae)
-        samples = decode_latents(vae_params, samples, vae_config)
-        save_grid(to_uint8(samples), args.out, nrow=args.nrow, upscale=args.upscale)
-        print(f"wrote {args.out} (decoded with the VAE in {args.vae}; classes {labels})")
-    elif config.in_channels in (1, 3):
-        save_grid(to_uint8(samples), args.out, nrow=args.nrow, upscale=args.upscale)
-        print(f"wrote {args.out} (classes {labels})")
-    else:
-        path = os.path.splitext(args.out)[0] + ".npz"
-        np.savez(path, latents=np.asarray(samples), labels=np.asarray(labels))
-        print(f"wrote latents to {path}: to decode {config.in_channels}-channel latents to images, pass --vae DIR "
-              "(converted with `dit-jax convert --from-diffusers-vae`)")
+    classes = [int(c) for c in args.classes.split(",")] if args.classes else None
+    # A run's checkpoint names its own model; converted weights are checked against --model when given.
+    config = None if args.workdir else _model_config(args, default=None if args.weights else DEMO_MODEL)
+    sample(args.out, weights=args.weights, workdir=args.workdir, config=config, vae=args.vae, num=args.num,
+           classes=classes, num_samples=args.num_samples, steps=args.steps, cfg_scale=args.cfg_scale,
+           cfg_mode=args.cfg_mode, sampler=args.sampler, eta=args.eta, seed=args.seed,
+           batch_per_device=args.batch_per_device, nrow=args.nrow, upscale=args.upscale)
     return 0
 
 
 def _check_sample_args(args) -> None:
-    """What would otherwise fail only after sampling (or divide by zero while drawing the grid)."""
+    """What would otherwise fail only after loading the model or sampling (or divide by zero while
+    drawing the grid)."""
     from PIL import Image
     if args.num_samples < 0:
         raise ValueError(f"--num-samples must be >= 1 (or 0 for a grid), got {args.num_samples}")
+    if args.weights and args.workdir:
+        raise ValueError("give --weights or --workdir, not both")
     if args.num_samples:
+        if args.classes:
+            raise ValueError("--num-samples draws uniform random labels (the evaluation protocol); drop --classes")
+        if not args.out.endswith(".npz"):
+            raise ValueError(f"--out must be an .npz path with --num-samples, got {args.out!r}")
         return
     if args.num < 1:
         raise ValueError(f"--num must be >= 1 (images in the grid), got {args.num}")
@@ -105,42 +59,6 @@ def _check_sample_args(args) -> None:
     if os.path.splitext(args.out)[1].lower() not in writable:
         raise ValueError(f"--out {args.out!r}: the grid is written as an image, so the path must end in an image "
                          "extension such as .png or .jpg (or pass --num-samples N for an .npz of samples)")
-
-
-def _sample_npz(args, params, config, source) -> int:
-    """The reference's evaluation protocol by default: 250 DDPM steps, cfg 1.5 (3 channels, only if
-    > 1), uniform random labels, VAE decode, uint8 as the reference; into the ADM .npz."""
-    import jax
-    import numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    from dit_jax.diffusion.gaussian import create_diffusion
-    from dit_jax.sampling.npz import sample_npz
-    from dit_jax.sampling.sampler import make_batch_sampler
-
-    if args.classes:
-        raise ValueError("--num-samples draws uniform random labels (the evaluation protocol); drop --classes")
-    if config.in_channels not in (1, 3) and not args.vae:
-        raise ValueError(f"the ADM .npz holds images: decoding {config.in_channels}-channel latents needs --vae DIR")
-    if not args.out.endswith(".npz"):
-        raise ValueError(f"--out must be an .npz path with --num-samples, got {args.out!r}")
-    steps = args.steps or "250"
-    cfg_scale = 1.5 if args.cfg_scale is None else args.cfg_scale
-    vae = None
-    if args.vae:
-        from dit_jax.weights import load_vae_weights
-        vae = load_vae_weights(args.vae)
-    print(f"sampling {args.num_samples} images from {source}: {steps} {args.sampler} steps, cfg {cfg_scale} "
-          f"({args.cfg_mode}), seed {args.seed}", flush=True)
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("batch",))
-    run = make_batch_sampler(config, create_diffusion(steps, learn_sigma=config.learn_sigma),
-                             NamedSharding(mesh, P("batch")), cfg_scale, args.cfg_mode, args.sampler, args.eta,
-                             vae_config=vae[1] if vae else None, uint8=True)
-    settings = dict(weights=source, vae=args.vae, steps=steps, cfg_scale=cfg_scale, cfg_mode=args.cfg_mode,
-                    sampler=args.sampler, eta=args.eta)
-    sample_npz(run, params, args.num_samples, config.num_classes, args.seed, args.out, args.batch_per_device,
-               vae, settings)
-    return 0
 
 
 def cmd_convert(args) -> int:
@@ -355,33 +273,9 @@ def _device_ids(values: list[str] | None) -> list[int] | None:
 
 def cmd_evaluate(args) -> int:
     """FID, sFID, IS, precision and recall of a sample batch against an ADM reference batch."""
-    from dit_jax.convert.inception_torch import load_fid_inception
-    from dit_jax.evaluate import adm_metrics
-    from dit_jax.models.inception import FIDInceptionV3, extract_features
-
-    ref = adm_metrics.load_reference_batch(args.reference, min_images=args.min_reference_images)
-    samples = adm_metrics.load_sample_batch(args.samples)
-    if len(samples) < 2:
-        raise ValueError(f"{args.samples}: {len(samples)} image(s); FID needs at least 2 (the paper uses 50,000)")
-    if len(samples) < 50_000:
-        print(f"note: {len(samples)} samples; FID and sFID are biased upward below the paper's 50,000")
-    variables = load_fid_inception(args.inception)
-    model = FIDInceptionV3(preprocess=args.preprocess)
-    t0 = time.time()
-    feats = extract_features(variables, samples, args.batch_size, model)
-    ref_pool = extract_features(variables, ref.images, args.batch_size, model, outputs=("pool",))["pool"]
-    n = len(samples) + len(ref.images)
-    print(f"Inception features of {n} images in {time.time() - t0:.0f} s ({n / (time.time() - t0):.1f} img/s)")
-    metrics = adm_metrics.evaluate_features(feats, ref_pool, ref.stats, ref.stats_spatial)
-    names = (("fid", "FID"), ("sfid", "sFID"), ("inception_score", "IS"), ("precision", "Precision"),
-             ("recall", "Recall"))
-    print(" | ".join(f"{label:>9}" for _, label in names))
-    print(" | ".join(f"{metrics[key]:>9.4f}" for key, _ in names))
-    out = args.out or os.path.splitext(args.samples)[0] + ".metrics.json"
-    from dit_jax import storage
-    storage.write_bytes_atomic(out, json.dumps(
-        {**{k: float(v) for k, v in metrics.items()}, "num_samples": int(len(samples)),
-         "reference": str(storage.resolve(args.reference)), "preprocess": args.preprocess}, indent=2).encode())
+    from dit_jax.jobs.evaluate import evaluate
+    out = evaluate(args.reference, args.samples, args.inception, args.out, preprocess=args.preprocess,
+                   batch_size=args.batch_size, min_reference_images=args.min_reference_images)
     print(f"wrote {out}")
     return 0
 

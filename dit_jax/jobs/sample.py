@@ -1,0 +1,122 @@
+"""`dit-jax sample`: a class-conditional PNG grid, or the ADM .npz of N samples under the reference's
+evaluation protocol, from converted weights, a training run's EMA weights, or a randomly initialised
+model (which shows the sampling path works before any weights exist).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from dit_jax.diffusion.gaussian import create_diffusion
+from dit_jax.models.dit import DiTConfig, init_params
+from dit_jax.sampling.grids import save_grid, to_uint8
+from dit_jax.sampling.npz import sample_npz
+from dit_jax.sampling.sampler import make_batch_sampler, make_sampler
+from dit_jax.weights import load_vae_weights, load_weights
+
+
+def load_model(weights: str | None, workdir: str | None, config: DiTConfig | None, seed: int):
+    """(params, config, what they are, for the log and the .npz manifest): a run's EMA weights at its
+    latest step (`workdir`), converted `weights` (checked against `config` when given), or with neither a
+    model of `config` initialised from `seed`."""
+    if workdir:
+        from dit_jax.train.checkpoint import load_ema
+        params, config, step = load_ema(workdir)
+        return params, config, f"the EMA weights of {workdir} at step {step}"
+    if weights:
+        params, config = load_weights(weights, config)
+        return params, config, f"weights from {weights}"
+    return (init_params(config, jax.random.key(seed)), config,
+            "a RANDOMLY INITIALISED model (no --weights given): the pictures show the sampler running, "
+            "not a trained model")
+
+
+def grid_labels(classes: list[int] | None, num: int, num_classes: int, seed: int) -> list[int]:
+    """The grid's `num` labels: `classes` repeated to fill it, else uniform random from `seed`; checked
+    against the model's classes (an out-of-range label would silently index past its embedding table)."""
+    if classes:
+        labels = (classes * num)[:num]
+    else:
+        labels = [int(c) for c in np.random.default_rng(seed).integers(0, num_classes, num)]
+    bad = [c for c in labels if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"classes {bad} out of range: the model has classes 0..{num_classes - 1}")
+    return labels
+
+
+def write_grid(params, config: DiTConfig, source: str, out: str, *, num: int = 16, classes: list[int] | None = None,
+               steps: str = "50", cfg_scale: float = 4.0, cfg_mode: str = "reference", sampler: str = "ddpm",
+               eta: float = 0.0, seed: int = 0, vae: str | None = None, nrow: int | None = None,
+               upscale: int = 4) -> str:
+    """`num` samples as a PNG grid at `out`; returns the path written. Latent models are decoded with the
+    VAE weights in `vae`; without them their latents go to OUT.npz instead, as no image can be drawn."""
+    print(f"sampling {num} images from {source}", flush=True)
+    labels = grid_labels(classes, num, config.num_classes, seed)
+    diffusion = create_diffusion(steps, learn_sigma=config.learn_sigma)
+    run = make_sampler(config, diffusion, cfg_scale, cfg_mode, sampler, eta)
+    t0 = time.time()
+    samples = jax.block_until_ready(run(params, jnp.asarray(labels, jnp.int32), jax.random.key(seed)))
+    dt = time.time() - t0
+    print(f"{num} samples, {diffusion.num_timesteps} {sampler} steps, cfg {cfg_scale} "
+          f"({cfg_mode}): {dt:.1f} s including compilation ({num / dt:.2f} img/s)")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if vae:
+        from dit_jax.models.vae import decode_latents
+        vae_params, vae_config = load_vae_weights(vae)
+        samples = decode_latents(vae_params, samples, vae_config)
+        save_grid(to_uint8(samples), out, nrow=nrow, upscale=upscale)
+        print(f"wrote {out} (decoded with the VAE in {vae}; classes {labels})")
+        return out
+    if config.in_channels in (1, 3):
+        save_grid(to_uint8(samples), out, nrow=nrow, upscale=upscale)
+        print(f"wrote {out} (classes {labels})")
+        return out
+    path = os.path.splitext(out)[0] + ".npz"
+    np.savez(path, latents=np.asarray(samples), labels=np.asarray(labels))
+    print(f"wrote latents to {path}: to decode {config.in_channels}-channel latents to images, pass --vae DIR "
+          "(converted with `dit-jax convert --from-diffusers-vae`)")
+    return path
+
+
+def write_npz(params, config: DiTConfig, source: str, out: str, num_samples: int, *, steps: str = "250",
+              cfg_scale: float = 1.5, cfg_mode: str = "reference", sampler: str = "ddpm", eta: float = 0.0,
+              seed: int = 0, vae: str | None = None, batch_per_device: int = 32) -> str:
+    """`num_samples` images into the ADM .npz at `out` (`sample_npz`: every device of every host,
+    resumable shards). The defaults are the reference's evaluation protocol: 250 DDPM steps, cfg 1.5
+    (3 channels, only if > 1), uniform random labels, VAE decode, uint8 as the reference."""
+    if config.in_channels not in (1, 3) and not vae:
+        raise ValueError(f"the ADM .npz holds images: decoding {config.in_channels}-channel latents needs --vae DIR")
+    vae_weights = load_vae_weights(vae) if vae else None
+    print(f"sampling {num_samples} images from {source}: {steps} {sampler} steps, cfg {cfg_scale} "
+          f"({cfg_mode}), seed {seed}", flush=True)
+    mesh = Mesh(np.asarray(jax.devices()), ("batch",))
+    run = make_batch_sampler(config, create_diffusion(steps, learn_sigma=config.learn_sigma),
+                             NamedSharding(mesh, P("batch")), cfg_scale, cfg_mode, sampler, eta,
+                             vae_config=vae_weights[1] if vae_weights else None, uint8=True)
+    # What made the images, recorded in the shards' manifest: a rerun with other settings starts over.
+    settings = dict(weights=source, vae=vae, steps=steps, cfg_scale=cfg_scale, cfg_mode=cfg_mode, sampler=sampler,
+                    eta=eta)
+    return sample_npz(run, params, num_samples, config.num_classes, seed, out, batch_per_device, vae_weights,
+                      settings)
+
+
+def sample(out: str, *, weights: str | None = None, workdir: str | None = None, config: DiTConfig | None = None,
+           vae: str | None = None, num: int = 16, classes: list[int] | None = None, num_samples: int = 0,
+           steps: str | None = None, cfg_scale: float | None = None, cfg_mode: str = "reference",
+           sampler: str = "ddpm", eta: float = 0.0, seed: int = 0, batch_per_device: int = 32,
+           nrow: int | None = None, upscale: int = 4) -> str:
+    """Load the model (`load_model`), then sample a grid of `num` images (`write_grid`), or with
+    `num_samples` the ADM .npz (`write_npz`); returns the path written. Steps and guidance left unset
+    take that function's defaults: a quick look for a grid, the evaluation protocol for an .npz."""
+    params, config, source = load_model(weights, workdir, config, seed)
+    chosen = {k: v for k, v in dict(steps=steps or None, cfg_scale=cfg_scale).items() if v is not None}
+    common = dict(cfg_mode=cfg_mode, sampler=sampler, eta=eta, seed=seed, vae=vae, **chosen)
+    if num_samples:
+        return write_npz(params, config, source, out, num_samples, batch_per_device=batch_per_device, **common)
+    return write_grid(params, config, source, out, num=num, classes=classes, nrow=nrow, upscale=upscale, **common)
