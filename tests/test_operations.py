@@ -189,3 +189,16 @@ def test_distributed_timeout_ends_a_lonely_process(tmp_path):
     assert res.returncode not in (0, 2, 3, 75), res.stderr[-3000:]
     assert "waiting up to 5 s" in res.stderr and "DEADLINE_EXCEEDED" in res.stderr
     assert time.time() - t0 < 120
+
+
+def test_metrics_log_writes_tensorboard_events_without_importing_torch(tmp_path):
+    """tensorboardX would import torch (installed here for the converters): 2-3 s at every start."""
+    script = ("import sys; from dit_jax.train.metrics_log import MetricsLog; log = MetricsLog(sys.argv[1]); "
+              "log.scalars(7, {'eval/fid': 3.5}); log.close(); print('torch imported:', 'torch' in sys.modules); "
+              "import torch; print('then torch', torch.zeros(2).shape[0])")  # still importable afterwards
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "torch imported: False" in res.stdout and "then torch 2" in res.stdout
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and b"eval/fid" in events[0].read_bytes()

@@ -51,15 +51,32 @@ def _step_of(line: str) -> int | None:
         return None  # e.g. a last line cut short by a crash
 
 
+def summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without PyTorch.
+
+    tensorboardX imports torch whenever it is installed (as it is beside the converters), only to
+    accept torch tensors; that import adds 2-3 s to the start of every training process, on every
+    host. The log writes floats, so torch is hidden while tensorboardX loads: `import torch` then
+    fails there, which tensorboardX handles, and works again right after."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsLog:
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
         self.writer = None
         if enabled:
             self.jsonl = storage.TextAppender(storage.join(workdir, "metrics.jsonl"))
-            from tensorboardX import SummaryWriter
             self.events = EventsDir(storage.join(workdir, "tensorboard"))
-            self.writer = SummaryWriter(self.events.local)
+            self.writer = summary_writer_class()(self.events.local)
 
     def print(self, msg: str) -> None:
         if self.enabled:
