@@ -9,11 +9,20 @@ Public API for people comparing with PyTorch:
     diffusion = dit_jax.create_diffusion("250")                 # as the reference's create_diffusion
 """
 
-from dit_jax.convert.dit_torch import from_diffusers, from_torch, infer_config, to_torch
 from dit_jax.diffusion.gaussian import GaussianDiffusion, create_diffusion
 from dit_jax.models.dit import MODEL_NAMES, DiT, DiTConfig, dit_config, init_params
 
 __version__ = "0.1.0"
+
+_CONVERTERS = ("from_diffusers", "from_torch", "infer_config", "to_torch")
+
+
+def __getattr__(name: str):
+    # The converters load on first use, so that training and sampling never import them.
+    if name in _CONVERTERS:
+        from dit_jax.convert import dit_torch
+        return getattr(dit_torch, name)
+    raise AttributeError(f"module 'dit_jax' has no attribute {name!r}")
 
 
 def create_model(name: str, **overrides) -> DiT:

@@ -162,3 +162,16 @@ def test_cli_convert_diffusers_folder(tmp_path):
     assert cfg.architecture() == dit_config("DiT-S/4", input_size=8, num_classes=10).architecture()
     w = m.state_dict()["transformer_blocks.5.attn1.to_k.weight"].numpy()
     np.testing.assert_array_equal(params["blocks_5"]["attn"]["qkv"]["kernel"][:, 1].reshape(384, 384), w.T)
+
+
+def test_training_and_sampling_import_no_converter():
+    """The converters are for people moving weights; a training or sampling process never loads them
+    (the package's from_torch & co. load on first use)."""
+    import subprocess
+    import sys
+    script = ("import sys, dit_jax, dit_jax.train.loop, dit_jax.jobs.sample; "
+              "print(sorted(m for m in sys.modules if m.startswith('dit_jax.convert'))); "
+              "print(dit_jax.from_torch.__module__)")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split("\n")[:2] == ["[]", "dit_jax.convert.dit_torch"]

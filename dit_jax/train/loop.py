@@ -75,9 +75,9 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
 def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
     from dit_jax.data.pipeline import DevicePrefetch, make_train_loader
 
-    log.print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on {jax.process_count()} host(s); "
+    log.print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on {jax.process_count()} host(s) "
+              f"({describe_mesh(mesh, config.mesh)}); "
               f"model {config.model.name} ({model_cfg.depth} blocks, hidden {model_cfg.hidden_size})")
-    log.print(f"mesh: {describe_mesh(mesh, config.mesh)}")
 
     diffusion = create_diffusion("", learn_sigma=model_cfg.learn_sigma, noise_schedule=config.diffusion.noise_schedule,
                                  diffusion_steps=config.diffusion.num_timesteps)
@@ -185,8 +185,8 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
     ckpt.finish_writes(manager)
     data_iter.close()
     if config.eval.kind:
-        scores = evaluation.final_evaluation(config, model_cfg, state.ema_params, workdir, log, eval_sampler, vae_params,
-                                  preempted)
+        scores = evaluation.final_evaluation(config, model_cfg, state.ema_params, workdir, log, eval_sampler,
+                                             vae_params, preempted)
         if scores is None:
             log.print(f"preempted during the final evaluation; the checkpoint of step {total} is saved: "
                       "`dit-jax evaluate` or a rerun with the same workdir scores it")
