@@ -83,6 +83,27 @@ def test_weights_directory_in_a_bucket(gcs_bucket):
         save_weights(path, params, cfg)
 
 
+def test_workdir_lock_in_a_bucket(gcs_bucket):
+    """In a bucket the lock is an object: a second holder is refused, a released lock is free, and a
+    stale one (another host's, heartbeat long past) is renamed away and taken over."""
+    from dit_jax import storage
+    from dit_jax.train.workdir_lock import LOCK_NAME, WorkdirLock, WorkdirLocked
+
+    bucket, url = gcs_bucket
+    wd = f"gs://{bucket}/locked"
+    first = WorkdirLock(wd).acquire()
+    with pytest.raises(WorkdirLocked, match="is in use by another training"):
+        WorkdirLock(wd).acquire()
+    first.release()
+    assert gcs_objects(url, bucket, "locked/") == []
+    stale = {"host": "another-host", "pid": 1, "token": "old", "heartbeat": 0.0}
+    storage.write_bytes_atomic(storage.resolve(f"{wd}/{LOCK_NAME}"), json.dumps(stale).encode())
+    second = WorkdirLock(wd).acquire()
+    assert json.loads(storage.resolve(f"{wd}/{LOCK_NAME}").read_bytes())["token"] == second.token
+    assert gcs_objects(url, bucket, "locked/") == [f"locked/{LOCK_NAME}"]  # the stale one is gone
+    second.release()
+
+
 @pytest.mark.parametrize("argv", [
     ["train", f"--config={DEMO}", "--config.data.data_dir=gs://bucket/tfds"],
     ["extract-latents", "--dataset", "imagenet2012", "--data-dir", "gs://bucket/tfds", "--image-size", "256",
