@@ -22,6 +22,8 @@ def test_benchmark_times_step_pipeline_sampler_and_reference(tmp_path, capsys):
     fed = rows["train", "jax", "latent dataset (Grain)"]
     sampler = rows["sample", "jax", "2 steps, cfg 1.5"]
     assert "input" in {r["kind"] for r in report["rows"]}
+    checksum = rows["save", "jax", "checkpoint checksum, per save"]
+    assert checksum["step_ms"] > 0 and checksum["img_s"] is None
     for r in (step, fed, sampler):
         assert r["img_s"] > 0 and r["step_ms"] > 0 and "error" not in r
     assert step["compile_s"] > 0 and step["loss"] == step["loss"]  # a real, finite loss

@@ -161,7 +161,8 @@ def time_train(model_cfg: DiTConfig, setting: Setting, mesh, steps: int, warmup:
         state, dt, loss = _timed_steps(compiled, state, lambda: batch, steps, warmup)
         rows = [dict(base, input="synthetic, on device", img_s=global_batch / dt, step_ms=1e3 * dt, loss=loss,
                      compile_s=compile_s, peak_gib=peak_memory_gib(jax.devices()[0]),
-                     temp_gib=getattr(analysis, "temp_size_in_bytes", 0) / 2**30 if analysis else None)]
+                     temp_gib=getattr(analysis, "temp_size_in_bytes", 0) / 2**30 if analysis else None),
+                time_checksum(state, base)]
         if loader is not None:
             it = iter(loader)
             batches = DevicePrefetch(it, batch_sharding(mesh))  # as the training loop feeds the step
@@ -173,6 +174,21 @@ def time_train(model_cfg: DiTConfig, setting: Setting, mesh, steps: int, warmup:
             close(it)
     flops = 3 * 2 * forward_macs(cfg)  # forward + backward (twice the forward), MACs -> FLOPs
     return [dict(r, flops_per_image=flops) for r in rows]
+
+
+def time_checksum(state, base: dict, repeats: int = 3) -> dict:
+    """The checksum every checkpoint save computes over the whole state (dit_jax.train.integrity): the
+    time a save adds to the step it follows, besides Orbax's own."""
+    from dit_jax.train.integrity import fingerprint
+    t0 = time.perf_counter()
+    fingerprint(state)  # compiles
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fingerprint(state)  # returns host integers: synchronous
+    dt = (time.perf_counter() - t0) / repeats
+    return dict(base, kind="save", input="checkpoint checksum, per save", img_s=None, step_ms=1e3 * dt,
+                compile_s=compile_s, peak_gib=None)
 
 
 def time_input(it, global_batch: int, steps: int, base: dict) -> dict:
@@ -303,7 +319,7 @@ def format_table(rows: list[dict]) -> str:
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
         ratio = f"{r['vs_torch']:.2f}x" if r.get("vs_torch") is not None else "-"
         lines.append(f"{r['kind']:<7}{r['impl']:<6}{r['setting']:<38}{r.get('input', ''):<34}"
-                     f"{r['img_s']:>9.2f}{r['step_ms']:>9.2f}{mfu:>7}{num(r.get('peak_gib'), '.1f'):>9}"
+                     f"{num(r.get('img_s'), '.2f'):>9}{r['step_ms']:>9.2f}{mfu:>7}{num(r.get('peak_gib'), '.1f'):>9}"
                      f"{num(r.get('compile_s'), '.1f'):>10}{ratio:>9}")
     return "\n".join(lines)
 
