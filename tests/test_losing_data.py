@@ -72,9 +72,11 @@ def _copy(src, tmp_path):
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    import multiprocessing
     wd = str(tmp_path)
-    with pytest.raises(NonFiniteLoss) as e:
-        train_and_evaluate(_config(**{"optim.lr": 1e6, "total_steps": 12}), wd)
+    with pytest.raises(NonFiniteLoss) as e:  # with a data worker process, which must not outlive the run
+        train_and_evaluate(_config(**{"optim.lr": 1e6, "total_steps": 12, "data.worker_count": 1}), wd)
+    assert multiprocessing.active_children() == []
     bad = int(str(e.value).split("NaN/Inf at step ")[1].split(":")[0])
     # Stopped at the first non-finite step; every checkpoint kept is from before it and finite.
     assert _steps(wd) and max(_steps(wd)) < bad, (_steps(wd), bad)

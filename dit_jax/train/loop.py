@@ -7,7 +7,7 @@ written by all hosts together, and a restart with the same workdir resumes where
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from functools import partial
 
 import flax.linen as nn
@@ -126,7 +126,8 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
     profiler = profile.StepProfiler(config.profile, workdir, start)
     step_mark, total = start, config.total_steps
     watch = NonFiniteWatch()
-    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+    # The loader's worker processes and the batches sent ahead go on any exit: finished, stopped, failed.
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES), closing(data_iter):
         for step in range(start, total):
             t_input = timer.clock()
             batch = next(data_iter)
@@ -173,17 +174,14 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
             timer.add("other", since=t_side)
             if stop_after is not None and done - start >= stop_after:
                 ckpt.finish_writes(manager)
-                data_iter.close()
                 return last
             if preempted():
                 profiler.stop(state)
                 ckpt.finish_writes(manager)
-                data_iter.close()
                 log.print(f"preempted: checkpoint saved at step {done}; rerun with the same workdir to resume")
                 raise Preempted(done)
     profiler.stop(state)
     ckpt.finish_writes(manager)
-    data_iter.close()
     if config.eval.kind:
         scores = evaluation.final_evaluation(config, model_cfg, state.ema_params, workdir, log, eval_sampler,
                                              vae_params, preempted)
