@@ -94,3 +94,15 @@ def gcs_objects(url: str, bucket: str, prefix: str = "") -> list[str]:
         token = page.get("nextPageToken")
         if not token:
             return names
+
+
+# Under `-n 2 --dist loadfile` (the README's test command) each worker takes whole files in
+# collection order; the longest files go first so that none of them starts last while the other
+# worker is idle. Files keep their order otherwise, and a file's tests stay together.
+LONGEST_FIRST = ("test_multiprocess.py", "test_parity_torch.py", "test_mesh.py", "test_operations.py",
+                 "test_demo.py", "test_eval_in_training.py", "test_train.py", "test_model.py", "test_adm_metrics.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
