@@ -63,3 +63,13 @@ def test_sigterm_during_a_long_evaluation_saves_within_seconds(tmp_path):
     assert "EMA quality" not in out  # the evaluation was cut short, not finished
     assert "preempted: checkpoint saved at step 3" in out, out[-3000:]
     assert make_manager(wd, 3, 1).latest_step() == 3
+
+
+def test_a_finished_run_gives_the_signal_handlers_back(tmp_path):
+    """In a notebook or any program that calls train_and_evaluate, Ctrl-C and SIGTERM behave after
+    the run as before it."""
+    from dit_jax.train.loop import train_and_evaluate
+    from test_train import tiny_config
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    train_and_evaluate(tiny_config(total_steps=1), str(tmp_path / "run"))
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

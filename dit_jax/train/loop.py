@@ -58,21 +58,23 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     lock = workdir_lock.take(workdir)
     log = MetricsLog(workdir, enabled=jax.process_index() == 0)
     manager = ckpt.make_manager(workdir, config.keep_checkpoints, 1, config.async_checkpointing)
+    preempted = Watch(manager)
     ok = False
     try:
-        last = _train(config, workdir, model_cfg, mesh, log, stop_after, manager)
+        last = _train(config, workdir, model_cfg, mesh, log, stop_after, manager, preempted)
         ok = True
         return last
     except Preempted:
         ok = True  # saved and finished writing: a clean stop
         raise
     finally:  # on any error too: no save left running, no temporary checkpoint left behind
+        preempted.close()
         ckpt.close(manager, failed=not ok)
         log.close()
         lock.release()
 
 
-def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
+def _train(config, workdir, model_cfg, mesh, log, stop_after, manager, preempted):
     from dit_jax.data.pipeline import DevicePrefetch, make_train_loader
 
     log.print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on {jax.process_count()} host(s) "
@@ -120,7 +122,6 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager):
 
     flops_per_image = 3 * 2 * forward_macs(model_cfg)  # forward + backward (2x), MACs -> FLOPs
     peak = config.peak_tflops_per_device * 1e12 or peak_flops(jax.devices()[0])
-    preempted = Watch(manager)
     metrics, last = {}, {}
     timer, save_clock = StepTimer(), SaveClock(config.checkpoint_every_minutes)
     profiler = profile.StepProfiler(config.profile, workdir, start)

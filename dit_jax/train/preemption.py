@@ -32,12 +32,20 @@ class Watch:
         self._signalled = False
         self._questions = 0
         self.reached = False
+        # The handlers replaced, put back by close(): after a run, Ctrl-C in the calling program (a
+        # notebook, a test session) must interrupt it again rather than ask a finished run to save.
+        self._previous = {}
+        handlers = {signal.SIGINT: self._on_sigint, **({} if self._several else {signal.SIGTERM: self._on_sigterm})}
         try:
-            if not self._several:
-                signal.signal(signal.SIGTERM, self._on_sigterm)
-            signal.signal(signal.SIGINT, self._on_sigint)
+            for signum, handler in handlers.items():
+                self._previous[signum] = signal.signal(signum, handler)
         except ValueError:  # not the main thread: signals are left to the caller
             pass
+
+    def close(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
     def _on_sigterm(self, signum, frame):
         self._signalled = True
