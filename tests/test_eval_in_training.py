@@ -49,3 +49,27 @@ def test_fid_eval_needs_its_files(tmp_path):
     import pytest
     with pytest.raises(ValueError, match="needs eval.reference"):
         train_and_evaluate(tiny_config(**{"eval.kind": "fid", "eval.num_samples": 4}), str(tmp_path))
+
+
+def test_evaluation_samples_with_the_runs_noise_schedule():
+    """A run with another schedule (cosine, 100 steps) is evaluated with that schedule, as its grids are."""
+    import jax
+
+    from dit_jax.diffusion.gaussian import create_diffusion
+    from dit_jax.models.dit import init_params
+    from dit_jax.parallel.mesh import make_mesh_from_config
+    from dit_jax.parallel.sharding import batch_sharding
+    from dit_jax.sampling.sampler import make_batch_sampler
+    from dit_jax.train import evaluation
+    from dit_jax.train.config_base import to_dit_config
+
+    c = tiny_config(**{"eval.kind": "digits", "eval.num_samples": 4, "eval.batch_size": 4, "eval.steps": "3",
+                       "diffusion.noise_schedule": "squaredcos_cap_v2", "diffusion.num_timesteps": 100})
+    model_cfg, mesh = to_dit_config(c.model), make_mesh_from_config(c.mesh)
+    params = init_params(model_cfg, jax.random.key(1))
+    got, _ = evaluation.ema_samples(c, model_cfg, params, evaluation.make_sampler(c, model_cfg, mesh))
+    cosine = make_batch_sampler(model_cfg, create_diffusion("3", noise_schedule="squaredcos_cap_v2",
+                                                            learn_sigma=model_cfg.learn_sigma, diffusion_steps=100),
+                                batch_sharding(mesh), c.eval.cfg_scale, c.eval.cfg_mode, "ddpm")
+    want, _ = evaluation.ema_samples(c, model_cfg, params, cosine)
+    np.testing.assert_array_equal(got, want)

@@ -23,11 +23,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiT
 from dit_jax.parallel.mesh import describe as describe_mesh, make_mesh_from_config
 from dit_jax.parallel.sharding import LOGICAL_RULES, batch_divisor, batch_sharding, replicated, state_shardings
-from dit_jax.train.config_base import to_dit_config
+from dit_jax.train.config_base import run_diffusion, to_dit_config
 from dit_jax.train.state import abstract_state, make_optimizer
 from dit_jax.train.step import train_step
 
@@ -128,8 +127,7 @@ def sharded_step(config, devices):
         vae_config = VAEConfig()
         vae_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated(mesh)),
                                   abstract_params(vae_config))
-    diffusion = create_diffusion("", learn_sigma=model_cfg.learn_sigma, noise_schedule=config.diffusion.noise_schedule,
-                                 diffusion_steps=config.diffusion.num_timesteps)
+    diffusion = run_diffusion(config)
     step = jax.jit(partial(train_step, model=DiT(model_cfg), diffusion=diffusion, tx=tx, ema_decay=config.ema_decay,
                            input_mode=config.data.latents, vae_config=vae_config,
                            latent_scale=config.data.latent_scale),

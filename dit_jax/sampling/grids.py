@@ -44,15 +44,13 @@ def save_grid(images: np.ndarray, path: str, nrow: int | None = None, upscale: i
 
 def make_grid_sampler(config, model_cfg, mesh, vae_config=None):
     """The sample grids' jitted sampler over the run's mesh, built once per run."""
-    from dit_jax.diffusion.gaussian import create_diffusion
     from dit_jax.parallel.sharding import batch_sharding
     from dit_jax.sampling.sampler import make_batch_sampler
+    from dit_jax.train.config_base import run_diffusion
     s = config.sample
-    return make_batch_sampler(model_cfg, create_diffusion(s.steps, learn_sigma=model_cfg.learn_sigma,
-                                                          noise_schedule=config.diffusion.noise_schedule,
-                                                          diffusion_steps=config.diffusion.num_timesteps),
-                              batch_sharding(mesh), s.cfg_scale, s.cfg_mode, s.sampler,
-                              vae_config=vae_config if config.data.latents else None, uint8=True)
+    return make_batch_sampler(model_cfg, run_diffusion(config, s.steps), batch_sharding(mesh), s.cfg_scale,
+                              s.cfg_mode, s.sampler, vae_config=vae_config if config.data.latents else None,
+                              uint8=True)
 
 
 def sample_grid(config, model_cfg, ema_params, step: int, workdir: str, sampler, vae_params=None) -> str | None:

@@ -25,6 +25,15 @@ def to_dit_config(model: ml_collections.ConfigDict) -> DiTConfig:
     return DiTConfig.from_dict(fields)
 
 
+def run_diffusion(config: ml_collections.ConfigDict, timestep_respacing: str = ""):
+    """The run's diffusion (config.diffusion's schedule and length), respaced for sampling ("250",
+    "ddim50") or whole for training (""): training, grids and evaluations all build it here."""
+    from dit_jax.diffusion.gaussian import create_diffusion
+    return create_diffusion(timestep_respacing, learn_sigma=config.model.learn_sigma,
+                            noise_schedule=config.diffusion.noise_schedule,
+                            diffusion_steps=config.diffusion.num_timesteps)
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0

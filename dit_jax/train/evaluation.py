@@ -15,8 +15,8 @@ import jax
 import numpy as np
 
 from dit_jax import storage
-from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.parallel.mesh import make_mesh_from_config
+from dit_jax.train.config_base import run_diffusion
 from dit_jax.train.metrics_log import MetricsLog
 
 KINDS = ("", "digits", "fid")
@@ -43,9 +43,8 @@ def make_sampler(config, model_cfg, mesh, vae_config=None):
     from dit_jax.parallel.sharding import batch_sharding
     from dit_jax.sampling.sampler import make_batch_sampler
     e = config.eval
-    return make_batch_sampler(model_cfg, create_diffusion(e.steps, learn_sigma=model_cfg.learn_sigma),
-                              batch_sharding(mesh), e.cfg_scale, e.cfg_mode, "ddpm",
-                              vae_config=vae_config if config.data.latents else None)
+    return make_batch_sampler(model_cfg, run_diffusion(config, e.steps), batch_sharding(mesh), e.cfg_scale,
+                              e.cfg_mode, "ddpm", vae_config=vae_config if config.data.latents else None)
 
 
 def ema_samples(config, model_cfg, ema_params, sampler, vae_params=None,

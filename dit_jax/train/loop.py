@@ -14,7 +14,6 @@ import flax.linen as nn
 import jax
 
 from dit_jax import storage
-from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiT, forward_macs
 from dit_jax.parallel.mesh import describe as describe_mesh, make_mesh_from_config
 from dit_jax.parallel.sharding import LOGICAL_RULES, batch_divisor, batch_sharding, replicated, state_shardings
@@ -22,7 +21,7 @@ from dit_jax.sampling import grids
 from dit_jax.train import checkpoint as ckpt, evaluation, profile, workdir_lock
 from dit_jax.train.compilation_cache import configure as configure_compilation_cache
 from dit_jax.train.preemption import Watch
-from dit_jax.train.config_base import to_dit_config
+from dit_jax.train.config_base import run_diffusion, to_dit_config
 from dit_jax.train.exit_codes import Preempted
 from dit_jax.train.integrity import NonFiniteWatch
 from dit_jax.train.metrics_log import MetricsLog, peak_flops
@@ -81,8 +80,7 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager, preempted
               f"({describe_mesh(mesh, config.mesh)}); "
               f"model {config.model.name} ({model_cfg.depth} blocks, hidden {model_cfg.hidden_size})")
 
-    diffusion = create_diffusion("", learn_sigma=model_cfg.learn_sigma, noise_schedule=config.diffusion.noise_schedule,
-                                 diffusion_steps=config.diffusion.num_timesteps)
+    diffusion = run_diffusion(config)
     vae = load_run_vae(config, model_cfg)
     tx = make_optimizer(config.optim)
     abstract = abstract_state(model_cfg, tx, config.seed)
