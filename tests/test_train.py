@@ -219,3 +219,26 @@ def test_sample_command_reads_a_workdir(uninterrupted, tmp_path, capsys):
                  "--upscale", "1", "--out", str(out)]) == 0
     assert "EMA weights" in capsys.readouterr().out
     assert Image.open(out).size == (10 * 10 + 2, 12)
+
+
+def test_sample_command_uses_the_runs_noise_schedule(tmp_path):
+    """`dit-jax sample --workdir` of a run trained with another schedule (cosine, 100 steps) samples
+    with that schedule."""
+    from PIL import Image
+
+    from dit_jax.cli import main
+    from dit_jax.diffusion.gaussian import create_diffusion
+    from dit_jax.jobs.sample import grid_labels
+    from dit_jax.sampling.grids import make_grid, to_uint8
+    from dit_jax.sampling.sampler import make_sampler
+    wd, out = str(tmp_path / "cosine"), tmp_path / "g.png"
+    train_and_evaluate(tiny_config(total_steps=1, **{"diffusion.noise_schedule": "squaredcos_cap_v2",
+                                                     "diffusion.num_timesteps": 100}), wd)
+    assert main(["sample", "--workdir", wd, "--num", "4", "--steps", "3", "--seed", "5", "--nrow", "4",
+                 "--upscale", "1", "--out", str(out)]) == 0
+    params, cfg, _ = final_params(wd)
+    run = make_sampler(cfg, create_diffusion("3", noise_schedule="squaredcos_cap_v2", learn_sigma=cfg.learn_sigma,
+                                             diffusion_steps=100), 4.0)
+    labels = np.asarray(grid_labels(None, 4, cfg.num_classes, 5), np.int32)
+    want = make_grid(to_uint8(run(params, labels, jax.random.key(5))), 4)
+    np.testing.assert_array_equal(np.asarray(Image.open(out)).reshape(want.shape), want)

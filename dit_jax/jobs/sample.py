@@ -22,19 +22,23 @@ from dit_jax.weights import load_vae_weights, load_weights
 
 
 def load_model(weights: str | None, workdir: str | None, config: DiTConfig | None, seed: int):
-    """(params, config, what they are, for the log and the .npz manifest): a run's EMA weights at its
-    latest step (`workdir`), converted `weights` (checked against `config` when given), or with neither a
-    model of `config` initialised from `seed`."""
+    """(params, config, what they are (for the log and the .npz manifest), schedule): a run's EMA weights
+    at its latest step (`workdir`), converted `weights` (checked against `config` when given), or with
+    neither a model of `config` initialised from `seed`. `schedule`: create_diffusion's noise_schedule and
+    diffusion_steps of the run; empty (the reference's linear 1000 steps) for weights."""
     if workdir:
-        from dit_jax.train.checkpoint import load_ema
-        params, config, step = load_ema(workdir)
-        return params, config, f"the EMA weights of {workdir} at step {step}"
+        from dit_jax.train.checkpoint import load_run
+        from dit_jax.train.config_base import to_dit_config
+        params, run, step = load_run(workdir)
+        schedule = dict(noise_schedule=run["diffusion"]["noise_schedule"],
+                        diffusion_steps=run["diffusion"]["num_timesteps"])
+        return params, to_dit_config(run["model"]), f"the EMA weights of {workdir} at step {step}", schedule
     if weights:
         params, config = load_weights(weights, config)
-        return params, config, f"weights from {weights}"
+        return params, config, f"weights from {weights}", {}
     return (init_params(config, jax.random.key(seed)), config,
             "a RANDOMLY INITIALISED model (no --weights given): the pictures show the sampler running, "
-            "not a trained model")
+            "not a trained model", {})
 
 
 def grid_labels(classes: list[int] | None, num: int, num_classes: int, seed: int) -> list[int]:
@@ -53,12 +57,13 @@ def grid_labels(classes: list[int] | None, num: int, num_classes: int, seed: int
 def write_grid(params, config: DiTConfig, source: str, out: str, *, num: int = 16, classes: list[int] | None = None,
                steps: str = "50", cfg_scale: float = 4.0, cfg_mode: str = "reference", sampler: str = "ddpm",
                eta: float = 0.0, seed: int = 0, vae: str | None = None, nrow: int | None = None,
-               upscale: int = 4) -> str:
+               upscale: int = 4, schedule: dict | None = None) -> str:
     """`num` samples as a PNG grid at `out`; returns the path written. Latent models are decoded with the
-    VAE weights in `vae`; without them their latents go to OUT.npz instead, as no image can be drawn."""
+    VAE weights in `vae`; without them their latents go to OUT.npz instead, as no image can be drawn.
+    `schedule` as in `write_npz`."""
     print(f"sampling {num} images from {source}", flush=True)
     labels = grid_labels(classes, num, config.num_classes, seed)
-    diffusion = create_diffusion(steps, learn_sigma=config.learn_sigma)
+    diffusion = create_diffusion(steps, learn_sigma=config.learn_sigma, **(schedule or {}))
     run = make_sampler(config, diffusion, cfg_scale, cfg_mode, sampler, eta)
     t0 = time.time()
     samples = jax.block_until_ready(run(params, jnp.asarray(labels, jnp.int32), jax.random.key(seed)))
@@ -86,22 +91,23 @@ def write_grid(params, config: DiTConfig, source: str, out: str, *, num: int = 1
 
 def write_npz(params, config: DiTConfig, source: str, out: str, num_samples: int, *, steps: str = "250",
               cfg_scale: float = 1.5, cfg_mode: str = "reference", sampler: str = "ddpm", eta: float = 0.0,
-              seed: int = 0, vae: str | None = None, batch_per_device: int = 32) -> str:
+              seed: int = 0, vae: str | None = None, batch_per_device: int = 32, schedule: dict | None = None) -> str:
     """`num_samples` images into the ADM .npz at `out` (`sample_npz`: every device of every host,
     resumable shards). The defaults are the reference's evaluation protocol: 250 DDPM steps, cfg 1.5
-    (3 channels, only if > 1), uniform random labels, VAE decode, uint8 as the reference."""
+    (3 channels, only if > 1), uniform random labels, VAE decode, uint8 as the reference. `schedule`:
+    create_diffusion's noise_schedule / diffusion_steps (a run's, from `load_model`); none: linear 1000."""
     if config.in_channels not in (1, 3) and not vae:
         raise ValueError(f"the ADM .npz holds images: decoding {config.in_channels}-channel latents needs --vae DIR")
     vae_weights = load_vae_weights(vae) if vae else None
     print(f"sampling {num_samples} images from {source}: {steps} {sampler} steps, cfg {cfg_scale} "
           f"({cfg_mode}), seed {seed}", flush=True)
     mesh = Mesh(np.asarray(jax.devices()), ("batch",))
-    run = make_batch_sampler(config, create_diffusion(steps, learn_sigma=config.learn_sigma),
+    run = make_batch_sampler(config, create_diffusion(steps, learn_sigma=config.learn_sigma, **(schedule or {})),
                              NamedSharding(mesh, P("batch")), cfg_scale, cfg_mode, sampler, eta,
                              vae_config=vae_weights[1] if vae_weights else None, uint8=True)
     # What made the images, recorded in the shards' manifest: a rerun with other settings starts over.
     settings = dict(weights=source, vae=vae, steps=steps, cfg_scale=cfg_scale, cfg_mode=cfg_mode, sampler=sampler,
-                    eta=eta)
+                    eta=eta, **(schedule or {}))
     return sample_npz(run, params, num_samples, config.num_classes, seed, out, batch_per_device, vae_weights,
                       settings)
 
@@ -114,9 +120,9 @@ def sample(out: str, *, weights: str | None = None, workdir: str | None = None, 
     """Load the model (`load_model`), then sample a grid of `num` images (`write_grid`), or with
     `num_samples` the ADM .npz (`write_npz`); returns the path written. Steps and guidance left unset
     take that function's defaults: a quick look for a grid, the evaluation protocol for an .npz."""
-    params, config, source = load_model(weights, workdir, config, seed)
+    params, config, source, schedule = load_model(weights, workdir, config, seed)
     chosen = {k: v for k, v in dict(steps=steps or None, cfg_scale=cfg_scale).items() if v is not None}
-    common = dict(cfg_mode=cfg_mode, sampler=sampler, eta=eta, seed=seed, vae=vae, **chosen)
+    common = dict(cfg_mode=cfg_mode, sampler=sampler, eta=eta, seed=seed, vae=vae, schedule=schedule, **chosen)
     if num_samples:
         return write_npz(params, config, source, out, num_samples, batch_per_device=batch_per_device, **common)
     return write_grid(params, config, source, out, num=num, classes=classes, nrow=nrow, upscale=upscale, **common)

@@ -219,9 +219,16 @@ def load_ema(workdir: str, step: int | None = None, params_key: str = "ema_param
 
     Restores onto this process's first device, whatever mesh saved it.
     """
+    from dit_jax.train.config_base import to_dit_config
+    params, config, step = load_run(workdir, step, params_key)
+    return params, to_dit_config(config["model"]), step
+
+
+def load_run(workdir: str, step: int | None = None, params_key: str = "ema_params"):
+    """(EMA params, the run's whole config as stored (a dict), step): `load_ema` for callers that
+    need more of the run than its model, e.g. its diffusion schedule."""
     import jax
 
-    from dit_jax.train.config_base import to_dit_config
     manager = ocp.CheckpointManager(
         storage.join(workdir, "checkpoints"),
         options=ocp.CheckpointManagerOptions(read_only=True, create=False),
@@ -237,5 +244,4 @@ def load_ema(workdir: str, step: int | None = None, params_key: str = "ema_param
                                    partial_restore=True)
     restored = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: state,
                                                                  CONFIG_ITEM: ocp.args.JsonRestore()}))
-    model = to_dit_config(restored[CONFIG_ITEM]["model"])
-    return restored[STATE_ITEM][params_key], model, step
+    return restored[STATE_ITEM][params_key], dict(restored[CONFIG_ITEM]), step
