@@ -74,6 +74,14 @@ def test_same_images_on_1_and_8_devices_and_resume(tmp_path):
     with np.load(resumed) as z:
         c = z["arr_0"]
     assert np.array_equal(c[:4], a[:4]) and np.array_equal(c[8:], a[8:]) and not c[4:8].any()
+    # Other weights, even by the least step of one value, start over: the marked shard is not reused.
+    params = tiny_params()
+    params["x_embedder"]["bias"] = np.nextafter(params["x_embedder"]["bias"], np.float32(1))
+    logged = []
+    sample_npz(run_fn(), params, 10, 5, 7, resumed, batch_per_device=4, log=logged.append)
+    assert any("starting over" in line for line in logged)
+    with np.load(resumed) as z:
+        assert z["arr_0"][4:8].any()
 
 
 def test_cli_num_samples_writes_the_adm_npz(tmp_path, capsys):

@@ -8,20 +8,13 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dit_jax import storage
 from dit_jax.sampling.sampler import sample_keys, sample_labels
+from dit_jax.train.integrity import fingerprint
 
 MANIFEST = "manifest.json"
-
-
-def params_fingerprint(params) -> list[float]:
-    """Per-leaf (sum, sum of squares) of the weights: cheap on device, and different for other weights."""
-    sums = jax.jit(lambda p: [jnp.stack([jnp.sum(a, dtype=jnp.float32), jnp.sum(jnp.square(a.astype(jnp.float32)))])
-                              for a in jax.tree.leaves(p)])(params)
-    return [round(float(v), 6) for pair in jax.device_get(sums) for v in pair]
 
 
 def _manifest(shard_dir) -> dict | None:
@@ -70,7 +63,7 @@ def sample_npz(run, params, num_samples: int, num_classes: int, seed: int, out_p
     The work is split into shards of one global batch (batch_per_device x all devices of all
     hosts); each host writes the rows its devices hold as soon as a batch finishes, under
     OUT.shards/, so an interrupted run resumes without redoing them. OUT.shards/manifest.json records
-    what made the shards (`settings`: weights, guidance, steps, sampler...; the weights' fingerprint,
+    what made the shards (`settings`: weights, guidance, steps, sampler...; the weights' checksums,
     the seed and the shard layout): a rerun with anything else starts over. `run` is a
     `make_batch_sampler(..., uint8=True)` function over all devices; `vae` is its (VAE params, VAEConfig)
     for latent models, uploaded once. Process 0 writes OUT.
@@ -86,7 +79,7 @@ def sample_npz(run, params, num_samples: int, num_classes: int, seed: int, out_p
     batch = batch_per_device * jax.device_count()
     shard_dir = out_path + ".shards"
     num_shards = -(-num_samples // batch)
-    manifest = dict(settings or {}, seed=seed, num_classes=num_classes, weights_fingerprint=params_fingerprint(params),
+    manifest = dict(settings or {}, seed=seed, num_classes=num_classes, weights_checksums=fingerprint(params)[0],
                     batch_per_device=batch_per_device, device_count=jax.device_count(),
                     process_count=jax.process_count())
     todo = _plan_shards(shard_dir, manifest, num_shards, log)
