@@ -142,3 +142,22 @@ def test_latent_config_errors(setup, tmp_path):
     with pytest.raises(ValueError, match="but the model takes 8x8x1"):
         train_and_evaluate(tiny_config(**{"data.latents": "encode", "data.vae": vae_dir, "data.image_size": 16,
                                           "data.name": "tiny_images", "data.data_dir": data_dir}), str(tmp_path))
+
+
+def test_extraction_encodes_the_pixels_the_training_step_sees(setup):
+    """The extraction's [-1, 1] images are those of the step (preprocess.to_float, bit for bit), so a
+    latent dataset and the VAE inside the step start from the same numbers."""
+    import jax
+
+    from dit_jax.data.preprocess import to_float
+    from dit_jax.jobs.extract_latents import _encoder
+    from dit_jax.models.vae import AutoencoderKL
+    from dit_jax.weights import load_vae_weights
+    _, _, _, vae_dir = setup
+    params, cfg = load_vae_weights(vae_dir)
+    images = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
+    mean = np.asarray(_encoder(params, cfg)(images)[0])
+    x = to_float(images)
+    want = jax.jit(lambda p, x: AutoencoderKL(cfg).apply({"params": p}, jax.numpy.concatenate([x, x[:, :, ::-1]]),
+                                                          method="encode")[0][:1])(params, x)
+    np.testing.assert_array_equal(mean, np.asarray(want))

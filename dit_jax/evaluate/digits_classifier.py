@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dit_jax.data.preprocess import to_float
 from dit_jax.evaluate.frechet import feature_statistics, frechet_distance
 
 VERSION = 1                # bump when the architecture, data split or training recipe changes
@@ -52,9 +53,6 @@ _META_FILE = "meta.json"
 
 # ----------------------------------------------------------------------------------------- data
 
-def _to_model_range(u8: np.ndarray) -> np.ndarray:
-    # in float32, exactly as dit_jax.data.preprocess does (ToTensor then Normalize(0.5, 0.5))
-    return u8.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
 def real_digits(split: str = "all") -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +64,7 @@ def real_digits(split: str = "all") -> tuple[np.ndarray, np.ndarray]:
 
     digits = load_digits()
     u8 = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
-    images, labels = _to_model_range(u8), digits.target.astype(np.int64)
+    images, labels = to_float(u8), digits.target.astype(np.int64)
     if split == "all":
         return images, labels
     if split not in ("train", "heldout"):
@@ -97,7 +95,7 @@ def _as_images(images) -> np.ndarray:
     if images.ndim != 4 or images.shape[1:] != (8, 8, 1):
         raise ValueError(f"expected images of shape (N, 8, 8, 1) or (N, 8, 8), got {images.shape}")
     if images.dtype == np.uint8:
-        images = _to_model_range(images)
+        images = to_float(images)
     return np.clip(images.astype(np.float32), -1.0, 1.0)
 
 

@@ -25,6 +25,7 @@ from dit_jax import storage
 from dit_jax.data.digits import default_data_dir
 from dit_jax.data.latents import LATENT_KEYS, VERSION, dataset_builder
 from dit_jax.data.pipeline import DecodeCrop, open_source
+from dit_jax.data.preprocess import to_float_on_device
 from dit_jax.weights import load_vae_weights
 
 SHARDS = "extract_shards"
@@ -43,7 +44,7 @@ def _encoder(vae_params, vae_config):
 
     @jax.jit
     def encode_sharded(params, images):
-        x = images.astype(jnp.float32) / 127.5 - 1.0
+        x = to_float_on_device(images)  # the training step's pixels, bit for bit
         both = jnp.concatenate([x, x[:, :, ::-1]])  # flip = reverse the width axis
         mean, logvar = model.apply({"params": params}, both, method="encode")
         std = jnp.exp(0.5 * logvar)
