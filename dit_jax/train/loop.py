@@ -106,7 +106,7 @@ def _train(config, workdir, model_cfg, mesh, log, stop_after, manager, preempted
     start = int(jax.device_get(state.step))
     log.truncate_after(start)  # rows past the checkpoint are re-run: one row per step
     data_iter = DevicePrefetch(iter(make_train_loader(config.data, config.batch_size, config.seed, start)),
-                               batch_sharding(mesh), config.data.get("prefetch_to_device", 2))
+                               batch_sharding(mesh), config.data.prefetch_to_device)
 
     step_fn = jax.jit(partial(train_step, model=DiT(model_cfg), diffusion=diffusion, tx=tx,
                               ema_decay=config.ema_decay, input_mode=config.data.latents,
