@@ -233,3 +233,16 @@ def test_a_failed_asynchronous_save_stops_the_run_in_one_line(ten_steps, tmp_pat
     assert not glob.glob(os.path.join(wd, "checkpoints", "*tmp*"))  # the failed save is cleaned up
     train_and_evaluate(_config(total_steps=3), wd)  # with space again it resumes
     assert _steps(wd) == [2, 3]
+
+
+def test_a_save_error_line_keeps_the_os_reason_past_tensorstores_spec():
+    """tensorstore puts the store's JSON spec after the OS error; the one-line message must still say
+    why the write failed (the spec once pushed "File too large" out of the shortened line)."""
+    from dit_jax.train.checkpoint import _one_line
+    tmp = "/tmp/run/checkpoints/3.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0"
+    spec = '{"base":{"driver":"ocdbt","base":"file:///tmp/run/checkpoints/"},' + '"x":"' + "y" * 600 + '"}'
+    error = OSError(f'OUT_OF_RANGE: Error opening "zarr" driver: Error writing "rng/.zarray" in OCDBT database at '
+                    f'local file "{tmp}/": Failed writing: "{tmp}/d/963087": Failed to write 11479 bytes to file 9: '
+                    f"File too large [tensorstore_spec='{spec}'] [os_error_code='27']")
+    line = _one_line(error)
+    assert "File too large" in line and "rng/.zarray" in line and "yyyy" not in line, line

@@ -13,6 +13,7 @@ WORKDIR/checkpoints_set_aside/ with a warning, and the newest intact checkpoint 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import jax
@@ -92,8 +93,13 @@ def close(manager: ocp.CheckpointManager, failed: bool) -> None:
             tmp.rmtree() if tmp.is_dir() else tmp.unlink()
 
 
+# tensorstore appends the whole spec of the store it was writing (hundreds of characters of JSON)
+# after the OS error; without it the reason ("File too large", "No space left") fits in the line.
+_TENSORSTORE_SPEC = re.compile(r"\s*\[tensorstore_spec='.*?'\]")
+
+
 def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = _TENSORSTORE_SPEC.sub("", " ".join(str(e).split())) or type(e).__name__
     # Orbax's messages start with the file and end with the OS error: keep both ends.
     return text if len(text) < 400 else text[:150] + " ... " + text[-240:]
 
