@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import os
@@ -280,14 +281,24 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_benchmark(args) -> int:
-    """Train step, input pipeline and sampler timed per setting, beside the PyTorch reference (--torch)."""
+def cmd_benchmark(args, config_args: list[str]) -> int:
+    """Train step, input pipeline and sampler of a training config, timed per setting, beside the PyTorch
+    reference (--torch). Without --config: the paper's recipe for --model on a latent dataset."""
     from dit_jax.benchmark.run import Setting, parse_setting, run_benchmark
-    from dit_jax.models.dit import dit_config
+    from dit_jax.train.config_base import model_fields, parse_config_flags
+    config = parse_config_flags(config_args, "configs/dit.py:XL/2", "dit-jax benchmark")
+    if not any(a == "--config" or a.startswith("--config=") for a in config_args):
+        config.data.latents = "dataset"  # the step alone, as the reference's rows time it
+    if args.model:  # replaces config.model, then the size flags below apply
+        config.model = model_fields(args.model)
     sizes = dict(input_size=args.input_size, num_classes=args.num_classes, in_channels=args.in_channels,
                  num_heads=args.num_heads, depth=args.depth, hidden_size=args.hidden_size)
-    config = dit_config(args.model, **{k: v for k, v in sizes.items() if v is not None})
-    defaults = Setting(batch=args.batch, dtype=args.dtype, attention=args.attention, remat=args.remat, scan=args.scan)
+    config.model.update({k: v for k, v in sizes.items() if v is not None})
+    config.data.num_classes = config.model.num_classes
+    defaults = Setting.of(config, 1)
+    chosen = dict(batch=args.batch, dtype=args.dtype, attention=args.attention, remat=args.remat,
+                  scan=args.scan or None)
+    defaults = dataclasses.replace(defaults, **{k: v for k, v in chosen.items() if v is not None})
     settings = [parse_setting(spec, defaults) for spec in args.setting] or [parse_setting("", defaults)]
     reference = ""
     if args.torch:
@@ -295,10 +306,11 @@ def cmd_benchmark(args) -> int:
                                                    "tests", "torch_reference")
         if not os.path.isfile(os.path.join(reference, "models.py")):
             raise FileNotFoundError(f"--torch: no models.py in {reference}: pass --reference DIR (a DiT checkout)")
-    run_benchmark(args.model, config, settings, steps=args.steps, warmup=args.warmup, pipeline=not args.no_pipeline,
+    run_benchmark(config, settings, steps=args.steps, warmup=args.warmup, pipeline=not args.no_pipeline,
                   data_dir=args.data_dir, dataset=args.dataset, worker_count=args.workers,
                   sample_steps=args.sample_steps, cfg_scale=args.cfg_scale, sample_batch=args.sample_batch,
-                  sample_repeats=args.sample_repeats, torch_reference=reference, out=args.out)
+                  sample_repeats=args.sample_repeats, samplers=tuple(args.sampler or ["ddpm"]),
+                  torch_reference=reference, out=args.out)
     return 0
 
 
@@ -432,20 +444,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("compile", help="will it fit? AOT-compile the train step for a TPU topology from this host: "
                    "--config configs/dit.py:XL/2 --topology v5p-8 [--num-slices N] (needs libtpu)")
 
-    bm = sub.add_parser("benchmark", help="img/s, MFU, memory and compile time of the train step, input pipeline "
-                                          "and sampler per setting; --torch times the PyTorch reference beside them")
+    bm = sub.add_parser("benchmark", help="img/s, MFU, memory and compile time of a training config's train step, "
+                                          "input pipeline and sampler per setting; --torch times the PyTorch "
+                                          "reference beside them. --config FILE and --config.FIELD=VALUE as train "
+                                          "(default: the paper's recipe for --model on a latent dataset)")
     _add_model_args(bm)
-    bm.set_defaults(model="XL/2")
     bm.add_argument("--depth", type=int, help="override the named model's depth (small test models)")
     bm.add_argument("--hidden-size", type=int, help="override the named model's hidden size")
     bm.add_argument("--setting", action="append", default=[],
                     help="one benchmarked setting as key=value pairs over the defaults below, e.g. "
                          "'batch=256,remat=full' (repeatable; keys batch, dtype, attention, remat, scan)")
-    bm.add_argument("--batch", type=int, default=32, help="default batch per device")
-    bm.add_argument("--dtype", default="bfloat16", help="default compute dtype (params stay float32)")
-    bm.add_argument("--attention", default="cudnn", help="default attention: cudnn (XLA off GPUs) or xla")
-    bm.add_argument("--remat", default="none", help="default remat policy: none, full, dots_saveable, "
-                                                    "dots_with_no_batch_dims_saveable, offload_dots")
+    bm.add_argument("--batch", type=int, default=None, help="default batch per device (default: the config's)")
+    bm.add_argument("--dtype", default=None, help="default compute dtype (params stay float32; default: the "
+                                                  "config's)")
+    bm.add_argument("--attention", default=None, help="default attention: cudnn (XLA off GPUs) or xla")
+    bm.add_argument("--remat", default=None, help="default remat policy: none, full, dots_saveable, "
+                                                  "dots_with_no_batch_dims_saveable, offload_dots")
     bm.add_argument("--scan", action="store_true", help="default: scan over blocks")
     bm.add_argument("--steps", type=int, default=20, help="timed train steps per setting")
     bm.add_argument("--warmup", type=int, default=3, help="untimed train steps first")
@@ -454,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--data-dir", "--data_dir", dest="data_dir", default="")
     bm.add_argument("--workers", type=int, default=0, help="Grain worker processes of the pipeline rows")
     bm.add_argument("--sample-steps", type=int, default=250, help="sampling steps (0: no sampler rows)")
+    bm.add_argument("--sampler", action="append", default=[], help="sampler of the sampler rows (repeatable; "
+                                                                   "default ddpm)")
     bm.add_argument("--cfg-scale", type=float, default=1.5, help="guidance scale of the sampler rows")
     bm.add_argument("--sample-batch", type=int, default=32)
     bm.add_argument("--sample-repeats", type=int, default=1, help="timed sampler runs after one warm-up run")
@@ -488,8 +504,11 @@ def main(argv=None) -> int:
     try:
         if argv[:1] == ["train"]:  # absl parses the rest: --config=FILE:ARG and typed --config.x=y overrides
             return cmd_train(argv[1:])
+        if argv[:1] == ["benchmark"]:  # its flags, then --config=FILE and --config.x=y as train
+            args, rest = build_parser().parse_known_args(argv)
+            return cmd_benchmark(args, rest)
         if argv[:1] == ["compile"]:  # --config as train, plus the target topology
-            from dit_jax.parallel.compile_check import main as cmd_compile
+            from dit_jax.jobs.compile import main as cmd_compile
             return cmd_compile(argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)

@@ -233,18 +233,16 @@ def run_training_comparison(models: types.ModuleType, diffusion_pkg: types.Modul
     `torch.optim.AdamW(lr=1e-4, weight_decay=0)`, EMA `ema = decay * ema + (1 - decay) * param`
     after each step, label dropout in train mode. Both sides start from the same weights and get
     the same batches, timesteps, noise and label-drop mask each step (the reference's
-    `token_drop` is given the mask; ours gets it through `train_step(draws=...)`). Rows: the loss
+    `token_drop` is given the mask; ours gets it in the batch's 'draws'). Rows: the loss
     of every step, then the final params and EMA (max over all tensors, relative to the largest
     reference value). The params get their own tolerance: each Adam step moves a weight by about
     lr * g / (|g| + eps), which for gradients near eps turns float32 rounding into up to lr.
     """
-    import functools
-
-    import ml_collections
     import torch
 
-    from dit_jax.train.state import create_state, make_optimizer
-    from dit_jax.train.step import train_step
+    from dit_jax.parallel.mesh import make_mesh
+    from dit_jax.train.programs import build_train_step
+    from dit_jax.train.run import config_for_model, make_run
 
     cfg = dataclasses.replace(config, scan_blocks=False)
     torch.manual_seed(seed)
@@ -261,10 +259,13 @@ def run_training_comparison(models: types.ModuleType, diffusion_pkg: types.Modul
     opt = torch.optim.AdamW(ref.parameters(), lr=REFERENCE_OPTIM["lr"], weight_decay=0)
     ref_d = diffusion_pkg.create_diffusion("", learn_sigma=cfg.learn_sigma)
 
-    tx = make_optimizer(ml_collections.ConfigDict(REFERENCE_OPTIM))
-    state = create_state(cfg, tx, seed, init_params=jax.tree.map(jnp.asarray, params))
-    step_fn = jax.jit(functools.partial(train_step, model=DiT(cfg), diffusion=create_diffusion(
-        "", learn_sigma=cfg.learn_sigma), tx=tx, ema_decay=ema_decay))
+    # The training run's own step (train/programs.py) on one device, with the reference's recipe.
+    config = config_for_model(cfg)
+    config.optim.update(REFERENCE_OPTIM)
+    config.update(ema_decay=ema_decay, seed=seed)
+    config.data.latents = ""  # x0 given as it is, as the reference's training_losses takes it
+    program = build_train_step(make_run(config, vae=None, mesh=make_mesh(devices=jax.devices()[:1])))
+    state = program.init(jax.tree.map(jnp.asarray, params))
 
     rng = np.random.default_rng(seed)
     shape = (batch, cfg.input_size, cfg.input_size, cfg.in_channels)
@@ -293,8 +294,8 @@ def run_training_comparison(models: types.ModuleType, diffusion_pkg: types.Modul
                     ema_sd[name].mul_(ema_decay).add_(sd[name], alpha=1 - ema_decay)
 
         draws = {"t": jnp.asarray(t, jnp.int32), "noise": jnp.asarray(noise), "drop": jnp.asarray(drop)}
-        state, metrics = step_fn(state, {"image": jnp.asarray(x0), "label": jnp.asarray(y, jnp.int32)},
-                                 draws=draws)
+        state, metrics = program.step(state, {"image": jnp.asarray(x0), "label": jnp.asarray(y, jnp.int32),
+                                              "draws": draws}, None)
         row = compare(f"step {k + 1} loss", metrics["loss"], ref_loss.detach().numpy(), loss_tol)
         log(f"step {k + 1}: loss ours {float(metrics['loss']):.7f} reference {ref_loss.item():.7f}")
         rows.append(row)

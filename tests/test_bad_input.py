@@ -55,7 +55,7 @@ BAD_TRAIN_ARGS = [
     (["--config.mesh.data=0"], ["mesh sizes must be >= 1, or -1"]),
     (["--config.mesh.data=-1", "--config.mesh.fsdp=-1"], ["at most one of mesh"]),
     (["--config.sample.steps=abc"], ["sample.steps", "'abc'"]),
-    (["--config.eval.steps=ddim999"], ["eval.steps", "999 steps"]),
+    (["--config.evals.digits.steps=ddim999"], ["evals.digits.steps", "999 steps"]),
     (["--config.sample.sampler=euler"], ["sample.sampler must be one of"]),
     (["--config.sample.cfg_mode=some"], ["sample.cfg_mode must be one of"]),
     (["--config.sample.num=0"], ["sample.num"]),
@@ -68,7 +68,7 @@ BAD_TRAIN_ARGS = [
     (["--config.data.worker_count=-1"], ["data.worker_count"]),
     (["--config.data.channels=2", "--config.model.in_channels=2"], ["data.channels must be 1 or 3"]),
     (["--config.seed=-1"], ["seed must be"]),
-    (["--config.eval.batch_size=0"], ["eval.batch_size"]),
+    (["--config.evals.digits.batch_size=0"], ["evals.digits.batch_size"]),
     (["--config.peak_tflops_per_device=-1.0"], ["peak_tflops_per_device"]),
 ]
 

@@ -24,7 +24,7 @@ def short_demo():
     c = load_config(os.path.join(ROOT, "configs", "demo.py"))
     c.update(total_steps=500, ema_decay=0.99, log_every=250, checkpoint_every=500)
     c.sample.every = 500
-    c.eval.update(num_samples=200, steps="50")
+    c.evals.digits.update(num_samples=200, steps="50")
     return c
 
 
@@ -33,11 +33,11 @@ def test_short_demo_learns(tmp_path):
     result = train_and_evaluate(c, str(tmp_path))
     with open(tmp_path / "demo_scores.json") as f:
         scores = json.load(f)
-    assert scores["eval/frechet_distance"] == pytest.approx(result["eval/frechet_distance"])
+    assert scores["eval/digits/frechet_distance"] == pytest.approx(result["eval/digits/frechet_distance"])
     assert os.path.isfile(tmp_path / "samples" / "step_0000500.png")
     os.makedirs(tmp_path / "untrained")
     untrained = final_evaluation(c, to_dit_config(c.model), init_params(to_dit_config(c.model), jax.random.key(0)),
                                  str(tmp_path / "untrained"), MetricsLog(str(tmp_path / "untrained"), enabled=False))
     print("trained", scores, "untrained", untrained)
-    assert untrained["eval/frechet_distance"] > 1.5 * FD_THRESHOLD
-    assert scores["eval/frechet_distance"] < FD_THRESHOLD
+    assert untrained["eval/digits/frechet_distance"] > 1.5 * FD_THRESHOLD
+    assert scores["eval/digits/frechet_distance"] < FD_THRESHOLD

@@ -16,14 +16,14 @@ def logged(workdir, key):
 
 
 def test_digits_scores_every_n_steps(tmp_path):
-    c = tiny_config(**{"eval.kind": "digits", "eval.every": 2, "eval.num_samples": 20, "eval.steps": "5",
+    c = tiny_config(**{"evals.digits.kind": "digits", "evals.digits.every": 2, "evals.digits.num_samples": 20, "evals.digits.steps": "5",
                        "total_steps": 4})
     result = train_and_evaluate(c, str(tmp_path))
-    curve = logged(str(tmp_path), "eval/frechet_distance")
+    curve = logged(str(tmp_path), "eval/digits/frechet_distance")
     assert sorted(curve) == [2]  # periodic; the final one goes to eval_scores.json
-    assert np.isfinite(curve[2]) and np.isfinite(result["eval/frechet_distance"])
+    assert np.isfinite(curve[2]) and np.isfinite(result["eval/digits/frechet_distance"])
     with open(tmp_path / "eval_scores.json") as f:
-        assert json.load(f)["eval/num_samples"] == 20
+        assert json.load(f)["eval/digits/num_samples"] == 20
 
 
 def test_fid_against_a_reference_batch_during_training(tmp_path):
@@ -37,39 +37,49 @@ def test_fid_against_a_reference_batch_during_training(tmp_path):
     feats = extract_features(variables, ref_images)
     adm_metrics.write_reference_batch(str(tmp_path / "ref.npz"), ref_images, feats["pool"], feats["spatial"],
                                       n_images=6)
-    c = tiny_config(**{"eval.kind": "fid", "eval.every": 2, "eval.num_samples": 6, "eval.steps": "3",
-                       "eval.reference": str(tmp_path / "ref.npz"), "eval.inception": str(tmp_path / "inception.npz"),
+    c = tiny_config(**{"evals.fid.kind": "fid", "evals.fid.every": 2, "evals.fid.num_samples": 6, "evals.fid.steps": "3",
+                       "evals.fid.reference": str(tmp_path / "ref.npz"),
+                       "evals.fid.inception": str(tmp_path / "inception.npz"),
                        "total_steps": 4})
     result = train_and_evaluate(c, str(tmp_path / "run"))
-    curve = logged(str(tmp_path / "run"), "eval/fid")
-    assert sorted(curve) == [2] and curve[2] > 0 and result["eval/fid"] > 0
+    curve = logged(str(tmp_path / "run"), "eval/fid/fid")
+    assert sorted(curve) == [2] and curve[2] > 0 and result["eval/fid/fid"] > 0
 
 
 def test_fid_eval_needs_its_files(tmp_path):
     import pytest
-    with pytest.raises(ValueError, match="needs eval.reference"):
-        train_and_evaluate(tiny_config(**{"eval.kind": "fid", "eval.num_samples": 4}), str(tmp_path))
+    with pytest.raises(ValueError, match="needs evals.fid.reference"):
+        train_and_evaluate(tiny_config(**{"evals.fid.kind": "fid", "evals.fid.num_samples": 4}), str(tmp_path))
 
 
 def test_evaluation_samples_with_the_runs_noise_schedule():
     """A run with another schedule (cosine, 100 steps) is evaluated with that schedule, as its grids are."""
     import jax
 
+    import dataclasses
+
     from dit_jax.diffusion.gaussian import create_diffusion
     from dit_jax.models.dit import init_params
-    from dit_jax.parallel.mesh import make_mesh_from_config
-    from dit_jax.parallel.sharding import batch_sharding
-    from dit_jax.sampling.sampler import make_batch_sampler
+    from dit_jax.sampling.sampler import SamplerSettings, build_sampler
     from dit_jax.train import evaluation
-    from dit_jax.train.config_base import to_dit_config
+    from dit_jax.train.run import make_run
 
-    c = tiny_config(**{"eval.kind": "digits", "eval.num_samples": 4, "eval.batch_size": 4, "eval.steps": "3",
-                       "diffusion.noise_schedule": "squaredcos_cap_v2", "diffusion.num_timesteps": 100})
-    model_cfg, mesh = to_dit_config(c.model), make_mesh_from_config(c.mesh)
-    params = init_params(model_cfg, jax.random.key(1))
-    got, _ = evaluation.ema_samples(c, model_cfg, params, evaluation.make_sampler(c, model_cfg, mesh))
-    cosine = make_batch_sampler(model_cfg, create_diffusion("3", noise_schedule="squaredcos_cap_v2",
-                                                            learn_sigma=model_cfg.learn_sigma, diffusion_steps=100),
-                                batch_sharding(mesh), c.eval.cfg_scale, c.eval.cfg_mode, "ddpm")
-    want, _ = evaluation.ema_samples(c, model_cfg, params, cosine)
-    np.testing.assert_array_equal(got, want)
+    c = tiny_config(**{"evals.digits.kind": "digits", "evals.digits.num_samples": 4, "evals.digits.batch_size": 4,
+                       "evals.digits.steps": "3", "diffusion.noise_schedule": "squaredcos_cap_v2",
+                       "diffusion.num_timesteps": 100})
+    run = make_run(c)
+    params = init_params(run.model, jax.random.key(1))
+    [ev] = evaluation.make_evaluators(run)
+    got, _ = evaluation.ema_samples(run, ev, params)
+    # Expected: the same sampler factory given the cosine diffusion explicitly; and a negative control:
+    # the default linear 1000-step schedule gives other samples.
+    settings = SamplerSettings.from_config(c.evals.digits)
+    outputs = {}
+    for name, objective in (("cosine", create_diffusion("", noise_schedule="squaredcos_cap_v2",
+                                                        learn_sigma=run.model.learn_sigma, diffusion_steps=100)),
+                            ("linear", create_diffusion("", learn_sigma=run.model.learn_sigma))):
+        other = dataclasses.replace(run, objective=objective)
+        outputs[name], _ = evaluation.ema_samples(run, dataclasses.replace(ev, sample=build_sampler(other, settings)),
+                                                  params)
+    np.testing.assert_array_equal(got, outputs["cosine"])
+    assert np.abs(got - outputs["linear"]).max() > 1e-2

@@ -17,20 +17,24 @@ from jax import export
 from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, {tests!r})
 from test_train import tiny_config
-from dit_jax.parallel.compile_check import sharded_step
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.parallel.sharding import LOGICAL_RULES
-from dit_jax.sampling.sampler import make_sampler
+from dit_jax.sampling.sampler import SamplerSettings, make_sampler
+from dit_jax.train.programs import abstract_batch, build_train_step
+from dit_jax.train.run import make_run
 from dit_jax.train.config_base import to_dit_config
 
 platforms = ("cuda", "tpu")
 config = tiny_config(**{{"mesh.data": 2, "mesh.fsdp": 4}})
-step, args, mesh, _ = sharded_step(config, jax.devices())
+run = make_run(config)
+program = build_train_step(run)
+mesh = run.mesh
+args = (program.abstract_state, abstract_batch(run), None)
 with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-    exported_step = export.export(step, platforms=platforms)(*args)
+    exported_step = export.export(program.step, platforms=platforms)(*args)
 
 model_cfg = to_dit_config(config.model)
-sampler = make_sampler(model_cfg, create_diffusion("4", learn_sigma=model_cfg.learn_sigma), cfg_scale=1.5)
+sampler = make_sampler(model_cfg, run.objective, SamplerSettings(steps="4", cfg_scale=1.5))
 params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, P())),
                       args[0].ema_params)
 batch = NamedSharding(mesh, P(("data", "fsdp")))

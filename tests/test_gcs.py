@@ -31,8 +31,8 @@ def test_training_in_a_bucket_writes_everything_there_and_resumes(gcs_bucket, tm
     bucket, url = gcs_bucket
     monkeypatch.chdir(tmp_path)  # a URI taken for a local path would land here as ./gs:/...
     workdir = f"gs://{bucket}/runs/demo"
-    c = tiny_config(**{"sample.every": 3, "sample.num": 4, "sample.steps": "2", "eval.kind": "digits",
-                       "eval.every": 3, "eval.num_samples": 20, "eval.steps": "5"})
+    c = tiny_config(**{"sample.every": 3, "sample.num": 4, "sample.steps": "2", "evals.digits.kind": "digits",
+                       "evals.digits.every": 3, "evals.digits.num_samples": 20, "evals.digits.steps": "5"})
     train_and_evaluate(c, workdir, stop_after=3)  # stops as a crash would, after the step-3 checkpoint
     first = set(gcs_objects(url, bucket, "runs/demo/"))
     assert any(n.startswith("runs/demo/checkpoints/3/") for n in first)
@@ -52,9 +52,9 @@ def test_training_in_a_bucket_writes_everything_there_and_resumes(gcs_bucket, tm
 
     rows = [json.loads(line) for line in storage.read_bytes(f"{workdir}/metrics.jsonl").decode().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]  # the resumed run appended to the first
-    assert [r["step"] for r in rows if "eval/frechet_distance" in r] == [3]
+    assert [r["step"] for r in rows if "eval/digits/frechet_distance" in r] == [3]
     scores = json.loads(storage.read_bytes(f"{workdir}/eval_scores.json"))
-    assert scores["eval/num_samples"] == 20 and scores == {k: result[k] for k in scores}
+    assert scores["eval/digits/num_samples"] == 20 and scores == {k: result[k] for k in scores}
     with Image.open(io.BytesIO(storage.read_bytes(f"{workdir}/samples/step_0000006.png"))) as grid:
         assert grid.format == "PNG" and grid.width > 0
     ema, _, step = load_ema(workdir)

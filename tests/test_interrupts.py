@@ -32,14 +32,14 @@ def read_until(proc, text):
 
 def test_ctrl_c_saves_then_a_second_exits_at_once(tmp_path):
     wd = str(tmp_path / "once")
-    proc = start(wd, "--config.eval.kind=")
+    proc = start(wd, "--config.evals.digits.kind=")
     read_until(proc, "step 3/")
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=300)[0]
     assert "preempted: checkpoint saved at step" in out, out[-3000:]
     assert (make_manager(wd, 3, 1).latest_step() or 0) >= 3
 
-    proc = start(str(tmp_path / "twice"), "--config.eval.kind=")
+    proc = start(str(tmp_path / "twice"), "--config.evals.digits.kind=")
     read_until(proc, "step 3/")
     proc.send_signal(signal.SIGINT)
     read_until(proc, "Ctrl-C again")
@@ -53,8 +53,8 @@ def test_ctrl_c_saves_then_a_second_exits_at_once(tmp_path):
 def test_sigterm_during_a_long_evaluation_saves_within_seconds(tmp_path):
     wd = str(tmp_path / "run")
     # 400 samples in 40 batches of 50 steps: minutes on a CPU; the signal comes as it starts.
-    proc = start(wd, "--config.eval.kind=digits", "--config.eval.every=3", "--config.eval.num_samples=400",
-                 "--config.eval.batch_size=10", "--config.eval.steps=50")
+    proc = start(wd, "--config.evals.digits.kind=digits", "--config.evals.digits.every=3", "--config.evals.digits.num_samples=400",
+                 "--config.evals.digits.batch_size=10", "--config.evals.digits.steps=50")
     read_until(proc, "step 3/")
     proc.send_signal(signal.SIGTERM)
     t0 = time.time()

@@ -21,7 +21,7 @@ from test_train import ROOT, tiny_config
 # The same tiny run as tiny_config(), through the CLI.
 TINY_FLAGS = ["--config.model.hidden_size=32", "--config.model.depth=2", "--config.model.num_heads=2",
               "--config.batch_size=8", "--config.log_every=1", "--config.checkpoint_every=3",
-              "--config.sample.every=0", "--config.eval.kind=", "--config.optim.warmup_steps=0"]
+              "--config.sample.every=0", "--config.evals.digits.kind=", "--config.optim.warmup_steps=0"]
 
 
 def _env():

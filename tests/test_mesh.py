@@ -22,7 +22,7 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 # The CLI flags that make the demo the `tiny_config` of test_train.
 TINY_FLAGS = ["--config.model.hidden_size=32", "--config.model.depth=2", "--config.model.num_heads=2",
               "--config.batch_size=8", "--config.total_steps=6", "--config.log_every=1",
-              "--config.checkpoint_every=3", "--config.sample.every=0", "--config.eval.kind=",
+              "--config.checkpoint_every=3", "--config.sample.every=0", "--config.evals.digits.kind=",
               "--config.optim.warmup_steps=0"]
 
 

@@ -42,8 +42,8 @@ print("process", pid, "done", flush=True)
 """
 
 # Sample grids at steps 3 and 6, the digits evaluation at step 3 and at the end.
-WITH_SAMPLING = {"sample.every": 3, "sample.num": 6, "sample.steps": "4", "eval.kind": "digits", "eval.every": 3,
-                 "eval.num_samples": 12, "eval.batch_size": 6, "eval.steps": "4"}
+WITH_SAMPLING = {"sample.every": 3, "sample.num": 6, "sample.steps": "4", "evals.digits.kind": "digits", "evals.digits.every": 3,
+                 "evals.digits.num_samples": 12, "evals.digits.batch_size": 6, "evals.digits.steps": "4"}
 
 
 def free_port() -> int:
@@ -89,9 +89,9 @@ def scores(workdir):
     with open(os.path.join(workdir, "eval_scores.json")) as f:
         final = json.load(f)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        periodic = {row["step"]: row["eval/frechet_distance"] for row in map(json.loads, f)
-                    if "eval/frechet_distance" in row}
-    return {k: v for k, v in final.items() if k != "eval/seconds"}, periodic
+        periodic = {row["step"]: row["eval/digits/frechet_distance"] for row in map(json.loads, f)
+                    if "eval/digits/frechet_distance" in row}
+    return {k: v for k, v in final.items() if k != "eval/digits/seconds"}, periodic
 
 
 def download(url, bucket, prefix, local):

@@ -21,7 +21,7 @@ from dit_jax.train.timing import SaveClock
 from test_train import ROOT, tiny_config
 
 TINY = ["--config.model.hidden_size=32", "--config.model.depth=2", "--config.model.num_heads=2",
-        "--config.batch_size=8", "--config.sample.every=0", "--config.eval.kind="]
+        "--config.batch_size=8", "--config.sample.every=0", "--config.evals.digits.kind="]
 
 
 def rows(workdir):

@@ -125,7 +125,7 @@ def _demo_losses(workdir, dtype: str) -> np.ndarray:
     config.model.dtype = dtype
     config.update(total_steps=60, batch_size=16, log_every=5, checkpoint_every=60)
     config.sample.every = 0
-    config.eval.kind = ""
+    config.evals.digits.kind = ""
     train_and_evaluate(config, str(workdir))
     with open(workdir / "metrics.jsonl") as f:
         return np.array([json.loads(line)["loss"] for line in f])

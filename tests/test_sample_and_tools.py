@@ -13,7 +13,7 @@ from dit_jax.cli import main
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiTConfig, init_params
 from dit_jax.sampling.grids import make_grid, to_uint8
-from dit_jax.sampling.sampler import make_sampler
+from dit_jax.sampling.sampler import SamplerSettings, make_sampler
 from dit_jax.weights import save_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,15 +38,15 @@ def test_sampler_is_deterministic_and_guidance_changes_it():
     params = init_params(TINY, jax.random.key(0))
     params = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(1), a.shape), params)
     labels = jnp.array([0, 1, 2, 3])
-    d = create_diffusion("5")
-    plain = make_sampler(TINY, d, cfg_scale=1.0)
+    d = create_diffusion("")
+    plain = make_sampler(TINY, d, SamplerSettings(steps="5", cfg_scale=1.0))
     a, b = plain(params, labels, jax.random.key(7)), plain(params, labels, jax.random.key(7))
     np.testing.assert_array_equal(a, b)
     assert a.shape == (4, 8, 8, 3)
     assert not np.allclose(a, plain(params, labels, jax.random.key(8)))
-    guided = make_sampler(TINY, d, cfg_scale=4.0)(params, labels, jax.random.key(7))
+    guided = make_sampler(TINY, d, SamplerSettings(steps="5", cfg_scale=4.0))(params, labels, jax.random.key(7))
     assert not np.allclose(a, guided)
-    ddim = make_sampler(TINY, d, sampler="ddim")(params, labels, jax.random.key(7))
+    ddim = make_sampler(TINY, d, SamplerSettings(steps="5", sampler="ddim"))(params, labels, jax.random.key(7))
     assert np.isfinite(ddim).all() and not np.allclose(a, ddim)
 
 

@@ -11,8 +11,10 @@ import numpy as np
 from dit_jax.cli import main
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiTConfig, init_params
+from dit_jax.parallel.mesh import make_mesh
 from dit_jax.sampling.npz import sample_npz
-from dit_jax.sampling.sampler import make_batch_sampler
+from dit_jax.sampling.sampler import SamplerSettings, build_sampler
+from dit_jax.train.run import config_for_model, make_run
 from dit_jax.weights import save_weights
 
 TINY = DiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=5)
@@ -26,7 +28,8 @@ def tiny_params():
 def run_fn():
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("batch",))
     by_batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-    return make_batch_sampler(TINY, create_diffusion("4"), by_batch, cfg_scale=1.5, uint8=True)
+    run = make_run(config_for_model(TINY), vae=None, mesh=make_mesh(devices=jax.devices()))
+    return build_sampler(run, SamplerSettings(steps="4", cfg_scale=1.5), sharding=by_batch, uint8=True)
 
 
 EIGHT = r"""

@@ -12,14 +12,14 @@ import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiTConfig, init_params
-from dit_jax.sampling.sampler import make_sampler
+from dit_jax.sampling.sampler import SamplerSettings, make_sampler
 
 assert jax.device_count() == 8
 cfg = DiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=2, num_heads=2, num_classes=5)
 params = init_params(cfg, jax.random.key(0))
 params = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(1), a.shape), params)
 labels = jnp.arange(16) % 5
-run = make_sampler(cfg, create_diffusion("6"), cfg_scale=1.5)
+run = make_sampler(cfg, create_diffusion(""), SamplerSettings(steps="6", cfg_scale=1.5))
 single = np.asarray(run(params, labels, jax.random.key(3)))
 mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 sharded_labels = jax.device_put(labels, NamedSharding(mesh, P("data")))

@@ -23,7 +23,7 @@ def tiny_config(**changes):
     c.model.update(hidden_size=32, depth=2, num_heads=2)
     c.update(batch_size=8, total_steps=6, log_every=1, checkpoint_every=3)
     c.sample.every = 0
-    c.eval.kind = ""
+    c.evals.digits.kind = ""
     c.optim.warmup_steps = 0
     for key, value in changes.items():
         node = c
@@ -179,7 +179,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     cmd = [sys.executable, "-m", "dit_jax.cli", "train", f"--workdir={wd}", "--config.total_steps=100000",
            "--config.model.hidden_size=32", "--config.model.depth=2", "--config.model.num_heads=2",
            "--config.batch_size=8", "--config.log_every=1", "--config.checkpoint_every=100000",
-           "--config.sample.every=0", "--config.eval.kind="]
+           "--config.sample.every=0", "--config.evals.digits.kind="]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     for line in proc.stdout:  # wait until training is under way
         if line.startswith("step 5/"):
@@ -230,15 +230,15 @@ def test_sample_command_uses_the_runs_noise_schedule(tmp_path):
     from dit_jax.diffusion.gaussian import create_diffusion
     from dit_jax.jobs.sample import grid_labels
     from dit_jax.sampling.grids import make_grid, to_uint8
-    from dit_jax.sampling.sampler import make_sampler
+    from dit_jax.sampling.sampler import SamplerSettings, make_sampler
     wd, out = str(tmp_path / "cosine"), tmp_path / "g.png"
     train_and_evaluate(tiny_config(total_steps=1, **{"diffusion.noise_schedule": "squaredcos_cap_v2",
                                                      "diffusion.num_timesteps": 100}), wd)
     assert main(["sample", "--workdir", wd, "--num", "4", "--steps", "3", "--seed", "5", "--nrow", "4",
                  "--upscale", "1", "--out", str(out)]) == 0
     params, cfg, _ = final_params(wd)
-    run = make_sampler(cfg, create_diffusion("3", noise_schedule="squaredcos_cap_v2", learn_sigma=cfg.learn_sigma,
-                                             diffusion_steps=100), 4.0)
+    run = make_sampler(cfg, create_diffusion("", noise_schedule="squaredcos_cap_v2", learn_sigma=cfg.learn_sigma,
+                                             diffusion_steps=100), SamplerSettings(steps="3", cfg_scale=4.0))
     labels = np.asarray(grid_labels(None, 4, cfg.num_classes, 5), np.int32)
     want = make_grid(to_uint8(run(params, labels, jax.random.key(5))), 4)
     np.testing.assert_array_equal(np.asarray(Image.open(out)).reshape(want.shape), want)

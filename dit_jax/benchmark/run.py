@@ -1,11 +1,13 @@
 """Speed of the real training step, input pipeline and sampler, beside the PyTorch reference.
 
-    dit-jax benchmark --model XL/2 --setting batch=32 --setting batch=256,remat=full \\
-        --sample-steps 250 --cfg-scale 1.5 --torch --out bench.json
+    dit-jax benchmark --config configs/dit.py:XL/2 --config.data.latents=dataset \\
+        --setting batch=32 --setting batch=256,remat=full --sample-steps 250 --cfg-scale 1.5 --torch
 
-For each setting (batch per device, compute dtype, attention, remat policy, scan over blocks) it
-compiles the train step exactly as the training loop does (hybrid loss, AdamW, EMA, donated state,
-sharded over all devices, latent-dataset input) and times it after warm-up with
+It takes the training config (`--config`, `--config.FIELD=VALUE`; without one the paper's recipe for
+`--model` on a latent dataset) and, for each setting (batch per device, compute dtype, attention, remat
+policy, scan over blocks) laid over it, builds the train step with the training loop's own builder
+(`train/programs.py`: the config's objective, mesh, FSDP/ZeRO-1 sharding, input, donated state) and
+times it after warm-up with
 `block_until_ready`: once on synthetic latents already on the devices (the step alone), once fed by
 the real Grain pipeline from a latent dataset (a small synthetic one is built unless --data-dir
 names one), and the pipeline alone, to show whether input keeps up. The jitted sampler (N steps,
@@ -20,6 +22,7 @@ repeat it), compile seconds and the ratio to the best PyTorch row of the same ki
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import json
@@ -34,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dit_jax.models.dit import ATTENTION, DTYPES, REMAT, DiT, DiTConfig, forward_macs
+from dit_jax.models.dit import ATTENTION, DTYPES, REMAT, DiTConfig, forward_macs
 
 LATENT_DATASET = "benchmark_latents"
 
@@ -54,6 +57,20 @@ class Setting:
     def model(self, base: DiTConfig) -> DiTConfig:
         return dataclasses.replace(base, dtype=self.dtype, attention=self.attention, remat=self.remat,
                                    scan_blocks=self.scan)
+
+    def apply(self, config, num_devices: int):
+        """The training config this setting times: its batch per device and model choices over `config`."""
+        c = copy.deepcopy(config)
+        c.batch_size = self.batch * num_devices
+        c.model.update(dtype=self.dtype, attention=self.attention, remat=self.remat, scan_blocks=self.scan)
+        return c
+
+    @classmethod
+    def of(cls, config, num_devices: int) -> "Setting":
+        """The setting a training config already has (its batch split over `num_devices`)."""
+        m = config.model
+        return cls(batch=max(1, config.batch_size // num_devices), dtype=m.dtype, attention=m.attention,
+                   remat=m.remat, scan=m.scan_blocks)
 
 
 def parse_setting(spec: str, defaults: Setting) -> Setting:
@@ -96,83 +113,99 @@ def _is_out_of_memory(error: Exception) -> bool:
 # ----------------------------------------------------------------------------- the train step
 
 
-def build_train_step(model_cfg: DiTConfig, mesh, optim=None, ema_decay: float = 0.9999, input_mode: str = "dataset"):
-    """(create_state, step) as the training loop builds them: the state jitted into its logical
-    shardings, the step jitted with the batch split over the mesh and the state donated."""
+def bench_run(config, setting: Setting, mesh):
+    """The training run of `config` under `setting` on `mesh`; a step that encodes gets a VAE of random
+    weights when the config names none (the time does not depend on the values)."""
+    from dit_jax.train.run import VAE, make_run
+    c = setting.apply(config, mesh.size)
+    vae = "load"
+    if c.data.latents == "encode" and not c.data.vae:
+        from dit_jax.models.vae import AutoencoderKL, VAEConfig
+        vae_config = VAEConfig()
+        size = c.data.image_size
+        vae = VAE(jax.jit(AutoencoderKL(vae_config).init)(jax.random.key(0), jnp.zeros((1, size, size, 3)))["params"],
+                  vae_config)
+    elif not c.data.vae:
+        vae = None
+    return make_run(c, vae=vae, mesh=mesh)
+
+
+def synthetic_batch(run, seed: int = 0) -> dict:
+    """A global batch of the shapes and dtypes the input pipeline sends (`programs.abstract_batch`),
+    already on the devices: uint8 pixels, or a latent dataset's float16 posterior mean/std."""
+    from dit_jax.train.programs import abstract_batch
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, spec in abstract_batch(run).items():
+        if key == "label":
+            host = rng.integers(0, run.model.num_classes, spec.shape).astype(spec.dtype)
+        elif key == "std":
+            host = np.full(spec.shape, 0.1, spec.dtype)
+        elif spec.dtype == np.uint8:
+            host = rng.integers(0, 256, spec.shape).astype(np.uint8)
+        else:
+            host = rng.standard_normal(spec.shape).astype(spec.dtype)
+        out[key] = jax.device_put(host, spec.sharding)
+    return out
+
+
+def lowered_step(run, batch, vae_params=None):
+    """The train step of `run` lowered for the benchmark's arguments (what it compiles and times)."""
     import flax.linen as nn
 
-    from dit_jax.diffusion.gaussian import create_diffusion
-    from dit_jax.parallel.sharding import batch_sharding, logical_shardings, replicated
-    from dit_jax.train.config_base import base_config
-    from dit_jax.train.state import abstract_state, create_state, make_optimizer
-    from dit_jax.train.step import train_step
-
-    tx = make_optimizer(optim or base_config().optim)
-    shardings, _ = logical_shardings(abstract_state(model_cfg, tx), mesh)
-    diffusion = create_diffusion("", learn_sigma=model_cfg.learn_sigma)
-    with jax.set_mesh(mesh):
-        create = jax.jit(lambda: nn.unbox(create_state(model_cfg, tx, 0)), out_shardings=shardings)
-    step = jax.jit(partial(train_step, model=DiT(model_cfg), diffusion=diffusion, tx=tx, ema_decay=ema_decay,
-                           input_mode=input_mode),
-                   in_shardings=(shardings, batch_sharding(mesh), replicated(mesh)),
-                   out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
-    return create, step
+    from dit_jax.parallel.sharding import LOGICAL_RULES
+    from dit_jax.train.programs import build_train_step
+    program = build_train_step(run)
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        return program, program.step.lower(program.abstract_state, batch, vae_params)
 
 
-def synthetic_latents(model_cfg: DiTConfig, global_batch: int, sharding, seed: int = 0) -> dict:
-    """A latent-dataset batch (posterior mean/std, labels) already on the devices."""
-    rng = np.random.default_rng(seed)
-    shape = (global_batch, model_cfg.input_size, model_cfg.input_size, model_cfg.in_channels)
-    host = {"mean": rng.standard_normal(shape).astype(np.float16),  # as `dit-jax extract-latents` stores them
-            "std": np.full(shape, 0.1, np.float16),
-            "label": rng.integers(0, model_cfg.num_classes, global_batch).astype(np.int32)}
-    return {k: jax.device_put(v, sharding) for k, v in host.items()}
-
-
-def _timed_steps(step, state, next_batch, steps: int, warmup: int):
+def _timed_steps(step, state, next_batch, steps: int, warmup: int, vae_params=None):
     for _ in range(warmup):
-        state, metrics = step(state, next_batch(), None)
+        state, metrics = step(state, next_batch(), vae_params)
     jax.block_until_ready(state)
     t0 = time.perf_counter()
     for _ in range(steps):
-        state, metrics = step(state, next_batch(), None)
+        state, metrics = step(state, next_batch(), vae_params)
     jax.block_until_ready((state, metrics))
     return state, (time.perf_counter() - t0) / steps, float(metrics["loss"])
 
 
-def time_train(model_cfg: DiTConfig, setting: Setting, mesh, steps: int, warmup: int, loader=None) -> list[dict]:
-    """Rows for one setting: the step on synthetic latents, and through `loader` when given."""
+def time_train(config, setting: Setting, mesh, steps: int, warmup: int, loader=None) -> list[dict]:
+    """Rows for one setting: the training step of `config` under it, built by `programs.build_train_step`
+    as the training loop builds it, on synthetic input already on the devices; and fed by `loader`."""
     import flax.linen as nn
 
     from dit_jax.data.pipeline import DevicePrefetch
-    from dit_jax.parallel.sharding import LOGICAL_RULES, batch_sharding
+    from dit_jax.parallel.sharding import LOGICAL_RULES
 
-    global_batch = setting.batch * mesh.size
-    cfg = setting.model(model_cfg)
+    run = bench_run(config, setting, mesh)
+    global_batch = run.config.batch_size
     base = dict(kind="train", impl="jax", batch=setting.batch, setting=setting.label())
-    create, step = build_train_step(cfg, mesh)
-    batch = synthetic_latents(cfg, global_batch, batch_sharding(mesh))
+    batch = synthetic_batch(run)
+    vae_params = run.vae.params if run.input_mode == "encode" else None
+    t0 = time.perf_counter()
+    program, lowered = lowered_step(run, batch, vae_params)
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-        state = create()
-        t0 = time.perf_counter()
-        compiled = step.lower(state, batch, None).compile()
+        compiled = lowered.compile()
         compile_s = time.perf_counter() - t0
         analysis = compiled.memory_analysis()
-        state, dt, loss = _timed_steps(compiled, state, lambda: batch, steps, warmup)
-        rows = [dict(base, input="synthetic, on device", img_s=global_batch / dt, step_ms=1e3 * dt, loss=loss,
-                     compile_s=compile_s, peak_gib=peak_memory_gib(jax.devices()[0]),
+        state = program.init(None)
+        state, dt, loss = _timed_steps(compiled, state, lambda: batch, steps, warmup, vae_params)
+        rows = [dict(base, input=f"synthetic {run.input_mode or 'pixels'}, on device", img_s=global_batch / dt,
+                     step_ms=1e3 * dt, loss=loss, compile_s=compile_s, peak_gib=peak_memory_gib(jax.devices()[0]),
                      temp_gib=getattr(analysis, "temp_size_in_bytes", 0) / 2**30 if analysis else None),
                 time_checksum(state, base)]
         if loader is not None:
             it = iter(loader)
-            batches = DevicePrefetch(it, batch_sharding(mesh))  # as the training loop feeds the step
-            state, dt, loss = _timed_steps(compiled, state, lambda: next(batches), steps, warmup)
+            batches = DevicePrefetch(it, program.batch_sharding)  # as the training loop feeds the step
+            state, dt, loss = _timed_steps(compiled, state, lambda: next(batches), steps, warmup, vae_params)
             rows.append(dict(base, input="latent dataset (Grain)", img_s=global_batch / dt, step_ms=1e3 * dt,
                              loss=loss, compile_s=None, peak_gib=peak_memory_gib(jax.devices()[0])))
             rows.append(time_input(it, global_batch, steps, base))
             from dit_jax.data.pipeline import close
             close(it)
-    flops = 3 * 2 * forward_macs(cfg)  # forward + backward (twice the forward), MACs -> FLOPs
+    flops = 3 * 2 * forward_macs(run.model)  # forward + backward (twice the forward), MACs -> FLOPs
     return [dict(r, flops_per_image=flops) for r in rows]
 
 
@@ -230,31 +263,35 @@ def make_loader(model_cfg: DiTConfig, name: str, data_dir: str, global_batch: in
 # ----------------------------------------------------------------------------- the sampler
 
 
-def time_sample(model_cfg: DiTConfig, setting: Setting, batch: int, sample_steps: int, cfg_scale: float,
-                repeats: int) -> dict:
-    """The jitted sampler (one compiled loop over all steps) on `batch` images of one device."""
-    from dit_jax.diffusion.gaussian import create_diffusion
+def time_sample(config, setting: Setting, batch: int, sample_steps: int, cfg_scale: float, repeats: int,
+                sampler: str = "ddpm") -> dict:
+    """The run's sampler (`build_sampler`: one compiled loop over all steps) on `batch` images of one
+    device, the latents not decoded."""
     from dit_jax.models.dit import init_params
-    from dit_jax.sampling.sampler import make_sampler
+    from dit_jax.parallel.mesh import make_mesh
+    from dit_jax.sampling.sampler import SamplerSettings, build_sampler
+    from dit_jax.train.run import make_run
 
-    cfg = setting.model(model_cfg)
+    mesh = make_mesh(data=1, fsdp=1, tensor=1, devices=jax.devices()[:1])
+    run = make_run(setting.apply(config, 1), vae=None, mesh=mesh)
+    cfg = run.model
     params = jax.jit(partial(init_params, cfg))(jax.random.key(0))
-    run = make_sampler(cfg, create_diffusion(str(sample_steps), learn_sigma=cfg.learn_sigma), cfg_scale)
-    labels = jnp.arange(batch, dtype=jnp.int32) % cfg.num_classes
-    key = jax.random.PRNGKey(0)
+    settings = SamplerSettings(sampler=sampler, steps=str(sample_steps), cfg_scale=cfg_scale)
+    sample = build_sampler(dataclasses.replace(run, vae=None), settings)
+    labels = np.arange(batch, dtype=np.int32) % cfg.num_classes
     t0 = time.perf_counter()
-    compiled = run.lower(params, labels, key).compile()
+    jax.block_until_ready(sample(params, labels, jax.random.PRNGKey(0)))  # compiles
     compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(params, labels, key))  # warm-up
+    jax.block_until_ready(sample(params, labels, jax.random.PRNGKey(0)))  # warm-up
     t0 = time.perf_counter()
     for i in range(repeats):
-        out = compiled(params, labels, jax.random.PRNGKey(i + 1))
+        out = sample(params, labels, jax.random.PRNGKey(i + 1))
     jax.block_until_ready(out)
     dt = (time.perf_counter() - t0) / repeats
     halves = 2 if cfg_scale > 1 else 1  # guidance runs the model on [x, x]
-    return dict(kind="sample", impl="jax", batch=batch, input=f"{sample_steps} steps, cfg {cfg_scale}",
+    return dict(kind="sample", impl="jax", batch=batch, input=f"{sample_steps} {sampler} steps, cfg {cfg_scale}",
                 setting=dataclasses.replace(setting, batch=batch, remat="none").label().replace(" remat=none", ""),
-                img_s=batch / dt, step_ms=1e3 * dt / sample_steps, compile_s=compile_s,
+                img_s=batch / dt, step_ms=1e3 * dt / sample_steps, compile_s=compile_s - dt,
                 peak_gib=peak_memory_gib(jax.devices()[0]),
                 flops_per_image=2 * forward_macs(cfg) * sample_steps * halves)
 
@@ -331,21 +368,26 @@ def environment() -> dict:
                 jax=jax.__version__, flax=flax.__version__, python=sys.version.split()[0])
 
 
-def run_benchmark(model_name: str, model_cfg: DiTConfig, settings: list[Setting], *, steps: int = 10,
+def run_benchmark(config, settings: list[Setting], *, steps: int = 10,
                   warmup: int = 2, pipeline: bool = True, data_dir: str = "", dataset: str = "",
                   worker_count: int = 0, sample_steps: int = 250, cfg_scale: float = 1.5, sample_batch: int = 32,
-                  sample_repeats: int = 1, torch_reference: str = "", torch_timeout: float = 3600,
-                  out: str = "", log=print) -> dict:
-    """Time every setting (and the reference with torch_reference); print the table, write JSON."""
-    from dit_jax.parallel.mesh import make_mesh
+                  sample_repeats: int = 1, samplers: tuple[str, ...] = ("ddpm",), torch_reference: str = "",
+                  torch_timeout: float = 3600, out: str = "", log=print) -> dict:
+    """Time the training step of `config` under every setting (its mesh, sharding and input as training
+    builds them), its samplers, and the reference with torch_reference; print the table, write JSON."""
+    from dit_jax.parallel.mesh import make_mesh_from_config
+    from dit_jax.train.config_base import to_dit_config
     from dit_jax.train.metrics_log import peak_flops
 
+    model_name = config.model.name
+    model_cfg = to_dit_config(config.model)
     rows = []
     if torch_reference:  # first, before JAX takes the accelerator's memory
         log(f"timing the PyTorch reference in {torch_reference} ...")
         rows += torch_rows(torch_reference, model_cfg, sorted({s.batch for s in settings}), steps, warmup,
                            sample_batch, sample_steps, cfg_scale, sample_repeats, torch_timeout)
-    mesh = make_mesh(data=-1, fsdp=1, tensor=1)
+    mesh = make_mesh_from_config(config.mesh)
+    pipeline = pipeline and config.data.latents == "dataset"  # the pipeline rows read a latent dataset
     with tempfile.TemporaryDirectory() as tmp:
         if pipeline and not dataset:  # a synthetic latent dataset, big enough for a few distinct batches
             log("building a synthetic latent dataset for the input pipeline rows ...")
@@ -355,7 +397,7 @@ def run_benchmark(model_name: str, model_cfg: DiTConfig, settings: list[Setting]
             loader = make_loader(model_cfg, dataset, data_dir, s.batch * mesh.size, worker_count) if pipeline else None
             log(f"train step: {model_name} {s.label()} ...")
             try:
-                rows += time_train(model_cfg, s, mesh, steps, warmup, loader)
+                rows += time_train(config, s, mesh, steps, warmup, loader)
             except Exception as e:  # noqa: BLE001 -- a setting that does not fit is a result, not a crash
                 if not _is_out_of_memory(e):
                     raise
@@ -364,18 +406,22 @@ def run_benchmark(model_name: str, model_cfg: DiTConfig, settings: list[Setting]
         if sample_steps:
             seen = set()
             for s in settings:
-                key = (s.dtype, s.attention, s.scan)
-                if key in seen:
-                    continue
-                seen.add(key)
-                log(f"sampler: {model_name} {key} batch {sample_batch}, {sample_steps} steps ...")
-                rows.append(time_sample(model_cfg, s, sample_batch, sample_steps, cfg_scale, sample_repeats))
-                gc.collect()
+                for sampler in samplers:
+                    key = (s.dtype, s.attention, s.scan, sampler)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    log(f"sampler: {model_name} {key} batch {sample_batch}, {sample_steps} steps ...")
+                    rows.append(time_sample(config, s, sample_batch, sample_steps, cfg_scale, sample_repeats,
+                                            sampler))
+                    gc.collect()
     add_ratios(rows, peak_flops(jax.devices()[0]), mesh.size)
     report = dict(model=model_name, model_config=model_cfg.to_dict(), environment=environment(),
+                  mesh=dict(mesh.shape), shard_optimizer=bool(config.mesh.shard_optimizer),
+                  input=config.data.latents or "pixels",
                   peak_tflops_per_device=peak_flops(jax.devices()[0]) / 1e12, steps=steps, warmup=warmup, rows=rows)
-    log(f"{model_name} on {jax.device_count()} x {jax.devices()[0].device_kind}; batch per device; "
-        "vs torch: JAX img/s per device over the best PyTorch row of the same kind and batch")
+    log(f"{model_name} on {jax.device_count()} x {jax.devices()[0].device_kind}, mesh {dict(mesh.shape)}; batch per "
+        "device; vs torch: JAX img/s per device over the best PyTorch row of the same kind and batch")
     log(format_table(rows))
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -32,5 +32,5 @@ def get_config(arg: str = ""):
     c.log_every = 100
     c.checkpoint_every = 500
     c.sample.update(every=1000, num=40, steps="100", cfg_scale=2.0)
-    c.eval.update(kind="digits", every=2000, num_samples=500, steps="100", cfg_scale=2.0, cfg_mode="all")
+    c.evals.digits.update(kind="digits", every=2000, num_samples=500, steps="100", cfg_scale=2.0, cfg_mode="all")
     return c

@@ -229,6 +229,23 @@ class GaussianDiffusion:
         return terms
 
 
+def respace(diffusion: GaussianDiffusion, spec: str | int | list[int]) -> GaussianDiffusion:
+    """A whole (training) diffusion respaced for sampling ("250", "ddim50"; "" keeps every step): the same
+    numbers as `create_diffusion(spec, ...)` with that diffusion's schedule."""
+    if not np.array_equal(diffusion.timestep_map, np.arange(diffusion.num_timesteps)):
+        raise ValueError("respace a whole diffusion, not an already respaced one")
+    if spec is None or spec == "":
+        return diffusion
+    use = space_timesteps(diffusion.num_timesteps, spec)
+    ac = diffusion.alphas_cumprod
+    new_betas, last = [], 1.0
+    for i in use:
+        new_betas.append(1 - ac[i] / last)
+        last = ac[i]
+    return GaussianDiffusion(np.array(new_betas), np.array(use), mean_type=diffusion.mean_type,
+                             var_type=diffusion.var_type, loss_type=diffusion.loss_type)
+
+
 def create_diffusion(timestep_respacing: str | int | list[int] | None = None, noise_schedule: str = "linear",
                      use_kl: bool = False, sigma_small: bool = False, predict_xstart: bool = False,
                      learn_sigma: bool = True, rescale_learned_sigmas: bool = False,

@@ -9,16 +9,24 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiTConfig, init_params
+from dit_jax.parallel.mesh import make_mesh
 from dit_jax.sampling.grids import save_grid, to_uint8
 from dit_jax.sampling.npz import sample_npz
-from dit_jax.sampling.sampler import make_batch_sampler, make_sampler
+from dit_jax.sampling.sampler import SamplerSettings, build_sampler, fetch
+from dit_jax.train.run import VAE, Run, config_for_model, make_run
 from dit_jax.weights import load_vae_weights, load_weights
+
+
+def sampling_run(config: DiTConfig, schedule: dict | None, vae: str | None) -> Run:
+    """The run the weights come from, as far as sampling needs it: the model, its diffusion (a training
+    run's schedule, else the reference's), the VAE that decodes its latents, every device's batch split."""
+    schedule = schedule or {}
+    c = config_for_model(config, noise_schedule=schedule.get("noise_schedule", "linear"),
+                         num_timesteps=schedule.get("diffusion_steps", 1000), vae=vae or "")
+    return make_run(c, vae=VAE(*load_vae_weights(vae)) if vae else None, mesh=make_mesh(devices=jax.devices()))
 
 
 def load_model(weights: str | None, workdir: str | None, config: DiTConfig | None, seed: int):
@@ -63,18 +71,16 @@ def write_grid(params, config: DiTConfig, source: str, out: str, *, num: int = 1
     `schedule` as in `write_npz`."""
     print(f"sampling {num} images from {source}", flush=True)
     labels = grid_labels(classes, num, config.num_classes, seed)
-    diffusion = create_diffusion(steps, learn_sigma=config.learn_sigma, **(schedule or {}))
-    run = make_sampler(config, diffusion, cfg_scale, cfg_mode, sampler, eta)
+    settings = SamplerSettings(sampler=sampler, steps=str(steps), cfg_scale=cfg_scale, cfg_mode=cfg_mode, eta=eta)
+    run = sampling_run(config, schedule, vae)
+    sample = build_sampler(run, settings)
     t0 = time.time()
-    samples = jax.block_until_ready(run(params, jnp.asarray(labels, jnp.int32), jax.random.key(seed)))
+    samples = fetch(sample(params, np.asarray(labels), jax.random.PRNGKey(seed), run.vae.params if run.vae else None),
+                    num)
     dt = time.time() - t0
-    print(f"{num} samples, {diffusion.num_timesteps} {sampler} steps, cfg {cfg_scale} "
-          f"({cfg_mode}): {dt:.1f} s including compilation ({num / dt:.2f} img/s)")
+    print(f"{num} samples, {settings.describe()}: {dt:.1f} s including compilation ({num / dt:.2f} img/s)")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    if vae:
-        from dit_jax.models.vae import decode_latents
-        vae_params, vae_config = load_vae_weights(vae)
-        samples = decode_latents(vae_params, samples, vae_config)
+    if vae:  # decoded by the sampler
         save_grid(to_uint8(samples), out, nrow=nrow, upscale=upscale)
         print(f"wrote {out} (decoded with the VAE in {vae}; classes {labels})")
         return out
@@ -98,13 +104,11 @@ def write_npz(params, config: DiTConfig, source: str, out: str, num_samples: int
     create_diffusion's noise_schedule / diffusion_steps (a run's, from `load_model`); none: linear 1000."""
     if config.in_channels not in (1, 3) and not vae:
         raise ValueError(f"the ADM .npz holds images: decoding {config.in_channels}-channel latents needs --vae DIR")
-    vae_weights = load_vae_weights(vae) if vae else None
-    print(f"sampling {num_samples} images from {source}: {steps} {sampler} steps, cfg {cfg_scale} "
-          f"({cfg_mode}), seed {seed}", flush=True)
-    mesh = Mesh(np.asarray(jax.devices()), ("batch",))
-    run = make_batch_sampler(config, create_diffusion(steps, learn_sigma=config.learn_sigma, **(schedule or {})),
-                             NamedSharding(mesh, P("batch")), cfg_scale, cfg_mode, sampler, eta,
-                             vae_config=vae_weights[1] if vae_weights else None, uint8=True)
+    settings = SamplerSettings(sampler=sampler, steps=str(steps), cfg_scale=cfg_scale, cfg_mode=cfg_mode, eta=eta)
+    print(f"sampling {num_samples} images from {source}: {settings.describe()}, seed {seed}", flush=True)
+    sample_run = sampling_run(config, schedule, vae)
+    run = build_sampler(sample_run, settings, uint8=True)
+    vae_weights = (sample_run.vae.params, sample_run.vae.config) if sample_run.vae else None
     # What made the images, recorded in the shards' manifest: a rerun with other settings starts over.
     settings = dict(weights=source, vae=vae, steps=steps, cfg_scale=cfg_scale, cfg_mode=cfg_mode, sampler=sampler,
                     eta=eta, **(schedule or {}))

@@ -42,28 +42,23 @@ def save_grid(images: np.ndarray, path: str, nrow: int | None = None, upscale: i
     storage.write_bytes_atomic(path, png.getvalue())
 
 
-def make_grid_sampler(config, model_cfg, mesh, vae_config=None):
-    """The sample grids' jitted sampler over the run's mesh, built once per run."""
-    from dit_jax.parallel.sharding import batch_sharding
-    from dit_jax.sampling.sampler import make_batch_sampler
-    from dit_jax.train.config_base import run_diffusion
-    s = config.sample
-    return make_batch_sampler(model_cfg, run_diffusion(config, s.steps), batch_sharding(mesh), s.cfg_scale,
-                              s.cfg_mode, s.sampler, vae_config=vae_config if config.data.latents else None,
-                              uint8=True)
+def make_grid_sampler(run):
+    """The sample grids' jitted sampler over the run's mesh (config.sample), built once per run."""
+    from dit_jax.sampling.sampler import SamplerSettings, build_sampler
+    return build_sampler(run, SamplerSettings.from_config(run.config.sample), uint8=True)
 
 
-def sample_grid(config, model_cfg, ema_params, step: int, workdir: str, sampler, vae_params=None) -> str | None:
+def sample_grid(run, ema_params, step: int, workdir: str, sampler, vae_params=None) -> str | None:
     """EMA samples as a PNG grid, sampled by all hosts and written by process 0; latent models are
     decoded with the VAE (skipped without one)."""
     from dit_jax.sampling.sampler import fetch
-    if config.data.latents and vae_params is None:
+    if run.latent and vae_params is None:
         return None
-    s = config.sample
-    labels = np.arange(s.num) % model_cfg.num_classes
-    images = fetch(sampler(ema_params, labels, jax.random.PRNGKey(config.seed + 1), vae_params), s.num)
+    s, num_classes = run.config.sample, run.model.num_classes
+    labels = np.arange(s.num) % num_classes
+    images = fetch(sampler(ema_params, labels, jax.random.PRNGKey(run.config.seed + 1), vae_params), s.num)
     if jax.process_index() != 0:
         return None
     path = storage.join(workdir, "samples", f"step_{step:07d}.png")
-    save_grid(images, path, nrow=min(model_cfg.num_classes, s.num), upscale=max(1, 64 // images.shape[1]))
+    save_grid(images, path, nrow=min(num_classes, s.num), upscale=max(1, 64 // images.shape[1]))
     return path

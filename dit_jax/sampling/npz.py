@@ -65,7 +65,7 @@ def sample_npz(run, params, num_samples: int, num_classes: int, seed: int, out_p
     OUT.shards/, so an interrupted run resumes without redoing them. OUT.shards/manifest.json records
     what made the shards (`settings`: weights, guidance, steps, sampler...; the weights' checksums,
     the seed and the shard layout): a rerun with anything else starts over. `run` is a
-    `make_batch_sampler(..., uint8=True)` function over all devices; `vae` is its (VAE params, VAEConfig)
+    `build_sampler(..., uint8=True)` function over all devices; `vae` is its (VAE params, VAEConfig)
     for latent models, uploaded once. Process 0 writes OUT.
     """
     from jax.experimental import multihost_utils

@@ -3,38 +3,71 @@ whole run, and the per-sample keys and labels that make a sample independent of 
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dit_jax.diffusion.gaussian import GaussianDiffusion
-from dit_jax.diffusion.samplers import guidance_channels, guided_model_fn, sample_loop
+from dit_jax.diffusion.gaussian import GaussianDiffusion, respace
+from dit_jax.diffusion.samplers import CFG_MODES, SAMPLERS, guidance_channels, guided_model_fn, sample_loop
 from dit_jax.models.dit import DiT, DiTConfig
 
-def make_sampler(config: DiTConfig, diffusion: GaussianDiffusion, cfg_scale: float = 1.0,
-                 cfg_mode: str = "reference", sampler: str = "ddpm", eta: float = 0.0):
-    """A jitted `fn(params, labels, key) -> samples (B, H, W, C)` in the model's data space.
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    """How to sample: what `dit-jax sample`, grids, evaluations and the benchmark all choose from."""
+    sampler: str = "ddpm"             # ancestral DDPM or DDIM over the respaced diffusion
+    steps: str = "250"                # respacing: "250", "ddim50", "10,15,20"
+    cfg_scale: float = 1.0            # guidance only above 1, as the reference
+    cfg_mode: str = "reference"       # "reference": the first 3 channels; "all": every channel
+    eta: float = 0.0                  # DDIM's noise
+
+    @classmethod
+    def from_config(cls, section) -> "SamplerSettings":
+        """From a config section with sampler/steps/cfg_scale/cfg_mode (config.sample, an evaluation)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: (str(v) if k == "steps" else v) for k, v in dict(section).items() if k in fields})
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.sampler not in SAMPLERS:
+            out.append(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.cfg_mode not in CFG_MODES:
+            out.append(f"cfg_mode must be one of {CFG_MODES}, got {self.cfg_mode!r}")
+        return out
+
+    def describe(self) -> str:
+        return f"{self.steps} {self.sampler} steps, cfg {self.cfg_scale} ({self.cfg_mode})"
+
+
+def make_sampler(model: DiTConfig, diffusion: GaussianDiffusion, settings: SamplerSettings):
+    """A jitted `fn(params, labels, key) -> samples (B, H, W, C)` in the model's data space, on whatever
+    devices its arguments are; `diffusion` is the run's whole (training) diffusion, respaced here.
 
     Guidance is applied only when cfg_scale > 1, as the reference's sample_ddp.py. `key` is one key
     (split into the key of x_T and the key of the per-step noise), or one key per sample (shape
     (B, 2) raw keys): then sample b's x_T and step noise come from its own key only, so a sample is
     the same whatever batch or device count computes it.
     """
-    model = DiT(config)
-    channels = guidance_channels(cfg_mode, config.in_channels)
+    problems = settings.problems()
+    if problems:
+        raise ValueError("; ".join(problems))
+    dit = DiT(model)
+    channels = guidance_channels(settings.cfg_mode, model.in_channels)
+    spaced = respace(diffusion, settings.steps)
 
     @jax.jit
     def run(params, labels, key):
         def class_model_fn(x, t, y):
-            return model.apply({"params": params}, x, t, y)
+            return dit.apply({"params": params}, x, t, y)
 
-        if cfg_scale > 1.0:
-            model_fn = guided_model_fn(class_model_fn, labels, config.null_class, cfg_scale, channels)
+        if settings.cfg_scale > 1.0:
+            model_fn = guided_model_fn(class_model_fn, labels, model.null_class, settings.cfg_scale, channels)
         else:
             model_fn = lambda x, t: class_model_fn(x, t, labels)  # noqa: E731
-        shape = (labels.shape[0], config.input_size, config.input_size, config.in_channels)
+        shape = (labels.shape[0], model.input_size, model.input_size, model.in_channels)
         if key.ndim == 2:  # per-sample raw keys
             pairs = jax.vmap(jax.random.split)(key)  # (B, 2, 2): x_T key, step-noise key
             x_T = jax.vmap(lambda k: jax.random.normal(k, shape[1:], jnp.float32))(pairs[:, 0])
@@ -42,13 +75,13 @@ def make_sampler(config: DiTConfig, diffusion: GaussianDiffusion, cfg_scale: flo
             def noise_fn(_, i, x):
                 return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), x.shape[1:], x.dtype))(
                     pairs[:, 1])
-            x = sample_loop(diffusion, model_fn, x_T, key, sampler=sampler, eta=eta, noise_fn=noise_fn,
-                            clip_denoised=False)
         else:
-            init_key, step_key = jax.random.split(key)
+            init_key, key = jax.random.split(key)
             x_T = jax.random.normal(init_key, shape, jnp.float32)
-            x = sample_loop(diffusion, model_fn, x_T, step_key, sampler=sampler, eta=eta, clip_denoised=False)
-        return x[..., : config.in_channels]
+            noise_fn = None
+        x = sample_loop(spaced, model_fn, x_T, key, sampler=settings.sampler, eta=settings.eta, noise_fn=noise_fn,
+                        clip_denoised=False)
+        return x[..., : model.in_channels]
 
     return run
 
@@ -64,28 +97,30 @@ def batch_devices(sharding: jax.sharding.Sharding) -> int:
     return n // sharding.shard_shape((n,))[0]
 
 
-def make_batch_sampler(config: DiTConfig, diffusion: GaussianDiffusion, sharding: jax.sharding.Sharding,
-                       cfg_scale: float = 1.0, cfg_mode: str = "reference", sampler: str = "ddpm", eta: float = 0.0,
-                       vae_config=None, uint8: bool = False):
-    """`fn(params, labels, key, vae_params=None) -> samples`: one jitted sampler for a whole run, on every
-    device of every host.
+def build_sampler(run, settings: SamplerSettings, *, sharding: jax.sharding.Sharding | None = None,
+                  uint8: bool = False):
+    """`fn(params, labels, key, vae_params=None) -> samples`: the one sampler builder, for a `Run`
+    (train/run.py): its model, its diffusion, its VAE for latent runs, the batch split over its mesh.
 
     labels: a host array of N labels, the same on every host. The batch is split over `sharding`
-    (its leading dimension) and padded to a multiple of the devices it is split over; the result is a
-    global jax.Array of N' >= N samples (drop the padding after fetching it with `fetch`). `key`: one key,
-    or per-sample raw keys (N, 2) as `make_sampler`. Latent samples are decoded with the VAE when
-    `vae_config` is given, and converted to uint8 on device with `uint8`. Built once, it compiles once
-    per batch size however often it is called.
+    (default: the mesh's data x fsdp) and padded to a multiple of the devices it is split over; the
+    result is a global jax.Array of N' >= N samples (drop the padding after fetching it with `fetch`).
+    `key`: one key, or per-sample raw keys (N, 2) as `make_sampler`. Latent samples are decoded with
+    the run's VAE (pass its params as vae_params), and converted to uint8 on device with `uint8`.
+    Built once, it compiles once per batch size however often it is called.
     """
     from dit_jax.models.vae import decode_latents
-    run = make_sampler(config, diffusion, cfg_scale, cfg_mode, sampler, eta)
+    from dit_jax.parallel.sharding import batch_sharding
+    sharding = sharding or batch_sharding(run.mesh)
+    sample_one = make_sampler(run.model, run.objective, settings)
+    decoder = run.decoder
     divisor = batch_devices(sharding)
 
     @partial(jax.jit, out_shardings=sharding)
     def produce(params, vae_params, labels, key):
-        x = run(params, labels, key)
-        if vae_config is not None:
-            x = decode_latents(vae_params, x, vae_config)
+        x = sample_one(params, labels, key)
+        if decoder is not None:
+            x = decode_latents(vae_params, x, decoder.config)
         return to_uint8_device(x) if uint8 else x
 
     def put(a: np.ndarray) -> jax.Array:

@@ -25,13 +25,12 @@ def to_dit_config(model: ml_collections.ConfigDict) -> DiTConfig:
     return DiTConfig.from_dict(fields)
 
 
-def run_diffusion(config: ml_collections.ConfigDict, timestep_respacing: str = ""):
-    """The run's diffusion (config.diffusion's schedule and length), respaced for sampling ("250",
-    "ddim50") or whole for training (""): training, grids and evaluations all build it here."""
-    from dit_jax.diffusion.gaussian import create_diffusion
-    return create_diffusion(timestep_respacing, learn_sigma=config.model.learn_sigma,
-                            noise_schedule=config.diffusion.noise_schedule,
-                            diffusion_steps=config.diffusion.num_timesteps)
+def evaluator_fields(kind: str = "", **overrides) -> ml_collections.ConfigDict:
+    """One evaluator's section of config.evals. every: steps between evaluations (0: only at the end)."""
+    fields = dict(kind=kind, every=0, num_samples=0, batch_size=100, sampler="ddpm", steps="250", cfg_scale=1.5,
+                  cfg_mode="reference", reference="", inception="")
+    fields.update(overrides)
+    return ml_collections.ConfigDict(fields)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -73,11 +72,12 @@ def base_config() -> ml_collections.ConfigDict:
     # EMA sample grids written as PNG every `sample_every` steps (0: never).
     c.sample = ml_collections.ConfigDict(dict(every=50_000, num=16, steps="250", sampler="ddpm", cfg_scale=4.0,
                                               cfg_mode="reference"))
-    # Quality of EMA samples every `every` steps (0: only at the end) and at the end of training:
-    # kind "digits" (the demo's classifier) or "fid" (against an ADM reference batch's statistics,
-    # with pytorch-fid's Inception weights); "" for none.
-    c.eval = ml_collections.ConfigDict(dict(kind="", every=0, num_samples=0, batch_size=100, steps="250",
-                                            cfg_scale=1.5, cfg_mode="reference", reference="", inception=""))
+    # Quality of EMA samples (train/evaluation.py): named evaluators, each with its own kind ("digits": the
+    # demo's classifier; "fid": against an ADM reference batch's statistics, with pytorch-fid's Inception
+    # weights; "" off), schedule (every N steps, 0: only at the end), sample count and sampler. Switch
+    # one on with e.g. --config.evals.fid.kind=fid; a config file may add more entries.
+    c.evals = ml_collections.ConfigDict(dict(fid=evaluator_fields(), digits=evaluator_fields(
+        steps="100", cfg_scale=2.0, cfg_mode="all", num_samples=500)))
     # Start from converted weights (a `dit-jax convert` output directory) instead of random init.
     c.init_weights = ""
     # MFU: peak dense FLOP/s per device; 0 picks it from the device kind when known.
@@ -123,3 +123,36 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module.get_config(arg) if arg else module.get_config()
+
+
+def parse_config_flags(args: list[str], default_spec: str, prog: str) -> ml_collections.ConfigDict:
+    """`--config=FILE[:ARG]` and typed `--config.FIELD=VALUE` overrides (in any order) -> the config, as
+    `dit-jax train` parses them; other arguments are an error. default_spec: the config without --config."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    args = list(args)
+    first = next((i for i, a in enumerate(args) if a == "--config" or a.startswith("--config=")), None)
+    if first is not None:  # ml_collections wants the config file before its overrides
+        n = 2 if args[first] == "--config" else 1
+        args = args[first:first + n] + args[:first] + args[first + n:]
+        spec = args[1] if n == 2 else args[0][len("--config="):]
+        resolved = resolve_config_spec(spec)
+        if not os.path.isfile(resolved.partition(":")[0]):
+            raise FileNotFoundError(f"config file {spec.partition(':')[0]!r} not found: pass --config=FILE[:ARG], "
+                                    "e.g. --config=configs/dit.py:XL/2")
+        args[n - 1] = resolved if n == 2 else "--config=" + resolved
+    fv = flags.FlagValues()
+    argv = [prog] + args
+    try:
+        config_flags.DEFINE_config_file("config", resolve_config_spec(default_spec), "config file",
+                                        flag_values=fv, lock_config=True, sys_argv=argv)
+        positional = fv(argv)[1:]
+    except AttributeError as e:
+        raise ValueError(f"unknown config key: {e}") from None
+    except flags.Error as e:
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        raise ValueError(lines[0] if len(lines) == 1 else f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}") from None
+    if positional:
+        raise ValueError(f"unexpected argument(s) {positional} for {prog}")
+    return fv.config

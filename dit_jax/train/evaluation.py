@@ -1,78 +1,124 @@
-"""Quality of the EMA weights during and after training.
+"""Quality of the EMA weights during and after training: the evaluators of `config.evals`.
 
-kind 'digits': the demo's digit classifier (class accuracy of guided samples, Frechet distance in
-its feature space). kind 'fid': FID of decoded samples against an ADM reference batch's pool
-statistics, with the FID Inception (pytorch-fid weights). Both sample the same labels and noise
-every time, so the numbers form a curve over training.
+Each entry of config.evals is one evaluator with its own kind, schedule, sample count and sampler
+(as big_vision's `evals`), so the digits score and FID, or two digits evaluators with different
+samplers, run in one run. Kinds: 'digits' (the demo's digit classifier: class accuracy of guided
+samples, Frechet distance in its feature space) and 'fid' (FID of decoded samples against an ADM
+reference batch's pool statistics, with the FID Inception of pytorch-fid's weights); '' switches an
+entry off. Every evaluation samples the same labels and noise, so the numbers form a curve over
+training. Scores are named `eval/NAME/METRIC`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from typing import Callable
 
 import jax
+import ml_collections
 import numpy as np
 
 from dit_jax import storage
-from dit_jax.parallel.mesh import make_mesh_from_config
-from dit_jax.train.config_base import run_diffusion
+from dit_jax.diffusion.samplers import SAMPLERS
+from dit_jax.sampling.sampler import SamplerSettings, build_sampler, fetch
 from dit_jax.train.metrics_log import MetricsLog
 
-KINDS = ("", "digits", "fid")
+KINDS = ("digits", "fid")
+
+
+def itstime(step: int, every: int, total: int, *, last: bool = False) -> bool:
+    """Whether a periodic task runs after `step`: every `every` steps (0: never periodically), and at the
+    last step only when `last` (otherwise the final step is left to the end-of-run task)."""
+    if step == total:
+        return last
+    return bool(every) and step % every == 0
+
+
+def active(config) -> list[tuple[str, ml_collections.ConfigDict]]:
+    """(name, section) of the evaluators switched on, in the config's order."""
+    return [(name, e) for name, e in config.evals.items() if e.kind]
 
 
 def check(config) -> list[str]:
-    """Config problems of config.eval (empty when fine)."""
-    e = config.eval
-    if e.kind not in KINDS:
-        return [f"eval.kind must be one of {KINDS}, got {e.kind!r}"]
+    """Config problems of config.evals (empty when fine)."""
     problems = []
-    if e.kind and e.num_samples < 2:
-        problems.append(f"eval.num_samples must be >= 2 for eval.kind={e.kind!r}, got {e.num_samples}")
-    if e.kind == "fid" and not (e.reference and e.inception):
-        problems.append("eval.kind='fid' needs eval.reference (an ADM reference batch .npz) and eval.inception "
-                        "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
-    if e.kind == "fid" and config.data.latents and not config.data.vae:
-        problems.append("eval.kind='fid' on a latent model needs data.vae to decode the samples")
+    for name, e in config.evals.items():
+        where = f"evals.{name}"
+        if e.kind not in ("",) + KINDS:
+            problems.append(f"{where}.kind must be one of {KINDS} (or '' for off), got {e.kind!r}")
+            continue
+        if not e.kind:
+            continue
+        if e.num_samples < 2:
+            problems.append(f"{where}.num_samples must be >= 2, got {e.num_samples}")
+        if not isinstance(e.every, int) or e.every < 0:
+            problems.append(f"{where}.every must be an integer >= 0 (0: only at the end), got {e.every!r}")
+        if not isinstance(e.batch_size, int) or e.batch_size < 1:
+            problems.append(f"{where}.batch_size must be an integer >= 1, got {e.batch_size!r}")
+        if e.sampler not in SAMPLERS:
+            problems.append(f"{where}.sampler must be one of {SAMPLERS}, got {e.sampler!r}")
+        if e.kind == "fid" and not (e.reference and e.inception):
+            problems.append(f"{where}: kind 'fid' needs {where}.reference (an ADM reference batch .npz) and "
+                            f"{where}.inception (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
+        if e.kind == "fid" and config.data.latents and not config.data.vae:
+            problems.append(f"{where}: kind 'fid' on a latent model needs data.vae to decode the samples")
+        if e.kind == "fid":
+            for key in ("reference", "inception"):
+                if e[key] and not storage.resolve(e[key]).is_file():
+                    problems.append(f"{where}.{key}: no file at {e[key]!r}")
     return problems
 
 
-def make_sampler(config, model_cfg, mesh, vae_config=None):
-    """The evaluation's jitted sampler over the run's mesh, built once per run (`make_batch_sampler`)."""
-    from dit_jax.parallel.sharding import batch_sharding
-    from dit_jax.sampling.sampler import make_batch_sampler
-    e = config.eval
-    return make_batch_sampler(model_cfg, run_diffusion(config, e.steps), batch_sharding(mesh), e.cfg_scale,
-                              e.cfg_mode, "ddpm", vae_config=vae_config if config.data.latents else None)
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+    name: str
+    section: ml_collections.ConfigDict
+    sample: Callable   # build_sampler's fn(params, labels, key, vae_params)
+
+    @property
+    def settings(self) -> SamplerSettings:
+        return SamplerSettings.from_config(self.section)
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.section.kind}, {self.section.num_samples} samples, {self.settings.describe()})"
 
 
-def ema_samples(config, model_cfg, ema_params, sampler, vae_params=None,
-                stop=lambda: False) -> tuple[np.ndarray, np.ndarray] | None:
+def make_evaluators(run) -> list[Evaluator]:
+    """The run's evaluators, each with its jitted sampler over the run's mesh, built once per run."""
+    return [Evaluator(name, e, build_sampler(run, SamplerSettings.from_config(e))) for name, e in active(run.config)]
+
+
+def ema_samples(run, evaluator: Evaluator, ema_params, vae_params=None, stop=lambda batch: False,
+                progress=lambda done, total: None) -> tuple[np.ndarray, np.ndarray] | None:
     """(samples in [-1, 1] (decoded with the VAE for latent models), labels) on every host: labels cycle
     through the classes and the noise is fixed by the seed, the same at every evaluation. All hosts
-    sample together; None when `stop()` (asked between batches, the same answer on every host) says so."""
-    from dit_jax.sampling.sampler import fetch
-    e = config.eval
-    labels = np.arange(e.num_samples) % model_cfg.num_classes
+    sample together; None when `stop(batch_index)` (asked before each batch, by every host) says so."""
+    e = evaluator.section
+    labels = np.arange(e.num_samples) % run.model.num_classes
     out = []
     for i in range(0, len(labels), e.batch_size):
-        if stop():
+        if stop(i // e.batch_size):
             return None
         chunk = labels[i:i + e.batch_size]
-        x = sampler(ema_params, chunk, jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), i), vae_params)
+        x = evaluator.sample(ema_params, chunk, jax.random.fold_in(jax.random.PRNGKey(run.config.seed + 2), i),
+                             vae_params)
         out.append(fetch(x, len(chunk)))
+        progress(i + len(chunk), len(labels))
     return np.concatenate(out), labels
 
 
-def evaluate(config, model_cfg, ema_params, sampler, vae_params=None, stop=lambda: False) -> dict[str, float] | None:
-    """{'eval/...': value} for config.eval.kind, the same on every host; None if `stop()` interrupted it."""
+def evaluate(run, evaluator: Evaluator, ema_params, vae_params=None, stop=lambda batch: False,
+             progress=lambda done, total: None) -> dict[str, float] | None:
+    """{'eval/NAME/...': value}, the same on every host; None if `stop(batch_index)` interrupted it."""
     t0 = time.time()
-    sampled = ema_samples(config, model_cfg, ema_params, sampler, vae_params, stop)
+    sampled = ema_samples(run, evaluator, ema_params, vae_params, stop, progress)
     if sampled is None:
         return None
     images, labels = sampled
-    if config.eval.kind == "digits":
+    e = evaluator.section
+    if e.kind == "digits":
         from dit_jax.evaluate.digits_classifier import load_classifier, score_samples
         scores = score_samples(np.clip(images, -1, 1), labels, load_classifier())
     else:
@@ -80,35 +126,52 @@ def evaluate(config, model_cfg, ema_params, sampler, vae_params=None, stop=lambd
         from dit_jax.evaluate import adm_metrics
         from dit_jax.models.inception import extract_features
         from dit_jax.sampling.grids import to_uint8
-        ref = adm_metrics.load_reference_batch(config.eval.reference, min_images=0)
+        ref = adm_metrics.load_reference_batch(e.reference, min_images=0)
         rgb = to_uint8(images if images.shape[-1] == 3 else np.repeat(images, 3, axis=-1))
-        pool = extract_features(load_fid_inception(config.eval.inception), rgb, outputs=("pool",))["pool"]
+        pool = extract_features(load_fid_inception(e.inception), rgb, outputs=("pool",))["pool"]
         scores = {"fid": adm_metrics.fid(pool, ref.stats), "num_samples": len(images)}
-    scores = {f"eval/{k}": float(v) for k, v in scores.items()}
-    scores["eval/seconds"] = time.time() - t0
+    scores = {f"eval/{evaluator.name}/{k}": float(v) for k, v in scores.items()}
+    scores[f"eval/{evaluator.name}/seconds"] = time.time() - t0
     return scores
 
 
-def describe(config, scores: dict) -> str:
-    e = config.eval
-    head = f"EMA quality ({e.num_samples} samples, {e.steps} steps, cfg {e.cfg_scale}, {scores['eval/seconds']:.0f} s): "
-    if e.kind == "digits":
-        return head + (f"class accuracy {scores['eval/class_accuracy']:.3f}, "
-                       f"Frechet distance {scores['eval/frechet_distance']:.2f}")
-    return head + f"FID {scores['eval/fid']:.2f}"
+def describe(evaluator: Evaluator, scores: dict) -> str:
+    p = f"eval/{evaluator.name}/"
+    head = f"EMA quality, {evaluator.describe()}, {scores[p + 'seconds']:.0f} s: "
+    if evaluator.section.kind == "digits":
+        return head + (f"class accuracy {scores[p + 'class_accuracy']:.3f}, "
+                       f"Frechet distance {scores[p + 'frechet_distance']:.2f}")
+    return head + f"FID {scores[p + 'fid']:.2f}"
 
 
-def final_evaluation(config, model_cfg, ema_params, workdir: str, log: MetricsLog, sampler=None, vae_params=None,
-                     stop=lambda: False) -> dict | None:
-    """The quality scores of the final EMA weights, printed and written to WORKDIR/eval_scores.json
-    (and demo_scores.json for the demo's digits scores); None if `stop()` interrupted it."""
-    sampler = sampler or make_sampler(config, model_cfg, make_mesh_from_config(config.mesh))
-    scores = evaluate(config, model_cfg, ema_params, sampler, vae_params, stop)
-    if scores is None:
-        return None
-    log.print(describe(config, scores))
-    if jax.process_index() == 0:
-        names = ["eval_scores.json"] + (["demo_scores.json"] if config.eval.kind == "digits" else [])
+def final_evaluation(run, evaluators: list[Evaluator], ema_params, workdir: str, log: MetricsLog, vae_params=None,
+                     stops=lambda evaluator: (lambda batch: False)) -> dict | None:
+    """The scores of the final EMA weights by every evaluator, announced, printed and written to
+    WORKDIR/eval_scores.json (and demo_scores.json when a digits evaluator ran); None if `stop()`
+    interrupted it. stops(evaluator) gives that evaluator's stop(batch_index)."""
+    merged = {}
+    for ev in evaluators:
+        log.print(f"final evaluation: {ev.describe()} ...")
+        scores = evaluate(run, ev, ema_params, vae_params, stops(ev), progress=_progress(log, ev))
+        if scores is None:
+            return None
+        log.print(describe(ev, scores))
+        merged.update(scores)
+    if jax.process_index() == 0 and merged:
+        names = ["eval_scores.json"] + (["demo_scores.json"] if any(ev.section.kind == "digits" for ev in evaluators)
+                                        else [])
         for name in names:
-            storage.write_bytes_atomic(storage.join(workdir, name), json.dumps(scores, indent=2).encode())
-    return scores
+            storage.write_bytes_atomic(storage.join(workdir, name), json.dumps(merged, indent=2).encode())
+    return merged
+
+
+def _progress(log: MetricsLog, ev: Evaluator):
+    """A line per quarter of the samples: a long evaluation is not silent."""
+    marks = set()
+
+    def report(done: int, total: int) -> None:
+        quarter = 4 * done // total
+        if quarter not in marks and quarter > 0:
+            marks.add(quarter)
+            log.print(f"  {ev.name}: {done}/{total} samples")
+    return report

@@ -5,10 +5,13 @@ own SIGTERM handler, which tells every process through the coordination service;
 handler would replace it, so none is installed there, and the hosts agree through Orbax's
 preemption sync point instead (a local flag could differ between hosts and hang the save).
 
-The watch is asked at every training step and between the batches of evaluations and sample
-grids, so a signal during a long evaluation is noticed within one sampling batch. Every host asks
-at the same places in the same order, so the running count of questions names the same moment on
-every host, which is what the sync point needs.
+The sync point matches hosts by the number each passes to it, so the watch never counts questions:
+every question names its place in the program, a *position* (`at_step(step)` after a training step,
+`within(step, slot)` between the sampling batches of that step's evaluations and grids). Only a new,
+larger position reaches the sync point; asking again at a position (or at an earlier one) returns the
+answer already agreed there. Hosts that ask a different number of times therefore still agree, which
+a count of questions could not promise (a question behind a host-dependent condition would have
+shifted one host's count and hung the pod).
 
 Ctrl-C (SIGINT) acts as SIGTERM: with several hosts it is turned into a SIGTERM to this process,
 so JAX's handler spreads it. A second Ctrl-C exits at once, saving nothing.
@@ -25,12 +28,17 @@ import jax
 INTERRUPTED_AGAIN = 130  # the shell's code for a process ended by SIGINT
 
 
+# The sync point's counter is a C int: positions must stay below 2**31 within one process.
+_MAX_POSITION = 2**31 - 1
+
+
 class Watch:
     def __init__(self, manager):
         self._manager = manager
         self._several = jax.process_count() > 1
         self._signalled = False
-        self._questions = 0
+        self._start, self._slots = 0, 1
+        self._asked = -1          # the largest position the sync point was asked at
         self.reached = False
         # The handlers replaced, put back by close(): after a run, Ctrl-C in the calling program (a
         # notebook, a test session) must interrupt it again rather than ask a finished run to save.
@@ -41,6 +49,14 @@ class Watch:
                 self._previous[signum] = signal.signal(signum, handler)
         except ValueError:  # not the main thread: signals are left to the caller
             pass
+
+    def begin(self, start_step: int, last_step: int, slots_per_step: int = 0) -> None:
+        """The steps this process runs, and the positions inside one step's evaluations and grids (their
+        sampling batches), so that every position is unique and increasing. A run too long for the
+        counter's range with them agrees at step boundaries only."""
+        steps = max(last_step - start_step, 0) + 1
+        self._start = start_step
+        self._slots = slots_per_step + 1 if steps * (slots_per_step + 1) <= _MAX_POSITION else 1
 
     def close(self) -> None:
         for signum, handler in self._previous.items():
@@ -60,10 +76,25 @@ class Watch:
         if self._several:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    def __call__(self) -> bool:
-        """True from the moment this run must save and stop; the same answer on every host."""
-        if not self.reached:
-            self._questions += 1
-            self.reached = (self._manager.reached_preemption(self._questions) if self._several
-                            else self._signalled)
+    def _position(self, step: int, slot: int) -> int | None:
+        return (step - self._start) * self._slots + slot
+
+    def _ask(self, position: int | None) -> bool:
+        if not self._several:  # one host: nothing to agree on
+            self.reached = self.reached or self._signalled
+            return self.reached
+        if self.reached or position is None or position <= self._asked:
+            return self.reached
+        self._asked = position
+        self.reached = bool(self._manager.reached_preemption(position))
         return self.reached
+
+    def at_step(self, step: int) -> bool:
+        """True from the step boundary after `step` on which this run must save and stop; the same
+        answer on every host. Asked once per training step by the loop, on every host."""
+        return self._ask(self._position(step, 0))
+
+    def within(self, step: int, slot: int) -> bool:
+        """Between the sampling batches after `step`: slot in [1, slots_per_step] names the batch (the same
+        slot on every host). Other slots are answered from the last agreement."""
+        return self._ask(self._position(step, slot) if 1 <= slot < self._slots else None)

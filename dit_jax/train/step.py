@@ -49,15 +49,16 @@ def model_input(batch: dict, key: jax.Array, mode: str, vae_params: Any = None, 
 
 def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model: DiT, diffusion: GaussianDiffusion,
                tx: optax.GradientTransformation, ema_decay: float, input_mode: str = "", vae_config: Any = None,
-               latent_scale: float = 0.18215, draws: dict | None = None):
+               latent_scale: float = 0.18215):
     """batch: {'image': (B, H, W, C) uint8, or float in [-1, 1]} or a latent dataset's {'mean', 'std'}
     (float16 or float32), plus 'label' (B,).
 
-    `draws` = {'t': (B,) int, 'noise': x0's shape, 'drop': (B,) bool label-drop mask} replaces the
-    step's own random draws (to run the same update as another implementation on the same
-    randomness); without it the step draws them from (state.rng, state.step).
+    batch['draws'] = {'t': (B,) int, 'noise': x0's shape, 'drop': (B,) bool label-drop mask}, when
+    present, replaces the step's own random draws (to run the same update as another implementation
+    on the same randomness); without it the step draws them from (state.rng, state.step).
     """
     y = batch["label"]
+    draws = batch.get("draws")
     t_key, noise_key, drop_key, latent_key = step_keys(state.rng, state.step)
     x0 = model_input(batch, latent_key, input_mode, vae_params, vae_config, latent_scale)
     if draws is None:  # label dropout is then drawn inside the model, from drop_key

@@ -11,11 +11,10 @@ from dit_jax import storage
 from dit_jax.diffusion.gaussian import BETA_SCHEDULES
 from dit_jax.diffusion.respace import space_timesteps
 from dit_jax.diffusion.samplers import CFG_MODES, SAMPLERS
+from dit_jax.parallel.mesh import MESH_AXES
 from dit_jax.train import evaluation
 from dit_jax.train.config_base import to_dit_config
 from dit_jax.train.step import INPUT_MODES
-
-MESH_AXES = ("data", "fsdp", "tensor")
 
 
 def validate(config) -> None:
@@ -155,16 +154,15 @@ def respacing_problem(spec, num_timesteps: int) -> str | None:
 
 
 def _sampling(config) -> list[str]:
-    s, e = config.sample, config.eval
+    """config.sample and the sampling settings of every evaluator (the rest of config.evals: evaluation.check)."""
+    s = config.sample
     num_timesteps = config.diffusion.num_timesteps if isinstance(config.diffusion.num_timesteps, int) else 1000
     problems = [f"sample.{p}" for p in _at_least(s, ("every",), 0)]
-    problems += [f"eval.{p}" for p in _at_least(e, ("every",), 0)]
-    problems += [f"eval.{p}" for p in _at_least(e, ("batch_size",), 1)]
     if s.every:
         problems += [f"sample.{p}" for p in _at_least(s, ("num",), 1)]
         if s.sampler not in SAMPLERS:
             problems.append(f"sample.sampler must be one of {SAMPLERS}, got {s.sampler!r}")
-    checks = ([("sample", s)] if s.every else []) + ([("eval", e)] if e.kind else [])
+    checks = ([("sample", s)] if s.every else []) + [(f"evals.{n}", e) for n, e in evaluation.active(config)]
     for name, section in checks:
         problem = respacing_problem(section.steps, num_timesteps)
         if problem:
@@ -173,8 +171,4 @@ def _sampling(config) -> list[str]:
             problems.append(f"{name}.cfg_mode must be one of {CFG_MODES}, got {section.cfg_mode!r}")
         if not section.cfg_scale >= 0:
             problems.append(f"{name}.cfg_scale must be >= 0 (guidance applies only above 1), got {section.cfg_scale}")
-    if e.kind == "fid":
-        for key in ("reference", "inception"):
-            if e[key] and not storage.resolve(e[key]).is_file():
-                problems.append(f"eval.{key}: no file at {e[key]!r}")
     return problems

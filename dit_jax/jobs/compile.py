@@ -17,18 +17,14 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from functools import partial
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from dit_jax.models.dit import DiT
 from dit_jax.parallel.mesh import describe as describe_mesh, make_mesh_from_config
-from dit_jax.parallel.sharding import LOGICAL_RULES, batch_divisor, batch_sharding, replicated, state_shardings
-from dit_jax.train.config_base import run_diffusion, to_dit_config
-from dit_jax.train.state import abstract_state, make_optimizer
-from dit_jax.train.step import train_step
+from dit_jax.parallel.sharding import LOGICAL_RULES, batch_divisor
+from dit_jax.train.programs import build_train_step
+from dit_jax.train.run import abstract_vae, make_run
 
 GIB = 2 ** 30
 HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}   # per chip (one JAX device)
@@ -95,53 +91,24 @@ def target_devices(target: Target):
                                         chips_per_host_bounds=bounds, num_slices=target.num_slices).devices
 
 
-def _abstract_batch(config, model_cfg, sharding):
-    """The global batch the step takes, as the input pipeline builds it."""
-    b = config.batch_size
-    label = jax.ShapeDtypeStruct((b,), jnp.int32, sharding=sharding)
-    if config.data.latents == "dataset":
-        latent = jax.ShapeDtypeStruct((b, model_cfg.input_size, model_cfg.input_size, model_cfg.in_channels),
-                                      jnp.float32, sharding=sharding)
-        return {"mean": latent, "std": latent, "label": label}
-    size, channels = ((config.data.image_size, 3) if config.data.latents == "encode"
-                      else (model_cfg.input_size, model_cfg.in_channels))
-    return {"image": jax.ShapeDtypeStruct((b, size, size, channels), jnp.float32, sharding=sharding), "label": label}
-
-
-def sharded_step(config, devices):
-    """(jitted train step, its abstract arguments, mesh, sharding notes) as a run of `config` on
-    `devices` builds them: the same shardings, donation and input."""
-    model_cfg = to_dit_config(config.model)
+def compile_run(config, devices):
+    """The run of `config` on `devices`, with the VAE as shapes when the step encodes (no weights needed)."""
     mesh = make_mesh_from_config(config.mesh, devices)
     if config.batch_size % batch_divisor(mesh):
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {batch_divisor(mesh)} devices that "
                          f"split the batch (mesh {dict(mesh.shape)})")
-    tx = make_optimizer(config.optim)
-    abstract = abstract_state(model_cfg, tx, config.seed)
-    shardings, notes = state_shardings(abstract, mesh, config.mesh)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(abstract), shardings)
-    batch = _abstract_batch(config, model_cfg, batch_sharding(mesh))
-    vae_config, vae_params = None, None
-    if config.data.latents == "encode":  # the reference's way: the VAE encoder runs inside the step
-        from dit_jax.models.vae import VAEConfig, abstract_params
-        vae_config = VAEConfig()
-        vae_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated(mesh)),
-                                  abstract_params(vae_config))
-    diffusion = run_diffusion(config)
-    step = jax.jit(partial(train_step, model=DiT(model_cfg), diffusion=diffusion, tx=tx, ema_decay=config.ema_decay,
-                           input_mode=config.data.latents, vae_config=vae_config,
-                           latent_scale=config.data.latent_scale),
-                   in_shardings=(shardings, batch_sharding(mesh), replicated(mesh)),
-                   out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
-    return step, (state, batch, vae_params), mesh, notes
+    vae = abstract_vae(mesh) if config.data.latents == "encode" else None
+    return make_run(config, vae=vae, mesh=mesh)
 
 
 def compile_step(config, devices) -> dict:
     """Compile the training run's step for `devices`; per-device memory (bytes), FLOPs and seconds."""
-    step, args, mesh, notes = sharded_step(config, devices)
+    run = compile_run(config, devices)
+    program = build_train_step(run)
+    mesh, notes = run.mesh, program.notes
     start = time.time()
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-        compiled = step.lower(*args).compile()
+        compiled = program.lower(run).compile()
     seconds = time.time() - start
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
