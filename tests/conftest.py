@@ -8,6 +8,21 @@ import pytest  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = os.path.join(HERE, "torch_reference")
 
+# Files whose tests train, start processes (multi-process, CLI runs, servers, pip) or compile whole
+# programs: marked `slow`, so that `pytest -m "not slow"` is the quick unit run (README "Tests").
+SLOW_FILES = {
+    "test_bad_input.py", "test_benchmark.py", "test_compile_check.py", "test_demo.py", "test_eval_in_training.py",
+    "test_export_lowering.py", "test_gcs.py", "test_install.py", "test_interrupts.py", "test_latents.py",
+    "test_launch.py", "test_losing_data.py", "test_mesh.py", "test_multiprocess.py", "test_operations.py",
+    "test_precision.py", "test_programs.py", "test_sample_npz.py", "test_sharded_sampling.py", "test_train.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if os.path.basename(str(item.fspath)) in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def reference():

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from dit_jax.cli import main
-from dit_jax.parallel.compile_check import parse_topology, report
+from dit_jax.jobs.compile import parse_topology, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config", "configs/demo.py", "--config.model.hidden_size=32", "--config.model.depth=1",

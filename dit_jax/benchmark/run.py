@@ -155,7 +155,7 @@ def lowered_step(run, batch, vae_params=None):
 
     from dit_jax.parallel.sharding import LOGICAL_RULES
     from dit_jax.train.programs import build_train_step
-    program = build_train_step(run)
+    program = build_train_step(run)  # outside the rules' context, as the loop builds it
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(LOGICAL_RULES):
         return program, program.step.lower(program.abstract_state, batch, vae_params)
 
@@ -212,7 +212,7 @@ def time_train(config, setting: Setting, mesh, steps: int, warmup: int, loader=N
 def time_checksum(state, base: dict, repeats: int = 3) -> dict:
     """The checksum every checkpoint save computes over the whole state (dit_jax.train.integrity): the
     time a save adds to the step it follows, besides Orbax's own."""
-    from dit_jax.train.integrity import fingerprint
+    from dit_jax.checksum import fingerprint
     t0 = time.perf_counter()
     fingerprint(state)  # compiles
     compile_s = time.perf_counter() - t0

@@ -23,6 +23,7 @@ import jax
 
 from dit_jax.parallel.mesh import describe as describe_mesh, make_mesh_from_config
 from dit_jax.parallel.sharding import LOGICAL_RULES, batch_divisor
+from dit_jax.train.config_base import parse_config_flags
 from dit_jax.train.programs import build_train_step
 from dit_jax.train.run import abstract_vae, make_run
 
@@ -175,24 +176,7 @@ def parse_args(argv: list[str]):
     p.add_argument("--hbm-gib", type=float, default=0.0, help="memory per chip to fit in (default: the target's)")
     p.add_argument("--max-tries", type=int, default=4, help="compiles of other settings when it does not fit")
     args, rest = p.parse_known_args(argv)
-    from absl import flags
-    from ml_collections import config_flags
-
-    from dit_jax.cli import _repo_config, _resolve_config_file
-    fv = flags.FlagValues()
-    # ml_collections wants the config file before its overrides; take them in any order.
-    first = next((i for i, a in enumerate(rest) if a == "--config" or a.startswith("--config=")), None)
-    if first is not None:
-        n = 2 if rest[first] == "--config" else 1
-        rest = rest[first:first + n] + rest[:first] + rest[first + n:]
-    rest = ["dit-jax compile"] + _resolve_config_file(rest)
-    try:
-        config_flags.DEFINE_config_file("config", _repo_config("dit.py"), "config file, e.g. configs/dit.py:XL/2",
-                                        flag_values=fv, lock_config=True, sys_argv=rest)
-        fv(rest)
-    except AttributeError as e:
-        raise ValueError(f"unknown config key: {e}") from None
-    return args, fv.config
+    return args, parse_config_flags(rest, "configs/dit.py:XL/2", "dit-jax compile")
 
 
 def main(argv: list[str]) -> int:

@@ -12,7 +12,7 @@ import numpy as np
 
 from dit_jax import storage
 from dit_jax.sampling.sampler import sample_keys, sample_labels
-from dit_jax.train.integrity import fingerprint
+from dit_jax.checksum import fingerprint
 
 MANIFEST = "manifest.json"
 
