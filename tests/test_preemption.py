@@ -1,0 +1,90 @@
+"""The preemption watch agrees across hosts whatever the number of questions each host asks: every
+question names its position in the program (a step boundary, or a sampling batch after a step), and
+asking again at a position, or at an earlier one, changes nothing."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# argv: port, process id, directory. Process 1 asks three times per step boundary and once at an
+# earlier position; process 0 asks once. Both ask at the same two sampling-batch positions per step.
+HOST = r"""
+import json, os, sys, time
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["JAX_PLATFORMS"] = "cpu"
+import jax
+port, pid, directory = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+jax.distributed.initialize("127.0.0.1:" + port, num_processes=2, process_id=pid)
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from dit_jax.train.preemption import Watch
+manager = ocp.CheckpointManager(directory)
+watch = Watch(manager)
+watch.begin(0, 100_000, slots_per_step=2)
+asked = 0
+for step in range(1, 100_000):
+    multihost_utils.sync_global_devices(f"step {step}")  # the hosts run steps together, as training does
+    stop = watch.at_step(step)
+    asked += 1
+    if pid == 1:  # a host-dependent condition: extra questions at positions already asked
+        for _ in range(2):
+            assert watch.at_step(step) == stop
+        watch.within(step - 1, 1)
+        asked += 3
+    where = (step, 0)
+    for batch in (1, 2):
+        if stop:
+            break
+        asked += 1
+        if watch.within(step, batch):
+            where = (step, batch)
+            break
+    if watch.reached:
+        print(json.dumps({"process": pid, "stopped_at": where, "questions": asked}), flush=True)
+        break
+    if step == 3:
+        print("running", flush=True)
+    time.sleep(0.02)
+watch.close()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("signalled", [0, 1])
+def test_hosts_asking_a_different_number_of_times_stop_together(tmp_path, signalled):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", HOST, port, str(i), str(tmp_path / "ckpt")], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        deadline = time.time() + 240
+        line = ""
+        while "running" not in line:  # a deadline on every read: a hang fails the test, not the suite
+            assert time.time() < deadline and procs[signalled].poll() is None, line
+            line = procs[signalled].stdout.readline()
+        time.sleep(0.5)
+        procs[signalled].send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    reports = []
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+        reports.append(next(json.loads(x) for x in out.splitlines() if x.startswith("{")))
+    assert reports[0]["stopped_at"] == reports[1]["stopped_at"], reports
+    assert reports[0]["questions"] != reports[1]["questions"], reports  # they did ask unevenly
