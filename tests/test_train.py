@@ -242,3 +242,29 @@ def test_sample_command_uses_the_runs_noise_schedule(tmp_path):
     labels = np.asarray(grid_labels(None, 4, cfg.num_classes, 5), np.int32)
     want = make_grid(to_uint8(run(params, labels, jax.random.key(5))), 4)
     np.testing.assert_array_equal(np.asarray(Image.open(out)).reshape(want.shape), want)
+
+
+def test_goodput_ledger_counts_steps_run_again_after_a_crash(tmp_path, capsys):
+    """A run that dies at step 5 (last checkpoint at 3) and is resumed runs steps 4-5 again: the
+    ledger shows them as lost time; an uninterrupted run shows none."""
+    from dit_jax.train.goodput import NAME
+    crashed, clean = str(tmp_path / "crashed"), str(tmp_path / "clean")
+    train_and_evaluate(tiny_config(), crashed, stop_after=5)  # dies as a crash would, after the step-3 save
+    result = train_and_evaluate(tiny_config(), crashed)
+    with open(os.path.join(crashed, NAME)) as f:
+        ledger = json.load(f)
+    summary = ledger["summary"]
+    assert summary["sessions"] == 2 and summary["rerun_steps"] == 2
+    assert [s["start_step"] for s in ledger["sessions"]] == [0, 3]
+    assert summary["seconds"]["rerun"] > 0 and summary["seconds"]["train"] > 0
+    assert 0 < summary["goodput"] < 1 and result["goodput"] == pytest.approx(summary["goodput"])
+    rows = [json.loads(line) for line in open(os.path.join(crashed, "metrics.jsonl"))]
+    assert all(0 < r["goodput"] <= 1 for r in rows if "loss" in r)
+    out = capsys.readouterr().out
+    assert "goodput" in out and "2 steps run again" in out
+    # Negative control: the same run without the crash loses nothing.
+    train_and_evaluate(tiny_config(), clean)
+    with open(os.path.join(clean, NAME)) as f:
+        clean_summary = json.load(f)["summary"]
+    assert clean_summary["rerun_steps"] == 0 and clean_summary["seconds"]["rerun"] == 0
+    assert clean_summary["sessions"] == 1

@@ -22,6 +22,7 @@ from dit_jax.sampling import grids
 from dit_jax.train import checkpoint as ckpt, evaluation, profile, workdir_lock
 from dit_jax.train.compilation_cache import configure as configure_compilation_cache
 from dit_jax.train.exit_codes import Preempted
+from dit_jax.train.goodput import Ledger
 from dit_jax.train.integrity import NonFiniteWatch
 from dit_jax.train.metrics_log import MetricsLog, peak_flops
 from dit_jax.train.preemption import Watch
@@ -76,6 +77,7 @@ def sampling_slots(evaluators) -> dict[str, int]:
 
 def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch):
     config, mesh, model_cfg = run.config, run.mesh, run.model
+    ledger = Ledger(workdir, enabled=jax.process_index() == 0)  # from here, this session's wall time
     log.print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on {jax.process_count()} host(s) "
               f"({describe_mesh(mesh, config.mesh)}); "
               f"model {config.model.name} ({model_cfg.depth} blocks, hidden {model_cfg.hidden_size})")
@@ -96,6 +98,7 @@ def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch):
             log.print(f"initialised from weights {config.init_weights}")
         state = program.init(init_params)
     start = int(jax.device_get(state.step))
+    ledger.begin(start)
     log.truncate_after(start)  # rows past the checkpoint are re-run: one row per step
     data_iter = DevicePrefetch(iter(make_train_loader(config.data, config.batch_size, config.seed, start)),
                                program.batch_sharding, config.data.prefetch_to_device)
@@ -131,8 +134,11 @@ def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch):
             log_step = done % config.log_every == 0 or done == total
             if log_step:
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                last.update(log_fields(timer.window(), done - step_mark, total - done, config.batch_size,
-                                       flops_per_image, peak * jax.device_count()), step=done)
+                window = timer.window()
+                ledger.add(window, step_mark, done)
+                last.update(log_fields(window, done - step_mark, total - done, config.batch_size,
+                                       flops_per_image, peak * jax.device_count()), step=done,
+                            goodput=ledger.update()["goodput"])
                 if "compile_s" in last:
                     log.print(f"compiled the train step in {last['compile_s']:.1f} s")
                 log.write(done, total, last, eta_s=last["eta_s"])
@@ -171,19 +177,31 @@ def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch):
             if preempted.reached:
                 profiler.stop(state)
                 ckpt.finish_writes(manager)
+                _close_books(ledger, timer, step_mark, done, log)
                 log.print(f"preempted: checkpoint saved at step {done}; rerun with the same workdir to resume")
                 raise Preempted(done)
     profiler.stop(state)
     ckpt.finish_writes(manager)
     if evaluators:
-        scores = evaluation.final_evaluation(run, evaluators, state.ema_params, workdir, log, vae_params,
-                                             lambda ev: _asker(preempted, total, slots[ev.name]))
+        with timer.measure("other"):  # evaluation time, not training time, in the goodput ledger
+            scores = evaluation.final_evaluation(run, evaluators, state.ema_params, workdir, log, vae_params,
+                                                 lambda ev: _asker(preempted, total, slots[ev.name]))
         if scores is None:
             log.print(f"preempted during the final evaluation; the checkpoint of step {total} is saved: "
                       "`dit-jax evaluate` or a rerun with the same workdir scores it")
+            _close_books(ledger, timer, step_mark, total, log)
             raise Preempted(total)
         last.update(scores)
+    last["goodput"] = _close_books(ledger, timer, step_mark, total, log)["goodput"]
     return last
+
+
+def _close_books(ledger: Ledger, timer, step_mark: int, step: int, log) -> dict:
+    """The time since the last log line into the ledger (steps up to `step`), written and printed."""
+    ledger.add(timer.window(), step_mark, step)
+    summary = ledger.update()
+    log.print(ledger.describe(summary))
+    return summary
 
 
 def _asker(preempted: Watch, step: int, first_slot: int):

@@ -95,6 +95,8 @@ class MetricsLog:
             parts.append(f"input wait {metrics['input_wait_s']:.1f} s")
         if metrics.get("checkpoint_s", 0.0) >= 0.05:
             parts.append(f"saving {metrics['checkpoint_s']:.1f} s")
+        if "goodput" in metrics:
+            parts.append(f"goodput {metrics['goodput']:.0%}")
         parts.append(f"ETA {_duration(eta_s)}")
         print(" | ".join(parts), file=sys.stdout, flush=True)
         self.jsonl.write(json_row(step, metrics) + "\n")
