@@ -317,6 +317,17 @@ def test_training_loss_matches_reference(sit, path, prediction, loss_weight):
         assert fails(training_losses(wrong, jax_model, x1, t=t, x0=x0)["loss"], terms["loss"].numpy())
 
 
+def test_training_loss_runs_in_float32_for_bfloat16_data():
+    """bfloat16 latents: t, x0 and the loss stay float32, and the loss equals the float32 data's loss."""
+    transport, x1 = Transport("GVP", "noise", "velocity"), data(4)
+    t, x0 = jnp.asarray([0.3141, 0.9001]), data(5)
+    low = training_losses(transport, jax_model, x1.astype(jnp.bfloat16), t=t, x0=x0)
+    high = training_losses(transport, jax_model, x1.astype(jnp.bfloat16).astype(jnp.float32), t=t, x0=x0)
+    assert low["loss"].dtype == low["t"].dtype == jnp.float32
+    np.testing.assert_array_equal(low["loss"], high["loss"])
+    assert hash(Transport("GVP")) == hash(Transport("GVP")) != hash(Transport("VP"))   # usable as a static argument
+
+
 def test_training_loss_draw_is_reproducible():
     """A loss from a key equals the loss from that key's (t, x0) given explicitly; t lies in [t0, t1]."""
     transport = Transport("VP", "noise", "likelihood")

@@ -114,12 +114,16 @@ def training_losses(transport: Transport, model_fn: ModelFn, x1: jax.Array, key:
       noise:    w |out - x0|^2;   score: w |sigma_t out + x0|^2;
     with w = 1, (drift_var / sigma_t)^2 ("velocity") or drift_var / sigma_t^2 ("likelihood").
     """
+    # The interpolation and the loss run in (at least) float32 whatever the data's dtype: a bfloat16 t
+    # would put the interpolant off the path by up to 0.4%.
+    x1 = x1.astype(jnp.promote_types(x1.dtype, jnp.float32))
     if t is None or x0 is None:
         if key is None:
             raise ValueError("training_losses needs a key, or both t and x0")
         t_drawn, x0_drawn = sample_time_and_noise(transport, key, x1)
         t = t_drawn if t is None else t
         x0 = x0_drawn if x0 is None else x0
+    t, x0 = jnp.asarray(t, x1.dtype), jnp.asarray(x0, x1.dtype)
     path = transport.path_sampler
     t, xt, ut = path.plan(t, x0, x1)
     out = model_fn(xt, t)
