@@ -27,7 +27,7 @@ def to_dit_config(model: ml_collections.ConfigDict) -> DiTConfig:
 
 def evaluator_fields(kind: str = "", **overrides) -> ml_collections.ConfigDict:
     """One evaluator's section of config.evals. every: steps between evaluations (0: only at the end)."""
-    fields = dict(kind=kind, every=0, num_samples=0, batch_size=100, sampler="ddpm", steps="250", cfg_scale=1.5,
+    fields = dict(kind=kind, every=0, num_samples=0, batch_size=100, sampler="", steps="250", cfg_scale=1.5,
                   cfg_mode="reference", reference="", inception="")
     fields.update(overrides)
     return ml_collections.ConfigDict(fields)
@@ -37,7 +37,14 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = model_fields("XL/2")
+    # The objective: "ddpm" (the paper's Gaussian diffusion, config.diffusion) or "sit" (SiT's stochastic
+    # interpolants, config.transport: path Linear/GVP/VP, prediction velocity/score/noise, loss weight
+    # ""/velocity/likelihood, eps -1 for SiT's default; the rest are the SiT samplers' options).
+    c.objective = "ddpm"
     c.diffusion = ml_collections.ConfigDict(dict(num_timesteps=1000, noise_schedule="linear"))
+    c.transport = ml_collections.ConfigDict(dict(
+        path="Linear", prediction="velocity", loss_weight="", train_eps=-1.0, sample_eps=-1.0,
+        atol=1e-6, rtol=1e-3, diffusion_form="sigma", diffusion_norm=1.0, last_step="Mean", last_step_size=0.04))
 
     c.data = ml_collections.ConfigDict(dict(
         name="imagenet2012", data_dir="", split="train", image_size=256, channels=3, num_classes=1000,
@@ -70,7 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.async_checkpointing = True
 
     # EMA sample grids written as PNG every `sample_every` steps (0: never).
-    c.sample = ml_collections.ConfigDict(dict(every=50_000, num=16, steps="250", sampler="ddpm", cfg_scale=4.0,
+    # sampler "": the objective's default (ddpm: ancestral DDPM; sit: Heun's ODE); steps: a respacing
+    # ("250", "ddim50") for ddpm/ddim, a step count for the fast solvers and SiT's samplers.
+    c.sample = ml_collections.ConfigDict(dict(every=50_000, num=16, steps="250", sampler="", cfg_scale=4.0,
                                               cfg_mode="reference"))
     # Quality of EMA samples (train/evaluation.py): named evaluators, each with its own kind ("digits": the
     # demo's classifier; "fid": against an ADM reference batch's statistics, with pytorch-fid's Inception

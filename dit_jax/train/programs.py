@@ -56,7 +56,7 @@ def build_train_step(run: Run) -> TrainProgram:
     shardings, notes = state_shardings(boxed, mesh, config.mesh)
     placed = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings)
     encoder = run.vae.config if run.input_mode == "encode" and run.vae is not None else None
-    step = jax.jit(partial(train_step, model=DiT(run.model), diffusion=run.objective, tx=tx,
+    step = jax.jit(partial(train_step, model=DiT(run.model), objective=run.objective, tx=tx,
                            ema_decay=config.ema_decay, input_mode=run.input_mode, vae_config=encoder,
                            latent_scale=config.data.latent_scale),
                    in_shardings=(shardings, batch_sharding(mesh), replicated(mesh)),

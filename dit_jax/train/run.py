@@ -14,6 +14,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from dit_jax.diffusion.gaussian import GaussianDiffusion, create_diffusion
+from dit_jax.transport.transport import Transport
 from dit_jax.models.dit import DiTConfig
 from dit_jax.parallel.mesh import make_mesh_from_config
 from dit_jax.train.config_base import base_config, to_dit_config
@@ -30,7 +31,7 @@ class VAE:
 class Run:
     config: ml_collections.ConfigDict
     model: DiTConfig
-    objective: GaussianDiffusion     # the training objective: the run's whole (unrespaced) diffusion
+    objective: GaussianDiffusion | Transport  # the run's whole (unrespaced) diffusion, or SiT's transport
     vae: VAE | None                  # None: a pixel run, or a latent run without a VAE (latent datasets)
     mesh: Mesh
 
@@ -48,12 +49,20 @@ class Run:
         """The VAE that turns samples into images: only latent runs decode."""
         return self.vae if self.latent else None
 
-    def sampling_diffusion(self, steps: str) -> GaussianDiffusion:
-        """The run's diffusion respaced for sampling ("250", "ddim50"; "" keeps every step)."""
-        return diffusion_of(self.config, steps)
 
     def with_mesh(self, mesh: Mesh) -> "Run":
         return dataclasses.replace(self, mesh=mesh)
+
+
+def objective_of(config) -> GaussianDiffusion | Transport:
+    """The one way to build a run's objective: config.objective "ddpm" (config.diffusion) or "sit"
+    (config.transport; eps -1 takes SiT's default)."""
+    if config.get("objective", "ddpm") == "sit":
+        t = config.transport
+        return Transport(path=t.path, prediction=t.prediction, loss_weight=t.loss_weight or None,
+                         train_eps=None if t.train_eps < 0 else t.train_eps,
+                         sample_eps=None if t.sample_eps < 0 else t.sample_eps)
+    return diffusion_of(config)
 
 
 def diffusion_of(config, steps: str = "") -> GaussianDiffusion:
@@ -74,7 +83,7 @@ def make_run(config, devices=None, *, vae: VAE | None | str = "load", mesh: Mesh
     """The run of `config` on `devices` (default: all). vae: "load" reads data.vae; pass a VAE (or None)
     to use one already loaded, or abstract weights for compiling without files."""
     model = to_dit_config(config.model)
-    return Run(config=config, model=model, objective=diffusion_of(config),
+    return Run(config=config, model=model, objective=objective_of(config),
                vae=load_vae(config, model) if isinstance(vae, str) else vae,
                mesh=mesh if mesh is not None else make_mesh_from_config(config.mesh, devices))
 

@@ -10,6 +10,8 @@ import optax
 
 from dit_jax.data.preprocess import to_float_on_device
 from dit_jax.diffusion.gaussian import GaussianDiffusion
+from dit_jax.transport.guidance import split_learned_sigma
+from dit_jax.transport.transport import Transport, training_losses as transport_losses
 from dit_jax.models.dit import DiT
 from dit_jax.train.state import TrainState
 
@@ -47,13 +49,35 @@ def model_input(batch: dict, key: jax.Array, mode: str, vae_params: Any = None, 
     raise ValueError(f"input mode must be one of {INPUT_MODES}, got {mode!r}")
 
 
-def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model: DiT, diffusion: GaussianDiffusion,
+def draw_time(objective: GaussianDiffusion | Transport, key: jax.Array, batch: int) -> jax.Array:
+    """Training times: DDPM's integer timesteps uniform in [0, T); SiT's continuous t ~ U[t0, t1]."""
+    if isinstance(objective, Transport):
+        t0, t1 = objective.time_interval(training=True)
+        return jax.random.uniform(key, (batch,), jnp.float32) * (t1 - t0) + t0
+    return jax.random.randint(key, (batch,), 0, objective.num_timesteps)
+
+
+def objective_terms(objective: GaussianDiffusion | Transport, model_fn, x0, t, noise) -> dict:
+    """The objective's per-example loss terms for data x0 at times t with noise. SiT (whose names are
+    x1 for data and x0 for noise) regresses the first half of a learned-sigma output, as its model's
+    forward drops the variance channels."""
+    if isinstance(objective, Transport):
+        channels = x0.shape[-1]
+        return transport_losses(objective, lambda xt, tt: split_learned_sigma(model_fn(xt, tt), channels), x0,
+                                t=t, x0=noise)
+    return objective.training_losses(model_fn, x0, t, noise)
+
+
+def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model: DiT,
+               objective: GaussianDiffusion | Transport,
                tx: optax.GradientTransformation, ema_decay: float, input_mode: str = "", vae_config: Any = None,
                latent_scale: float = 0.18215):
     """batch: {'image': (B, H, W, C) uint8, or float in [-1, 1]} or a latent dataset's {'mean', 'std'}
     (float16 or float32), plus 'label' (B,).
 
-    batch['draws'] = {'t': (B,) int, 'noise': x0's shape, 'drop': (B,) bool label-drop mask}, when
+    objective: the run's Gaussian diffusion (the paper's hybrid loss) or SiT's transport.
+
+    batch['draws'] = {'t': (B,) int (float for SiT), 'noise': x0's shape, 'drop': (B,) bool label-drop mask}, when
     present, replaces the step's own random draws (to run the same update as another implementation
     on the same randomness); without it the step draws them from (state.rng, state.step).
     """
@@ -62,7 +86,7 @@ def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model:
     t_key, noise_key, drop_key, latent_key = step_keys(state.rng, state.step)
     x0 = model_input(batch, latent_key, input_mode, vae_params, vae_config, latent_scale)
     if draws is None:  # label dropout is then drawn inside the model, from drop_key
-        t = jax.random.randint(t_key, (x0.shape[0],), 0, diffusion.num_timesteps)
+        t = draw_time(objective, t_key, x0.shape[0])
         noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
         force_drop = None
     else:
@@ -72,7 +96,7 @@ def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model:
         def model_fn(x_t, t_model):
             return model.apply({"params": params}, x_t, t_model, y, train=True, force_drop=force_drop,
                                rngs={"dropout": drop_key})
-        terms = diffusion.training_losses(model_fn, x0, t, noise)
+        terms = objective_terms(objective, model_fn, x0, t, noise)
         return jnp.mean(terms["loss"]), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
