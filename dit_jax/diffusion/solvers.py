@@ -189,7 +189,7 @@ def step_coefficients(alphas_cumprod: np.ndarray, sampler: str, timesteps: np.nd
     return z
 
 
-def _validate(alphas_cumprod, sampler, steps, spacing, lower_order_final, eta, key, timesteps) -> np.ndarray:
+def _validate(alphas_cumprod, sampler, steps, spacing, lower_order_final, eta, key_given, timesteps) -> np.ndarray:
     _check_choice("sampler", sampler, SOLVERS)
     _check_choice("spacing", spacing, SPACINGS)
     ac = np.asarray(alphas_cumprod, np.float64)
@@ -202,7 +202,7 @@ def _validate(alphas_cumprod, sampler, steps, spacing, lower_order_final, eta, k
         raise ValueError(f"eta must be a number >= 0, got {eta!r}")
     if eta > 0 and sampler != "ddim":
         raise ValueError(f"eta applies to the sampler 'ddim' only; {sampler!r} is deterministic (use eta=0)")
-    if eta > 0 and key is None:
+    if eta > 0 and not key_given:
         raise ValueError("ddim with eta > 0 draws noise: pass a key")
     if sampler == "unipc" and not lower_order_final:
         raise ValueError("unipc needs lower_order_final=True: a second-order last step into sigma = 0 is "
@@ -217,32 +217,32 @@ def _validate(alphas_cumprod, sampler, steps, spacing, lower_order_final, eta, k
     return ts.astype(np.int64)
 
 
-def solve(alphas_cumprod: np.ndarray, model_fn: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, *,
-          sampler: str, steps: int, spacing: str = "linspace", lower_order_final: bool = True, eta: float = 0.0,
-          key: jax.Array | None = None, return_trajectory: bool = False, set_alpha_to_one: bool = True,
-          timesteps: Sequence[int] | None = None):
-    """Sample from x_T in `steps` model evaluations; returns x_0, or (x_0, the (steps, *x_T.shape)
-    stack of the sample after each step) with return_trajectory.
-
-    alphas_cumprod: the TRAINING schedule (all T steps, float64), e.g. `create_diffusion("").alphas_cumprod`.
-    model_fn(x, t): channels-last x (float32), t a (B,) int32 array of original timesteps in [0, T);
-    returns eps, or 2C channels (eps, then the learned variance, which is dropped as diffusers' DiT
-    pipeline does). sampler: one of SOLVERS; spacing: one of SPACINGS (diffusers' timestep_spacing).
-    lower_order_final: as diffusers (DPM-Solver++ lowers the last two steps' order for fewer than 15
-    steps; the last step is first order anyway). eta: DDIM's noise (step i draws normal(fold_in(key, i))).
-    timesteps: custom decreasing original timesteps (len == steps) in place of the spacing's.
-    Static (Python) values: everything but x_T, key and what model_fn closes over.
-    """
-    ts = _validate(alphas_cumprod, sampler, steps, spacing, lower_order_final, eta, key, timesteps)
+def solver_tables(alphas_cumprod: np.ndarray, *, sampler: str, steps: int, spacing: str = "linspace",
+                  lower_order_final: bool = True, eta: float = 0.0, set_alpha_to_one: bool = True,
+                  timesteps: Sequence[int] | None = None, key_given: bool = True) -> dict:
+    """Validated per-step tables for `run_solver`: the weights `sampler` uses (float32) and "t"
+    (int32), each of length `steps`. Arguments as `solve`'s (key_given: whether a key will come)."""
+    ts = _validate(alphas_cumprod, sampler, steps, spacing, lower_order_final, eta, key_given, timesteps)
     z = step_coefficients(alphas_cumprod, sampler, ts, lower_order_final=lower_order_final, eta=eta,
                           set_alpha_to_one=set_alpha_to_one)
-    x = jnp.asarray(x_T, jnp.float32)
-    c = x.shape[-1]
     used = _DDIM_KEYS if sampler == "ddim" else _X0_KEYS + _PREDICTOR_KEYS + (
         _CORRECTOR_KEYS if sampler == "unipc" else ())
-    xs = {k: jnp.asarray(z[k], jnp.float32) for k in used}
-    xs["t"], xs["i"] = jnp.asarray(ts, jnp.int32), jnp.arange(len(ts), dtype=jnp.int32)
-    noisy = sampler == "ddim" and eta > 0
+    tables = {k: np.asarray(z[k], np.float32) for k in used}
+    tables["t"] = np.asarray(ts, np.int32)
+    return tables
+
+
+def run_solver(tables: dict, model_fn: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, *,
+               sampler: str, key: jax.Array | None = None, return_trajectory: bool = False):
+    """The sampling loop of `solve` on tables from `solver_tables` (which may be traced arrays, so
+    one compiled program serves every spacing and schedule of a given length). With a key (DDIM),
+    step i adds dn_i * normal(fold_in(key, i)); without, no noise is drawn."""
+    _check_choice("sampler", sampler, SOLVERS)
+    x = jnp.asarray(x_T, jnp.float32)
+    c = x.shape[-1]
+    xs = dict(tables)
+    xs["i"] = jnp.arange(len(tables["t"]), dtype=jnp.int32)
+    noisy = sampler == "ddim" and key is not None
 
     def eps_of(x, t):
         out = model_fn(x, jnp.full((x.shape[0],), t, jnp.int32)).astype(jnp.float32)
@@ -268,3 +268,27 @@ def solve(alphas_cumprod: np.ndarray, model_fn: Callable[[jax.Array, jax.Array],
     zeros = jnp.zeros_like(x)
     (x0, _, _, _), traj = jax.lax.scan(body, (x, zeros, zeros, zeros), xs)
     return (x0, traj) if return_trajectory else x0
+
+
+def solve(alphas_cumprod: np.ndarray, model_fn: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, *,
+          sampler: str, steps: int, spacing: str = "linspace", lower_order_final: bool = True, eta: float = 0.0,
+          key: jax.Array | None = None, return_trajectory: bool = False, set_alpha_to_one: bool = True,
+          timesteps: Sequence[int] | None = None):
+    """Sample from x_T in `steps` model evaluations; returns x_0, or (x_0, the (steps, *x_T.shape)
+    stack of the sample after each step) with return_trajectory.
+
+    alphas_cumprod: the TRAINING schedule (all T steps, float64), e.g. `create_diffusion("").alphas_cumprod`.
+    model_fn(x, t): channels-last x (float32), t a (B,) int32 array of original timesteps in [0, T);
+    returns eps, or 2C channels (eps, then the learned variance, which is dropped as diffusers' DiT
+    pipeline does). sampler: one of SOLVERS; spacing: one of SPACINGS (diffusers' timestep_spacing).
+    lower_order_final: as diffusers (DPM-Solver++ lowers the last two steps' order for fewer than 15
+    steps; the last step is first order anyway; unipc needs True). eta: DDIM's noise, step i (0 the
+    first) draws normal(fold_in(key, i)). set_alpha_to_one: DDIM's final alpha_bar (1, else
+    alpha_bar[0]). timesteps: custom decreasing original timesteps (len == steps) in place of the
+    spacing's. Static (Python) values: everything but x_T, key and what model_fn closes over.
+    """
+    tables = solver_tables(alphas_cumprod, sampler=sampler, steps=steps, spacing=spacing,
+                           lower_order_final=lower_order_final, eta=eta, set_alpha_to_one=set_alpha_to_one,
+                           timesteps=timesteps, key_given=key is not None)
+    return run_solver({k: jnp.asarray(v) for k, v in tables.items()}, model_fn, x_T, sampler=sampler,
+                      key=key if sampler == "ddim" and eta > 0 else None, return_trajectory=return_trajectory)
