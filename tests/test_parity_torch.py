@@ -148,3 +148,39 @@ def test_t0_rows_catch_xla_tanh(reference, monkeypatch):
     rows = {r.name: r for r in run_comparison(models, diffusion, cfg, batch=4, sample_steps=1)}
     assert rows["t = 0 decoder term, typical pixels"].ok
     assert not rows["t = 0 decoder term, extreme pixels"].ok
+
+
+def _compare_tool():
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "compare_torch.py")
+    spec = importlib.util.spec_from_file_location("compare_torch_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_tool_solver_rows(reference, monkeypatch):
+    """tools/compare_torch.py --solvers: our solvers on the converted DiT beside diffusers' schedulers on
+    the reference model, every intermediate x_t; one timestep off by one on our side fails every row."""
+    pytest.importorskip("diffusers")
+    import dit_jax.diffusion.solvers as solvers
+    tool = _compare_tool()
+    models, _ = reference
+    cfg = dit_config("DiT-S/4", input_size=8, depth=2, num_classes=5, hidden_size=64, num_heads=2)
+    rows = tool.run_solver_comparison(models, cfg, batch=2, steps=4, spacing="trailing", log=lambda s: None)
+    print("\n" + format_table(rows))
+    assert [r.name.split()[1] for r in rows] == ["dpm++2m", "dpm++3m", "unipc", "ddim"]
+    assert all(r.ok for r in rows), format_table(rows)
+    real = solvers.solver_timesteps
+
+    def second_off_by_one(*args, **kw):
+        ts = real(*args, **kw).copy()
+        ts[1] += 1
+        return ts
+
+    monkeypatch.setattr(solvers, "solver_timesteps", second_off_by_one)
+    rows = tool.run_solver_comparison(models, cfg, batch=2, steps=4, spacing="trailing", samplers=("unipc",),
+                                      log=lambda s: None)
+    assert len(rows) == 1 and not rows[0].ok, format_table(rows)
+    print(f"one timestep off by one: {rows[0].rel:.2e}")

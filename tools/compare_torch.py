@@ -6,6 +6,7 @@
     python tools/compare_torch.py --reference /path/to/DiT --model DiT-XL/2 \\
         --checkpoint DiT-XL-2-256x256.pt                                           # released weights
     python tools/compare_torch.py --reference /path/to/DiT --train 5              # 5 training steps
+    python tools/compare_torch.py --reference /path/to/DiT --solvers --steps 25   # fast samplers vs diffusers
 
 Imports the reference's `models.py` and `diffusion` package from --reference, builds both models
 with the same weights (random, with the zero-initialised layers randomised, or a given .pt),
@@ -14,7 +15,11 @@ loss terms for fixed (x0, t, noise) (t = 0 with typical and extreme pixels too) 
 sampling steps with identical noise. With --train N it instead runs N steps of the reference's
 training update (train.py: loss mean, AdamW lr 1e-4, EMA 0.9999) beside our jitted train_step
 on the same batches, timesteps, noise and label-drop masks, and prints the per-step losses and
-the final params / EMA differences. Exits 1 if any row is past its tolerance.
+the final params / EMA differences. With --solvers it instead samples --steps steps of each fast
+sampler (dpm++2m, dpm++3m, unipc, ddim) with guidance: ours (dit_jax.diffusion.solvers.solve on
+the converted model) beside diffusers' scheduler of the same name driving the reference model's
+forward_with_cfg, from the same x_T, and compares every intermediate x_t (needs diffusers).
+Exits 1 if any row is past its tolerance.
 """
 
 from __future__ import annotations
@@ -39,6 +44,79 @@ def import_reference(path: str):
     return models, diffusion
 
 
+def run_solver_comparison(models, config, *, state_dict=None, batch: int = 4, steps: int = 10,
+                          spacing: str = "linspace", cfg_scale: float = 1.5, seed: int = 0, tol: float = 1e-5,
+                          samplers=("dpm++2m", "dpm++3m", "unipc", "ddim"), log=print) -> list:
+    """Rows comparing dit_jax.diffusion.solvers with diffusers' schedulers on the same DiT weights.
+
+    Both sides guide the reference's way (forward_with_cfg: 3 eps channels) and drop the learned
+    variance before the scheduler, as diffusers' DiT pipeline does. Each row is one sampler: the
+    largest difference over every intermediate x_t, relative to that step's largest value.
+    """
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    from dit_jax.convert.dit_torch import from_torch
+    from dit_jax.diffusion.gaussian import create_diffusion, linear_betas
+    from dit_jax.diffusion.samplers import guided_model_fn
+    from dit_jax.diffusion.solvers import solve
+    from dit_jax.models.dit import DiT
+    from dit_jax.parity import Row, compare, nchw, nhwc, randomize_zero_layers, torch_model
+
+    torch.manual_seed(seed)
+    ref = torch_model(models, config).eval()
+    if state_dict is not None:
+        ref.load_state_dict({k: torch.as_tensor(v) for k, v in state_dict.items()}, strict=True)
+    else:
+        log(f"random weights; {randomize_zero_layers(ref, seed)} zero-initialised tensors randomised")
+    params, _ = from_torch({k: v.detach().numpy() for k, v in ref.state_dict().items()}, config)
+    ours = DiT(dataclasses.replace(config, scan_blocks=False))
+    apply = jax.jit(lambda x, t, y: ours.apply({"params": params}, x, t, y))
+
+    rng = np.random.default_rng(seed)
+    c = config.in_channels
+    x_T = rng.standard_normal((batch, config.input_size, config.input_size, c)).astype(np.float32)
+    y = rng.integers(0, config.num_classes, batch).astype(np.int64)
+    null = config.num_classes
+    channels = min(3, c)
+    model_fn = guided_model_fn(apply, jnp.asarray(y, jnp.int32), null, cfg_scale, channels)
+    alphas_cumprod = create_diffusion("").alphas_cumprod
+    common = dict(num_train_timesteps=1000, trained_betas=linear_betas(1000), timestep_spacing=spacing)
+    schedulers = {
+        "dpm++2m": DPMSolverMultistepScheduler(**common, solver_order=2, algorithm_type="dpmsolver++",
+                                               solver_type="midpoint"),
+        "dpm++3m": DPMSolverMultistepScheduler(**common, solver_order=3, algorithm_type="dpmsolver++",
+                                               solver_type="midpoint"),
+        "unipc": UniPCMultistepScheduler(**common, solver_type="bh2", predict_x0=True),
+        "ddim": DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True),
+    }
+    y2 = torch.from_numpy(np.concatenate([y, np.full_like(y, null)]))
+    rows = []
+    for sampler in samplers:
+        sch = schedulers[sampler]
+        sch.set_timesteps(steps)
+        x, theirs = nchw(x_T), []
+        with torch.no_grad():
+            for t in sch.timesteps:
+                out = ref.forward_with_cfg(torch.cat([x, x]), t.expand(2 * batch), y2, cfg_scale)[:batch, :c]
+                x = sch.step(out, t, x).prev_sample
+                theirs.append(nhwc(x))
+        _, traj = jax.jit(lambda x: solve(alphas_cumprod, model_fn, x, sampler=sampler, steps=steps,
+                                          spacing=spacing, return_trajectory=True))(jnp.asarray(x_T))
+        # Relative per step (the samples grow as the x0 predictions sharpen), the largest over the steps.
+        per_step = [compare("", a, b, tol) for a, b in zip(np.asarray(traj), theirs)]
+        row = Row(f"{steps} {sampler} steps ('{spacing}', cfg {cfg_scale})", max(r.max_abs for r in per_step),
+                  max(r.rel for r in per_step), tol)
+        log(f"{sampler}: max abs {row.max_abs:.3e}, rel {row.rel:.2e}")
+        rows.append(row)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference", required=True, help="root of a facebookresearch/DiT checkout")
@@ -55,6 +133,12 @@ def main(argv=None) -> int:
     ap.add_argument("--tol", type=float, default=1e-5, help="relative tolerance of the forward rows")
     ap.add_argument("--train", type=int, default=0, metavar="N",
                     help="compare N training steps (loss, params, EMA) instead of the forward/sampling rows")
+    ap.add_argument("--solvers", action="store_true",
+                    help="compare --steps steps of dpm++2m, dpm++3m, unipc and ddim with diffusers' schedulers "
+                         "(needs diffusers) instead of the forward/sampling rows")
+    ap.add_argument("--spacing", default="linspace", choices=("linspace", "leading", "trailing"),
+                    help="timestep spacing of the --solvers rows")
+    ap.add_argument("--solver-tol", type=float, default=1e-5, help="relative tolerance of the --solvers rows")
     args = ap.parse_args(argv)
 
     import jax
@@ -81,7 +165,23 @@ def main(argv=None) -> int:
     if args.train < 0:
         print("error: --train needs a number of steps >= 1", file=sys.stderr)
         return 2
-    if args.train:
+    if args.solvers and args.train:
+        print("error: --solvers and --train are separate comparisons: pass one of them", file=sys.stderr)
+        return 2
+    if args.solvers and not 1 <= args.steps <= 1000:
+        print(f"error: --steps must be between 1 and 1000 for --solvers, got {args.steps}", file=sys.stderr)
+        return 2
+    if args.solvers:
+        try:
+            import diffusers  # noqa: F401
+        except ImportError:
+            print("error: --solvers compares with diffusers' schedulers: pip install diffusers==0.42.1",
+                  file=sys.stderr)
+            return 2
+        rows = run_solver_comparison(models, config, state_dict=state_dict, batch=args.batch, steps=args.steps,
+                                     spacing=args.spacing, cfg_scale=args.cfg_scale, seed=args.seed,
+                                     tol=args.solver_tol, log=print)
+    elif args.train:
         rows = run_training_comparison(models, diffusion, config, steps=args.train, state_dict=state_dict,
                                        batch=args.batch, seed=args.seed, log=print)
     else:

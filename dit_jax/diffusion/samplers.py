@@ -15,6 +15,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dit_jax.diffusion.gaussian import GaussianDiffusion
 
@@ -43,19 +44,49 @@ def guidance_channels(mode: str, in_channels: int) -> int:
 
 
 def guided_model_fn(class_model_fn: Callable, labels: jax.Array, null_class: int, scale: float,
-                    channels: int) -> ModelFn:
+                    channels: int, *, interval: tuple[float, float] | None = None,
+                    num_timesteps: int = 1000) -> ModelFn:
     """Wrap `class_model_fn(x, t, y)` into a guided `model_fn(x, t)` on a batch of B samples.
 
     Runs the model once on [x; x] with labels [y; null] and returns the CONDITIONAL half only
     (B rows): the guided first `channels` channels followed by the conditional pass's remaining
     channels (its variance), which is the half the reference keeps at the end. For the
     reference's doubled layout use `forward_with_cfg`.
+
+    interval=(lo, hi): guide only the samples whose noise level s = t / num_timesteps (t the
+    original timestep the model sees, s = 1 pure noise) lies in [lo, hi], and return the plain
+    conditional output elsewhere. The doubled batch is run either way, so shapes and the compiled
+    program do not depend on t. None (the default, the reference's behaviour) guides every step.
     """
+    if interval is not None:
+        lo, hi = check_interval(interval)
+        # s = t / T decided once per timestep in float64 (as Python computes it), so that t = 700 of
+        # 1000 is inside (0.3, 0.7) on every backend: XLA may turn a float32 t / T into t * (1 / T).
+        steps = np.arange(num_timesteps)
+        inside_table = jnp.asarray((lo <= steps / num_timesteps) & (steps / num_timesteps <= hi))
+
     def model_fn(x, t):
         out = class_model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
                              jnp.concatenate([labels, jnp.full_like(labels, null_class)]))
-        return apply_guidance(out, scale, channels)[: x.shape[0]]
+        guided = apply_guidance(out, scale, channels)[: x.shape[0]]
+        if interval is None:
+            return guided
+        inside = inside_table[jnp.clip(t, 0, num_timesteps - 1)]
+        return jnp.where(inside.reshape((-1,) + (1,) * (guided.ndim - 1)), guided, out[: x.shape[0]])
     return model_fn
+
+
+def check_interval(interval) -> tuple[float, float]:
+    """(lo, hi) with 0 <= lo <= hi <= 1, or ValueError naming the bad value."""
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance interval must be a pair (lo, hi) of noise levels in [0, 1], "
+                         f"got {interval!r}") from None
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"guidance interval must satisfy 0 <= lo <= hi <= 1 (noise levels t / T), "
+                         f"got ({lo}, {hi})")
+    return lo, hi
 
 
 def forward_with_cfg(class_model_fn: Callable, scale: float, channels: int = 3) -> Callable:
