@@ -315,15 +315,17 @@ def test_solve_under_jit_is_one_loop_and_same_result(sampler):
     kw = dict(sampler=sampler, steps=25, spacing="trailing")
     if sampler == "ddim":
         kw |= dict(eta=0.5, key=KEY)
-    eager = np.asarray(solve(AC, jnp_plain, X_T, **kw))
     run = jax.jit(lambda x: solve(AC, counting_model, x, **kw))
-    jitted = run(jnp.asarray(X_T))
+    jitted = np.asarray(run(jnp.asarray(X_T)))
     assert len(traced) == 1   # the model is traced once: the 25 steps are one scan, not unrolled
     run(jnp.asarray(X_T) + 1)
     assert len(traced) == 1   # no retrace for new noise
-    # The same numbers eagerly, under jit, and through the tables-as-arguments path the parity tests use.
+    # The same numbers under jit, through the tables-as-arguments path the parity tests use, and
+    # (one sampler, to keep the file fast) eagerly.
     via_tables = ours_trajectory(sampler, 25, "trailing", eta=kw.get("eta", 0.0), key=kw.get("key"))[-1]
-    err = max(step_rel_err(np.asarray(jitted)[None], eager[None]), step_rel_err(via_tables[None], eager[None]))
+    err = step_rel_err(via_tables[None], jitted[None])
+    if sampler == "unipc":
+        err = max(err, step_rel_err(np.asarray(solve(AC, jnp_plain, X_T, **kw))[None], jitted[None]))
     MEASURED[f"[same] {sampler}: solve eager / jit / tables as arguments"] = err
     assert err <= 1e-6
 
@@ -399,3 +401,5 @@ def test_guidance_interval(channels):
 def test_guidance_interval_validation(interval, message):
     with pytest.raises(ValueError, match=message):
         guided_model_fn(jnp_class_model, jnp.asarray(LABELS), NULL, SCALE, 3, interval=interval)
+    with pytest.raises(ValueError, match="num_timesteps must be a positive integer .*got 0"):
+        guided_model_fn(jnp_class_model, jnp.asarray(LABELS), NULL, SCALE, 3, interval=(0, 1), num_timesteps=0)

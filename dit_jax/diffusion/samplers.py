@@ -55,15 +55,18 @@ def guided_model_fn(class_model_fn: Callable, labels: jax.Array, null_class: int
 
     interval=(lo, hi): guide only the samples whose noise level s = t / num_timesteps (t the
     original timestep the model sees, s = 1 pure noise) lies in [lo, hi], and return the plain
-    conditional output elsewhere. The doubled batch is run either way, so shapes and the compiled
-    program do not depend on t. None (the default, the reference's behaviour) guides every step.
+    conditional output elsewhere (t outside [0, num_timesteps) counts as its nearest end). The doubled
+    batch is run either way, so shapes and the compiled program do not depend on t. None (the
+    default, the reference's behaviour) guides every step.
     """
     if interval is not None:
         lo, hi = check_interval(interval)
+        if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 1:
+            raise ValueError(f"num_timesteps must be a positive integer (the training T), got {num_timesteps!r}")
         # s = t / T decided once per timestep in float64 (as Python computes it), so that t = 700 of
         # 1000 is inside (0.3, 0.7) on every backend: XLA may turn a float32 t / T into t * (1 / T).
         steps = np.arange(num_timesteps)
-        inside_table = jnp.asarray((lo <= steps / num_timesteps) & (steps / num_timesteps <= hi))
+        inside_table = (lo <= steps / num_timesteps) & (steps / num_timesteps <= hi)
 
     def model_fn(x, t):
         out = class_model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
@@ -71,7 +74,7 @@ def guided_model_fn(class_model_fn: Callable, labels: jax.Array, null_class: int
         guided = apply_guidance(out, scale, channels)[: x.shape[0]]
         if interval is None:
             return guided
-        inside = inside_table[jnp.clip(t, 0, num_timesteps - 1)]
+        inside = jnp.asarray(inside_table)[jnp.clip(t, 0, num_timesteps - 1)]
         return jnp.where(inside.reshape((-1,) + (1,) * (guided.ndim - 1)), guided, out[: x.shape[0]])
     return model_fn
 

@@ -13,7 +13,9 @@ compiled loop is a fixed linear combination of the state:
 
 A step's order (first order at the start and, as diffusers, at the end) is just which weights
 are zero. The loop is one `lax.scan` whose carry holds the sample and the previous x0
-predictions, so `solve` jit-compiles for any static `steps`.
+predictions, so `solve` jit-compiles for any static `steps`. `solve` = `solver_tables` (validation,
+timesteps, weights) + `run_solver` (the loop); a caller that wants one compiled program for several
+spacings or schedules of the same length can pass the tables to a jitted `run_solver` as arguments.
 
 diffusers computes its weights in float32 from a float32 cumulative product; ours come from the
 float64 training schedule, so the two differ by float32 rounding only (the parity tests measure
@@ -139,7 +141,8 @@ def step_coefficients(alphas_cumprod: np.ndarray, sampler: str, timesteps: np.nd
                         fact *= k + 1
                         h_phi_k = h_phi_k / hh - 1.0 / fact
                     rhos = np.linalg.solve(R, np.array(b))
-                # x = ratio x_last - base m_{i-1} - alpha B_h (sum_k rho_k (m_{i-1-k} - m_{i-1}) / r_k + rho_last (m_i - m_{i-1}))
+                # x = ratio x_last - base m_{i-1}
+                #     - alpha B_h (sum_k rho_k (m_{i-1-k} - m_{i-1}) / r_k + rho_last (m_i - m_{i-1}))
                 w = alpha[i] * B_h
                 c = np.zeros(3)   # on m_i, m_{i-1}, m_{i-2}
                 c[1] -= base
