@@ -45,7 +45,7 @@ def save_grid(images: np.ndarray, path: str, nrow: int | None = None, upscale: i
 def make_grid_sampler(run):
     """The sample grids' jitted sampler over the run's mesh (config.sample), built once per run."""
     from dit_jax.sampling.sampler import SamplerSettings, build_sampler
-    return build_sampler(run, SamplerSettings.from_config(run.config.sample), uint8=True)
+    return build_sampler(run, SamplerSettings.from_config(run.config.sample, run.config.transport), uint8=True)
 
 
 def sample_grid(run, ema_params, step: int, workdir: str, sampler, vae_params=None) -> str | None:

@@ -11,62 +11,157 @@ import jax.numpy as jnp
 import numpy as np
 
 from dit_jax.diffusion.gaussian import GaussianDiffusion, respace
-from dit_jax.diffusion.samplers import CFG_MODES, SAMPLERS, guidance_channels, guided_model_fn, sample_loop
+from dit_jax.diffusion.samplers import CFG_MODES, guidance_channels, guided_model_fn, sample_loop
+from dit_jax.diffusion.solvers import SOLVERS, SPACINGS, solve
 from dit_jax.models.dit import DiT, DiTConfig
+from dit_jax.transport import samplers as sit
+from dit_jax.transport.guidance import split_learned_sigma
+from dit_jax.transport.transport import Transport
+
+# By objective: the reference's respaced ancestral DDPM and DDIM, the few-step solvers (diffusers'
+# semantics); SiT's ODE (euler, heun, dopri5) and SDE samplers.
+DDPM_SAMPLERS = ("ddpm", "ddim") + tuple(s for s in SOLVERS if s != "ddim")
+SIT_SAMPLERS = ("euler", "heun", "dopri5", "sde-euler", "sde-heun")
+DEFAULT_SAMPLER = {"ddpm": "ddpm", "sit": "heun"}
+
+
+def objective_kind(objective) -> str:
+    return "sit" if isinstance(objective, Transport) else "ddpm"
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSettings:
     """How to sample: what `dit-jax sample`, grids, evaluations and the benchmark all choose from."""
-    sampler: str = "ddpm"             # ancestral DDPM or DDIM over the respaced diffusion
-    steps: str = "250"                # respacing: "250", "ddim50", "10,15,20"
+    sampler: str = ""                 # "": the objective's default (DEFAULT_SAMPLER)
+    steps: str = "250"                # ddpm/ddim: a respacing ("250", "ddim50"); otherwise a step count
     cfg_scale: float = 1.0            # guidance only above 1, as the reference
     cfg_mode: str = "reference"       # "reference": the first 3 channels; "all": every channel
     eta: float = 0.0                  # DDIM's noise
+    cfg_interval: tuple | None = None  # guidance only at noise levels s in [lo, hi] (s = 1 pure noise)
+    spacing: str = ""                 # the solvers' timestep spacing ("" linspace; with "ddim": diffusers' DDIM)
+    # SiT's samplers (config.transport): dopri5's tolerances, the SDE's diffusion and last step.
+    atol: float = 1e-6
+    rtol: float = 1e-3
+    diffusion_form: str = "sigma"
+    diffusion_norm: float = 1.0
+    last_step: str | None = "Mean"
+    last_step_size: float = 0.04
 
     @classmethod
-    def from_config(cls, section) -> "SamplerSettings":
-        """From a config section with sampler/steps/cfg_scale/cfg_mode (config.sample, an evaluation)."""
+    def from_config(cls, section, transport=None) -> "SamplerSettings":
+        """From a config section with sampler/steps/cfg_scale/cfg_mode/... (config.sample, an evaluator),
+        SiT's options from config.transport."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: (str(v) if k == "steps" else v) for k, v in dict(section).items() if k in fields})
+        values = {k: v for k, v in dict(section).items() if k in fields}
+        if transport is not None:
+            values.update({k: v for k, v in dict(transport).items() if k in fields})
+        if "steps" in values:
+            values["steps"] = str(values["steps"])
+        interval = values.get("cfg_interval")
+        values["cfg_interval"] = None if interval is None or tuple(interval) == (0.0, 1.0) else tuple(interval)
+        if values.get("last_step") in ("", "none", "None"):
+            values["last_step"] = None
+        return cls(**values)
 
-    def problems(self) -> list[str]:
+    def resolved(self, objective) -> str:
+        return self.sampler or DEFAULT_SAMPLER[objective_kind(objective)]
+
+    def problems(self, objective) -> list[str]:
+        """What is wrong with these settings for `objective` (empty when fine)."""
+        kind, name = objective_kind(objective), self.resolved(objective)
+        allowed = SIT_SAMPLERS if kind == "sit" else DDPM_SAMPLERS
+        if name not in allowed:
+            return [f"sampler must be one of {allowed} for objective {kind!r} (or '' for {DEFAULT_SAMPLER[kind]}), "
+                    f"got {name!r}"]
         out = []
-        if self.sampler not in SAMPLERS:
-            out.append(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.cfg_mode not in CFG_MODES:
             out.append(f"cfg_mode must be one of {CFG_MODES}, got {self.cfg_mode!r}")
+        if self.cfg_interval is not None:
+            lo, hi = self.cfg_interval
+            if not 0.0 <= lo <= hi <= 1.0:
+                out.append(f"cfg_interval must be (lo, hi) with 0 <= lo <= hi <= 1, got {self.cfg_interval}")
+        if self.spacing and self.spacing not in SPACINGS:
+            out.append(f"spacing must be one of {SPACINGS} (or '' for linspace), got {self.spacing!r}")
+        if kind == "sit" or name in SOLVERS:
+            low = 2 if kind == "sit" else 1
+            if not self.steps.isdigit() or int(self.steps) < low:
+                out.append(f"steps must be an integer >= {low} for the {name} sampler, got {self.steps!r}")
+            elif kind == "ddpm" and int(self.steps) > objective.num_timesteps:
+                out.append(f"steps must be at most the diffusion's {objective.num_timesteps} timesteps, "
+                           f"got {self.steps}")
         return out
 
     def describe(self) -> str:
-        return f"{self.steps} {self.sampler} steps, cfg {self.cfg_scale} ({self.cfg_mode})"
+        interval = f", interval {self.cfg_interval}" if self.cfg_interval else ""
+        return f"{self.steps} {self.sampler or 'default'} steps, cfg {self.cfg_scale} ({self.cfg_mode}{interval})"
 
 
-def make_sampler(model: DiTConfig, diffusion: GaussianDiffusion, settings: SamplerSettings):
+def _sit_interval_fn(guided, plain, interval):
+    """SiT's noise level is 1 - t: guide inside the interval, the plain conditional output outside."""
+    lo, hi = interval
+
+    def model_fn(x, t):
+        s = 1.0 - t
+        inside = ((lo <= s) & (s <= hi)).reshape((-1,) + (1,) * (x.ndim - 1))
+        return jnp.where(inside, guided(x, t), plain(x, t))
+    return model_fn
+
+
+def sample_from(objective, model_fn, x_T, key, settings: SamplerSettings, noise_fn=None) -> jax.Array:
+    """Run the sampler `settings` name on `objective` from x_T; model_fn(x, t) is the (guided) network."""
+    name = settings.resolved(objective)
+    if isinstance(objective, Transport):
+        if name.startswith("sde-"):
+            return sit.sample_sde(objective, model_fn, x_T, key, method=name[4:], num_steps=int(settings.steps),
+                                  diffusion_form=settings.diffusion_form, diffusion_norm=settings.diffusion_norm,
+                                  last_step=settings.last_step, last_step_size=settings.last_step_size,
+                                  noise_fn=noise_fn)
+        return sit.sample_ode(objective, model_fn, x_T, method=name, num_steps=int(settings.steps),
+                              atol=settings.atol, rtol=settings.rtol)
+    if name in SOLVERS and (name != "ddim" or settings.spacing):
+        return solve(objective.alphas_cumprod, model_fn, x_T, sampler=name, steps=int(settings.steps),
+                     spacing=settings.spacing or "linspace", eta=settings.eta, key=key)
+    return sample_loop(respace(objective, settings.steps), model_fn, x_T, key, sampler=name, eta=settings.eta,
+                       noise_fn=noise_fn, clip_denoised=False)
+
+
+def make_sampler(model: DiTConfig, objective: GaussianDiffusion | Transport, settings: SamplerSettings):
     """A jitted `fn(params, labels, key) -> samples (B, H, W, C)` in the model's data space, on whatever
-    devices its arguments are; `diffusion` is the run's whole (training) diffusion, respaced here.
+    devices its arguments are. `objective`: the run's whole (training) diffusion, respaced here, or
+    SiT's transport.
 
     Guidance is applied only when cfg_scale > 1, as the reference's sample_ddp.py. `key` is one key
     (split into the key of x_T and the key of the per-step noise), or one key per sample (shape
     (B, 2) raw keys): then sample b's x_T and step noise come from its own key only, so a sample is
     the same whatever batch or device count computes it.
     """
-    problems = settings.problems()
+    problems = settings.problems(objective)
     if problems:
         raise ValueError("; ".join(problems))
     dit = DiT(model)
     channels = guidance_channels(settings.cfg_mode, model.in_channels)
-    spaced = respace(diffusion, settings.steps)
+    is_sit = isinstance(objective, Transport)
+    num_timesteps = None if is_sit else objective.num_timesteps
 
     @jax.jit
     def run(params, labels, key):
         def class_model_fn(x, t, y):
-            return dit.apply({"params": params}, x, t, y)
+            out = dit.apply({"params": params}, x, t, y)
+            # SiT's forward drops the learned-sigma half; DDPM's samplers read it (or drop it themselves).
+            return split_learned_sigma(out, model.in_channels) if is_sit else out
 
+        def plain(x, t):
+            return class_model_fn(x, t, labels)
         if settings.cfg_scale > 1.0:
-            model_fn = guided_model_fn(class_model_fn, labels, model.null_class, settings.cfg_scale, channels)
+            if is_sit:
+                model_fn = guided_model_fn(class_model_fn, labels, model.null_class, settings.cfg_scale, channels)
+                if settings.cfg_interval is not None:
+                    model_fn = _sit_interval_fn(model_fn, plain, settings.cfg_interval)
+            else:
+                model_fn = guided_model_fn(class_model_fn, labels, model.null_class, settings.cfg_scale, channels,
+                                           interval=settings.cfg_interval, num_timesteps=num_timesteps)
         else:
-            model_fn = lambda x, t: class_model_fn(x, t, labels)  # noqa: E731
+            model_fn = plain
         shape = (labels.shape[0], model.input_size, model.input_size, model.in_channels)
         if key.ndim == 2:  # per-sample raw keys
             pairs = jax.vmap(jax.random.split)(key)  # (B, 2, 2): x_T key, step-noise key
@@ -75,12 +170,12 @@ def make_sampler(model: DiTConfig, diffusion: GaussianDiffusion, settings: Sampl
             def noise_fn(_, i, x):
                 return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), x.shape[1:], x.dtype))(
                     pairs[:, 1])
+            key = pairs[0, 1]  # only DDIM with eta > 0 on the solver path draws from one key
         else:
             init_key, key = jax.random.split(key)
             x_T = jax.random.normal(init_key, shape, jnp.float32)
             noise_fn = None
-        x = sample_loop(spaced, model_fn, x_T, key, sampler=settings.sampler, eta=settings.eta, noise_fn=noise_fn,
-                        clip_denoised=False)
+        x = sample_from(objective, model_fn, x_T, key, settings, noise_fn)
         return x[..., : model.in_channels]
 
     return run
@@ -112,7 +207,7 @@ def build_sampler(run, settings: SamplerSettings, *, sharding: jax.sharding.Shar
     from dit_jax.models.vae import decode_latents
     from dit_jax.parallel.sharding import batch_sharding
     sharding = sharding or batch_sharding(run.mesh)
-    sample_one = make_sampler(run.model, run.objective, settings)
+    sample_one = make_sampler(run.model, run.objective, settings)  # checks settings against the objective
     decoder = run.decoder
     divisor = batch_devices(sharding)
 

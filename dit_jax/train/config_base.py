@@ -28,7 +28,7 @@ def to_dit_config(model: ml_collections.ConfigDict) -> DiTConfig:
 def evaluator_fields(kind: str = "", **overrides) -> ml_collections.ConfigDict:
     """One evaluator's section of config.evals. every: steps between evaluations (0: only at the end)."""
     fields = dict(kind=kind, every=0, num_samples=0, batch_size=100, sampler="", steps="250", cfg_scale=1.5,
-                  cfg_mode="reference", reference="", inception="")
+                  cfg_mode="reference", cfg_interval=(0.0, 1.0), spacing="", reference="", inception="")
     fields.update(overrides)
     return ml_collections.ConfigDict(fields)
 
@@ -79,8 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
     # EMA sample grids written as PNG every `sample_every` steps (0: never).
     # sampler "": the objective's default (ddpm: ancestral DDPM; sit: Heun's ODE); steps: a respacing
     # ("250", "ddim50") for ddpm/ddim, a step count for the fast solvers and SiT's samplers.
+    # cfg_interval: guidance only where the noise level (1 = pure noise) is in [lo, hi]; (0, 1) everywhere.
+    # spacing: the fast solvers' timestep spacing (linspace, leading, trailing).
     c.sample = ml_collections.ConfigDict(dict(every=50_000, num=16, steps="250", sampler="", cfg_scale=4.0,
-                                              cfg_mode="reference"))
+                                              cfg_mode="reference", cfg_interval=(0.0, 1.0), spacing=""))
     # Quality of EMA samples (train/evaluation.py): named evaluators, each with its own kind ("digits": the
     # demo's classifier; "fid": against an ADM reference batch's statistics, with pytorch-fid's Inception
     # weights; "" off), schedule (every N steps, 0: only at the end), sample count and sampler. Switch

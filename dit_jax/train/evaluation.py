@@ -21,7 +21,6 @@ import ml_collections
 import numpy as np
 
 from dit_jax import storage
-from dit_jax.diffusion.samplers import SAMPLERS
 from dit_jax.sampling.sampler import SamplerSettings, build_sampler, fetch
 from dit_jax.train.metrics_log import MetricsLog
 
@@ -57,8 +56,6 @@ def check(config) -> list[str]:
             problems.append(f"{where}.every must be an integer >= 0 (0: only at the end), got {e.every!r}")
         if not isinstance(e.batch_size, int) or e.batch_size < 1:
             problems.append(f"{where}.batch_size must be an integer >= 1, got {e.batch_size!r}")
-        if e.sampler not in SAMPLERS:
-            problems.append(f"{where}.sampler must be one of {SAMPLERS}, got {e.sampler!r}")
         if e.kind == "fid" and not (e.reference and e.inception):
             problems.append(f"{where}: kind 'fid' needs {where}.reference (an ADM reference batch .npz) and "
                             f"{where}.inception (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
@@ -87,7 +84,8 @@ class Evaluator:
 
 def make_evaluators(run) -> list[Evaluator]:
     """The run's evaluators, each with its jitted sampler over the run's mesh, built once per run."""
-    return [Evaluator(name, e, build_sampler(run, SamplerSettings.from_config(e))) for name, e in active(run.config)]
+    return [Evaluator(name, e, build_sampler(run, SamplerSettings.from_config(e, run.config.transport)))
+            for name, e in active(run.config)]
 
 
 def ema_samples(run, evaluator: Evaluator, ema_params, vae_params=None, stop=lambda batch: False,

@@ -10,11 +10,15 @@ from __future__ import annotations
 from dit_jax import storage
 from dit_jax.diffusion.gaussian import BETA_SCHEDULES
 from dit_jax.diffusion.respace import space_timesteps
-from dit_jax.diffusion.samplers import CFG_MODES, SAMPLERS
+from dit_jax.sampling.sampler import SamplerSettings
 from dit_jax.parallel.mesh import MESH_AXES
 from dit_jax.train import evaluation
 from dit_jax.train.config_base import to_dit_config
+from dit_jax.train.run import objective_of
 from dit_jax.train.step import INPUT_MODES
+
+
+OBJECTIVES = ("ddpm", "sit")
 
 
 def validate(config) -> None:
@@ -38,6 +42,7 @@ def config_problems(config) -> list[str]:
     problems += _optim(config.optim)
     problems += _mesh(config.mesh)
     problems += _diffusion(config)
+    problems += _objective(config)
     problems += _sampling(config)
     problems += evaluation.check(config)
     if config.get("init_weights", ""):
@@ -153,22 +158,35 @@ def respacing_problem(spec, num_timesteps: int) -> str | None:
     return None
 
 
+def _objective(config) -> list[str]:
+    if config.objective not in OBJECTIVES:
+        return [f"objective must be one of {OBJECTIVES}, got {config.objective!r}"]
+    if config.objective == "sit":
+        try:
+            objective_of(config)
+        except ValueError as e:
+            return [f"transport: {e}"]
+    return []
+
+
 def _sampling(config) -> list[str]:
     """config.sample and the sampling settings of every evaluator (the rest of config.evals: evaluation.check)."""
     s = config.sample
-    num_timesteps = config.diffusion.num_timesteps if isinstance(config.diffusion.num_timesteps, int) else 1000
     problems = [f"sample.{p}" for p in _at_least(s, ("every",), 0)]
     if s.every:
         problems += [f"sample.{p}" for p in _at_least(s, ("num",), 1)]
-        if s.sampler not in SAMPLERS:
-            problems.append(f"sample.sampler must be one of {SAMPLERS}, got {s.sampler!r}")
+    if _objective(config) or _diffusion(config):
+        return problems  # the objective itself is wrong: said once, above
+    objective = objective_of(config)
     checks = ([("sample", s)] if s.every else []) + [(f"evals.{n}", e) for n, e in evaluation.active(config)]
     for name, section in checks:
-        problem = respacing_problem(section.steps, num_timesteps)
-        if problem:
-            problems.append(f"{name}.steps: {problem}")
-        if section.cfg_mode not in CFG_MODES:
-            problems.append(f"{name}.cfg_mode must be one of {CFG_MODES}, got {section.cfg_mode!r}")
+        settings = SamplerSettings.from_config(section, config.transport)
+        found = settings.problems(objective)
+        problems += [f"{name}.{p}" for p in found]
+        if not found and settings.resolved(objective) in ("ddpm", "ddim") and not settings.spacing:
+            problem = respacing_problem(section.steps, objective.num_timesteps)
+            if problem:
+                problems.append(f"{name}.steps: {problem}")
         if not section.cfg_scale >= 0:
             problems.append(f"{name}.cfg_scale must be >= 0 (guidance applies only above 1), got {section.cfg_scale}")
     return problems
