@@ -18,9 +18,9 @@ def test_benchmark_times_step_pipeline_sampler_and_reference(tmp_path, capsys):
     table = capsys.readouterr().out
     report = json.loads(out.read_text())
     rows = {(r["kind"], r["impl"], r.get("input", "")): r for r in report["rows"]}
-    step = rows["train", "jax", "synthetic, on device"]
+    step = rows["train", "jax", "synthetic dataset, on device"]
     fed = rows["train", "jax", "latent dataset (Grain)"]
-    sampler = rows["sample", "jax", "2 steps, cfg 1.5"]
+    sampler = rows["sample", "jax", "2 ddpm steps, cfg 1.5"]
     assert "input" in {r["kind"] for r in report["rows"]}
     checksum = rows["save", "jax", "checkpoint checksum, per save"]
     assert checksum["step_ms"] > 0 and checksum["img_s"] is None
@@ -43,3 +43,19 @@ def test_bad_setting_is_one_clear_line(capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: bad --setting 'batch=4,remat=sometimes': remat must be one of")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_benchmark_takes_the_training_config_and_its_samplers(tmp_path):
+    """--config as train: the demo with SiT's objective and ZeRO-1, its step and its sampler timed."""
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--config", "configs/demo.py", "--config.objective=sit",
+                 "--config.model.depth=1", "--config.model.hidden_size=32", "--config.mesh.shard_optimizer=True",
+                 "--steps", "1", "--warmup", "1", "--sample-steps", "3", "--sample-batch", "2",
+                 "--sampler", "heun", "--sampler", "euler", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["shard_optimizer"] is True and report["input"] == "pixels"
+    kinds = {(r["kind"], r.get("input", "")) for r in report["rows"]}
+    assert ("train", "synthetic pixels, on device") in kinds
+    assert {("sample", "3 heun steps, cfg 1.5"), ("sample", "3 euler steps, cfg 1.5")} <= kinds
+    step = next(r for r in report["rows"] if r["kind"] == "train")
+    assert step["setting"].startswith("b32 float32") and step["loss"] == step["loss"]
