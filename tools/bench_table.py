@@ -120,7 +120,7 @@ def save(state: dict, out: str) -> None:
 def tail(path: str, lines: int = 15) -> str:
     if not path or not os.path.isfile(path):
         return ""
-    with open(path, errors="replace") as f:
+    with open(path, errors="replace", newline="") as f:  # newline="": keep the carriage returns
         # progress bars redraw with carriage returns: keep what each line ended as
         text = [line.rsplit("\r", 1)[-1] for line in f.read().split("\n")]
     return "\n".join([line for line in text if line.strip()][-lines:])

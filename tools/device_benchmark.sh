@@ -56,7 +56,6 @@ if [[ $MODE == prepare ]]; then
 fi
 
 export PYTHONUNBUFFERED=1
-WORK=$(mktemp -d /tmp/devbench.XXXXXX)
 if [[ $MODE == dry-run ]]; then
     OUT=${OUT:-$(mktemp -d /tmp/devbench-out.XXXXXX)}
     PY=${PYTHON:-python}
@@ -85,6 +84,8 @@ else
     declare -A BUDGET=([train-b32]=90 [torch-train]=50 [sample-ddpm]=80 [torch-sample]=60
                        [train-b256-remat]=80 [torch-compile]=100 [sample-fast]=45)
 fi
+WORK=$(mktemp -d /tmp/devbench.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
 MIN_GROUP=${BENCH_MIN_GROUP_S:-20}
 RESERVE=5  # for the last summary
 mkdir -p "$OUT"
@@ -183,5 +184,4 @@ fi
 
 echo "=== done in $SECONDS s; $OUT: bench.md, bench.json, log.txt" | tee -a "$OUT/log.txt"
 cat "$OUT/bench.md"
-rm -rf "$WORK"
 exit $(( FAILED ? 3 : 0 ))
