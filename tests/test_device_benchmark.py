@@ -146,3 +146,19 @@ def test_bad_arguments_are_one_line(tmp_path):
     proc = subprocess.run(["bash", SCRIPT], capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and proc.stderr.startswith("error: OUT is not set")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_device_mode_without_a_gpu_stops_at_the_check_and_says_why(tmp_path):
+    """The device path on this CPU machine: the wheels install (if prepared), the check finds no GPU for
+    jax, names it in one line, and no group starts."""
+    out, site = tmp_path / "out", tmp_path / "site"
+    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, BENCH_SITE=str(site), JAX_PLATFORMS="cpu")
+    proc = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "error: the environment cannot run the benchmark" in proc.stderr
+    md = (out / "bench.md").read_text()
+    assert "- missing: jax " in md and "sees cpu devices, not gpu" in md
+    assert json.loads((out / "bench.json").read_text())["groups"] == []
+    if os.path.isdir(os.path.join(REPO, ".whl")):  # prepared here: the same install the machine does
+        assert (site / "tensorflow_datasets").is_dir()

@@ -95,11 +95,12 @@ export JAX_COMPILATION_CACHE_DIR="$WORK/jax-cache" JAX_PERSISTENT_CACHE_MIN_COMP
        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
 
 if [[ $MODE == run ]]; then
+    SITE=${BENCH_SITE:-/tmp/site}  # where the carried wheels go (the machine's own packages stay as they are)
     if compgen -G ".whl/*.whl" > /dev/null; then
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
             .whl/*.whl 2>&1 | tee -a "$OUT/log.txt"
-        [[ ${PIPESTATUS[0]} == 0 ]] || { echo "error: installing .whl/ into /tmp/site failed (above)" >&2; exit 1; }
-        export PYTHONPATH="$PYTHONPATH:/tmp/site"
+        [[ ${PIPESTATUS[0]} == 0 ]] || { echo "error: installing .whl/ into $SITE failed (above)" >&2; exit 1; }
+        export PYTHONPATH="$PYTHONPATH:$SITE"
     else
         echo "warning: no .whl/ here: run tools/device_benchmark.sh --prepare and carry .whl" | tee -a "$OUT/log.txt"
     fi
