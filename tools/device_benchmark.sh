@@ -87,7 +87,7 @@ fi
 WORK=$(mktemp -d /tmp/devbench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 MIN_GROUP=${BENCH_MIN_GROUP_S:-20}
-RESERVE=5  # for the last summary
+RESERVE=15  # for the records still to write (a Python start each) and the last summary
 mkdir -p "$OUT"
 : > "$OUT/log.txt"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
