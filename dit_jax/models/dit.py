@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from dit_jax.models.layers import (DiTBlock, LabelEmbedder, Linear, ScanBlock, TimestepEmbedder, ada_ln,
-                                   layer_norm, modulate, sincos_2d_pos_embed)
+                                   cotangent_barrier, layer_norm, modulate, sincos_2d_pos_embed)
 
 # depth, hidden size, heads of the paper's four model sizes.
 SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
@@ -188,7 +188,10 @@ class DiT(nn.Module):
         else:
             block_cls = nn.remat(DiTBlock, **remat) if remat else DiTBlock
             for i in range(cfg.depth):
-                tokens = block_cls(**block_kwargs, name=f"blocks_{i}")(tokens, c)
+                # The backward pass materializes the residual stream's cotangent at each block (on
+                # CPU; see cotangent_barrier): without it XLA:CPU recomputes it in every later
+                # fusion, quadratic in depth. The scan's carry is materialized already.
+                tokens = cotangent_barrier(block_cls(**block_kwargs, name=f"blocks_{i}")(tokens, c))
 
         # Final layer: LN -> adaLN modulate -> zero-initialised linear to p*p*out_channels.
         shift, scale = ada_ln(c, 2, name="final_adaLN", **kw)
