@@ -38,6 +38,8 @@ from dit_jax.transport.transport import LOSS_WEIGHTS, PREDICTIONS, Transport, tr
 # The two diffusion forms the official code cannot run (a misspelt key; a Python float it takes a square
 # root of with torch): rows for them give the reference its intended formula, as ours has it.
 UNRUNNABLE_FORMS = ("constant", "increasing-decreasing")
+# Row families of run_sit_comparison.
+PARTS = ("forward", "loss", "steps", "dopri5")
 
 
 @dataclasses.dataclass
@@ -163,8 +165,10 @@ def _last_step_fn(sampler, drift, last_step, size):
 
 def run_sit_comparison(ref: SiTReference, config: DiTConfig, *, state_dict: dict | None = None, batch: int = 4,
                        cfg_scale: float = 1.5, seed: int = 0, tol: float = 1e-5, dopri5_tol: float = 2e-3,
-                       dopri5: bool = True, log: Callable[[str], None] = lambda s: None) -> list[Row]:
-    """Compare the converted forward, guided forward, training losses, ODE/SDE steps and a dopri5 solve.
+                       parts: tuple = PARTS, log: Callable[[str], None] = lambda s: None) -> list[Row]:
+    """Compare the converted forward and guided forward ("forward"), the training loss of every path x
+    prediction x weighting ("loss"), one ODE / SDE step per method and form and the SDE's last steps
+    ("steps"), and a whole dopri5 solve ("dopri5"): the families named in `parts`. Returns rows.
 
     dopri5_tol: both solvers are adaptive with rtol 1e-3 and take different steps (diffrax stops at t1,
     torchdiffeq steps past it and interpolates back), so they agree to the solver tolerance, not to
@@ -184,9 +188,7 @@ def run_sit_comparison(ref: SiTReference, config: DiTConfig, *, state_dict: dict
     x = rng.standard_normal(shape).astype(np.float32)
     t = rng.uniform(0.05, 0.95, batch).astype(np.float32)
     y = rng.integers(0, config.num_classes, batch).astype(np.int64)
-    null = config.num_classes
-    tx, tt, ty = nchw(x), torch.from_numpy(t), torch.from_numpy(y)
-    yj = jnp.asarray(y, jnp.int32)
+    ty, yj = torch.from_numpy(y), jnp.asarray(y, jnp.int32)
 
     def model_fn(xt, tm):   # our SiT forward: the converted DiT with the variance half dropped
         return split_learned_sigma(apply(xt, tm, yj), c)
@@ -196,90 +198,97 @@ def run_sit_comparison(ref: SiTReference, config: DiTConfig, *, state_dict: dict
 
     rows = []
     with torch.no_grad():
-        rows.append(compare("converted forward (sigma half dropped)", model_fn(x, t), nhwc(net(tx, tt, ty)), tol))
-        x2, t2 = np.concatenate([x, x]), np.concatenate([t, t])
-        y2 = np.concatenate([y, np.full_like(y, null)])
-        ours = forward_with_cfg(lambda a, b, l: apply(a, b, l), cfg_scale, min(3, c), out_channels=c)(
-            x2, t2, jnp.asarray(y2, jnp.int32))
-        want = nhwc(net.forward_with_cfg(nchw(x2), torch.from_numpy(t2), torch.from_numpy(y2), cfg_scale))
-        rows.append(compare(f"guided forward (cfg {cfg_scale})", ours, want, tol))
-
-        # Training loss for every path x prediction x weighting, same x1, x0 and t: the reference draws
-        # through its own `sample` (x0 = randn_like, t = rand * (t1 - t0) + t0), fed our arrays.
-        x1 = (rng.standard_normal(shape) * 0.5).astype(np.float32)
-        x0 = rng.standard_normal(shape).astype(np.float32)
-        u = rng.random(batch).astype(np.float32)
-        for path in PATHS:
-            for prediction in PREDICTIONS:
-                for weight in LOSS_WEIGHTS:
-                    theirs = ref.transport.create_transport(path, prediction, weight, None, None)
-                    drawn = {}
-                    original = theirs.sample
-                    theirs.sample = lambda a, _o=original: drawn.setdefault("draw", _o(a))
-                    with fixed_draws(randn_like=nchw(x0), rand=torch.from_numpy(u)):
-                        ref_loss = theirs.training_losses(ref_fn, nchw(x1), {})["loss"]
-                    t_ref = drawn["draw"][0].numpy()
-                    our_loss = training_losses(Transport(path, prediction, weight), model_fn, jnp.asarray(x1),
-                                               t=jnp.asarray(t_ref), x0=jnp.asarray(x0))["loss"]
-                    rows.append(compare(f"loss {path}/{prediction}/{weight or 'none'}", our_loss,
-                                        ref_loss.numpy(), tol))
-
-        # One ODE step per method (t 0.3 -> 0.34 as torchdiffeq's fixed grid of 2 points).
-        grid = sit_samplers.time_grid(0.3, 0.34, 2)
-        for path, prediction in (("Linear", "velocity"), ("GVP", "score"), ("VP", "noise")):
-            ours_t = Transport(path, prediction)
-            theirs = ref.transport.create_transport(path, prediction, None, None, None)
-            field = velocity_fn(ours_t, model_fn)
-            for method, step, kind in (("euler", sit_samplers.ode_euler_step, "euler"),
-                                       ("heun", sit_samplers.ode_heun_step, "heun2")):
-                solver = ref.transport.integrators.ode(theirs.get_drift(), t0=float(grid[0]), t1=float(grid[1]),
-                                                       sampler_type=kind, num_steps=2, atol=1e-6, rtol=1e-3)
-                want = nhwc(solver.sample(tx, ref_fn)[-1])
-                got = step(field, jnp.asarray(x), jnp.float32(grid[0]), jnp.float32(grid[1]))
-                rows.append(compare(f"ODE {method} step {path}/{prediction}", got, want, tol))
-
-        # One SDE step per method and diffusion form (t = 0.3, dt = 0.04), identical noise; the default
-        # transport (Linear, velocity).
-        noise = rng.standard_normal(shape).astype(np.float32)
-        ours_t = Transport()
-        for form in DIFFUSION_FORMS:
-            for method in ("euler", "heun"):
-                theirs = ref.transport.create_transport("Linear", "velocity", None, None, None)
-                theirs.path_sampler.compute_diffusion = _intended_diffusion(theirs.path_sampler)
-                sampler = ref.transport.Sampler(theirs)
-                drift, diffusion = _sde_drift(sampler, form, 0.9)
-                solver = ref.transport.integrators.sde(drift, diffusion, t0=0.3, t1=0.34, num_steps=2,
-                                                       sampler_type=method.capitalize())
-                ref_step = solver._sde__Euler_Maruyama_step if method == "euler" else solver._sde__Heun_step
-                with fixed_draws(randn=nchw(noise)):
-                    want = nhwc(ref_step(tx, tx, solver.t[0], ref_fn)[0])
-                step = sit_samplers.sde_euler_step if method == "euler" else sit_samplers.sde_heun_step
-                got = step(ours_t, model_fn, jnp.asarray(x), jnp.float32(solver.t[0].item()), solver.dt.numpy(),
-                           jnp.asarray(noise), diffusion_form=form, diffusion_norm=0.9)[0]
-                note = " (formula)" if form in UNRUNNABLE_FORMS else ""
-                rows.append(compare(f"SDE {method} step, {form}{note}", got, want, tol))
-
-        # The SDE's last steps at t1 = 1 - 0.04.
-        theirs = ref.transport.create_transport("Linear", "velocity", None, None, None)
-        sampler = ref.transport.Sampler(theirs)
-        drift, _ = _sde_drift(sampler, "sigma", 1.0)
-        for last_step in ("Mean", "Tweedie", "Euler"):
-            _, t1 = sit_samplers.sde_interval(ours_t, diffusion_form="sigma", last_step=last_step,
-                                              last_step_size=0.04)
-            last = _last_step_fn(sampler, drift, last_step, 0.04)
-            want = nhwc(last(tx, torch.ones(batch) * t1, ref_fn))
-            got = sit_samplers.sde_last_step(ours_t, model_fn, jnp.asarray(x), t1, last_step=last_step,
-                                             last_step_size=0.04, diffusion_form="sigma")
-            rows.append(compare(f"SDE last step {last_step}", got, want, tol))
-
-        if dopri5:   # a whole solve from noise at t = 0 to data at t = 1, SiT's default ODE
-            fn = ref.transport.Sampler(theirs).sample_ode(sampling_method="dopri5", num_steps=2, atol=1e-6,
-                                                          rtol=1e-3)
-            want = nhwc(fn(tx, ref_fn)[-1])
-            got, nfe = jax.jit(lambda a: sit_samplers.sample_ode(ours_t, model_fn, a, method="dopri5",
+        if "forward" in parts:
+            rows.append(compare("converted forward (sigma half dropped)", model_fn(x, t),
+                                nhwc(net(nchw(x), torch.from_numpy(t), ty)), tol))
+            x2, t2 = np.concatenate([x, x]), np.concatenate([t, t])
+            y2 = np.concatenate([y, np.full_like(y, config.num_classes)])
+            ours = forward_with_cfg(apply, cfg_scale, min(3, c), out_channels=c)(x2, t2, jnp.asarray(y2, jnp.int32))
+            want = nhwc(net.forward_with_cfg(nchw(x2), torch.from_numpy(t2), torch.from_numpy(y2), cfg_scale))
+            rows.append(compare(f"guided forward (cfg {cfg_scale})", ours, want, tol))
+        if "loss" in parts:
+            rows += _loss_rows(ref, model_fn, ref_fn, shape, np.random.default_rng(seed + 1), tol)
+        if "steps" in parts:
+            rows += _step_rows(ref, model_fn, ref_fn, x, np.random.default_rng(seed + 2), tol)
+        if "dopri5" in parts:   # a whole solve from noise at t = 0 to data at t = 1, SiT's default ODE
+            fn = ref.transport.Sampler(ref.transport.create_transport()).sample_ode(
+                sampling_method="dopri5", num_steps=2, atol=1e-6, rtol=1e-3)
+            want = nhwc(fn(nchw(x), ref_fn)[-1])
+            got, nfe = jax.jit(lambda a: sit_samplers.sample_ode(Transport(), model_fn, a, method="dopri5",
                                                                  return_nfe=True))(jnp.asarray(x))
             log(f"dopri5: {int(nfe)} network evaluations (ours)")
             rows.append(compare("dopri5 solve vs torchdiffeq", got, want, dopri5_tol))
+    return rows
+
+
+def _loss_rows(ref: SiTReference, model_fn, ref_fn, shape, rng, tol: float) -> list[Row]:
+    """The training loss for every path x prediction x weighting with the same x1, x0 and t: the reference
+    draws through its own `Transport.sample` (x0 = randn_like, t = rand * (t1 - t0) + t0), fed our arrays,
+    and ours gets the t it computed."""
+    import torch
+    x1 = (rng.standard_normal(shape) * 0.5).astype(np.float32)
+    x0 = rng.standard_normal(shape).astype(np.float32)
+    u = rng.random(shape[0]).astype(np.float32)
+    rows = []
+    for path in PATHS:
+        for prediction in PREDICTIONS:
+            for weight in LOSS_WEIGHTS:
+                theirs = ref.transport.create_transport(path, prediction, weight, None, None)
+                drawn = {}
+                original = theirs.sample
+                theirs.sample = lambda a, _o=original: drawn.setdefault("draw", _o(a))
+                with fixed_draws(randn_like=nchw(x0), rand=torch.from_numpy(u)):
+                    ref_loss = theirs.training_losses(ref_fn, nchw(x1), {})["loss"]
+                t_ref = drawn["draw"][0].numpy()
+                our_loss = training_losses(Transport(path, prediction, weight), model_fn, jnp.asarray(x1),
+                                           t=jnp.asarray(t_ref), x0=jnp.asarray(x0))["loss"]
+                rows.append(compare(f"loss {path}/{prediction}/{weight or 'none'}", our_loss, ref_loss.numpy(), tol))
+    return rows
+
+
+def _step_rows(ref: SiTReference, model_fn, ref_fn, x: np.ndarray, rng, tol: float) -> list[Row]:
+    """One ODE step per method (three path x prediction pairs), one SDE step per method and diffusion form
+    with identical noise, and the SDE's last steps (the default transport: Linear, velocity)."""
+    import torch
+    rows, tx = [], nchw(x)
+    grid = sit_samplers.time_grid(0.3, 0.34, 2)   # torchdiffeq's fixed grid of 2 points: one step
+    for path, prediction in (("Linear", "velocity"), ("GVP", "score"), ("VP", "noise")):
+        theirs = ref.transport.create_transport(path, prediction, None, None, None)
+        field = velocity_fn(Transport(path, prediction), model_fn)
+        for method, step, kind in (("euler", sit_samplers.ode_euler_step, "euler"),
+                                   ("heun", sit_samplers.ode_heun_step, "heun2")):
+            solver = ref.transport.integrators.ode(theirs.get_drift(), t0=float(grid[0]), t1=float(grid[1]),
+                                                   sampler_type=kind, num_steps=2, atol=1e-6, rtol=1e-3)
+            want = nhwc(solver.sample(tx, ref_fn)[-1])
+            got = step(field, jnp.asarray(x), jnp.float32(grid[0]), jnp.float32(grid[1]))
+            rows.append(compare(f"ODE {method} step {path}/{prediction}", got, want, tol))
+
+    noise = rng.standard_normal(x.shape).astype(np.float32)
+    ours = Transport()
+    for form in DIFFUSION_FORMS:   # t = 0.3, dt = 0.04, norm 0.9
+        for method in ("euler", "heun"):
+            theirs = ref.transport.create_transport("Linear", "velocity", None, None, None)
+            theirs.path_sampler.compute_diffusion = _intended_diffusion(theirs.path_sampler)
+            drift, diffusion = _sde_drift(ref.transport.Sampler(theirs), form, 0.9)
+            solver = ref.transport.integrators.sde(drift, diffusion, t0=0.3, t1=0.34, num_steps=2,
+                                                   sampler_type=method.capitalize())
+            ref_step = solver._sde__Euler_Maruyama_step if method == "euler" else solver._sde__Heun_step
+            with fixed_draws(randn=nchw(noise)):
+                want = nhwc(ref_step(tx, tx, solver.t[0], ref_fn)[0])
+            step = sit_samplers.sde_euler_step if method == "euler" else sit_samplers.sde_heun_step
+            got = step(ours, model_fn, jnp.asarray(x), jnp.float32(solver.t[0].item()), solver.dt.numpy(),
+                       jnp.asarray(noise), diffusion_form=form, diffusion_norm=0.9)[0]
+            note = " (formula)" if form in UNRUNNABLE_FORMS else ""
+            rows.append(compare(f"SDE {method} step, {form}{note}", got, want, tol))
+
+    sampler = ref.transport.Sampler(ref.transport.create_transport())
+    drift, _ = _sde_drift(sampler, "sigma", 1.0)
+    for last_step in ("Mean", "Tweedie", "Euler"):   # at t1 = 1 - last_step_size
+        _, t1 = sit_samplers.sde_interval(ours, diffusion_form="sigma", last_step=last_step, last_step_size=0.04)
+        want = nhwc(_last_step_fn(sampler, drift, last_step, 0.04)(tx, torch.ones(x.shape[0]) * t1, ref_fn))
+        got = sit_samplers.sde_last_step(ours, model_fn, jnp.asarray(x), t1, last_step=last_step,
+                                         last_step_size=0.04, diffusion_form="sigma")
+        rows.append(compare(f"SDE last step {last_step}", got, want, tol))
     return rows
 
 
