@@ -177,3 +177,19 @@ def test_sit_training_detects_a_different_time(sit_ref, monkeypatch):
                                                                                          x0=x0))
     rows = run_sit_training_comparison(sit_ref, CFG, steps=1)
     assert not rows[0].ok, format_table(rows)
+
+
+def test_compare_tool_sit_bad_input(tmp_path, capsys):
+    """tools/compare_torch.py --reference-sit: a path without SiT's code, or --solvers beside it, is one error line
+    and exit code 2; without any reference too."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(HERE), "tools", "compare_torch.py")
+    spec = importlib.util.spec_from_file_location("compare_torch_tool_sit", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    for argv, message in ((["--reference-sit", str(tmp_path)], "has no models.py and transport/"),
+                          (["--reference-sit", os.path.join(HERE, "sit_reference"), "--solvers"], "drop it"),
+                          ([], "pass --reference")):
+        assert tool.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "Traceback" not in err, err
