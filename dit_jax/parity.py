@@ -44,10 +44,11 @@ def compare(name: str, ours, ref, tol: float) -> Row:
 
 
 def format_table(rows: list[Row]) -> str:
-    lines = [f"{'quantity':<38} {'max abs diff':>13} {'rel diff':>10} {'tolerance':>10}  result",
-             "-" * 82]
+    w = max([38] + [len(r.name) for r in rows])
+    lines = [f"{'quantity':<{w}} {'max abs diff':>13} {'rel diff':>10} {'tolerance':>10}  result",
+             "-" * (w + 44)]
     for r in rows:
-        lines.append(f"{r.name:<38} {r.max_abs:>13.3e} {r.rel:>10.2e} {r.tol:>10.0e}  {'ok' if r.ok else 'FAIL'}")
+        lines.append(f"{r.name:<{w}} {r.max_abs:>13.3e} {r.rel:>10.2e} {r.tol:>10.0e}  {'ok' if r.ok else 'FAIL'}")
     return "\n".join(lines)
 
 

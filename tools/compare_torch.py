@@ -7,6 +7,11 @@
         --checkpoint DiT-XL-2-256x256.pt                                           # released weights
     python tools/compare_torch.py --reference /path/to/DiT --train 5              # 5 training steps
     python tools/compare_torch.py --reference /path/to/DiT --solvers --steps 25   # fast samplers vs diffusers
+    git clone https://github.com/willisma/SiT /path/to/SiT                        # needs timm, torchdiffeq
+    python tools/compare_torch.py --reference-sit /path/to/SiT                    # SiT rows, random SiT-S/2
+    python tools/compare_torch.py --reference-sit /path/to/SiT --model SiT-XL/2 --checkpoint SiT-XL-2-256.pt
+    python tools/compare_torch.py --reference-sit /path/to/SiT --train 5          # SiT's train.py update
+    python tools/compare_torch.py --reference-sit tests/sit_reference --reference tests/torch_reference
 
 Imports the reference's `models.py` and `diffusion` package from --reference, builds both models
 with the same weights (random, with the zero-initialised layers randomised, or a given .pt),
@@ -19,6 +24,12 @@ the final params / EMA differences. With --solvers it instead samples --steps st
 sampler (dpm++2m, dpm++3m, unipc, ddim) with guidance: ours (dit_jax.diffusion.solvers.solve on
 the converted model) beside diffusers' scheduler of the same name driving the reference model's
 forward_with_cfg, from the same x_T, and compares every intermediate x_t (needs diffusers).
+With --reference-sit it compares with SiT's code instead (dit_jax/parity_sit.py): the converted
+forward (variance half dropped), the guided forward, the training loss of every path x prediction x
+weighting with the same x0, x1 and t, one Euler/Heun ODE step, one Euler/Heun SDE step per diffusion
+form with identical noise, the SDE's last steps, and a whole dopri5 solve against torchdiffeq (within
+the solver tolerance); with --train N, N steps of SiT's train.py update. The statement of SiT's code in
+tests/sit_reference takes its network from --reference (default: tests/torch_reference).
 Exits 1 if any row is past its tolerance.
 """
 
@@ -119,7 +130,10 @@ def run_solver_comparison(models, config, *, state_dict=None, batch: int = 4, st
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reference", required=True, help="root of a facebookresearch/DiT checkout")
+    ap.add_argument("--reference", help="root of a facebookresearch/DiT checkout (with --reference-sit "
+                                        "tests/sit_reference: the DiT it wraps, default tests/torch_reference)")
+    ap.add_argument("--reference-sit", metavar="PATH",
+                    help="root of a willisma/SiT checkout (or tests/sit_reference): compare the SiT rows")
     ap.add_argument("--model", default="DiT-S/2")
     ap.add_argument("--input-size", type=int, default=None, help="latent size (default 32, or the checkpoint's)")
     ap.add_argument("--num-classes", type=int, default=1000)
@@ -140,6 +154,12 @@ def main(argv=None) -> int:
                     help="timestep spacing of the --solvers rows")
     ap.add_argument("--solver-tol", type=float, default=1e-5, help="relative tolerance of the --solvers rows")
     args = ap.parse_args(argv)
+
+    if not args.reference and not args.reference_sit:
+        print("error: pass --reference (a DiT checkout) or --reference-sit (a SiT checkout)", file=sys.stderr)
+        return 2
+    if args.reference_sit:
+        return sit_main(args)
 
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")  # no TF32/bf16 passes on GPUs
@@ -188,6 +208,59 @@ def main(argv=None) -> int:
         rows = run_comparison(models, diffusion, config, state_dict=state_dict, batch=args.batch,
                               sample_steps=args.steps, respacing=args.respacing, cfg_scale=args.cfg_scale,
                               seed=args.seed, tol=args.tol, log=print)
+    print(format_table(rows))
+    failed = [r.name for r in rows if not r.ok]
+    if failed:
+        print(f"FAILED: {', '.join(failed)}")
+        return 1
+    print("all rows within tolerance")
+    return 0
+
+
+def sit_main(args) -> int:
+    """--reference-sit: the SiT rows, or with --train N SiT's training update."""
+    if args.solvers:
+        print("error: --solvers compares the DDPM solvers: drop it with --reference-sit", file=sys.stderr)
+        return 2
+    if args.train < 0:
+        print("error: --train needs a number of steps >= 1", file=sys.stderr)
+        return 2
+    import jax
+    jax.config.update("jax_default_matmul_precision", "highest")  # no TF32/bf16 passes on GPUs
+    from dit_jax.convert import dit_torch, torch_io
+    from dit_jax.models.dit import dit_config
+    from dit_jax.models.params import config_name
+    from dit_jax.parity import format_table
+    from dit_jax.parity_sit import load_sit_reference, run_sit_comparison, run_sit_training_comparison
+
+    dit_reference = args.reference or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                    "tests", "torch_reference")
+    try:
+        ref = load_sit_reference(args.reference_sit, dit_reference)
+        model = args.model.replace("SiT-", "DiT-")
+        overrides = {"num_classes": args.num_classes}
+        if args.input_size:
+            overrides["input_size"] = args.input_size
+        config = dit_config(model, **overrides)
+        state_dict = None
+        if args.checkpoint:
+            state_dict = torch_io.load_state_dict(args.checkpoint, args.key)
+            if not args.input_size and "pos_embed" in state_dict:
+                grid = int(round(state_dict["pos_embed"].shape[1] ** 0.5))
+                config = dit_config(model, input_size=grid * config.patch_size, num_classes=args.num_classes)
+            config = dit_torch.infer_config(state_dict, config)
+    except (OSError, ImportError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    which = "SiT's official code" if ref.official else "the statement of SiT's code"
+    print(f"comparing SiT-{config_name(config).removeprefix('DiT-')} (input {config.input_size}, "
+          f"{config.num_classes} classes) with {which} at {args.reference_sit}")
+    if args.train:
+        rows = run_sit_training_comparison(ref, config, steps=args.train, state_dict=state_dict, batch=args.batch,
+                                           seed=args.seed, log=print)
+    else:
+        rows = run_sit_comparison(ref, config, state_dict=state_dict, batch=args.batch, cfg_scale=args.cfg_scale,
+                                  seed=args.seed, tol=args.tol, log=print)
     print(format_table(rows))
     failed = [r.name for r in rows if not r.ok]
     if failed:

@@ -2,7 +2,10 @@
 half of the output, and forward_with_cfg guides the first 3 channels of what is left.
 
 `SiT(net, in_channels)` wraps any network net(x, t, y) -> 2 * in_channels channels (NCHW), e.g. the
-DiT of tests/torch_reference with learn_sigma=True, whose blocks SiT shares unchanged.
+DiT of tests/torch_reference with learn_sigma=True, whose blocks SiT shares unchanged. The official
+SiT class is that DiT itself (same submodules), so its state dict carries DiT's names; the wrapper's
+`state_dict` / `load_state_dict` are the wrapped network's, so a checkpoint written from this
+statement has the official names too (no "net." prefix).
 """
 
 import torch
@@ -13,6 +16,12 @@ class SiT(nn.Module):
     def __init__(self, net, in_channels=4, learn_sigma=True):
         super().__init__()
         self.net, self.in_channels, self.learn_sigma = net, in_channels, learn_sigma
+
+    def state_dict(self, *args, **kwargs):
+        return self.net.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        return self.net.load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, x, t, y):
         x = self.net(x, t, y)
