@@ -16,13 +16,14 @@ import numpy as np
 from dit_jax.convert.tree_paths import get_path, set_path
 from dit_jax.models.dit import SIZES, DiTConfig, abstract_params
 from dit_jax.models.layers import sincos_2d_pos_embed
+from dit_jax.convert.layouts import conv_from_torch, conv_to_torch, linear_from_torch
 from dit_jax.models.params import check_config_matches, check_fields, config_name, stack_blocks, unstack_blocks
 
 Array = np.ndarray
 
 
 def _linear(w: Array) -> Array:
-    return np.ascontiguousarray(w.T)
+    return np.ascontiguousarray(linear_from_torch(w))
 
 
 # Each entry: (torch suffix, our sub-path, torch->ours, ours->torch); shapes need the config.
@@ -45,8 +46,7 @@ def _block_entries(cfg: DiTConfig):
 
 def _top_entries(cfg: DiTConfig):
     return [
-        ("x_embedder.proj.weight", ("x_embedder", "kernel"), lambda w: w.transpose(2, 3, 1, 0),
-         lambda k: k.transpose(3, 2, 0, 1)),
+        ("x_embedder.proj.weight", ("x_embedder", "kernel"), conv_from_torch, conv_to_torch),
         ("x_embedder.proj.bias", ("x_embedder", "bias"), None, None),
         ("t_embedder.mlp.0.weight", ("t_embedder", "mlp_0", "kernel"), _linear, _linear),
         ("t_embedder.mlp.0.bias", ("t_embedder", "mlp_0", "bias"), None, None),

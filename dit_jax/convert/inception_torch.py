@@ -19,6 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from dit_jax.convert.tree_paths import get_path, set_path
+from dit_jax.convert.layouts import conv_from_torch, conv_to_torch
 from dit_jax.models.inception import CONV_SPECS, NUM_LOGITS, POOL_DIM
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -39,7 +40,7 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
 
 def _entries():
     """(torch name, collection, our path, torch->ours, ours->torch)."""
-    conv = (lambda w: w.transpose(2, 3, 1, 0), lambda k: k.transpose(3, 2, 0, 1))
+    conv = (conv_from_torch, conv_to_torch)
     same = (lambda a: a, lambda a: a)
     for path, *_ in CONV_SPECS:
         p = tuple(path.split("."))

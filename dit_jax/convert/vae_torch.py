@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping
 import jax.numpy as jnp
 import numpy as np
 
+from dit_jax.convert.layouts import from_torch_by_rank, to_torch_by_rank
 from dit_jax.models.dit import DTYPES
 from dit_jax.models.vae import DOWN_BLOCK, UP_BLOCK, VAEConfig, abstract_params
 
@@ -69,20 +70,8 @@ def _to_torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _from_torch(w: Array) -> Array:
-    if w.ndim == 4:
-        return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
-    if w.ndim == 2:
-        return np.ascontiguousarray(w.T)
-    return w
-
-
-def _to_torch(k: Array) -> Array:
-    if k.ndim == 4:
-        return np.ascontiguousarray(k.transpose(3, 2, 0, 1))
-    if k.ndim == 2:
-        return np.ascontiguousarray(k.T)
-    return k
+_from_torch = from_torch_by_rank
+_to_torch = to_torch_by_rank
 
 
 def expected_state_dict(config: VAEConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
