@@ -51,6 +51,10 @@ def _check_sample_args(args) -> None:
             raise ValueError("--num-samples draws uniform random labels (the evaluation protocol); drop --classes")
         if not args.out.endswith(".npz"):
             raise ValueError(f"--out must be an .npz path with --num-samples, got {args.out!r}")
+        from dit_jax.sampling.npz import out_problem
+        problem = out_problem(args.out)
+        if problem:
+            raise FileExistsError(problem)
         return
     if args.num < 1:
         raise ValueError(f"--num must be >= 1 (images in the grid), got {args.num}")
@@ -68,6 +72,7 @@ def cmd_convert(args) -> int:
 
     config = _model_config(args)
     if args.to_torch:
+        _check_file_out(args.out, args.force, "a PyTorch state dict (.pt)")
         params, config = load_weights(args.to_torch, config)
         torch_io.save_state_dict(dit_torch.to_torch(params, config), args.out)
         print(f"wrote PyTorch state dict of {config_name(config)} to {args.out}")
@@ -92,6 +97,14 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _check_file_out(path: str, force: bool, what: str) -> None:
+    """An output file may replace only a file, and only with --force."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"--out {path} is a directory; the output is a file ({what}): name a file")
+    if os.path.exists(path) and not force:
+        raise FileExistsError(f"--out {path} exists; choose a new path or pass --force to replace it")
+
+
 def cmd_build_dataset(args) -> int:
     """A class-per-subfolder image directory -> a TFDS ArrayRecord dataset for training."""
     from dit_jax.data.digits import default_data_dir
@@ -108,7 +121,11 @@ def cmd_build_dataset(args) -> int:
 def cmd_reference_batch(args) -> int:
     """An ADM-layout reference batch from any TFDS image dataset (ADM center crop to --image-size):
     Inception statistics of all images, and `--num-images` of them (shuffled by --seed) as arr_0."""
-    from dit_jax.jobs.reference_batch import reference_batch
+    from dit_jax.jobs.reference_batch import reference_batch, replace_problem
+    _check_file_out(args.out, args.force, "an ADM reference batch .npz")
+    problem = replace_problem(args.out) if os.path.exists(args.out) else None
+    if problem:
+        raise FileExistsError(problem)
     n, kept = reference_batch(args.dataset, args.data_dir, args.split, args.image_size, args.inception, args.out,
                               preprocess=args.preprocess, num_images=args.num_images, max_images=args.max_images,
                               batch_size=args.batch_size, chunk=args.chunk, seed=args.seed)
@@ -371,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="output weights directory (or .pt file with --to-torch)")
     c.add_argument("--key", choices=("ema", "model"), default="ema", help="which weights of a train.py checkpoint")
     c.add_argument("--sample-size", type=int, help="latent size of diffusers weights (32 for 256 px)")
-    c.add_argument("--force", action="store_true", help="replace an existing output directory")
+    c.add_argument("--force", action="store_true", help="replace an existing weights directory (or .pt file with "
+                   "--to-torch); never a training run or a directory with other files")
     _add_model_args(c)
     c.set_defaults(func=cmd_convert)
 
@@ -395,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--chunk", type=int, default=1000, help="images decoded at a time")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", required=True)
+    r.add_argument("--force", action="store_true", help="replace an existing reference batch at --out")
     r.set_defaults(func=cmd_reference_batch)
 
     x = sub.add_parser("extract-latents", help="encode a TFDS image dataset with the VAE into a latent dataset")
@@ -418,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     kind.add_argument("--ema", action="store_true", help="the EMA weights (the default; what the paper samples)")
     kind.add_argument("--raw", action="store_true", help="the raw (non-EMA) training weights")
     w.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    w.add_argument("--force", action="store_true", help="replace an existing output directory")
+    w.add_argument("--force", action="store_true", help="replace an existing weights directory (never a training run "
+                   "or a directory with other files)")
     w.set_defaults(func=cmd_export_weights)
 
     m = sub.add_parser("models", help="parameter counts and forward MACs of the named models")
@@ -493,7 +513,8 @@ def main(argv=None) -> int:
             return cmd_compile(argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError, flags_error()) as e:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, IsADirectoryError, ImportError,
+            flags_error()) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         return 2

@@ -22,6 +22,18 @@ def _manifest(shard_dir) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def out_problem(out_path: str) -> str | None:
+    """Why `out_path` may not be written (an existing file that `sample_npz` did not make: a reference
+    batch or someone's samples), or None. Its own output is recognised by the shard manifest beside it."""
+    out = storage.resolve(out_path)
+    if out.is_dir():
+        return f"--out {out_path} is a directory; name the .npz file to write"
+    if out.exists() and not storage.resolve(storage.join(out_path + ".shards", MANIFEST)).exists():
+        return (f"--out {out_path} exists and was not written by `dit-jax sample --num-samples` (no "
+                f"{out_path}.shards/{MANIFEST} beside it): choose another --out, or move the file away")
+    return None
+
+
 def _plan_shards(shard_dir, manifest: dict, num_shards: int, log) -> np.ndarray:
     """Which shards are still to do, decided on process 0 and sent to every host (hosts may see a
     shared filesystem at different moments). Shards made by other settings or another layout are

@@ -1,0 +1,151 @@
+"""Faults a new user met on the first day: commands that deleted or overwrote what they should not,
+a sampler that reported success for output it did not make, resumes that silently changed the data,
+and errors that came as tracebacks with a "retry" exit code. Each test failed before its fix."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from dit_jax.cli import main
+from dit_jax.train.loop import train_and_evaluate
+from test_bad_input import one_error_line, snapshot
+from test_train import tiny_config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished two-step training run (never modified by a test: copy it first)."""
+    wd = str(tmp_path_factory.mktemp("run") / "run")
+    train_and_evaluate(tiny_config(total_steps=2, checkpoint_every=2), wd)
+    return wd
+
+
+@pytest.fixture(scope="module")
+def weights(run, tmp_path_factory):
+    """The run's EMA weights exported once."""
+    out = str(tmp_path_factory.mktemp("weights") / "w")
+    assert main(["export-weights", "--workdir", run, "--out", out]) == 0
+    return out
+
+
+# ------------------------------------------------------------------- 1. --force replaces only weights
+
+@pytest.mark.parametrize("target", ["run", "run/checkpoints", "parent", "a file", "dir with a note"])
+def test_export_weights_force_never_deletes_what_is_not_a_weights_dir(run, tmp_path, capsys, target):
+    import shutil
+    parent = tmp_path / "parent"
+    wd = str(parent / "run")
+    shutil.copytree(run, wd)
+    (parent / "notes.txt").write_text("mine")
+    out = {"run": wd, "run/checkpoints": os.path.join(wd, "checkpoints"), "parent": str(parent),
+           "a file": str(parent / "notes.txt"), "dir with a note": str(tmp_path / "other")}[target]
+    if target == "dir with a note":
+        os.makedirs(out)
+        open(os.path.join(out, "note.txt"), "w").write("keep me")
+    before = snapshot(str(tmp_path))
+    assert main(["export-weights", "--workdir", wd, "--out", out, "--force"]) == 2
+    one_error_line(capsys, "--force replaces only a weights directory")
+    assert snapshot(str(tmp_path)) == before
+
+
+def test_export_weights_force_replaces_a_weights_dir_and_a_failed_export_keeps_it(run, weights, tmp_path, capsys,
+                                                                                  monkeypatch):
+    import shutil
+
+    from dit_jax.weights import load_weights
+    out = str(tmp_path / "w")
+    shutil.copytree(weights, out)
+    assert main(["export-weights", "--workdir", run, "--out", out, "--raw", "--force"]) == 0
+    raw, _ = load_weights(out)
+    ema, _ = load_weights(weights)
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(raw), jax.tree.leaves(ema)))
+    assert sorted(os.listdir(tmp_path)) == ["w"]  # no temporary sibling left
+    # An export that fails while writing leaves the weights that were there, and nothing else.
+    before = snapshot(out)
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    import orbax.checkpoint as ocp
+    # The handler fails after Orbax has prepared the directory: the disk filled up while writing.
+    monkeypatch.setattr(ocp.CompositeCheckpointHandler, "async_save", broken)
+    monkeypatch.setattr(ocp.CompositeCheckpointHandler, "save", broken)
+    with pytest.raises(OSError, match="No space left"):
+        from dit_jax.weights import save_weights
+        save_weights(out, ema, load_weights(weights)[1], force=True)
+    assert snapshot(out) == before
+    assert sorted(os.listdir(tmp_path)) == ["w"]
+
+
+def test_convert_to_torch_does_not_overwrite_a_file_without_force(weights, tmp_path, capsys):
+    pytest.importorskip("torch")
+    pt = tmp_path / "model.pt"
+    pt.write_bytes(b"precious")
+    assert main(["convert", "--to-torch", weights, "--out", str(pt)]) == 2
+    one_error_line(capsys, "exists", "--force")
+    assert pt.read_bytes() == b"precious"
+    assert main(["convert", "--to-torch", weights, "--out", str(tmp_path)]) == 2
+    one_error_line(capsys, "is a directory")
+    assert main(["convert", "--to-torch", weights, "--out", str(pt), "--force"]) == 0
+    assert pt.read_bytes() != b"precious" and sorted(os.listdir(tmp_path)) == ["model.pt"]
+
+
+def test_sample_npz_never_overwrites_a_file_it_did_not_make(tmp_path, capsys):
+    ref = tmp_path / "VIRTUAL_imagenet256_labeled.npz"
+    np.savez(ref, arr_0=np.zeros((2, 4, 4, 3), np.uint8), mu=np.zeros(3), sigma=np.eye(3))
+    before = ref.read_bytes()
+    assert main(["sample", "--num-samples", "4", "--out", str(ref)]) == 2
+    one_error_line(capsys, "exists and was not written by `dit-jax sample", "choose another --out")
+    assert ref.read_bytes() == before
+
+
+def test_reference_batch_replaces_only_a_reference_batch_and_only_with_force(tmp_path, capsys):
+    samples = tmp_path / "samples.npz"
+    np.savez(samples, arr_0=np.zeros((2, 4, 4, 3), np.uint8))
+    before = samples.read_bytes()
+    common = ["reference-batch", "--dataset", "digits", "--image-size", "8", "--inception", str(tmp_path / "i.pth")]
+    assert main(common + ["--out", str(samples)]) == 2
+    one_error_line(capsys, "exists", "--force")
+    assert main(common + ["--out", str(samples), "--force"]) == 2
+    one_error_line(capsys, "is not a reference batch")
+    assert samples.read_bytes() == before
+
+
+def test_extract_latents_does_not_call_an_image_dataset_its_output(tmp_path, capsys):
+    images = tmp_path / "digits" / "1.0.0"
+    images.mkdir(parents=True)
+    (images / "dataset_info.json").write_text('{"features": {"image": {}, "label": {}}}')
+    args = ["extract-latents", "--dataset", "digits", "--data-dir", str(tmp_path), "--image-size", "8",
+            "--vae", str(tmp_path / "vae"), "--out-name", "digits"]
+    assert main(args) == 2
+    one_error_line(capsys, "is not a latent dataset", "--out-name")
+    (tmp_path / "other" / "1.0.0").mkdir(parents=True)
+    assert main(args[:-1] + ["other"]) == 2
+    one_error_line(capsys, "holds no finished dataset", "never deleted")
+
+
+def test_build_dataset_into_an_occupied_directory_fails_before_building(tmp_path, capsys):
+    (tmp_path / "data" / "mine" / "1.0.0").mkdir(parents=True)
+    (tmp_path / "data" / "mine" / "1.0.0" / "notes.txt").write_text("keep")
+    (tmp_path / "src" / "a").mkdir(parents=True)
+    assert main(["build-dataset", str(tmp_path / "src"), "--name", "mine", "--data-dir", str(tmp_path / "data")]) == 2
+    one_error_line(capsys, "holds no finished dataset")
+    assert (tmp_path / "data" / "mine" / "1.0.0" / "notes.txt").read_text() == "keep"
+
+
+def test_force_replaces_weights_in_a_bucket_and_refuses_a_run_there(gcs_bucket, weights):
+    from conftest import gcs_objects
+    from dit_jax import storage
+    from dit_jax.weights import load_weights, save_weights
+    bucket, url = gcs_bucket
+    params, cfg = load_weights(weights)
+    path = save_weights(f"gs://{bucket}/force/w", params, cfg)
+    zeros = jax.tree.map(np.zeros_like, params)
+    save_weights(path, zeros, cfg, force=True)
+    assert all((x == 0).all() for x in jax.tree.leaves(load_weights(path)[0]))
+    assert not [n for n in gcs_objects(url, bucket, "force/") if not n.startswith("force/w/")]  # no sibling left
+    storage.write_bytes_atomic(f"gs://{bucket}/force/run/checkpoints/1/x", b"a checkpoint")
+    with pytest.raises(FileExistsError, match="training run"):
+        save_weights(f"gs://{bucket}/force/run", params, cfg, force=True)
+    assert storage.exists(f"gs://{bucket}/force/run/checkpoints/1/x")
