@@ -1,4 +1,5 @@
 """One training per workdir: a lock file WORKDIR/train.lock naming its holder, with a heartbeat.
+(The same lock keeps a second `dit-jax sample --num-samples` off an output: OUT.shards/sample.lock.)
 
 Two trainings on one workdir would overwrite each other's checkpoints and interleave
 metrics.jsonl, so the second is refused. A lock left by a crash (kill -9, a lost machine) is taken
@@ -42,9 +43,13 @@ def _pid_alive(pid: int) -> bool:
 
 
 class WorkdirLock:
-    def __init__(self, workdir: str, stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S):
+    """`name`: the lock file in `workdir`; `holder`: what holds it, for the refusal ("another training")."""
+
+    def __init__(self, workdir: str, stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S,
+                 name: str = LOCK_NAME, holder: str = "training", advice: str = "use another --workdir"):
         self.workdir = workdir
-        self.path = storage.resolve(storage.join(workdir, LOCK_NAME))
+        self.name, self.holder, self.advice = name, holder, advice
+        self.path = storage.resolve(storage.join(workdir, name))
         self.stale_after_s = stale_after_s
         self.heartbeat_s = heartbeat_s
         self.token = uuid.uuid4().hex
@@ -102,8 +107,8 @@ class WorkdirLock:
                 continue  # released meanwhile
             if not self._stale(holder):
                 raise WorkdirLocked(
-                    f"{self.workdir} is in use by another training (pid {holder.get('pid')} on "
-                    f"{holder.get('host')}, lock {self.path}): wait for it to finish or use another --workdir. "
+                    f"{self.workdir} is in use by another {self.holder} (pid {holder.get('pid')} on "
+                    f"{holder.get('host')}, lock {self.path}): wait for it to finish or {self.advice}. "
                     f"If that process is gone, delete the lock file (it is also taken over by itself "
                     f"{self.stale_after_s / 60:.0f} minutes after its last heartbeat)")
             self._take_over_stale()
@@ -111,7 +116,7 @@ class WorkdirLock:
 
     def _take_over_stale(self) -> None:
         """Rename the stale lock away first: only one of several racing processes succeeds."""
-        aside = self.path.parent / f"{LOCK_NAME}.stale-{self.token}"
+        aside = self.path.parent / f"{self.name}.stale-{self.token}"
         try:
             self.path.rename(aside)
         except (FileNotFoundError, OSError):
@@ -147,21 +152,23 @@ class _NotHeld:
         pass
 
 
-def take(workdir: str):
+def take(workdir: str, **lock_args):
     """Process 0 takes the workdir's lock (released by `.release()`); every process raises
-    WorkdirLocked if it was refused, so that no host of a multi-host run goes on alone."""
+    WorkdirLocked if it was refused, so that no host of a multi-host run goes on alone.
+    `lock_args`: WorkdirLock's name/holder/advice (another lock than the training's)."""
     import jax
     held, error = _NotHeld(), None
     if jax.process_index() == 0:
         try:
-            held = WorkdirLock(workdir).acquire()
+            held = WorkdirLock(workdir, **lock_args).acquire()
         except WorkdirLocked as e:
             error = e
     if jax.process_count() > 1:
         import numpy as np
         from jax.experimental import multihost_utils
         if multihost_utils.broadcast_one_to_all(np.int32(error is not None)) and error is None:
-            error = WorkdirLocked(f"{workdir} is in use by another training (see process 0's message)")
+            error = WorkdirLocked(f"{workdir} is in use by another {lock_args.get('holder', 'training')} "
+                                  "(see process 0's message)")
     if error is not None:
         raise error
     return held
