@@ -235,3 +235,16 @@ def test_the_assembly_never_reports_output_it_did_not_make(tmp_path, interferenc
     with pytest.raises(npz.OutputChanged, match="rerun the same command to resume"):
         _sample(out, during=interfere)
     assert not os.path.exists(out)
+
+
+def test_one_sampler_per_output_in_a_bucket(gcs_bucket):
+    from dit_jax import storage
+    from dit_jax.train.workdir_lock import WorkdirLock, WorkdirLocked
+    bucket, _ = gcs_bucket
+    out = f"gs://{bucket}/samples/a.npz"
+    held = WorkdirLock(out + ".shards", name="sample.lock").acquire()
+    with pytest.raises(WorkdirLocked, match="another `dit-jax sample`"):
+        _sample(out, n=8)
+    held.release()
+    _sample(out, n=8)
+    assert storage.exists(out) and not storage.exists(out + ".shards/sample.lock")
