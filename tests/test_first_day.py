@@ -248,3 +248,33 @@ def test_one_sampler_per_output_in_a_bucket(gcs_bucket):
     held.release()
     _sample(out, n=8)
     assert storage.exists(out) and not storage.exists(out + ".shards/sample.lock")
+
+
+# ------------------------------------------------------------- 3. a resume that would change the data
+
+def _copy_run(run, tmp_path):
+    import shutil
+    wd = str(tmp_path / "run")
+    shutil.copytree(run, wd)
+    return wd
+
+
+@pytest.mark.parametrize("change, named", [({"batch_size": 16}, "batch_size: checkpoint 8, config 16"),
+                                           ({"data.random_flip": True}, "data.random_flip: checkpoint False"),
+                                           ({"data.split": "train[:50%]"}, "data.split: checkpoint 'train'")])
+def test_resuming_with_another_data_stream_is_refused_naming_both_values(run, tmp_path, change, named):
+    wd = _copy_run(run, tmp_path)
+    kept = lambda: {k: v for k, v in snapshot(wd).items() if not k.startswith("tensorboard")}  # noqa: E731
+    before = kept()
+    with pytest.raises(ValueError, match="accept_data_change=True") as e:
+        train_and_evaluate(tiny_config(total_steps=3, checkpoint_every=3, **change), wd)
+    assert named in str(e.value) and "\n" not in str(e.value)
+    assert kept() == before  # checkpoints and metrics untouched
+
+
+def test_accept_data_change_goes_on_with_the_new_batch_size(run, tmp_path):
+    import json
+    wd = _copy_run(run, tmp_path)
+    train_and_evaluate(tiny_config(total_steps=3, checkpoint_every=3, batch_size=16, accept_data_change=True), wd)
+    with open(os.path.join(wd, "metrics.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f] == [1, 2, 3]

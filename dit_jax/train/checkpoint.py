@@ -212,6 +212,40 @@ def check_compatible(stored: dict, current: dict, workdir: str) -> None:
         raise ValueError(f"the run in {workdir} was started with seed {stored['seed']}, this config has seed "
                          f"{current.get('seed')}: a run's data order and noise are fixed by its seed, so resume "
                          f"with --config.seed={stored['seed']}, or use a new --workdir for the new seed")
+    changed = data_stream_changes(stored, current)
+    if changed and not current.get("accept_data_change", False):
+        fields = "; ".join(f"{key}: checkpoint {a!r}, config {b!r}" for key, a, b in changed)
+        raise ValueError(f"the run in {workdir} reads its data differently from this config ({fields}): the data "
+                         "position is the step, so the resumed run would skip or repeat records of the epoch. "
+                         "Set the value(s) back (" + " ".join(f"--config.{key}={a}" for key, a, _ in changed)
+                         + "), or pass --config.accept_data_change=True to go on with the new ones")
+
+
+# The fields that decide which records a step reads, in which order and how augmented (the data
+# position is the step: batch s holds records [s B, (s + 1) B) of the seeded stream). Every other
+# field may change on resume (the optimizer, the schedule of saves and evaluations, data_dir,
+# worker counts, the mesh, total_steps, ...).
+DATA_STREAM_FIELDS = ("batch_size", "data.name", "data.split", "data.random_flip", "data.latents")
+
+
+def data_stream_changes(stored: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """(field, checkpoint's value, config's value) of each DATA_STREAM_FIELDS that differs; a field the
+    checkpoint does not record (an older run) is not compared."""
+    def get(config, key):
+        for part in key.split("."):
+            if not isinstance(config, dict) or part not in config:
+                return _MISSING
+            config = config[part]
+        return config
+    out = []
+    for key in DATA_STREAM_FIELDS:
+        a, b = get(stored, key), get(current, key)
+        if a is not _MISSING and a != b:
+            out.append((key, a, b))
+    return out
+
+
+_MISSING = object()
 
 
 def config_json(config) -> dict:
