@@ -257,6 +257,10 @@ def cmd_train(argv: list[str]) -> int:
         return 0
     if positional:
         raise ValueError(_positional_problem(positional))
+    from dit_jax.train.workdir_lock import workdir_problem
+    problem = workdir_problem(f.workdir)
+    if problem:
+        raise ValueError(problem)
     local_ids = _device_ids(f.local_device_ids)
     if f.distributed or f.coordinator:
         import jax
@@ -275,6 +279,12 @@ def cmd_train(argv: list[str]) -> int:
         if not isinstance(e, exit_codes.Preempted):  # a preemption is announced by the loop
             print(f"error: {e}", file=sys.stderr)
         return exit_codes.exit_code(e)
+    except RuntimeError as e:
+        line = exit_codes.out_of_memory(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return exit_codes.BAD_INPUT
     return exit_codes.FINISHED
 
 
@@ -504,6 +514,7 @@ def flags_error():
 
 
 def main(argv=None) -> int:
+    from dit_jax.train.exit_codes import RunStopped
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv[:1] == ["train"]:  # absl parses the rest: --config=FILE:ARG and typed --config.x=y overrides
@@ -513,10 +524,19 @@ def main(argv=None) -> int:
             return cmd_compile(argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, IsADirectoryError, ImportError,
-            flags_error()) as e:
+    except (ValueError, KeyError, ImportError, flags_error()) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except RunStopped as e:  # e.g. sample's shards changed under it: one line, and rerun (1) resumes
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:  # a path that cannot be used is bad input; a dropped connection is not
+        from dit_jax.train.exit_codes import permanent_os_error
+        line = permanent_os_error(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 2
 
 

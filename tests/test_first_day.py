@@ -278,3 +278,69 @@ def test_accept_data_change_goes_on_with_the_new_batch_size(run, tmp_path):
     train_and_evaluate(tiny_config(total_steps=3, checkpoint_every=3, batch_size=16, accept_data_change=True), wd)
     with open(os.path.join(wd, "metrics.jsonl")) as f:
         assert [json.loads(line)["step"] for line in f] == [1, 2, 3]
+
+
+# ------------------------------------------------------- 4. a workdir that cannot be written: exit 2
+
+def _train_cli(workdir, *more):
+    return main(["train", f"--workdir={workdir}", "--config.total_steps=1", "--config.eval.kind=",
+                 "--config.sample.every=0", *more])
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("a regular file", ["is a regular file, not a directory"]),
+    ("below a regular file", ["which is a regular file, not a directory"]),
+    ("/sys", ["cannot be written", "operation not permitted"]),
+    ("read-only filesystem", ["cannot be written", "read-only"]),
+    ("empty", ["--workdir is empty"]),
+])
+def test_a_workdir_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, case, needles):
+    import errno
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    workdir = {"a regular file": str(blocker), "below a regular file": str(blocker / "run"),
+               "/sys": "/sys/dit-jax-test/run", "read-only filesystem": str(tmp_path / "ro"), "empty": ""}[case]
+    if case == "/sys" and os.access("/sys", os.W_OK) and os.geteuid() != 0:
+        pytest.skip("/sys is writable here")
+    if case == "read-only filesystem":  # as a read-only mount answers the lock file's creation
+        real_open = os.open
+
+        def read_only(path, *args, **kwargs):
+            if str(path).startswith(workdir):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real_open(path, *args, **kwargs)
+        monkeypatch.setattr(os, "open", read_only)
+    assert _train_cli(workdir) == 2
+    line = one_error_line(capsys)
+    for needle in needles:
+        assert needle in line.lower(), line
+    assert blocker.read_text() == "not a directory"
+
+
+def test_device_out_of_memory_is_bad_input_not_a_crash_to_retry(tmp_path, capsys, monkeypatch):
+    from dit_jax.train import loop
+
+    def oom(config, workdir):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 80.00GiB.")
+    monkeypatch.setattr(loop, "train_and_evaluate", oom)
+    assert _train_cli(str(tmp_path / "run")) == 2
+    one_error_line(capsys, "device memory exhausted", "80.00GiB", "remat")
+
+
+def test_a_permanent_os_error_in_any_command_is_one_line_and_exit_2(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["models"]) == 0  # (a control: the command itself works)
+    capsys.readouterr()
+    assert main(["sample", "--num", "1", "--steps", "2", "--out", str(blocker / "grid.png")]) == 2
+    one_error_line(capsys, "is a regular file where a directory is expected")
+
+
+def test_a_transient_os_error_keeps_its_traceback_and_exit_1(monkeypatch):
+    from dit_jax import cli
+
+    def dropped(args):
+        raise ConnectionResetError(104, "Connection reset by peer")
+    monkeypatch.setattr(cli, "cmd_models", dropped)
+    with pytest.raises(ConnectionResetError):  # the console script turns it into a traceback and exit 1
+        main(["models"])

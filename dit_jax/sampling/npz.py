@@ -14,6 +14,7 @@ import numpy as np
 from dit_jax import storage
 from dit_jax.sampling.sampler import sample_keys, sample_labels
 from dit_jax.train import workdir_lock
+from dit_jax.train.exit_codes import RunStopped
 from dit_jax.train.integrity import fingerprint
 
 MANIFEST = "manifest.json"
@@ -22,8 +23,9 @@ LOCK = "sample.lock"  # one writer per output, as one training per workdir
 SHARD_FORMAT = 2
 
 
-class OutputChanged(RuntimeError):
-    """The shards changed under this run (another writer): the output is not written; a rerun resumes."""
+class OutputChanged(RunStopped):
+    """The shards changed under this run (another writer): the output is not written; a rerun resumes
+    (exit code 1, a failure worth a rerun)."""
 
 
 def _digest(manifest: dict) -> str:

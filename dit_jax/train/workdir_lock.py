@@ -32,6 +32,28 @@ class WorkdirLocked(ValueError):
     """Another training holds the workdir."""
 
 
+class WorkdirUnusable(ValueError):
+    """The workdir cannot be made or written (bad input or environment: exit 2, not a crash to retry)."""
+
+
+def workdir_problem(workdir: str) -> str | None:
+    """Why `workdir` cannot be a run directory, found without writing (empty, a regular file, below a
+    regular file), or None. Permissions and read-only filesystems show when the lock is written."""
+    if not workdir:
+        return "--workdir is empty: name a directory for the run"
+    if storage.is_uri(workdir):
+        return None
+    path = os.path.abspath(os.path.expanduser(workdir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"--workdir {workdir} is a regular file, not a directory: name a directory for the run"
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"--workdir {workdir} is below {parent}, which is a regular file, not a directory: fix the path"
+    return None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -96,10 +118,21 @@ class WorkdirLock:
         return (self._read() or {}).get("token") == self.token
 
     def acquire(self) -> "WorkdirLock":
-        storage.makedirs(self.workdir)
+        from dit_jax.train.exit_codes import permanent_os_error
+        problem = workdir_problem(self.workdir)
+        if problem:
+            raise WorkdirUnusable(problem)
         create = self._create_remote if storage.is_uri(self.path) else self._create_local
         for _ in range(3):
-            if create():
+            try:
+                storage.makedirs(self.workdir)
+                created = create()
+            except OSError as e:  # the first write into the directory: its permissions show here
+                reason = permanent_os_error(e)
+                if reason is None:
+                    raise
+                raise WorkdirUnusable(f"{self.workdir} cannot be written ({reason})") from None
+            if created:
                 self._start_heartbeat()
                 return self
             holder = self._read()
@@ -161,14 +194,13 @@ def take(workdir: str, **lock_args):
     if jax.process_index() == 0:
         try:
             held = WorkdirLock(workdir, **lock_args).acquire()
-        except WorkdirLocked as e:
+        except (WorkdirLocked, WorkdirUnusable) as e:
             error = e
     if jax.process_count() > 1:
         import numpy as np
         from jax.experimental import multihost_utils
         if multihost_utils.broadcast_one_to_all(np.int32(error is not None)) and error is None:
-            error = WorkdirLocked(f"{workdir} is in use by another {lock_args.get('holder', 'training')} "
-                                  "(see process 0's message)")
+            error = WorkdirLocked(f"process 0 could not take the lock of {workdir} (see its message)")
     if error is not None:
         raise error
     return held
