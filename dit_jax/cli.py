@@ -6,7 +6,6 @@ import argparse
 import inspect
 import json
 import os
-import re
 import sys
 
 DEMO_MODEL = dict(input_size=32, patch_size=4, in_channels=3, hidden_size=192, depth=4, num_heads=3,
@@ -157,34 +156,7 @@ def cmd_models(args) -> int:
     return 0
 
 
-def _repo_config(name: str) -> str:
-    from dit_jax.train.config_base import packaged_config
-    return packaged_config(name)
-
-
 HELP_FLAGS = ("-h", "--help", "--helpfull", "--helpshort")
-
-
-def _resolve_config_file(argv: list[str]) -> list[str]:
-    """argv with `--config configs/NAME.py[:ARG]` pointed at the packaged file when there is no such
-    file here; a config file that exists nowhere is said in one line (ml_collections reports it as
-    a chain of tracebacks)."""
-    from dit_jax.train.config_base import resolve_config_spec
-    out = list(argv)
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            at, spec, prefix = i + 1, argv[i + 1], ""
-        elif arg.startswith("--config="):
-            at, spec, prefix = i, arg[len("--config="):], "--config="
-        else:
-            continue
-        spec = resolve_config_spec(spec)
-        path = spec.partition(":")[0]
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file {path!r} not found: pass --config=FILE[:ARG], e.g. "
-                                    "--config=configs/dit.py:XL/2")
-        out[at] = prefix + spec
-    return out
 
 
 def _positional_problem(positional: list[str]) -> str:
@@ -200,7 +172,8 @@ def _train_help(f) -> str:
     from ml_collections import config_dict
     lines = ["usage: dit-jax train [--config=FILE[:ARG]] [--workdir=DIR] [--config.FIELD=VALUE ...] [flags]", "",
              "flags:"]
-    names = ["config"] + [fl.name for fl in f.get_flags_for_module(__name__) if fl.name != "config"]
+    names = [fl.name for fl in f.get_flags_for_module(__name__) if fl.name != "config"]
+    lines += [f"  --config: {f['config'].help} (default: configs/demo.py)"]
     lines += [f"  --{name}: {f[name].help} (default: {f[name].default_as_str})" for name in names]
     lines += ["", "config fields (set any with --config.FIELD=VALUE; `dit-jax train --config=FILE --help` lists "
               "that config's):"]
@@ -222,7 +195,6 @@ def cmd_train(argv: list[str]) -> int:
     to resume), 2 bad input, 3 diverged, 1 any other failure.
     """
     from absl import flags
-    from ml_collections import config_flags
 
     # Flags of this call only: a second `main(["train", ...])` in one process defines them afresh.
     f = flags.FlagValues()
@@ -240,18 +212,8 @@ def cmd_train(argv: list[str]) -> int:
                       "per node driving all its GPUs; SLURM detection alone gives one GPU per task)", flag_values=f)
     show_help = any(a in HELP_FLAGS for a in argv)
     argv = ["dit-jax train"] + [a for a in argv if a not in HELP_FLAGS]
-    argv = _resolve_config_file(argv)
-    try:
-        config_flags.DEFINE_config_file("config", _repo_config("demo.py"), "config file, e.g. configs/dit.py:XL/2",
-                                        flag_values=f, lock_config=True, sys_argv=argv)
-        positional = f(argv)[1:]
-    except AttributeError as e:  # an unknown --config.key: ml_collections says which and suggests one
-        m = re.search(r'Did you mean "([\w.]+)" instead of "([\w.]+)"', str(e))
-        hint = f"{m.group(2)!r}; did you mean {m.group(1)!r}?" if m else str(e)
-        raise ValueError(f"unknown config key {hint}") from None
-    except flags.Error as e:  # the config file's get_config raised: its last line says what, not the traceback
-        lines = [line for line in str(e).splitlines() if line.strip()]
-        raise ValueError(lines[0] if len(lines) == 1 else f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}") from None
+    from dit_jax.config_file import packaged_config, parse
+    _, positional = parse(argv, f, packaged_config("demo.py"), "config file, e.g. configs/dit.py:XL/2")
     if show_help:
         print(_train_help(f) + "\n\n" + inspect.cleandoc(cmd_train.__doc__))
         return 0

@@ -344,3 +344,39 @@ def test_a_transient_os_error_keeps_its_traceback_and_exit_1(monkeypatch):
     monkeypatch.setattr(cli, "cmd_models", dropped)
     with pytest.raises(ConnectionResetError):  # the console script turns it into a traceback and exit 1
         main(["models"])
+
+
+# ----------------------------------------------------- 5. a config file that does not run: one line
+
+BAD_CONFIG_FILES = [
+    ("syntax error", "def get_config(arg=''):\n    return (\n", ":2: syntax error in the config file: '(' was never closed"),
+    ("raises in get_config", "import ml_collections\n\n\ndef get_config(arg=''):\n    return {}['missing']\n",
+     ":5: get_config() raised KeyError: 'missing'"),
+    ("raises on import", "import ml_collections\nx = 1 / 0\n", ":2: running the config file raised ZeroDivisionError"),
+    ("no get_config", "import ml_collections\n\n\ndef config():\n    return None\n", "defines no get_config()"),
+    ("returns a dict", "def get_config(arg=''):\n    return {'batch_size': 1}\n", "not an ml_collections.ConfigDict"),
+]
+
+
+@pytest.mark.parametrize("command", ["train", "compile"])
+@pytest.mark.parametrize("name, text, needle", BAD_CONFIG_FILES, ids=[c[0] for c in BAD_CONFIG_FILES])
+def test_a_config_file_that_does_not_run_is_one_line_naming_file_and_line(tmp_path, capsys, command, name, text,
+                                                                          needle):
+    path = tmp_path / "my_config.py"
+    path.write_text(text)
+    extra = ["--topology=v5p-8"] if command == "compile" else [f"--workdir={tmp_path / 'run'}"]
+    assert main([command, f"--config={path}", *extra]) == 2
+    one_error_line(capsys, str(path), needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_and_compile_parse_config_files_in_one_module():
+    """No copy of the parsing: compile takes it from dit_jax.config_file as train does."""
+    import inspect
+
+    from dit_jax import cli
+    from dit_jax.parallel import compile_check
+    for module in (cli, compile_check):
+        source = inspect.getsource(module)
+        assert "DEFINE_config_file" not in source and "from dit_jax.cli import" not in source
+        assert "from dit_jax.config_file import" in source

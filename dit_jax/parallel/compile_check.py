@@ -209,22 +209,14 @@ def parse_args(argv: list[str]):
     p.add_argument("--max-tries", type=int, default=4, help="compiles of other settings when it does not fit")
     args, rest = p.parse_known_args(argv)
     from absl import flags
-    from ml_collections import config_flags
 
-    from dit_jax.cli import _repo_config, _resolve_config_file
+    from dit_jax.config_file import packaged_config, parse
     fv = flags.FlagValues()
-    # ml_collections wants the config file before its overrides; take them in any order.
-    first = next((i for i, a in enumerate(rest) if a == "--config" or a.startswith("--config=")), None)
-    if first is not None:
-        n = 2 if rest[first] == "--config" else 1
-        rest = rest[first:first + n] + rest[:first] + rest[first + n:]
-    rest = ["dit-jax compile"] + _resolve_config_file(rest)
-    try:
-        config_flags.DEFINE_config_file("config", _repo_config("dit.py"), "config file, e.g. configs/dit.py:XL/2",
-                                        flag_values=fv, lock_config=True, sys_argv=rest)
-        fv(rest)
-    except AttributeError as e:
-        raise ValueError(f"unknown config key: {e}") from None
+    _, positional = parse(["dit-jax compile"] + rest, fv, packaged_config("dit.py"),
+                          "config file, e.g. configs/dit.py:XL/2")
+    if positional:
+        raise ValueError(f"unexpected argument(s) {positional}: dit-jax compile takes --topology, --config=FILE "
+                         "and --config.FIELD=VALUE flags")
     return args, fv.config
 
 

@@ -6,10 +6,10 @@ type-checks command-line overrides (`--config.batch_size=64`) against these fiel
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
+# Config files are found and run in one module; these names stay importable from here.
+from dit_jax.config_file import load_config, packaged_config, resolve_config_spec  # noqa: F401
 from dit_jax.models.dit import DiTConfig, dit_config
 
 
@@ -92,37 +92,3 @@ def base_config() -> ml_collections.ConfigDict:
     # this process started (>= 1 keeps compilation out); hosts: 'all' or process indices '0,1'.
     c.profile = ml_collections.ConfigDict(dict(start_step=5, num_steps=0, hosts="0"))
     return c
-
-
-def packaged_config(name: str) -> str:
-    """The path of a config file shipped with the package ('dit.py', 'demo.py')."""
-    import dit_jax.configs
-    return os.path.join(os.path.dirname(dit_jax.configs.__file__), name)
-
-
-def resolve_config_spec(spec: str) -> str:
-    """'configs/dit.py:XL/2' -> the same spec with a path that exists.
-
-    A path that exists (relative to the working directory, or absolute) is kept. `configs/NAME.py`
-    that does not exist here names the packaged copy, so the README's commands work from any
-    directory and any install, not only inside a checkout. Anything else is returned unchanged
-    (the caller reports it missing).
-    """
-    path, sep, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        head, name = os.path.split(os.path.normpath(path))
-        if head == "configs" and os.path.isfile(packaged_config(name)):
-            path = packaged_config(name)
-    return path + sep + arg
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """'configs/dit.py:XL/2' -> that file's get_config('XL/2') (what --config does, for Python use)."""
-    import importlib.util
-    path, _, arg = resolve_config_spec(spec).partition(":")
-    module_spec = importlib.util.spec_from_file_location("dit_jax_config", path)
-    if module_spec is None or not path.endswith(".py"):
-        raise FileNotFoundError(f"config file {path!r} not found (expected e.g. configs/dit.py:XL/2)")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
