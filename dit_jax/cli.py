@@ -476,7 +476,9 @@ def flags_error():
 
 
 def main(argv=None) -> int:
+    from dit_jax import platforms
     from dit_jax.train.exit_codes import RunStopped
+    platforms.choose()  # before jax starts a backend: no libtpu noise where there is no TPU
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv[:1] == ["train"]:  # absl parses the rest: --config=FILE:ARG and typed --config.x=y overrides

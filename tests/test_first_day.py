@@ -428,3 +428,42 @@ def test_evaluate_the_reference_against_itself_warns_and_prints_no_negative_dist
     raw = json.load(open(tmp_path / "m.json"))["fid"]
     assert raw == pytest.approx(-2 * 64 * 1e-6, rel=1e-3)  # the JSON keeps the raw value
     assert "printed as 0" in out and "1e-6" in out
+
+
+# ------------------------------------------------------- 7. no libtpu noise where there is no TPU
+
+def test_platforms_are_left_to_jax_wherever_an_accelerator_or_a_choice_exists():
+    from dit_jax.platforms import chosen_platforms
+    nothing = lambda pattern: []  # noqa: E731
+    assert chosen_platforms({}, find=nothing) == "cpu"
+    assert chosen_platforms({"JAX_PLATFORMS": ""}, find=nothing) == "cpu"  # empty: jax's own choice
+    assert chosen_platforms({"JAX_PLATFORMS": "tpu"}, find=nothing) is None  # the user's choice is kept
+    assert chosen_platforms({"TPU_WORKER_ID": "0"}, find=nothing) is None  # a TPU host
+    for device in ("/dev/accel0", "/dev/vfio/0", "/dev/nvidia0", "/dev/kfd"):
+        present = lambda pattern, device=device: [device] if __import__("fnmatch").fnmatch(device, pattern) else []  # noqa
+        assert chosen_platforms({}, find=present) is None, device
+
+
+def test_no_libtpu_noise_on_a_host_without_a_tpu(tmp_path):
+    import glob
+    import importlib.util
+    import subprocess
+    import sys
+
+    if any(glob.glob(p) for p in ("/dev/accel*", "/dev/vfio/*", "/dev/nvidia*", "/dev/kfd")) or any(
+            os.environ.get(k) for k in ("TPU_NAME", "TPU_WORKER_ID", "TPU_ACCELERATOR_TYPE")):
+        pytest.skip("this host has an accelerator")
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("no libtpu here: nothing would make the noise")
+    # A command that starts jax's backends (and nothing else): `models` with its work replaced. The
+    # noise comes and goes (libtpu stays silent while another process holds /tmp/libtpu_lockfile),
+    # so the test asks jax whether it tried the TPU backend at all: its failed backends are recorded.
+    script = ("import jax, sys\nfrom jax._src import xla_bridge\nfrom dit_jax import cli\n"
+              "cli.cmd_models = lambda args: print('devices', [d.platform for d in jax.devices()],\n"
+              "                                     'tried', sorted(xla_bridge._backend_errors)) or 0\n"
+              "sys.exit(cli.main(['models']))\n")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0 and "devices ['cpu']" in res.stdout, res.stdout + res.stderr
+    assert "'tpu'" not in res.stdout, res.stdout  # the TPU backend was never started
+    assert "TPU" not in res.stderr and "libtpu" not in res.stderr and "E0000" not in res.stderr, res.stderr
