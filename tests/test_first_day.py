@@ -467,3 +467,47 @@ def test_no_libtpu_noise_on_a_host_without_a_tpu(tmp_path):
     assert res.returncode == 0 and "devices ['cpu']" in res.stdout, res.stdout + res.stderr
     assert "'tpu'" not in res.stdout, res.stdout  # the TPU backend was never started
     assert "TPU" not in res.stderr and "libtpu" not in res.stderr and "E0000" not in res.stderr, res.stderr
+
+
+# --------------------------------------------------------------------------------- 8. smaller items
+
+def test_sample_from_a_run_logs_no_orbax_warnings(run, tmp_path, caplog, capsys):
+    import logging
+    caplog.set_level(logging.WARNING)
+    out = str(tmp_path / "g.jpg")
+    assert main(["sample", "--workdir", run, "--num", "2", "--steps", "2", "--out", out]) == 0
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    with open(out, "rb") as f:
+        assert f.read(3) == b"\xff\xd8\xff"  # .jpg holds JPEG bytes, not PNG's
+
+
+def test_version(capsys):
+    import dit_jax
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dit-jax ") and "jax " in out and os.path.dirname(dit_jax.__file__) in out
+
+
+def test_classes_with_an_empty_item_names_the_flag(capsys):
+    assert main(["sample", "--classes", "1,,2", "--num", "2"]) == 2
+    one_error_line(capsys, "--classes", "'1,,2'", "e.g. 207,360,387")
+
+
+def test_resuming_a_finished_run_with_fewer_total_steps_says_so(run, tmp_path, capsys):
+    wd = _copy_run(run, tmp_path)
+    with pytest.raises(ValueError, match=r"already at step 2, past --config.total_steps=1: nothing to train"):
+        train_and_evaluate(tiny_config(total_steps=1, checkpoint_every=1), wd)
+    capsys.readouterr()
+    train_and_evaluate(tiny_config(total_steps=2, checkpoint_every=2), wd)  # the same total: a no-op, said
+    assert "step 2 is total_steps: nothing left to train" in capsys.readouterr().out
+
+
+def test_reference_batches_are_written_with_the_usual_file_mode(tmp_path):
+    from dit_jax.evaluate.adm_metrics import POOL_DIM, SPATIAL_DIM, write_reference_batch
+    rng = np.random.default_rng(0)
+    path = tmp_path / "ref.npz"
+    write_reference_batch(str(path), rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8),
+                          rng.normal(size=(6, POOL_DIM)), rng.normal(size=(6, SPATIAL_DIM)), n_images=6)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask

@@ -128,12 +128,20 @@ def resume(manager: ocp.CheckpointManager, abstract_state, config_json: dict, wo
         say(f"warning: {path} has no commit marker (copied or half-written): "
             f"{_set_aside(directory, path, workdir)}; it is not resumed from")
     manager.reload()
+    total = config_json.get("total_steps")
+    latest = max(manager.all_steps(), default=None)
+    if latest is not None and total is not None and latest > total:
+        raise ValueError(f"the run in {workdir} is already at step {latest}, past --config.total_steps={total}: "
+                         f"nothing to train. Raise total_steps above {latest} to train on, or use the run as it is "
+                         f"(`dit-jax sample --workdir {workdir}`, `dit-jax export-weights --workdir {workdir}`)")
     damaged = []
     for step in reversed(manager.all_steps()):
         problem, state = _try_restore(manager, step, abstract_state, config_json, workdir)
         if problem is None:
             if damaged:
                 say(f"resuming from step {step}, the newest intact checkpoint")
+            if step == total:
+                say(f"step {step} is total_steps: nothing left to train (raise --config.total_steps to train on)")
             return state, step
         damaged.append(step)
         say(f"warning: checkpoint step {step} is damaged ({problem}): "
@@ -269,10 +277,14 @@ def load_run(workdir: str, step: int | None = None, params_key: str = "ema_param
     need more of the run than its model, e.g. its diffusion schedule."""
     import jax
 
-    manager = ocp.CheckpointManager(
-        storage.join(workdir, "checkpoints"),
-        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-        item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler(), CONFIG_ITEM: ocp.JsonCheckpointHandler()})
+    # Every item a run's checkpoint holds has its handler (else Orbax warns, once per restore, that
+    # "integrity" could not be restored), and the manager only reads (its notice that it does is noise).
+    with orbax_noise.quiet_read_only():
+        manager = ocp.CheckpointManager(
+            storage.join(workdir, "checkpoints"),
+            options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0),
+            item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler(), CONFIG_ITEM: ocp.JsonCheckpointHandler(),
+                           INTEGRITY_ITEM: ocp.JsonCheckpointHandler()})
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (dit-jax train --workdir ...)")
