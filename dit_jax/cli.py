@@ -361,8 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="class-conditional sample grid (PNG)")
     s.add_argument("--weights", "--checkpoint", dest="weights", type=existing_dir,
                    help="weights directory written by `dit-jax convert` (default: random init)")
-    s.add_argument("--workdir", type=existing_dir, help="a training run: sample from its latest checkpoint's EMA weights")
-    s.add_argument("--vae", type=existing_dir, help="Stable Diffusion VAE weights dir (`dit-jax convert --from-diffusers-vae`) to "
+    s.add_argument("--workdir", type=existing_dir,
+                   help="a training run: sample from its latest checkpoint's EMA weights")
+    s.add_argument("--vae", type=existing_dir,
+                   help="Stable Diffusion VAE weights dir (`dit-jax convert --from-diffusers-vae`) to "
                                  "decode latents into images")
     _add_model_args(s)
     s.add_argument("--num", type=count(1), default=16, help="images in the grid")
@@ -388,12 +390,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert", help="PyTorch/diffusers DiT checkpoints <-> dit-jax weights")
     src = c.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from-torch", metavar="PT", type=existing_file, help="official .pt (released state dict or train.py checkpoint)")
-    src.add_argument("--from-diffusers", metavar="PATH", type=existing_path, help="diffusers DiTTransformer2DModel folder or file")
-    src.add_argument("--to-torch", metavar="WEIGHTS_DIR", type=existing_dir, help="export dit-jax weights to an official .pt")
+    src.add_argument("--from-torch", metavar="PT", type=existing_file,
+                     help="official .pt (released state dict or train.py checkpoint)")
+    src.add_argument("--from-diffusers", metavar="PATH", type=existing_path,
+                     help="diffusers DiTTransformer2DModel folder or file")
+    src.add_argument("--to-torch", metavar="WEIGHTS_DIR", type=existing_dir,
+                     help="export dit-jax weights to an official .pt")
     src.add_argument("--from-diffusers-vae", metavar="PATH", type=existing_path,
                      help="sd-vae-ft-ema / sd-vae-ft-mse folder or diffusion_pytorch_model.safetensors/.bin")
-    c.add_argument("--out", required=True, type=output_path, help="output weights directory (or .pt file with --to-torch)")
+    c.add_argument("--out", required=True, type=output_path,
+                   help="output weights directory (or .pt file with --to-torch)")
     c.add_argument("--key", choices=("ema", "model"), default="ema", help="which weights of a train.py checkpoint")
     c.add_argument("--sample-size", type=count(1), help="latent size of diffusers weights (32 for 256 px)")
     c.add_argument("--force", action="store_true", help="replace an existing weights directory (or .pt file with "
@@ -413,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data_dir", "--data-dir", dest="data_dir", default="", type=existing_dir)
     r.add_argument("--split", default="train")
     r.add_argument("--image-size", type=count(1), required=True, help="ADM center crop size (256 or 512)")
-    r.add_argument("--inception", required=True, type=existing_file, help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+    r.add_argument("--inception", required=True, type=existing_file,
+                   help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
     r.add_argument("--preprocess", choices=("pytorch_fid", "tf1"), default="pytorch_fid")
     r.add_argument("--num-images", type=count(1), default=10000, help="images kept as arr_0 (precision/recall)")
     r.add_argument("--max-images", type=count(0), default=0, help="statistics over at most this many (0: all)")
@@ -429,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--data_dir", "--data-dir", dest="data_dir", default="", type=existing_dir)
     x.add_argument("--split", default="train")
     x.add_argument("--image-size", type=count(1), required=True, help="ADM center crop size (256 or 512)")
-    x.add_argument("--vae", required=True, type=existing_dir, help="VAE weights dir (`dit-jax convert --from-diffusers-vae`)")
+    x.add_argument("--vae", required=True, type=existing_dir,
+                   help="VAE weights dir (`dit-jax convert --from-diffusers-vae`)")
     x.add_argument("--out-name", required=True, help="name of the latent dataset")
     x.add_argument("--out-data-dir", default="", type=output_dir, help="default: the input's data dir")
     x.add_argument("--batch-size", type=count(1), default=64)
@@ -487,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--sample-repeats", type=count(1), default=1, help="timed sampler runs after one warm-up run")
     bm.add_argument("--torch", action="store_true", help="also time the PyTorch reference (TF32, bf16 autocast, "
                                                          "bf16 + torch.compile; float32 only on CPU)")
-    bm.add_argument("--reference", default="", type=existing_dir, help="with --torch: an official DiT checkout (default: "
+    bm.add_argument("--reference", default="", type=existing_dir,
+                    help="with --torch: an official DiT checkout (default: "
                                                     "tests/torch_reference)")
     bm.add_argument("--out", default="", type=output_file, help="write the rows as JSON here")
     bm.set_defaults(func=cmd_benchmark)

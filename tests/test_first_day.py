@@ -46,7 +46,7 @@ def test_export_weights_force_never_deletes_what_is_not_a_weights_dir(run, tmp_p
         open(os.path.join(out, "note.txt"), "w").write("keep me")
     before = snapshot(str(tmp_path))
     assert main(["export-weights", "--workdir", wd, "--out", out, "--force"]) == 2
-    one_error_line(capsys, "--force replaces only a weights directory")
+    one_error_line(capsys, "is a file" if target == "a file" else "--force replaces only a weights directory")
     assert snapshot(str(tmp_path)) == before
 
 
@@ -104,6 +104,7 @@ def test_reference_batch_replaces_only_a_reference_batch_and_only_with_force(tmp
     samples = tmp_path / "samples.npz"
     np.savez(samples, arr_0=np.zeros((2, 4, 4, 3), np.uint8))
     before = samples.read_bytes()
+    (tmp_path / "i.pth").write_bytes(b"never read")
     common = ["reference-batch", "--dataset", "digits", "--image-size", "8", "--inception", str(tmp_path / "i.pth")]
     assert main(common + ["--out", str(samples)]) == 2
     one_error_line(capsys, "exists", "--force")
@@ -116,6 +117,7 @@ def test_extract_latents_does_not_call_an_image_dataset_its_output(tmp_path, cap
     images = tmp_path / "digits" / "1.0.0"
     images.mkdir(parents=True)
     (images / "dataset_info.json").write_text('{"features": {"image": {}, "label": {}}}')
+    (tmp_path / "vae").mkdir()
     args = ["extract-latents", "--dataset", "digits", "--data-dir", str(tmp_path), "--image-size", "8",
             "--vae", str(tmp_path / "vae"), "--out-name", "digits"]
     assert main(args) == 2
@@ -333,7 +335,28 @@ def test_a_permanent_os_error_in_any_command_is_one_line_and_exit_2(tmp_path, ca
     assert main(["models"]) == 0  # (a control: the command itself works)
     capsys.readouterr()
     assert main(["sample", "--num", "1", "--steps", "2", "--out", str(blocker / "grid.png")]) == 2
-    one_error_line(capsys, "is a regular file where a directory is expected")
+    one_error_line(capsys, "which is a file, not a directory")  # found as the arguments are parsed
+
+
+@pytest.mark.parametrize("error, needle", [
+    (PermissionError(13, "Permission denied", "/srv/x"), "/srv/x: permission denied"),
+    (OSError(30, "Read-only file system", "/mnt/ro/x"), "/mnt/ro/x: the filesystem is read-only"),
+    (OSError(28, "No space left on device", "/data/x"), "/data/x: no space left on the device"),
+    (FileExistsError(17, "File exists", "{file}"), "is a regular file where a directory is expected"),
+])
+def test_a_permanent_os_error_met_while_working_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, error,
+                                                                        needle):
+    from dit_jax import cli
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    if error.filename == "{file}":
+        error = FileExistsError(17, "File exists", str(blocker))  # what os.makedirs raises through a file
+
+    def fails(args):
+        raise error
+    monkeypatch.setattr(cli, "cmd_models", fails)
+    assert main(["models"]) == 2
+    one_error_line(capsys, needle)
 
 
 def test_a_transient_os_error_keeps_its_traceback_and_exit_1(monkeypatch):
@@ -349,7 +372,8 @@ def test_a_transient_os_error_keeps_its_traceback_and_exit_1(monkeypatch):
 # ----------------------------------------------------- 5. a config file that does not run: one line
 
 BAD_CONFIG_FILES = [
-    ("syntax error", "def get_config(arg=''):\n    return (\n", ":2: syntax error in the config file: '(' was never closed"),
+    ("syntax error", "def get_config(arg=''):\n    return (\n",
+     ":2: syntax error in the config file: '(' was never closed"),
     ("raises in get_config", "import ml_collections\n\n\ndef get_config(arg=''):\n    return {}['missing']\n",
      ":5: get_config() raised KeyError: 'missing'"),
     ("raises on import", "import ml_collections\nx = 1 / 0\n", ":2: running the config file raised ZeroDivisionError"),
@@ -410,6 +434,7 @@ def test_evaluate_the_reference_against_itself_warns_and_prints_no_negative_dist
     # The Inception network stands aside (its features are the reference's own, as for the same images)
     # and the distances are the real formula on the first 64 features (the full 2048-d square root
     # takes tens of seconds here).
+    (tmp_path / "i.npz").write_bytes(b"never read")
     monkeypatch.setattr(job, "load_fid_inception", lambda path: {})
     monkeypatch.setattr(job, "extract_features", lambda variables, images, batch_size, model, outputs=None: {
         "pool": pool, "spatial": spatial, "logits": rng.normal(size=(6, adm_metrics.NUM_LOGITS))})
@@ -433,6 +458,8 @@ def test_evaluate_the_reference_against_itself_warns_and_prints_no_negative_dist
 # ------------------------------------------------------- 7. no libtpu noise where there is no TPU
 
 def test_platforms_are_left_to_jax_wherever_an_accelerator_or_a_choice_exists():
+    import fnmatch
+
     from dit_jax.platforms import chosen_platforms
     nothing = lambda pattern: []  # noqa: E731
     assert chosen_platforms({}, find=nothing) == "cpu"
@@ -440,7 +467,8 @@ def test_platforms_are_left_to_jax_wherever_an_accelerator_or_a_choice_exists():
     assert chosen_platforms({"JAX_PLATFORMS": "tpu"}, find=nothing) is None  # the user's choice is kept
     assert chosen_platforms({"TPU_WORKER_ID": "0"}, find=nothing) is None  # a TPU host
     for device in ("/dev/accel0", "/dev/vfio/0", "/dev/nvidia0", "/dev/kfd"):
-        present = lambda pattern, device=device: [device] if __import__("fnmatch").fnmatch(device, pattern) else []  # noqa
+        def present(pattern, device=device):
+            return [device] if fnmatch.fnmatch(device, pattern) else []
         assert chosen_platforms({}, find=present) is None, device
 
 
