@@ -116,7 +116,8 @@ def test_reference_batch_replaces_only_a_reference_batch_and_only_with_force(tmp
 def test_extract_latents_does_not_call_an_image_dataset_its_output(tmp_path, capsys):
     images = tmp_path / "digits" / "1.0.0"
     images.mkdir(parents=True)
-    (images / "dataset_info.json").write_text('{"features": {"image": {}, "label": {}}}')
+    (images / "dataset_info.json").write_text('{"name": "digits"}')
+    (images / "features.json").write_text('{"featuresDict": {"features": {"image": {}, "label": {}}}}')
     (tmp_path / "vae").mkdir()
     args = ["extract-latents", "--dataset", "digits", "--data-dir", str(tmp_path), "--image-size", "8",
             "--vae", str(tmp_path / "vae"), "--out-name", "digits"]

@@ -69,7 +69,8 @@ def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out
     target = storage.join(out_data_dir, out_name, VERSION)
     info = storage.join(target, "dataset_info.json")
     if storage.exists(info):
-        if '"mean"' not in storage.read_bytes(info).decode(errors="replace"):
+        features = storage.join(target, "features.json")
+        if not storage.exists(features) or '"mean"' not in storage.read_bytes(features).decode(errors="replace"):
             # e.g. --out-name naming the image dataset itself: "already built" would be a false success.
             raise FileExistsError(f"{target} holds a dataset that is not a latent dataset (no 'mean' feature): "
                                   "choose another --out-name (or --out-data-dir)")
