@@ -275,6 +275,7 @@ def test_resuming_with_another_data_stream_is_refused_naming_both_values(run, tm
     assert kept() == before  # checkpoints and metrics untouched
 
 
+@pytest.mark.slow
 def test_accept_data_change_goes_on_with_the_new_batch_size(run, tmp_path):
     import json
     wd = _copy_run(run, tmp_path)
@@ -473,6 +474,7 @@ def test_platforms_are_left_to_jax_wherever_an_accelerator_or_a_choice_exists():
         assert chosen_platforms({}, find=present) is None, device
 
 
+@pytest.mark.slow
 def test_no_libtpu_noise_on_a_host_without_a_tpu(tmp_path):
     import glob
     import importlib.util
@@ -522,6 +524,7 @@ def test_classes_with_an_empty_item_names_the_flag(capsys):
     one_error_line(capsys, "--classes", "'1,,2'", "e.g. 207,360,387")
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_with_fewer_total_steps_says_so(run, tmp_path, capsys):
     wd = _copy_run(run, tmp_path)
     with pytest.raises(ValueError, match=r"already at step 2, past --config.total_steps=1: nothing to train"):
