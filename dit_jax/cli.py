@@ -7,8 +7,10 @@ import dataclasses
 import inspect
 import json
 import os
-import re
 import sys
+
+from dit_jax.argparsing import (OneLineParser, count, existing_dir, existing_file, existing_path, number, output_dir,
+                                output_file, output_path)
 
 DEMO_MODEL = dict(input_size=32, patch_size=4, in_channels=3, hidden_size=192, depth=4, num_heads=3,
                   num_classes=10)
@@ -29,7 +31,7 @@ def cmd_sample(args) -> int:
     """A class-conditional PNG grid, or with --num-samples the ADM .npz of the evaluation protocol."""
     from dit_jax.jobs.sample import sample
     _check_sample_args(args)
-    classes = [int(c) for c in args.classes.split(",")] if args.classes else None
+    classes = args.classes
     # A run's checkpoint names its own model; converted weights are checked against --model when given.
     config = None if args.workdir else _model_config(args, default=None if args.weights else DEMO_MODEL)
     sample(args.out, weights=args.weights, workdir=args.workdir, config=config, vae=args.vae, num=args.num,
@@ -52,6 +54,10 @@ def _check_sample_args(args) -> None:
             raise ValueError("--num-samples draws uniform random labels (the evaluation protocol); drop --classes")
         if not args.out.endswith(".npz"):
             raise ValueError(f"--out must be an .npz path with --num-samples, got {args.out!r}")
+        from dit_jax.sampling.npz import out_problem
+        problem = out_problem(args.out)
+        if problem:
+            raise FileExistsError(problem)
         return
     if args.num < 1:
         raise ValueError(f"--num must be >= 1 (images in the grid), got {args.num}")
@@ -69,6 +75,7 @@ def cmd_convert(args) -> int:
 
     config = _model_config(args)
     if args.to_torch:
+        _check_file_out(args.out, args.force, "a PyTorch state dict (.pt)")
         params, config = load_weights(args.to_torch, config)
         torch_io.save_state_dict(dit_torch.to_torch(params, config), args.out)
         print(f"wrote PyTorch state dict of {config_name(config)} to {args.out}")
@@ -93,6 +100,14 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _check_file_out(path: str, force: bool, what: str) -> None:
+    """An output file may replace only a file, and only with --force."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"--out {path} is a directory; the output is a file ({what}): name a file")
+    if os.path.exists(path) and not force:
+        raise FileExistsError(f"--out {path} exists; choose a new path or pass --force to replace it")
+
+
 def cmd_build_dataset(args) -> int:
     """A class-per-subfolder image directory -> a TFDS ArrayRecord dataset for training."""
     from dit_jax.data.digits import default_data_dir
@@ -109,7 +124,11 @@ def cmd_build_dataset(args) -> int:
 def cmd_reference_batch(args) -> int:
     """An ADM-layout reference batch from any TFDS image dataset (ADM center crop to --image-size):
     Inception statistics of all images, and `--num-images` of them (shuffled by --seed) as arr_0."""
-    from dit_jax.jobs.reference_batch import reference_batch
+    from dit_jax.jobs.reference_batch import reference_batch, replace_problem
+    _check_file_out(args.out, args.force, "an ADM reference batch .npz")
+    problem = replace_problem(args.out) if os.path.exists(args.out) else None
+    if problem:
+        raise FileExistsError(problem)
     n, kept = reference_batch(args.dataset, args.data_dir, args.split, args.image_size, args.inception, args.out,
                               preprocess=args.preprocess, num_images=args.num_images, max_images=args.max_images,
                               batch_size=args.batch_size, chunk=args.chunk, seed=args.seed)
@@ -141,34 +160,7 @@ def cmd_models(args) -> int:
     return 0
 
 
-def _repo_config(name: str) -> str:
-    from dit_jax.train.config_base import packaged_config
-    return packaged_config(name)
-
-
 HELP_FLAGS = ("-h", "--help", "--helpfull", "--helpshort")
-
-
-def _resolve_config_file(argv: list[str]) -> list[str]:
-    """argv with `--config configs/NAME.py[:ARG]` pointed at the packaged file when there is no such
-    file here; a config file that exists nowhere is said in one line (ml_collections reports it as
-    a chain of tracebacks)."""
-    from dit_jax.train.config_base import resolve_config_spec
-    out = list(argv)
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            at, spec, prefix = i + 1, argv[i + 1], ""
-        elif arg.startswith("--config="):
-            at, spec, prefix = i, arg[len("--config="):], "--config="
-        else:
-            continue
-        spec = resolve_config_spec(spec)
-        path = spec.partition(":")[0]
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file {path!r} not found: pass --config=FILE[:ARG], e.g. "
-                                    "--config=configs/dit.py:XL/2")
-        out[at] = prefix + spec
-    return out
 
 
 def _positional_problem(positional: list[str]) -> str:
@@ -184,7 +176,8 @@ def _train_help(f) -> str:
     from ml_collections import config_dict
     lines = ["usage: dit-jax train [--config=FILE[:ARG]] [--workdir=DIR] [--config.FIELD=VALUE ...] [flags]", "",
              "flags:"]
-    names = ["config"] + [fl.name for fl in f.get_flags_for_module(__name__) if fl.name != "config"]
+    names = [fl.name for fl in f.get_flags_for_module(__name__) if fl.name != "config"]
+    lines += [f"  --config: {f['config'].help} (default: configs/demo.py)"]
     lines += [f"  --{name}: {f[name].help} (default: {f[name].default_as_str})" for name in names]
     lines += ["", "config fields (set any with --config.FIELD=VALUE; `dit-jax train --config=FILE --help` lists "
               "that config's):"]
@@ -202,11 +195,10 @@ def _train_help(f) -> str:
 def cmd_train(argv: list[str]) -> int:
     """Parsed with absl + ml_collections so that `--config.batch_size=64` overrides are typed.
 
-    Exit codes (dit_jax/train/exit_codes.py): 0 finished, 75 preempted with a checkpoint saved (rerun
+    Exit codes (dit_jax/exit_codes.py): 0 finished, 75 preempted with a checkpoint saved (rerun
     to resume), 2 bad input, 3 diverged, 1 any other failure.
     """
     from absl import flags
-    from ml_collections import config_flags
 
     # Flags of this call only: a second `main(["train", ...])` in one process defines them afresh.
     f = flags.FlagValues()
@@ -216,31 +208,26 @@ def cmd_train(argv: list[str]) -> int:
                       "TPU pods and SLURM, else set --coordinator/--num_processes/--process_id)", flag_values=f)
     flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-host without auto-detection)",
                         flag_values=f)
-    flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)", flag_values=f)
-    flags.DEFINE_integer("process_id", None, "this process's index (multi-host)", flag_values=f)
+    flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)", lower_bound=1, flag_values=f)
+    flags.DEFINE_integer("process_id", None, "this process's index (multi-host)", lower_bound=0, flag_values=f)
     flags.DEFINE_integer("distributed_timeout", 300, "seconds to wait for all processes to join "
-                         "jax.distributed.initialize before failing", flag_values=f)
+                         "jax.distributed.initialize before failing", lower_bound=1, flag_values=f)
     flags.DEFINE_list("local_device_ids", None, "the accelerators this process drives, e.g. 0,1,2,3 (one process "
                       "per node driving all its GPUs; SLURM detection alone gives one GPU per task)", flag_values=f)
     show_help = any(a in HELP_FLAGS for a in argv)
+    _refuse_empty_flags(argv, [name for name in f])
     argv = ["dit-jax train"] + [a for a in argv if a not in HELP_FLAGS]
-    argv = _resolve_config_file(argv)
-    try:
-        config_flags.DEFINE_config_file("config", _repo_config("demo.py"), "config file, e.g. configs/dit.py:XL/2",
-                                        flag_values=f, lock_config=True, sys_argv=argv)
-        positional = f(argv)[1:]
-    except AttributeError as e:  # an unknown --config.key: ml_collections says which and suggests one
-        m = re.search(r'Did you mean "([\w.]+)" instead of "([\w.]+)"', str(e))
-        hint = f"{m.group(2)!r}; did you mean {m.group(1)!r}?" if m else str(e)
-        raise ValueError(f"unknown config key {hint}") from None
-    except flags.Error as e:  # the config file's get_config raised: its last line says what, not the traceback
-        lines = [line for line in str(e).splitlines() if line.strip()]
-        raise ValueError(lines[0] if len(lines) == 1 else f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}") from None
+    from dit_jax.config_file import packaged_config, parse
+    _, positional = parse(argv, f, packaged_config("demo.py"), "config file, e.g. configs/dit.py:XL/2")
     if show_help:
         print(_train_help(f) + "\n\n" + inspect.cleandoc(cmd_train.__doc__))
         return 0
     if positional:
         raise ValueError(_positional_problem(positional))
+    from dit_jax.workdir_lock import workdir_problem
+    problem = workdir_problem(f.workdir)
+    if problem:
+        raise ValueError(problem)
     local_ids = _device_ids(f.local_device_ids)
     if f.distributed or f.coordinator:
         import jax
@@ -251,7 +238,7 @@ def cmd_train(argv: list[str]) -> int:
                                    initialization_timeout=f.distributed_timeout)
     elif local_ids is not None or f["distributed_timeout"].present:
         raise ValueError("--local_device_ids and --distributed_timeout apply to multi-host runs: add --distributed")
-    from dit_jax.train import exit_codes
+    from dit_jax import exit_codes
     from dit_jax.train.loop import train_and_evaluate
     try:
         train_and_evaluate(f.config, f.workdir)
@@ -259,7 +246,24 @@ def cmd_train(argv: list[str]) -> int:
         if not isinstance(e, exit_codes.Preempted):  # a preemption is announced by the loop
             print(f"error: {e}", file=sys.stderr)
         return exit_codes.exit_code(e)
+    except RuntimeError as e:
+        line = exit_codes.out_of_memory(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return exit_codes.BAD_INPUT
     return exit_codes.FINISHED
+
+
+def _refuse_empty_flags(argv: list[str], names: list[str]) -> None:
+    """`--workdir=` or `--coordinator ''`: a flag given an empty value (config fields may be empty:
+    `--config.eval.kind=` turns evaluations off)."""
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.lstrip("-").partition("=")
+        if not arg.startswith("-") or name not in names + ["config"]:
+            continue
+        if (eq and not value) or (not eq and i + 1 < len(argv) and argv[i + 1] == "" and name != "distributed"):
+            raise ValueError(f"--{name} is empty: give a value, or leave it out for its default")
 
 
 def _device_ids(values: list[str] | None) -> list[int] | None:
@@ -285,8 +289,9 @@ def cmd_benchmark(args, config_args: list[str]) -> int:
     """Train step, input pipeline and sampler of a training config, timed per setting, beside the PyTorch
     reference (--torch). Without --config: the paper's recipe for --model on a latent dataset."""
     from dit_jax.benchmark.run import Setting, parse_setting, run_benchmark
-    from dit_jax.train.config_base import model_fields, parse_config_flags
-    config = parse_config_flags(config_args, "configs/dit.py:XL/2", "dit-jax benchmark")
+    from dit_jax.config_file import config_from_args, packaged_config
+    from dit_jax.train.config_base import model_fields
+    config = config_from_args(config_args, packaged_config("dit.py") + ":XL/2", "dit-jax benchmark")
     if not any(a == "--config" or a.startswith("--config=") for a in config_args):
         config.data.latents = "dataset"  # the step alone, as the reference's rows time it
     if args.model:  # replaces config.model, then the size flags below apply
@@ -334,107 +339,139 @@ def cmd_export_weights(args) -> int:
     return 0
 
 
+def _class_ids(text: str) -> list[int]:
+    """--classes: '1,2,3' -> [1, 2, 3]."""
+    parts = text.split(",")
+    if not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of class ids (integers >= 0), "
+                                         "e.g. 207,360,387")
+    return [int(p) for p in parts]
+
+
+def version() -> str:
+    from importlib import metadata
+    try:
+        mine = metadata.version("dit-jax")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        mine = "unknown (not installed)"
+    import jax
+    return f"dit-jax {mine} (jax {jax.__version__}, {os.path.dirname(os.path.abspath(__file__))})"
+
+
 def _add_model_args(p):
     p.add_argument("--model", help="named model, e.g. DiT-XL/2 (checked against the checkpoint)")
-    p.add_argument("--input-size", type=int, help="latent/image side (32 for 256 px latents, 64 for 512 px)")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--in-channels", type=int)
-    p.add_argument("--num-heads", type=int, help="needed only for custom (non-named) checkpoints")
+    p.add_argument("--input-size", type=count(1), help="latent/image side (32 for 256 px latents, 64 for 512 px)")
+    p.add_argument("--num-classes", type=count(1))
+    p.add_argument("--in-channels", type=count(1))
+    p.add_argument("--num-heads", type=count(1), help="needed only for custom (non-named) checkpoints")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dit-jax", description=__doc__)
+    parser = OneLineParser(prog="dit-jax", description=__doc__)
+    parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sample", help="class-conditional sample grid (PNG)")
-    s.add_argument("--weights", "--checkpoint", dest="weights",
+    s.add_argument("--weights", "--checkpoint", dest="weights", type=existing_dir,
                    help="weights directory written by `dit-jax convert` (default: random init)")
-    s.add_argument("--workdir", help="a training run: sample from its latest checkpoint's EMA weights")
-    s.add_argument("--vae", help="Stable Diffusion VAE weights dir (`dit-jax convert --from-diffusers-vae`) to "
+    s.add_argument("--workdir", type=existing_dir,
+                   help="a training run: sample from its latest checkpoint's EMA weights")
+    s.add_argument("--vae", type=existing_dir,
+                   help="Stable Diffusion VAE weights dir (`dit-jax convert --from-diffusers-vae`) to "
                                  "decode latents into images")
     _add_model_args(s)
-    s.add_argument("--num", type=int, default=16)
-    s.add_argument("--classes", help="comma-separated class ids (default: random)")
+    s.add_argument("--num", type=count(1), default=16, help="images in the grid")
+    s.add_argument("--classes", type=_class_ids, help="comma-separated class ids, e.g. 207,360,387 (default: "
+                                                        "random)")
     s.add_argument("--steps", default=None,
                    help="respacing: '250', 'ddim50', '10,15,20' (default 50 for grids, 250 with --num-samples)")
     s.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
-    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
-    s.add_argument("--cfg-scale", type=float, default=None,
+    s.add_argument("--eta", type=number(0), default=0.0, help="DDIM eta")
+    s.add_argument("--cfg-scale", type=number(0), default=None,
                    help="guidance scale, applied only if > 1 (default 4.0 for grids, 1.5 with --num-samples)")
-    s.add_argument("--num-samples", type=int, default=0,
+    s.add_argument("--num-samples", type=count(0), default=0,
                    help="evaluation run: this many samples into the ADM .npz given by --out (sharded over all "
                         "devices and hosts, resumable)")
-    s.add_argument("--batch-per-device", type=int, default=32, help="with --num-samples")
+    s.add_argument("--batch-per-device", type=count(1), default=32, help="with --num-samples")
     s.add_argument("--cfg-mode", choices=("reference", "all"), default="reference",
                    help="reference: guide the first 3 channels (the reference's quirk); all: every eps channel")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--upscale", type=int, default=4, help="nearest-neighbour upscale of the PNG")
-    s.add_argument("--nrow", type=int, default=None, help="images per grid row (default: square)")
-    s.add_argument("--out", default="samples/sample_grid.png")
+    s.add_argument("--seed", type=count(0), default=0)
+    s.add_argument("--upscale", type=count(1), default=4, help="nearest-neighbour upscale of the PNG")
+    s.add_argument("--nrow", type=count(1), default=None, help="images per grid row (default: square)")
+    s.add_argument("--out", type=output_file, default="samples/sample_grid.png")
     s.set_defaults(func=cmd_sample)
 
     c = sub.add_parser("convert", help="PyTorch/diffusers DiT checkpoints <-> dit-jax weights")
     src = c.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from-torch", metavar="PT", help="official .pt (released state dict or train.py checkpoint)")
-    src.add_argument("--from-diffusers", metavar="PATH", help="diffusers DiTTransformer2DModel folder or file")
-    src.add_argument("--to-torch", metavar="WEIGHTS_DIR", help="export dit-jax weights to an official .pt")
-    src.add_argument("--from-diffusers-vae", metavar="PATH",
+    src.add_argument("--from-torch", metavar="PT", type=existing_file,
+                     help="official .pt (released state dict or train.py checkpoint)")
+    src.add_argument("--from-diffusers", metavar="PATH", type=existing_path,
+                     help="diffusers DiTTransformer2DModel folder or file")
+    src.add_argument("--to-torch", metavar="WEIGHTS_DIR", type=existing_dir,
+                     help="export dit-jax weights to an official .pt")
+    src.add_argument("--from-diffusers-vae", metavar="PATH", type=existing_path,
                      help="sd-vae-ft-ema / sd-vae-ft-mse folder or diffusion_pytorch_model.safetensors/.bin")
-    c.add_argument("--out", required=True, help="output weights directory (or .pt file with --to-torch)")
+    c.add_argument("--out", required=True, type=output_path,
+                   help="output weights directory (or .pt file with --to-torch)")
     c.add_argument("--key", choices=("ema", "model"), default="ema", help="which weights of a train.py checkpoint")
-    c.add_argument("--sample-size", type=int, help="latent size of diffusers weights (32 for 256 px)")
-    c.add_argument("--force", action="store_true", help="replace an existing output directory")
+    c.add_argument("--sample-size", type=count(1), help="latent size of diffusers weights (32 for 256 px)")
+    c.add_argument("--force", action="store_true", help="replace an existing weights directory (or .pt file with "
+                   "--to-torch); never a training run or a directory with other files")
     _add_model_args(c)
     c.set_defaults(func=cmd_convert)
 
     b = sub.add_parser("build-dataset", help="turn a class-per-subfolder image directory into a TFDS dataset")
-    b.add_argument("src_dir", help="root/<class_name>/*.png|jpg|...")
+    b.add_argument("src_dir", type=existing_dir, help="root/<class_name>/*.png|jpg|...")
     b.add_argument("--name", required=True, help="dataset name (snake_case)")
-    b.add_argument("--data_dir", "--data-dir", dest="data_dir", default="",
+    b.add_argument("--data_dir", "--data-dir", dest="data_dir", default="", type=output_dir,
                    help="TFDS data dir (default ~/.cache/dit_jax/tfds or $DIT_JAX_DATA_DIR)")
     b.set_defaults(func=cmd_build_dataset)
 
     r = sub.add_parser("reference-batch", help="an ADM-layout reference batch (.npz) from a TFDS image dataset")
     r.add_argument("--dataset", required=True)
-    r.add_argument("--data_dir", "--data-dir", dest="data_dir", default="")
+    r.add_argument("--data_dir", "--data-dir", dest="data_dir", default="", type=existing_dir)
     r.add_argument("--split", default="train")
-    r.add_argument("--image-size", type=int, required=True, help="ADM center crop size (256 or 512)")
-    r.add_argument("--inception", required=True, help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+    r.add_argument("--image-size", type=count(1), required=True, help="ADM center crop size (256 or 512)")
+    r.add_argument("--inception", required=True, type=existing_file,
+                   help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
     r.add_argument("--preprocess", choices=("pytorch_fid", "tf1"), default="pytorch_fid")
-    r.add_argument("--num-images", type=int, default=10000, help="images kept as arr_0 (precision/recall)")
-    r.add_argument("--max-images", type=int, default=0, help="statistics over at most this many (0: all)")
-    r.add_argument("--batch-size", type=int, default=100)
-    r.add_argument("--chunk", type=int, default=1000, help="images decoded at a time")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--out", required=True)
+    r.add_argument("--num-images", type=count(1), default=10000, help="images kept as arr_0 (precision/recall)")
+    r.add_argument("--max-images", type=count(0), default=0, help="statistics over at most this many (0: all)")
+    r.add_argument("--batch-size", type=count(1), default=100)
+    r.add_argument("--chunk", type=count(1), default=1000, help="images decoded at a time")
+    r.add_argument("--seed", type=count(0), default=0)
+    r.add_argument("--out", required=True, type=output_file)
+    r.add_argument("--force", action="store_true", help="replace an existing reference batch at --out")
     r.set_defaults(func=cmd_reference_batch)
 
     x = sub.add_parser("extract-latents", help="encode a TFDS image dataset with the VAE into a latent dataset")
     x.add_argument("--dataset", required=True, help="TFDS image dataset (e.g. imagenet2012 or a build-dataset name)")
-    x.add_argument("--data_dir", "--data-dir", dest="data_dir", default="")
+    x.add_argument("--data_dir", "--data-dir", dest="data_dir", default="", type=existing_dir)
     x.add_argument("--split", default="train")
-    x.add_argument("--image-size", type=int, required=True, help="ADM center crop size (256 or 512)")
-    x.add_argument("--vae", required=True, help="VAE weights dir (`dit-jax convert --from-diffusers-vae`)")
+    x.add_argument("--image-size", type=count(1), required=True, help="ADM center crop size (256 or 512)")
+    x.add_argument("--vae", required=True, type=existing_dir,
+                   help="VAE weights dir (`dit-jax convert --from-diffusers-vae`)")
     x.add_argument("--out-name", required=True, help="name of the latent dataset")
-    x.add_argument("--out-data-dir", default="", help="default: the input's data dir")
-    x.add_argument("--batch-size", type=int, default=64)
+    x.add_argument("--out-data-dir", default="", type=output_dir, help="default: the input's data dir")
+    x.add_argument("--batch-size", type=count(1), default=64)
     x.add_argument("--dtype", choices=("float16", "float32"), default="float16")
-    x.add_argument("--shard-size", type=int, default=1024, help="records per resumable shard")
+    x.add_argument("--shard-size", type=count(1), default=1024, help="records per resumable shard")
     x.set_defaults(func=cmd_extract_latents)
 
     w = sub.add_parser("export-weights", help="a training run's weights as a weights directory (for sample "
                                               "--weights, init_weights, convert --to-torch)")
-    w.add_argument("--workdir", required=True, help="the training run")
-    w.add_argument("--out", required=True, help="output weights directory")
+    w.add_argument("--workdir", required=True, type=existing_dir, help="the training run")
+    w.add_argument("--out", required=True, type=output_dir, help="output weights directory")
     kind = w.add_mutually_exclusive_group()
     kind.add_argument("--ema", action="store_true", help="the EMA weights (the default; what the paper samples)")
     kind.add_argument("--raw", action="store_true", help="the raw (non-EMA) training weights")
-    w.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    w.add_argument("--force", action="store_true", help="replace an existing output directory")
+    w.add_argument("--step", type=count(0), default=None, help="checkpoint step (default: the latest)")
+    w.add_argument("--force", action="store_true", help="replace an existing weights directory (never a training run "
+                   "or a directory with other files)")
     w.set_defaults(func=cmd_export_weights)
 
     m = sub.add_parser("models", help="parameter counts and forward MACs of the named models")
-    m.add_argument("--input-size", type=int, help="latent side (32 = 256 px, 64 = 512 px)")
+    m.add_argument("--input-size", type=count(1), help="latent side (32 = 256 px, 64 = 512 px)")
     m.set_defaults(func=cmd_models)
 
     # `train` is dispatched in main() before argparse; listed here for --help.
@@ -449,47 +486,48 @@ def build_parser() -> argparse.ArgumentParser:
                                           "reference beside them. --config FILE and --config.FIELD=VALUE as train "
                                           "(default: the paper's recipe for --model on a latent dataset)")
     _add_model_args(bm)
-    bm.add_argument("--depth", type=int, help="override the named model's depth (small test models)")
-    bm.add_argument("--hidden-size", type=int, help="override the named model's hidden size")
+    bm.add_argument("--depth", type=count(1), help="override the named model's depth (small test models)")
+    bm.add_argument("--hidden-size", type=count(1), help="override the named model's hidden size")
     bm.add_argument("--setting", action="append", default=[],
                     help="one benchmarked setting as key=value pairs over the defaults below, e.g. "
                          "'batch=256,remat=full' (repeatable; keys batch, dtype, attention, remat, scan)")
-    bm.add_argument("--batch", type=int, default=None, help="default batch per device (default: the config's)")
+    bm.add_argument("--batch", type=count(1), default=None, help="default batch per device (default: the config's)")
     bm.add_argument("--dtype", default=None, help="default compute dtype (params stay float32; default: the "
                                                   "config's)")
     bm.add_argument("--attention", default=None, help="default attention: cudnn (XLA off GPUs) or xla")
     bm.add_argument("--remat", default=None, help="default remat policy: none, full, dots_saveable, "
                                                   "dots_with_no_batch_dims_saveable, offload_dots")
     bm.add_argument("--scan", action="store_true", help="default: scan over blocks")
-    bm.add_argument("--steps", type=int, default=20, help="timed train steps per setting")
-    bm.add_argument("--warmup", type=int, default=3, help="untimed train steps first")
+    bm.add_argument("--steps", type=count(1), default=20, help="timed train steps per setting")
+    bm.add_argument("--warmup", type=count(0), default=3, help="untimed train steps first")
     bm.add_argument("--no-pipeline", action="store_true", help="skip the input-pipeline rows")
     bm.add_argument("--dataset", default="", help="latent dataset for the pipeline rows (default: a synthetic one)")
-    bm.add_argument("--data-dir", "--data_dir", dest="data_dir", default="")
-    bm.add_argument("--workers", type=int, default=0, help="Grain worker processes of the pipeline rows")
-    bm.add_argument("--sample-steps", type=int, default=250, help="sampling steps (0: no sampler rows)")
+    bm.add_argument("--data-dir", "--data_dir", dest="data_dir", default="", type=existing_dir)
+    bm.add_argument("--workers", type=count(0), default=0, help="Grain worker processes of the pipeline rows")
+    bm.add_argument("--sample-steps", type=count(0), default=250, help="sampling steps (0: no sampler rows)")
     bm.add_argument("--sampler", action="append", default=[], help="sampler of the sampler rows (repeatable; "
-                                                                   "default ddpm)")
-    bm.add_argument("--cfg-scale", type=float, default=1.5, help="guidance scale of the sampler rows")
-    bm.add_argument("--sample-batch", type=int, default=32)
-    bm.add_argument("--sample-repeats", type=int, default=1, help="timed sampler runs after one warm-up run")
+                                                                   "default: the objective's)")
+    bm.add_argument("--cfg-scale", type=number(0), default=1.5, help="guidance scale of the sampler rows")
+    bm.add_argument("--sample-batch", type=count(1), default=32)
+    bm.add_argument("--sample-repeats", type=count(1), default=1, help="timed sampler runs after one warm-up run")
     bm.add_argument("--torch", action="store_true", help="also time the PyTorch reference (TF32, bf16 autocast, "
                                                          "bf16 + torch.compile; float32 only on CPU)")
-    bm.add_argument("--reference", default="", help="with --torch: an official DiT checkout (default: "
+    bm.add_argument("--reference", default="", type=existing_dir,
+                    help="with --torch: an official DiT checkout (default: "
                                                     "tests/torch_reference)")
-    bm.add_argument("--out", default="", help="write the rows as JSON here")
+    bm.add_argument("--out", default="", type=output_file, help="write the rows as JSON here")
     bm.set_defaults(func=cmd_benchmark)
 
     e = sub.add_parser("evaluate", help="FID / sFID / IS / precision / recall as the ADM evaluator")
-    e.add_argument("reference", help="ADM reference batch .npz (arr_0, mu, sigma, mu_s, sigma_s)")
-    e.add_argument("samples", help="sample batch .npz (arr_0: uint8 N x H x W x 3)")
-    e.add_argument("--inception", required=True,
+    e.add_argument("reference", type=existing_file, help="ADM reference batch .npz (arr_0, mu, sigma, mu_s, sigma_s)")
+    e.add_argument("samples", type=existing_file, help="sample batch .npz (arr_0: uint8 N x H x W x 3)")
+    e.add_argument("--inception", required=True, type=existing_file,
                    help="pytorch-fid weights pt_inception-2015-12-05-6726825d.pth (or its .npz export)")
     e.add_argument("--preprocess", choices=("pytorch_fid", "tf1"), default="pytorch_fid",
                    help="resize/scale as pytorch-fid (default) or as the TF1 graph of the ADM evaluator")
-    e.add_argument("--batch-size", type=int, default=100)
-    e.add_argument("--min-reference-images", type=int, default=10000)
-    e.add_argument("--out", help="metrics JSON (default: beside the samples)")
+    e.add_argument("--batch-size", type=count(1), default=100)
+    e.add_argument("--min-reference-images", type=count(1), default=10000)
+    e.add_argument("--out", type=output_file, help="metrics JSON (default: beside the samples)")
     e.set_defaults(func=cmd_evaluate)
     return parser
 
@@ -500,7 +538,13 @@ def flags_error():
 
 
 def main(argv=None) -> int:
+    from dit_jax import platforms
+    from dit_jax.exit_codes import RunStopped
+    platforms.choose()  # before jax starts a backend: no libtpu noise where there is no TPU
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--version"]:
+        print(version())
+        return 0
     try:
         if argv[:1] == ["train"]:  # absl parses the rest: --config=FILE:ARG and typed --config.x=y overrides
             return cmd_train(argv[1:])
@@ -512,9 +556,19 @@ def main(argv=None) -> int:
             return cmd_compile(argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError, flags_error()) as e:
+    except (ValueError, KeyError, ImportError, flags_error()) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except RunStopped as e:  # e.g. sample's shards changed under it: one line, and rerun (1) resumes
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:  # a path that cannot be used is bad input; a dropped connection is not
+        from dit_jax.exit_codes import permanent_os_error
+        line = permanent_os_error(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 2
 
 

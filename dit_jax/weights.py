@@ -6,6 +6,8 @@ beside the params so a load can refuse weights of another model with a message n
 
 from __future__ import annotations
 
+import uuid
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -22,14 +24,60 @@ def save_weights(directory: str, params, config: DiTConfig, force: bool = False)
     return _save(directory, params, config.to_dict(), force)
 
 
+# What Orbax puts at the top of a weights directory; a directory holding anything else is not one.
+WEIGHTS_ENTRIES = {"params", "config", "_CHECKPOINT_METADATA", "commit_success.txt"}
+
+
+def replace_problem(directory) -> str | None:
+    """Why `force` may not replace the existing `directory`, or None when it is a weights directory
+    (and nothing else): --force must never delete a training run, its checkpoints, or a parent
+    directory that happens to hold other files."""
+    path = storage.resolve(directory)
+    run = training_run_of(str(path))
+    if run is not None:
+        return f"{path} is (part of) the training run {run}; --force replaces only a weights directory"
+    if not path.is_dir():
+        return f"{path} is a file, not a weights directory; --force replaces only a weights directory"
+    names = {p.name for p in path.iterdir()}
+    if "config" not in names or names - WEIGHTS_ENTRIES:
+        extra = sorted(names - WEIGHTS_ENTRIES)[:3]
+        return (f"{path} is not a weights directory (it holds {extra or 'no config item'}); --force replaces only "
+                "a weights directory written by `dit-jax convert` or `dit-jax export-weights`")
+    return None
+
+
 def _save(directory: str, params, config_dict: dict, force: bool) -> str:
+    """Written to a temporary sibling and renamed into place: a failed save leaves what was there."""
     directory = storage.resolve(directory)
-    if directory.exists() and not force:
-        raise FileExistsError(f"{directory} exists; choose a new path or pass force=True (--force) to replace it")
+    if directory.exists():
+        if not force:
+            raise FileExistsError(f"{directory} exists; choose a new path or pass force=True (--force) to replace it")
+        problem = replace_problem(directory)
+        if problem:
+            raise FileExistsError(f"{problem}: choose another output path")
     params = jax.tree.map(np.asarray, params)
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        ckptr.save(directory, ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                                 config=ocp.args.JsonSave(config_dict)), force=force)
+    token = uuid.uuid4().hex[:8]
+    tmp = directory.parent / f".{directory.name}.tmp-{token}"
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            ckptr.save(tmp, ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                               config=ocp.args.JsonSave(config_dict)))
+    except BaseException:
+        for left in directory.parent.glob(f"{tmp.name}*"):  # with Orbax's own temporary directory
+            storage.rmtree(left)
+        raise
+    if directory.exists():
+        # Moved aside, not deleted, until the new weights are in place (locally a rename; object
+        # stores have no rename of a prefix that is cheaper than copying, so there it is deleted).
+        aside = directory.parent / f".{directory.name}.old-{token}"
+        if storage.is_uri(directory):
+            directory.rmtree()
+        else:
+            directory.rename(aside)
+        tmp.rename(directory)
+        storage.rmtree(aside)
+    else:
+        tmp.rename(directory)
     return str(directory)
 
 

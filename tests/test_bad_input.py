@@ -159,7 +159,7 @@ def test_build_dataset_where_nothing_decodes_leaves_nothing(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------- sample
 
 @pytest.mark.parametrize("args, needles", [
-    (["--num", "0"], ["--num must be >= 1"]),
+    (["--num", "0"], ["--num: must be >= 1"]),
     (["--out", "grid.txt"], ["--out 'grid.txt'", ".png"]),
     (["--num-samples", "-3", "--out", "s.npz"], ["--num-samples"]),
 ], ids=["num 0", "out grid.txt", "num-samples -3"])
@@ -277,7 +277,8 @@ def test_evaluate_names_an_unreadable_sample_file(reference_batch, tmp_path, cap
     path = tmp_path / name
     os.makedirs(path.parent, exist_ok=True)
     make(path)
-    assert main(["evaluate", reference_batch, str(path), "--inception", str(tmp_path / "none.pth"),
+    (tmp_path / "i.pth").write_bytes(b"never read: the samples are read first")
+    assert main(["evaluate", reference_batch, str(path), "--inception", str(tmp_path / "i.pth"),
                  "--min-reference-images", "4"]) == 2
     one_error_line(capsys, f"error: {path}: ")
 
@@ -290,6 +291,8 @@ def test_evaluate_names_an_unreadable_reference_batch(reference_batch, tmp_path,
     else:
         shutil.copy(reference_batch, path)
         _flip_bytes(path)  # inside arr_0, the first member
-    assert main(["evaluate", str(path), str(tmp_path / "s.npz"), "--inception", str(tmp_path / "none.pth"),
+    np.savez(tmp_path / "s.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    (tmp_path / "i.pth").write_bytes(b"never read: the reference is read first")
+    assert main(["evaluate", str(path), str(tmp_path / "s.npz"), "--inception", str(tmp_path / "i.pth"),
                  "--min-reference-images", "4"]) == 2
     one_error_line(capsys, f"error: {path}: ")

@@ -87,7 +87,7 @@ def test_workdir_lock_in_a_bucket(gcs_bucket):
     """In a bucket the lock is an object: a second holder is refused, a released lock is free, and a
     stale one (another host's, heartbeat long past) is renamed away and taken over."""
     from dit_jax import storage
-    from dit_jax.train.workdir_lock import LOCK_NAME, WorkdirLock, WorkdirLocked
+    from dit_jax.workdir_lock import LOCK_NAME, WorkdirLock, WorkdirLocked
 
     bucket, url = gcs_bucket
     wd = f"gs://{bucket}/locked"

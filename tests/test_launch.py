@@ -6,7 +6,7 @@ import re
 import shlex
 import subprocess
 
-from dit_jax.train import exit_codes
+from dit_jax import exit_codes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,7 +15,7 @@ import pytest
 
 from dit_jax.train.integrity import NonFiniteLoss
 from dit_jax.train.loop import train_and_evaluate
-from dit_jax.train.workdir_lock import WorkdirLocked
+from dit_jax.workdir_lock import WorkdirLocked
 from test_train import ROOT, tiny_config
 
 # The same tiny run as tiny_config(), through the CLI.
@@ -189,7 +189,7 @@ def test_resuming_with_another_seed_is_refused(ten_steps, tmp_path):
 
 HOLD_LOCK = """
 import sys, time
-from dit_jax.train.workdir_lock import WorkdirLock
+from dit_jax.workdir_lock import WorkdirLock
 WorkdirLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(300)

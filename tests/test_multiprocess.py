@@ -223,8 +223,8 @@ def test_sample_num_samples_on_two_processes(tmp_path, capsys):
     finish([subprocess.Popen([sys.executable, "-c", SAMPLE, port, str(i), *args], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, env=env(), cwd=ROOT) for i in range(2)])
     # Each host wrote the rows it held: 2 shards of 8 x 2 hosts.
-    assert sorted(f for f in os.listdir(out + ".shards") if f.startswith("shard_")) == [
-        f"shard_00000{s}_{p}-of-2.npz" for s in range(2) for p in range(2)]
+    assert sorted(f.split(".")[0] for f in os.listdir(out + ".shards") if f.startswith("shard_")) == [
+        f"shard_00000{s}_{p}-of-2" for s in range(2) for p in range(2)]
     one = str(tmp_path / "one.npz")
     assert main(args[:-1] + [one]) == 0
     with np.load(out) as a, np.load(one) as b:

@@ -15,7 +15,7 @@ import ml_collections
 import pytest
 
 from dit_jax.cli import main
-from dit_jax.train import exit_codes
+from dit_jax import exit_codes
 from dit_jax.train.metrics_log import peak_flops
 from dit_jax.train.timing import SaveClock
 from test_train import ROOT, tiny_config

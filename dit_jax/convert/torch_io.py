@@ -65,7 +65,14 @@ def save_state_dict(sd: Mapping[str, np.ndarray], path: str) -> None:
     """Write a bare state dict (like the released files) that the official code loads."""
     torch = _torch()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, path)
+    # Into a temporary sibling, renamed over `path`: a failed write leaves the old file whole.
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_diffusers_state_dict(path: str) -> dict[str, np.ndarray]:

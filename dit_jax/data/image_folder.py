@@ -141,6 +141,9 @@ def build_image_folder(src_dir: str, data_dir: str, name: str, *, log=print) -> 
     if os.path.exists(os.path.join(target, "dataset_info.json")):
         log(f"dataset {name!r} already built at {target}; delete that directory to rebuild it")
         return data_dir
+    if os.path.exists(target):  # the final rename would fail after the whole build
+        raise FileExistsError(f"{target} exists but holds no finished dataset (no dataset_info.json): move it away "
+                              "or choose another --name; it is never deleted here")
     class_names, files = scan_image_folder(src_dir)
     made = [d for d in (data_dir, os.path.join(data_dir, name)) if not os.path.isdir(d)]
     os.makedirs(data_dir, exist_ok=True)

@@ -322,6 +322,10 @@ def write_reference_batch(path: str, images, pool, spatial, n_images: int = 1000
         with os.fdopen(fd, "wb") as f:
             np.savez(f, arr_0=batch.images, mu=batch.stats.mu, sigma=batch.stats.sigma,
                      mu_s=batch.stats_spatial.mu, sigma_s=batch.stats_spatial.sigma)
+        # mkstemp makes the file private (0600); the batch is shared like any file written here.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

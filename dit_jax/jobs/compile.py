@@ -10,7 +10,6 @@ the settings that usually make it fit (remat, a larger fsdp, unrolled blocks) un
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import os
@@ -23,7 +22,7 @@ import jax
 
 from dit_jax.parallel.mesh import describe as describe_mesh, make_mesh_from_config
 from dit_jax.parallel.sharding import LOGICAL_RULES, batch_divisor
-from dit_jax.train.config_base import parse_config_flags
+from dit_jax.config_file import config_from_args, packaged_config
 from dit_jax.train.programs import build_train_step
 from dit_jax.train.run import abstract_vae, make_run
 
@@ -170,13 +169,14 @@ def report(result: dict, hbm_gib: float) -> list[str]:
 
 def parse_args(argv: list[str]):
     """--topology/--num-slices/--hbm-gib/--max-tries here; --config and --config.x=y overrides as `train`."""
-    p = argparse.ArgumentParser(prog="dit-jax compile", description=__doc__.split("\n\n")[0])
+    from dit_jax.argparsing import OneLineParser, count, number
+    p = OneLineParser(prog="dit-jax compile", description=__doc__.split("\n\n")[0])
     p.add_argument("--topology", required=True, help="TPU slice, e.g. v5p-8, v5p-256, v5e-8, v6e-64, v4-32")
-    p.add_argument("--num-slices", type=int, default=1, help="slices joined over DCN (set mesh.dcn_data/dcn_fsdp)")
-    p.add_argument("--hbm-gib", type=float, default=0.0, help="memory per chip to fit in (default: the target's)")
-    p.add_argument("--max-tries", type=int, default=4, help="compiles of other settings when it does not fit")
+    p.add_argument("--num-slices", type=count(1), default=1, help="slices joined over DCN (set mesh.dcn_data/dcn_fsdp)")
+    p.add_argument("--hbm-gib", type=number(0), default=0.0, help="memory per chip to fit in (default: the target's)")
+    p.add_argument("--max-tries", type=count(0), default=4, help="compiles of other settings when it does not fit")
     args, rest = p.parse_known_args(argv)
-    return args, parse_config_flags(rest, "configs/dit.py:XL/2", "dit-jax compile")
+    return args, config_from_args(rest, packaged_config("dit.py"), "dit-jax compile")
 
 
 def main(argv: list[str]) -> int:

@@ -11,6 +11,8 @@ import json
 import os
 import time
 
+import numpy as np
+
 from dit_jax import storage
 from dit_jax.convert.inception_torch import load_fid_inception
 from dit_jax.evaluate import adm_metrics
@@ -21,10 +23,48 @@ COLUMNS = (("fid", "FID"), ("sfid", "sFID"), ("inception_score", "IS"), ("precis
            ("recall", "Recall"))
 
 
+# Distances that cannot be negative; the evaluator's own computation can put them just below 0.
+DISTANCES = ("fid", "sfid")
+
+
 def metrics_table(metrics: dict[str, float]) -> str:
-    """The metrics as two aligned lines: column names, then values."""
+    """The metrics as two aligned lines: column names, then values (distances clamped at 0, see
+    `negative_note`)."""
+    shown = {k: max(v, 0.0) if k in DISTANCES else v for k, v in metrics.items()}
     return "\n".join([" | ".join(f"{label:>9}" for _, label in COLUMNS),
-                      " | ".join(f"{metrics[key]:>9.4f}" for key, _ in COLUMNS)])
+                      " | ".join(f"{shown[key]:>9.4f}" for key, _ in COLUMNS)])
+
+
+def negative_note(metrics: dict[str, float]) -> str | None:
+    """Why a distance printed as 0 was negative. When the covariance product is singular (fewer
+    samples than the 2048 features, or identical statistics), the evaluator adds 1e-6 to the
+    covariance diagonals inside the matrix square root only, which lowers the distance by up to
+    2 x 2048 x 1e-6 = 0.0041; a distance of identical statistics then comes out as about -0.0041."""
+    negative = {k: metrics[k] for k in DISTANCES if metrics[k] < 0}
+    if not negative:
+        return None
+    raw = ", ".join(f"{k} {v:.6g}" for k, v in negative.items())
+    return (f"note: printed as 0: {raw} (the evaluator regularises a singular covariance product by adding 1e-6 "
+            "to the diagonals inside the square root, which lowers a distance near 0 below it); the JSON keeps "
+            "the raw values")
+
+
+def same_inputs(reference: str, samples: str) -> bool:
+    a, b = storage.resolve(reference), storage.resolve(samples)
+    if storage.is_uri(a) or storage.is_uri(b):
+        return str(a) == str(b)
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def identical_statistics(pool, ref_stats) -> bool:
+    """The samples' pool statistics equal the reference's (to float32 rounding): e.g. the reference
+    batch's own images, evaluated against it."""
+    stats = adm_metrics.Stats.of(pool)
+    return (np.allclose(stats.mu, ref_stats.mu, rtol=1e-5, atol=1e-6)
+            and np.allclose(stats.sigma, ref_stats.sigma, rtol=1e-5, atol=1e-6))
 
 
 def evaluate(reference: str, samples: str, inception: str, out: str | None = None, *,
@@ -32,6 +72,9 @@ def evaluate(reference: str, samples: str, inception: str, out: str | None = Non
     """Evaluate the `arr_0` images of the `samples` .npz against the `reference` batch with the FID
     Inception weights in `inception`; print the table and write the metrics JSON to `out` (default
     SAMPLES.metrics.json). Returns the JSON's path."""
+    if same_inputs(reference, samples):
+        print(f"warning: the reference batch and the samples are the same file ({samples}): the distances below "
+              "compare it with itself and say nothing about a model", flush=True)
     ref = adm_metrics.load_reference_batch(reference, min_images=min_reference_images)
     images = adm_metrics.load_sample_batch(samples)
     if len(images) < 2:
@@ -45,8 +88,14 @@ def evaluate(reference: str, samples: str, inception: str, out: str | None = Non
     ref_pool = extract_features(variables, ref.images, batch_size, model, outputs=("pool",))["pool"]
     n = len(images) + len(ref.images)
     print(f"Inception features of {n} images in {time.time() - t0:.0f} s ({n / (time.time() - t0):.1f} img/s)")
+    if identical_statistics(feats["pool"], ref.stats):
+        print("warning: the samples have the reference batch's own statistics (the same images?): FID is 0 by "
+              "construction", flush=True)
     metrics = adm_metrics.evaluate_features(feats, ref_pool, ref.stats, ref.stats_spatial)
     print(metrics_table(metrics))
+    note = negative_note(metrics)
+    if note:
+        print(note)
     out = out or os.path.splitext(samples)[0] + ".metrics.json"
     storage.write_bytes_atomic(out, json.dumps(
         {**{k: float(v) for k, v in metrics.items()}, "num_samples": int(len(images)),

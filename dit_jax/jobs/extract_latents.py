@@ -67,9 +67,18 @@ def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out
     storage.require_local(data_dir, "--data-dir")
     out_data_dir = str(storage.resolve(out_data_dir or data_dir or default_data_dir()))
     target = storage.join(out_data_dir, out_name, VERSION)
-    if storage.exists(storage.join(target, "dataset_info.json")):
+    info = storage.join(target, "dataset_info.json")
+    if storage.exists(info):
+        features = storage.join(target, "features.json")
+        if not storage.exists(features) or '"mean"' not in storage.read_bytes(features).decode(errors="replace"):
+            # e.g. --out-name naming the image dataset itself: "already built" would be a false success.
+            raise FileExistsError(f"{target} holds a dataset that is not a latent dataset (no 'mean' feature): "
+                                  "choose another --out-name (or --out-data-dir)")
         log(f"latent dataset {out_name!r} already built at {target}")
         return out_data_dir
+    if storage.exists(target):
+        raise FileExistsError(f"{target} exists but holds no finished dataset (no dataset_info.json): move it away "
+                              "or choose another --out-name; it is never deleted here")
     source = open_source(name, data_dir, split)
     vae_params, vae_config = load_vae_weights(vae_dir)
     encode = _encoder(vae_params, vae_config)

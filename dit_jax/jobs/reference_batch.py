@@ -17,6 +17,17 @@ from dit_jax.evaluate.adm_metrics import write_reference_batch
 from dit_jax.models.inception import FIDInceptionV3, extract_features
 
 
+def replace_problem(path: str) -> str | None:
+    """Why the existing file `path` may not be replaced by a reference batch (it is not one), or None."""
+    try:
+        with np.load(path) as z:
+            if {"mu", "sigma", "arr_0"} <= set(z.files):
+                return None
+    except (OSError, ValueError):
+        pass
+    return f"--out {path} exists and is not a reference batch; --force replaces only a reference batch"
+
+
 def reference_batch(dataset: str, data_dir: str, split: str, image_size: int, inception: str, out: str, *,
                     preprocess: str = "pytorch_fid", num_images: int = 10000, max_images: int = 0,
                     batch_size: int = 100, chunk: int = 1000, seed: int = 0) -> tuple[int, int]:

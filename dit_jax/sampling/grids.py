@@ -30,16 +30,21 @@ def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.n
 
 
 def save_grid(images: np.ndarray, path: str, nrow: int | None = None, upscale: int = 1) -> None:
-    """Write the grid as a PNG file, local or in a bucket."""
+    """Write the grid as an image file in the format its extension names (PNG for any other), local
+    or in a bucket."""
+    import os
+
     from PIL import Image
 
     grid = make_grid(images, nrow)
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     if upscale > 1:
         img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
-    png = io.BytesIO()
-    img.save(png, format="PNG")
-    storage.write_bytes_atomic(path, png.getvalue())
+    Image.init()
+    fmt = Image.registered_extensions().get(os.path.splitext(str(path))[1].lower(), "PNG")
+    data = io.BytesIO()
+    img.save(data, format=fmt)
+    storage.write_bytes_atomic(path, data.getvalue())
 
 
 def make_grid_sampler(run):

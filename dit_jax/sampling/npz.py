@@ -3,6 +3,7 @@ in resumable shards recorded by a manifest."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -12,14 +13,40 @@ import numpy as np
 
 from dit_jax import storage
 from dit_jax.sampling.sampler import sample_keys, sample_labels
+from dit_jax import workdir_lock
 from dit_jax.checksum import fingerprint
+from dit_jax.exit_codes import RunStopped
 
 MANIFEST = "manifest.json"
+LOCK = "sample.lock"  # one writer per output, as one training per workdir
+# 2: shard names carry the digest of the manifest that made them, so the assembly takes only those.
+SHARD_FORMAT = 2
+
+
+class OutputChanged(RunStopped):
+    """The shards changed under this run (another writer): the output is not written; a rerun resumes
+    (exit code 1, a failure worth a rerun)."""
+
+
+def _digest(manifest: dict) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _manifest(shard_dir) -> dict | None:
     path = storage.resolve(storage.join(shard_dir, MANIFEST))
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def out_problem(out_path: str) -> str | None:
+    """Why `out_path` may not be written (an existing file that `sample_npz` did not make: a reference
+    batch or someone's samples), or None. Its own output is recognised by the shard manifest beside it."""
+    out = storage.resolve(out_path)
+    if out.is_dir():
+        return f"--out {out_path} is a directory; name the .npz file to write"
+    if out.exists() and not storage.resolve(storage.join(out_path + ".shards", MANIFEST)).exists():
+        return (f"--out {out_path} exists and was not written by `dit-jax sample --num-samples` (no "
+                f"{out_path}.shards/{MANIFEST} beside it): choose another --out, or move the file away")
+    return None
 
 
 def _plan_shards(shard_dir, manifest: dict, num_shards: int, log) -> np.ndarray:
@@ -39,15 +66,16 @@ def _plan_shards(shard_dir, manifest: dict, num_shards: int, log) -> np.ndarray:
                 f.unlink()
             storage.write_bytes_atomic(storage.join(shard_dir, MANIFEST), json.dumps(manifest, indent=1).encode())
         done = {f.name for f in directory.glob("shard_*.npz")}
-        todo = np.asarray([any(_shard_name(s, p, jax.process_count()) not in done for p in range(jax.process_count()))
-                           for s in range(num_shards)], np.int32)
+        digest = _digest(manifest)
+        todo = np.asarray([any(_shard_name(s, p, jax.process_count(), digest) not in done
+                               for p in range(jax.process_count())) for s in range(num_shards)], np.int32)
     if jax.process_count() > 1:
         todo = np.asarray(multihost_utils.broadcast_one_to_all(todo))
     return np.flatnonzero(todo)
 
 
-def _shard_name(shard: int, process: int, processes: int) -> str:
-    return f"shard_{shard:06d}_{process}-of-{processes}.npz"
+def _shard_name(shard: int, process: int, processes: int, digest: str) -> str:
+    return f"shard_{shard:06d}_{process}-of-{processes}.{digest}.npz"
 
 
 def _npz_bytes(**arrays) -> bytes:
@@ -68,7 +96,6 @@ def sample_npz(run, params, num_samples: int, num_classes: int, seed: int, out_p
     `build_sampler(..., uint8=True)` function over all devices; `vae` is its (VAE params, VAEConfig)
     for latent models, uploaded once. Process 0 writes OUT.
     """
-    from jax.experimental import multihost_utils
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     if num_samples < 1:
@@ -81,8 +108,22 @@ def sample_npz(run, params, num_samples: int, num_classes: int, seed: int, out_p
     num_shards = -(-num_samples // batch)
     manifest = dict(settings or {}, seed=seed, num_classes=num_classes, weights_checksums=fingerprint(params)[0],
                     batch_per_device=batch_per_device, device_count=jax.device_count(),
-                    process_count=jax.process_count())
+                    process_count=jax.process_count(), shard_format=SHARD_FORMAT)
+    # A second writer on this output would delete these shards (its settings differ) or mix its own in.
+    lock = workdir_lock.take(shard_dir, name=LOCK, holder="`dit-jax sample`", advice="choose another --out")
+    try:
+        return _sample(run, params, vae_params, num_samples, num_classes, seed, out_path, shard_dir, batch,
+                       num_shards, manifest, log)
+    finally:
+        lock.release()
+
+
+def _sample(run, params, vae_params, num_samples, num_classes, seed, out_path, shard_dir, batch, num_shards,
+            manifest, log) -> str:
+    from jax.experimental import multihost_utils
+
     todo = _plan_shards(shard_dir, manifest, num_shards, log)
+    digest = _digest(manifest)
     log(f"sampling {num_samples} images in {num_shards} shards of {batch} on {jax.device_count()} devices; "
         f"{num_shards - len(todo)} shards already done")
     t0 = time.time()
@@ -98,7 +139,7 @@ def sample_npz(run, params, num_samples: int, num_classes: int, seed: int, out_p
         starts = sorted(rows)
         local_idx = np.concatenate([np.arange(a, a + len(rows[a])) for a in starts])
         storage.write_bytes_atomic(
-            storage.join(shard_dir, _shard_name(s, jax.process_index(), jax.process_count())),
+            storage.join(shard_dir, _shard_name(s, jax.process_index(), jax.process_count(), digest)),
             _npz_bytes(images=np.concatenate([rows[a] for a in starts]), labels=labels[local_idx],
                        index=idx[local_idx]))
         rate = count * batch / (time.time() - t0)
@@ -106,23 +147,38 @@ def sample_npz(run, params, num_samples: int, num_classes: int, seed: int, out_p
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("dit_jax sample_npz shards")
     if jax.process_index() == 0:
-        images, labels = _assemble(shard_dir, num_shards, num_samples)
+        images, labels = _assemble(shard_dir, num_shards, num_samples, manifest, out_path)
         storage.write_bytes_atomic(out_path, _npz_bytes(arr_0=images, labels=labels))
         log(f"wrote {out_path}: arr_0 {images.shape} uint8, labels {labels.shape}")
     return out_path
 
 
-def _assemble(shard_dir, num_shards: int, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first num_samples images and labels of all hosts' shard files, in sample order."""
+def _assemble(shard_dir, num_shards: int, num_samples: int, manifest: dict,
+              out_path: str) -> tuple[np.ndarray, np.ndarray]:
+    """The first num_samples images and labels of all hosts' shard files, in sample order; every shard
+    checked to be this run's (the manifest on disk unchanged, each shard present under its name)."""
+    def changed(what: str) -> OutputChanged:
+        return OutputChanged(f"{what}, so {out_path} is not written; rerun the same command to resume (only "
+                             "one `dit-jax sample` may write an --out at a time)")
+    on_disk = _manifest(shard_dir)
+    if on_disk != manifest:
+        keys = sorted(k for k in set(on_disk or {}) | set(manifest) if (on_disk or {}).get(k) != manifest.get(k))
+        raise changed(f"{shard_dir}/{MANIFEST} was changed by another writer during this run ({', '.join(keys)} "
+                      "differ)")
+    digest = _digest(manifest)
     images, labels, index = [], [], []
     processes = jax.process_count()
     for s in range(num_shards):
         for p in range(processes):
-            with storage.resolve(storage.join(shard_dir, _shard_name(s, p, processes))).open("rb") as f:
-                z = np.load(io.BytesIO(f.read()))
-                images.append(z["images"]), labels.append(z["labels"]), index.append(z["index"])
+            path = storage.resolve(storage.join(shard_dir, _shard_name(s, p, processes, digest)))
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                raise changed(f"shard {path.name} is missing from {shard_dir} (deleted by another writer?)") from None
+            z = np.load(io.BytesIO(data))
+            images.append(z["images"]), labels.append(z["labels"]), index.append(z["index"])
     order = np.argsort(np.concatenate(index), kind="stable")
     index = np.concatenate(index)[order]
     if not np.array_equal(index[:num_samples], np.arange(num_samples)):
-        raise RuntimeError(f"the shards in {shard_dir} do not hold samples 0..{num_samples - 1} exactly once")
+        raise changed(f"the shards in {shard_dir} do not hold samples 0..{num_samples - 1} exactly once")
     return np.concatenate(images)[order][:num_samples], np.concatenate(labels)[order][:num_samples]

@@ -128,12 +128,20 @@ def resume(manager: ocp.CheckpointManager, abstract_state, config_json: dict, wo
         say(f"warning: {path} has no commit marker (copied or half-written): "
             f"{_set_aside(directory, path, workdir)}; it is not resumed from")
     manager.reload()
+    total = config_json.get("total_steps")
+    latest = max(manager.all_steps(), default=None)
+    if latest is not None and total is not None and latest > total:
+        raise ValueError(f"the run in {workdir} is already at step {latest}, past --config.total_steps={total}: "
+                         f"nothing to train. Raise total_steps above {latest} to train on, or use the run as it is "
+                         f"(`dit-jax sample --workdir {workdir}`, `dit-jax export-weights --workdir {workdir}`)")
     damaged = []
     for step in reversed(manager.all_steps()):
         problem, state = _try_restore(manager, step, abstract_state, config_json, workdir)
         if problem is None:
             if damaged:
                 say(f"resuming from step {step}, the newest intact checkpoint")
+            if step == total:
+                say(f"step {step} is total_steps: nothing left to train (raise --config.total_steps to train on)")
             return state, step
         damaged.append(step)
         say(f"warning: checkpoint step {step} is damaged ({problem}): "
@@ -212,6 +220,40 @@ def check_compatible(stored: dict, current: dict, workdir: str) -> None:
         raise ValueError(f"the run in {workdir} was started with seed {stored['seed']}, this config has seed "
                          f"{current.get('seed')}: a run's data order and noise are fixed by its seed, so resume "
                          f"with --config.seed={stored['seed']}, or use a new --workdir for the new seed")
+    changed = data_stream_changes(stored, current)
+    if changed and not current.get("accept_data_change", False):
+        fields = "; ".join(f"{key}: checkpoint {a!r}, config {b!r}" for key, a, b in changed)
+        raise ValueError(f"the run in {workdir} reads its data differently from this config ({fields}): the data "
+                         "position is the step, so the resumed run would skip or repeat records of the epoch. "
+                         "Set the value(s) back (" + " ".join(f"--config.{key}={a}" for key, a, _ in changed)
+                         + "), or pass --config.accept_data_change=True to go on with the new ones")
+
+
+# The fields that decide which records a step reads, in which order and how augmented (the data
+# position is the step: batch s holds records [s B, (s + 1) B) of the seeded stream). Every other
+# field may change on resume (the optimizer, the schedule of saves and evaluations, data_dir,
+# worker counts, the mesh, total_steps, ...).
+DATA_STREAM_FIELDS = ("batch_size", "data.name", "data.split", "data.random_flip", "data.latents")
+
+
+def data_stream_changes(stored: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """(field, checkpoint's value, config's value) of each DATA_STREAM_FIELDS that differs; a field the
+    checkpoint does not record (an older run) is not compared."""
+    def get(config, key):
+        for part in key.split("."):
+            if not isinstance(config, dict) or part not in config:
+                return _MISSING
+            config = config[part]
+        return config
+    out = []
+    for key in DATA_STREAM_FIELDS:
+        a, b = get(stored, key), get(current, key)
+        if a is not _MISSING and a != b:
+            out.append((key, a, b))
+    return out
+
+
+_MISSING = object()
 
 
 def config_json(config) -> dict:
@@ -235,10 +277,14 @@ def load_run(workdir: str, step: int | None = None, params_key: str = "ema_param
     need more of the run than its model, e.g. its diffusion schedule."""
     import jax
 
-    manager = ocp.CheckpointManager(
-        storage.join(workdir, "checkpoints"),
-        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-        item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler(), CONFIG_ITEM: ocp.JsonCheckpointHandler()})
+    # Every item a run's checkpoint holds has its handler (else Orbax warns, once per restore, that
+    # "integrity" could not be restored), and the manager only reads (its notice that it does is noise).
+    with orbax_noise.quiet_read_only():
+        manager = ocp.CheckpointManager(
+            storage.join(workdir, "checkpoints"),
+            options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0),
+            item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler(), CONFIG_ITEM: ocp.JsonCheckpointHandler(),
+                           INTEGRITY_ITEM: ocp.JsonCheckpointHandler()})
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (dit-jax train --workdir ...)")

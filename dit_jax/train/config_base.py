@@ -6,10 +6,10 @@ type-checks command-line overrides (`--config.batch_size=64`) against these fiel
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
+# Config files are found and run in one module; these names stay importable from here.
+from dit_jax.config_file import load_config, packaged_config, resolve_config_spec  # noqa: F401
 from dit_jax.models.dit import DiTConfig, dit_config
 
 
@@ -58,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
                                              warmup_steps=0, grad_clip=0.0))
     c.batch_size = 256            # global, over all devices and hosts
+    # A resume refuses a change of the data stream (batch_size, data.name/split/random_flip/latents:
+    # checkpoint.DATA_STREAM_FIELDS), which would skip or repeat records; True accepts it.
+    c.accept_data_change = False
     c.total_steps = 400_000
     c.ema_decay = 0.9999
 
@@ -100,70 +103,3 @@ def base_config() -> ml_collections.ConfigDict:
     # this process started (>= 1 keeps compilation out); hosts: 'all' or process indices '0,1'.
     c.profile = ml_collections.ConfigDict(dict(start_step=5, num_steps=0, hosts="0"))
     return c
-
-
-def packaged_config(name: str) -> str:
-    """The path of a config file shipped with the package ('dit.py', 'demo.py')."""
-    import dit_jax.configs
-    return os.path.join(os.path.dirname(dit_jax.configs.__file__), name)
-
-
-def resolve_config_spec(spec: str) -> str:
-    """'configs/dit.py:XL/2' -> the same spec with a path that exists.
-
-    A path that exists (relative to the working directory, or absolute) is kept. `configs/NAME.py`
-    that does not exist here names the packaged copy, so the README's commands work from any
-    directory and any install, not only inside a checkout. Anything else is returned unchanged
-    (the caller reports it missing).
-    """
-    path, sep, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        head, name = os.path.split(os.path.normpath(path))
-        if head == "configs" and os.path.isfile(packaged_config(name)):
-            path = packaged_config(name)
-    return path + sep + arg
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """'configs/dit.py:XL/2' -> that file's get_config('XL/2') (what --config does, for Python use)."""
-    import importlib.util
-    path, _, arg = resolve_config_spec(spec).partition(":")
-    module_spec = importlib.util.spec_from_file_location("dit_jax_config", path)
-    if module_spec is None or not path.endswith(".py"):
-        raise FileNotFoundError(f"config file {path!r} not found (expected e.g. configs/dit.py:XL/2)")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
-
-
-def parse_config_flags(args: list[str], default_spec: str, prog: str) -> ml_collections.ConfigDict:
-    """`--config=FILE[:ARG]` and typed `--config.FIELD=VALUE` overrides (in any order) -> the config, as
-    `dit-jax train` parses them; other arguments are an error. default_spec: the config without --config."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    args = list(args)
-    first = next((i for i, a in enumerate(args) if a == "--config" or a.startswith("--config=")), None)
-    if first is not None:  # ml_collections wants the config file before its overrides
-        n = 2 if args[first] == "--config" else 1
-        args = args[first:first + n] + args[:first] + args[first + n:]
-        spec = args[1] if n == 2 else args[0][len("--config="):]
-        resolved = resolve_config_spec(spec)
-        if not os.path.isfile(resolved.partition(":")[0]):
-            raise FileNotFoundError(f"config file {spec.partition(':')[0]!r} not found: pass --config=FILE[:ARG], "
-                                    "e.g. --config=configs/dit.py:XL/2")
-        args[n - 1] = resolved if n == 2 else "--config=" + resolved
-    fv = flags.FlagValues()
-    argv = [prog] + args
-    try:
-        config_flags.DEFINE_config_file("config", resolve_config_spec(default_spec), "config file",
-                                        flag_values=fv, lock_config=True, sys_argv=argv)
-        positional = fv(argv)[1:]
-    except AttributeError as e:
-        raise ValueError(f"unknown config key: {e}") from None
-    except flags.Error as e:
-        lines = [line for line in str(e).splitlines() if line.strip()]
-        raise ValueError(lines[0] if len(lines) == 1 else f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}") from None
-    if positional:
-        raise ValueError(f"unexpected argument(s) {positional} for {prog}")
-    return fv.config

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dit_jax.checksum import fingerprint, mismatches  # noqa: F401 -- checkpoints verify with these
-from dit_jax.train.exit_codes import Diverged
+from dit_jax.exit_codes import Diverged
 
 
 class NonFiniteLoss(Diverged):

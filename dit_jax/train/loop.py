@@ -13,15 +13,15 @@ from contextlib import closing, nullcontext
 import flax.linen as nn
 import jax
 
-from dit_jax import storage
+from dit_jax import storage, workdir_lock
 from dit_jax.data.pipeline import DevicePrefetch, make_train_loader
+from dit_jax.exit_codes import Preempted
 from dit_jax.models.dit import forward_macs
 from dit_jax.parallel.mesh import describe as describe_mesh
 from dit_jax.parallel.sharding import LOGICAL_RULES, replicated
 from dit_jax.sampling import grids
-from dit_jax.train import checkpoint as ckpt, evaluation, profile, workdir_lock
+from dit_jax.train import checkpoint as ckpt, evaluation, profile
 from dit_jax.train.compilation_cache import configure as configure_compilation_cache
-from dit_jax.train.exit_codes import Preempted
 from dit_jax.train.goodput import Ledger
 from dit_jax.train.integrity import NonFiniteWatch
 from dit_jax.train.metrics_log import MetricsLog, peak_flops

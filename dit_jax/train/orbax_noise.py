@@ -9,6 +9,7 @@ are dropped; everything else (Orbax's warnings included) still shows.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -50,3 +51,19 @@ def quiet_after_failure() -> None:
     """The failed save's tasks are collected at exit, after the error was reported: stay quiet."""
     quiet_while_saving()
     logging.getLogger("asyncio").addFilter(_TASKS)
+
+
+class _ReadOnlyNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def quiet_read_only():
+    """While a read-only CheckpointManager is made (sampling, exporting): it says so at warning level."""
+    f = _ReadOnlyNotice()
+    logging.getLogger("absl").addFilter(f)
+    try:
+        yield
+    finally:
+        logging.getLogger("absl").removeFilter(f)

@@ -1,4 +1,5 @@
 """One training per workdir: a lock file WORKDIR/train.lock naming its holder, with a heartbeat.
+(The same lock keeps a second `dit-jax sample --num-samples` off an output: OUT.shards/sample.lock.)
 
 Two trainings on one workdir would overwrite each other's checkpoints and interleave
 metrics.jsonl, so the second is refused. A lock left by a crash (kill -9, a lost machine) is taken
@@ -31,6 +32,28 @@ class WorkdirLocked(ValueError):
     """Another training holds the workdir."""
 
 
+class WorkdirUnusable(ValueError):
+    """The workdir cannot be made or written (bad input or environment: exit 2, not a crash to retry)."""
+
+
+def workdir_problem(workdir: str) -> str | None:
+    """Why `workdir` cannot be a run directory, found without writing (empty, a regular file, below a
+    regular file), or None. Permissions and read-only filesystems show when the lock is written."""
+    if not workdir:
+        return "--workdir is empty: name a directory for the run"
+    if storage.is_uri(workdir):
+        return None
+    path = os.path.abspath(os.path.expanduser(workdir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"--workdir {workdir} is a regular file, not a directory: name a directory for the run"
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"--workdir {workdir} is below {parent}, which is a regular file, not a directory: fix the path"
+    return None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -42,9 +65,13 @@ def _pid_alive(pid: int) -> bool:
 
 
 class WorkdirLock:
-    def __init__(self, workdir: str, stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S):
+    """`name`: the lock file in `workdir`; `holder`: what holds it, for the refusal ("another training")."""
+
+    def __init__(self, workdir: str, stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S,
+                 name: str = LOCK_NAME, holder: str = "training", advice: str = "use another --workdir"):
         self.workdir = workdir
-        self.path = storage.resolve(storage.join(workdir, LOCK_NAME))
+        self.name, self.holder, self.advice = name, holder, advice
+        self.path = storage.resolve(storage.join(workdir, name))
         self.stale_after_s = stale_after_s
         self.heartbeat_s = heartbeat_s
         self.token = uuid.uuid4().hex
@@ -91,10 +118,21 @@ class WorkdirLock:
         return (self._read() or {}).get("token") == self.token
 
     def acquire(self) -> "WorkdirLock":
-        storage.makedirs(self.workdir)
+        from dit_jax.exit_codes import permanent_os_error
+        problem = workdir_problem(self.workdir)
+        if problem:
+            raise WorkdirUnusable(problem)
         create = self._create_remote if storage.is_uri(self.path) else self._create_local
         for _ in range(3):
-            if create():
+            try:
+                storage.makedirs(self.workdir)
+                created = create()
+            except OSError as e:  # the first write into the directory: its permissions show here
+                reason = permanent_os_error(e)
+                if reason is None:
+                    raise
+                raise WorkdirUnusable(f"{self.workdir} cannot be written ({reason})") from None
+            if created:
                 self._start_heartbeat()
                 return self
             holder = self._read()
@@ -102,8 +140,8 @@ class WorkdirLock:
                 continue  # released meanwhile
             if not self._stale(holder):
                 raise WorkdirLocked(
-                    f"{self.workdir} is in use by another training (pid {holder.get('pid')} on "
-                    f"{holder.get('host')}, lock {self.path}): wait for it to finish or use another --workdir. "
+                    f"{self.workdir} is in use by another {self.holder} (pid {holder.get('pid')} on "
+                    f"{holder.get('host')}, lock {self.path}): wait for it to finish or {self.advice}. "
                     f"If that process is gone, delete the lock file (it is also taken over by itself "
                     f"{self.stale_after_s / 60:.0f} minutes after its last heartbeat)")
             self._take_over_stale()
@@ -111,7 +149,7 @@ class WorkdirLock:
 
     def _take_over_stale(self) -> None:
         """Rename the stale lock away first: only one of several racing processes succeeds."""
-        aside = self.path.parent / f"{LOCK_NAME}.stale-{self.token}"
+        aside = self.path.parent / f"{self.name}.stale-{self.token}"
         try:
             self.path.rename(aside)
         except (FileNotFoundError, OSError):
@@ -147,21 +185,22 @@ class _NotHeld:
         pass
 
 
-def take(workdir: str):
+def take(workdir: str, **lock_args):
     """Process 0 takes the workdir's lock (released by `.release()`); every process raises
-    WorkdirLocked if it was refused, so that no host of a multi-host run goes on alone."""
+    WorkdirLocked if it was refused, so that no host of a multi-host run goes on alone.
+    `lock_args`: WorkdirLock's name/holder/advice (another lock than the training's)."""
     import jax
     held, error = _NotHeld(), None
     if jax.process_index() == 0:
         try:
-            held = WorkdirLock(workdir).acquire()
-        except WorkdirLocked as e:
+            held = WorkdirLock(workdir, **lock_args).acquire()
+        except (WorkdirLocked, WorkdirUnusable) as e:
             error = e
     if jax.process_count() > 1:
         import numpy as np
         from jax.experimental import multihost_utils
         if multihost_utils.broadcast_one_to_all(np.int32(error is not None)) and error is None:
-            error = WorkdirLocked(f"{workdir} is in use by another training (see process 0's message)")
+            error = WorkdirLocked(f"process 0 could not take the lock of {workdir} (see its message)")
     if error is not None:
         raise error
     return held
