@@ -89,8 +89,8 @@ def test_model_with_splash_on_cpu_equals_the_xla_model():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
     t, y = np.array([3, 700]), np.array([1, 9])
-    ref = DiT(cfg).apply({"params": params}, x, t, y)
-    out = DiT(dataclasses.replace(cfg, attention="splash")).apply({"params": params}, x, t, y)
+    ref = jax.jit(DiT(cfg).apply)({"params": params}, x, t, y)
+    out = jax.jit(DiT(dataclasses.replace(cfg, attention="splash")).apply)({"params": params}, x, t, y)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
 
 
@@ -121,3 +121,22 @@ def test_lowered_for_a_tpu_the_step_holds_the_splash_kernel_and_compiles():
     assert "tpu_custom_call" in text and "dot_product_attention" not in text
     compiled = lowered.compile()
     assert compiled.memory_analysis().temp_size_in_bytes > 0
+
+
+@pytest.mark.slow  # one AOT compile of a whole train step
+def test_dit_jax_compile_builds_the_splash_train_step_for_a_tpu_topology():
+    """The real (tiny) train step with attention='splash', compiled by `dit-jax compile` for v5e-1."""
+    import os
+    import re
+    import subprocess
+    import sys
+    pytest.importorskip("libtpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "dit_jax.cli", "compile", "--topology", "v5e-1", "--max-tries", "1",
+           "--config", "configs/demo.py", "--config.model.hidden_size=32", "--config.model.depth=1",
+           "--config.model.num_heads=2", "--config.batch_size=8", "--config.model.attention=splash"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root)
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    m = re.search(r"per device: arguments ([\d.]+) \w+, temporaries ([\d.]+) \w+, .* peak ([\d.]+) \w+", res.stdout)
+    assert m and float(m.group(2)) > 0, res.stdout
+    assert "verdict: fits" in res.stdout
