@@ -33,7 +33,7 @@ LOGICAL_AXES = ("batch", "length", "embed", "embed_in", "heads", "kv", "qkv", "m
                 "freq", "patch", "patch_h", "patch_w", "in_ch", "layers")
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-ATTENTION = ("xla", "cudnn")
+ATTENTION = ("xla", "cudnn", "splash")
 # What a block's backward pass keeps from its forward pass; the rest is recomputed.
 REMAT = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "offload_dots")
 
@@ -71,7 +71,8 @@ class DiTConfig:
     # softmax, the timestep/label conditioning and the output (so the loss) stay float32.
     dtype: str = "float32"          # compute dtype
     param_dtype: str = "float32"    # keep float32: AdamW moments and the EMA take the params' dtype
-    attention: str = "xla"          # "xla", or "cudnn" (flash attention on GPUs, XLA on other backends)
+    attention: str = "xla"          # "xla", "cudnn" (flash attention on GPUs) or "splash" (Pallas
+    #                                 splash attention on TPUs); the last two are XLA on other backends
     scan_blocks: bool = False       # nn.scan over blocks: faster compiles, stacked block params
     remat: str = "none"             # one of REMAT: what the backward pass recomputes
 

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dit_jax.models.splash import splash_attention
+
 Dtype = Any
 Init = Callable[..., jax.Array]
 
@@ -184,6 +186,9 @@ def attention_implementation(requested: str) -> str | None:
     for it falls back to XLA elsewhere (logged once): the same config then initialises, converts and
     lowers on a CPU host that prepares a job, and runs cuDNN on the GPUs that train it.
     """
+    if requested == "splash":
+        raise ValueError("attention='splash' is not a jax.nn.dot_product_attention implementation: "
+                         "call dit_jax.models.splash.splash_attention")
     if requested == "cudnn" and jax.default_backend() != "gpu":
         _log_cudnn_fallback(jax.default_backend())
         return None
@@ -204,7 +209,10 @@ class Attention(nn.Module):
         qkv = Linear((3, self.num_heads, head_dim), ("embed", "qkv", "heads", "kv"), name="qkv", **kw)(x)
         qkv = nn.with_logical_constraint(qkv, ("batch", "length", "qkv", "heads", "kv"))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, H) each
-        out = jax.nn.dot_product_attention(q, k, v, implementation=attention_implementation(self.implementation))
+        if self.implementation == "splash":
+            out = splash_attention(q, k, v)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, implementation=attention_implementation(self.implementation))
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         return Linear((dim,), ("heads", "kv", "embed"), n_in_axes=2, name="proj", **kw)(out)
 
