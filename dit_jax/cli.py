@@ -34,11 +34,24 @@ def cmd_sample(args) -> int:
     classes = args.classes
     # A run's checkpoint names its own model; converted weights are checked against --model when given.
     config = None if args.workdir else _model_config(args, default=None if args.weights else DEMO_MODEL)
+    from dit_jax.sampling.sampler import SamplerSettings
+    settings = SamplerSettings(sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale, cfg_mode=args.cfg_mode,
+                               eta=args.eta, cfg_interval=args.cfg_interval, spacing=args.spacing)
     sample(args.out, weights=args.weights, workdir=args.workdir, config=config, vae=args.vae, num=args.num,
-           classes=classes, num_samples=args.num_samples, steps=args.steps, cfg_scale=args.cfg_scale,
-           cfg_mode=args.cfg_mode, sampler=args.sampler, eta=args.eta, seed=args.seed,
-           batch_per_device=args.batch_per_device, nrow=args.nrow, upscale=args.upscale)
+           classes=classes, num_samples=args.num_samples, settings=settings, objective=args.objective,
+           seed=args.seed, batch_per_device=args.batch_per_device, nrow=args.nrow, upscale=args.upscale)
     return 0
+
+
+def _interval(text: str) -> tuple[float, float]:
+    """--cfg-interval LO,HI: two noise levels in [0, 1]."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers, e.g. 0,0.7), got {text!r}") from None
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected 0 <= LO <= HI <= 1, got {text!r}")
+    return lo, hi
 
 
 def _check_sample_args(args) -> None:
@@ -361,8 +374,8 @@ def version() -> str:
 def _add_model_args(p):
     p.add_argument("--model", help="named model, e.g. DiT-XL/2 (checked against the checkpoint)")
     p.add_argument("--input-size", type=count(1), help="latent/image side (32 for 256 px latents, 64 for 512 px)")
-    p.add_argument("--num-classes", type=count(1))
-    p.add_argument("--in-channels", type=count(1))
+    p.add_argument("--num-classes", help="classes of the model (named models: 1000)", type=count(1))
+    p.add_argument("--in-channels", type=count(1), help="input channels (4 for SD-VAE latents, 3 for RGB pixels)")
     p.add_argument("--num-heads", type=count(1), help="needed only for custom (non-named) checkpoints")
 
 
@@ -371,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("sample", help="class-conditional sample grid (PNG)")
+    s = sub.add_parser("sample", help="a class-conditional sample grid (PNG, JPEG, ...), or with --num-samples N "
+                                      "the ADM .npz of N samples (the evaluation protocol)")
     s.add_argument("--weights", "--checkpoint", dest="weights", type=existing_dir,
                    help="weights directory written by `dit-jax convert` (default: random init)")
     s.add_argument("--workdir", type=existing_dir,
@@ -384,8 +398,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--classes", type=_class_ids, help="comma-separated class ids, e.g. 207,360,387 (default: "
                                                         "random)")
     s.add_argument("--steps", default=None,
-                   help="respacing: '250', 'ddim50', '10,15,20' (default 50 for grids, 250 with --num-samples)")
-    s.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
+                   help="ddpm/ddim: a respacing '250', 'ddim50', '10,15,20'; the fast solvers and SiT's samplers: a "
+                        "step count (default 50 for grids, 250 with --num-samples)")
+    s.add_argument("--sampler", default="",
+                   help="ddpm, ddim, dpm++2m, dpm++3m, unipc (DDPM models); euler, heun, dopri5, sde-euler, sde-heun "
+                        "(SiT models); default: ddpm, or heun for SiT")
+    s.add_argument("--objective", choices=("ddpm", "sit"), default=None,
+                   help="what the weights were trained with (converted SiT checkpoints: sit; default: a run's own, "
+                        "else ddpm)")
+    s.add_argument("--spacing", choices=("linspace", "leading", "trailing"), default="",
+                   help="timestep spacing of the fast solvers (default linspace)")
+    s.add_argument("--cfg-interval", type=_interval, default=None, metavar="LO,HI",
+                   help="guide only at noise levels in [LO, HI] (1 = pure noise; default: every step)")
     s.add_argument("--eta", type=number(0), default=0.0, help="DDIM eta")
     s.add_argument("--cfg-scale", type=number(0), default=None,
                    help="guidance scale, applied only if > 1 (default 4.0 for grids, 1.5 with --num-samples)")
@@ -395,10 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-per-device", type=count(1), default=32, help="with --num-samples")
     s.add_argument("--cfg-mode", choices=("reference", "all"), default="reference",
                    help="reference: guide the first 3 channels (the reference's quirk); all: every eps channel")
-    s.add_argument("--seed", type=count(0), default=0)
+    s.add_argument("--seed", type=count(0), default=0, help="noise and random labels (sample i depends on seed and i only)")
     s.add_argument("--upscale", type=count(1), default=4, help="nearest-neighbour upscale of the PNG")
     s.add_argument("--nrow", type=count(1), default=None, help="images per grid row (default: square)")
-    s.add_argument("--out", type=output_file, default="samples/sample_grid.png")
+    s.add_argument("--out", type=output_file, default="samples/sample_grid.png",
+                   help="the grid's image file (its extension picks the format), or the .npz with --num-samples")
     s.set_defaults(func=cmd_sample)
 
     c = sub.add_parser("convert", help="PyTorch/diffusers DiT checkpoints <-> dit-jax weights")

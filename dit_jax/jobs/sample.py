@@ -5,6 +5,7 @@ model (which shows the sampling path works before any weights exist).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -21,11 +22,14 @@ from dit_jax.weights import load_vae_weights, load_weights
 
 
 def sampling_run(config: DiTConfig, schedule: dict | None, vae: str | None) -> Run:
-    """The run the weights come from, as far as sampling needs it: the model, its diffusion (a training
-    run's schedule, else the reference's), the VAE that decodes its latents, every device's batch split."""
+    """The run the weights come from, as far as sampling needs it: the model, its objective (a training
+    run's diffusion schedule or SiT transport, else the reference's diffusion, or SiT's with
+    schedule["objective"] = "sit"), the VAE that decodes its latents, every device's batch split."""
     schedule = schedule or {}
     c = config_for_model(config, noise_schedule=schedule.get("noise_schedule", "linear"),
                          num_timesteps=schedule.get("diffusion_steps", 1000), vae=vae or "")
+    c.objective = schedule.get("objective", "ddpm")
+    c.transport.update(schedule.get("transport", {}))
     return make_run(c, vae=VAE(*load_vae_weights(vae)) if vae else None, mesh=make_mesh(devices=jax.devices()))
 
 
@@ -39,7 +43,9 @@ def load_model(weights: str | None, workdir: str | None, config: DiTConfig | Non
         from dit_jax.train.config_base import to_dit_config
         params, run, step = load_run(workdir)
         schedule = dict(noise_schedule=run["diffusion"]["noise_schedule"],
-                        diffusion_steps=run["diffusion"]["num_timesteps"])
+                        diffusion_steps=run["diffusion"]["num_timesteps"], objective=run.get("objective", "ddpm"))
+        if schedule["objective"] == "sit":
+            schedule["transport"] = run["transport"]
         return params, to_dit_config(run["model"]), f"the EMA weights of {workdir} at step {step}", schedule
     if weights:
         params, config = load_weights(weights, config)
@@ -62,16 +68,14 @@ def grid_labels(classes: list[int] | None, num: int, num_classes: int, seed: int
     return labels
 
 
-def write_grid(params, config: DiTConfig, source: str, out: str, *, num: int = 16, classes: list[int] | None = None,
-               steps: str = "50", cfg_scale: float = 4.0, cfg_mode: str = "reference", sampler: str = "ddpm",
-               eta: float = 0.0, seed: int = 0, vae: str | None = None, nrow: int | None = None,
+def write_grid(params, config: DiTConfig, source: str, out: str, settings: SamplerSettings, *, num: int = 16,
+               classes: list[int] | None = None, seed: int = 0, vae: str | None = None, nrow: int | None = None,
                upscale: int = 4, schedule: dict | None = None) -> str:
     """`num` samples as a PNG grid at `out`; returns the path written. Latent models are decoded with the
     VAE weights in `vae`; without them their latents go to OUT.npz instead, as no image can be drawn.
     `schedule` as in `write_npz`."""
     print(f"sampling {num} images from {source}", flush=True)
     labels = grid_labels(classes, num, config.num_classes, seed)
-    settings = SamplerSettings(sampler=sampler, steps=str(steps), cfg_scale=cfg_scale, cfg_mode=cfg_mode, eta=eta)
     run = sampling_run(config, schedule, vae)
     sample = build_sampler(run, settings)
     t0 = time.time()
@@ -95,8 +99,7 @@ def write_grid(params, config: DiTConfig, source: str, out: str, *, num: int = 1
     return path
 
 
-def write_npz(params, config: DiTConfig, source: str, out: str, num_samples: int, *, steps: str = "250",
-              cfg_scale: float = 1.5, cfg_mode: str = "reference", sampler: str = "ddpm", eta: float = 0.0,
+def write_npz(params, config: DiTConfig, source: str, out: str, num_samples: int, settings: SamplerSettings, *,
               seed: int = 0, vae: str | None = None, batch_per_device: int = 32, schedule: dict | None = None) -> str:
     """`num_samples` images into the ADM .npz at `out` (`sample_npz`: every device of every host,
     resumable shards). The defaults are the reference's evaluation protocol: 250 DDPM steps, cfg 1.5
@@ -104,29 +107,44 @@ def write_npz(params, config: DiTConfig, source: str, out: str, num_samples: int
     create_diffusion's noise_schedule / diffusion_steps (a run's, from `load_model`); none: linear 1000."""
     if config.in_channels not in (1, 3) and not vae:
         raise ValueError(f"the ADM .npz holds images: decoding {config.in_channels}-channel latents needs --vae DIR")
-    settings = SamplerSettings(sampler=sampler, steps=str(steps), cfg_scale=cfg_scale, cfg_mode=cfg_mode, eta=eta)
     print(f"sampling {num_samples} images from {source}: {settings.describe()}, seed {seed}", flush=True)
     sample_run = sampling_run(config, schedule, vae)
     run = build_sampler(sample_run, settings, uint8=True)
     vae_weights = (sample_run.vae.params, sample_run.vae.config) if sample_run.vae else None
     # What made the images, recorded in the shards' manifest: a rerun with other settings starts over.
-    settings = dict(weights=source, vae=vae, steps=steps, cfg_scale=cfg_scale, cfg_mode=cfg_mode, sampler=sampler,
-                    eta=eta, **(schedule or {}))
+    made_by = dict(weights=source, vae=vae, **_manifest_settings(settings, sample_run.objective), **(schedule or {}))
     return sample_npz(run, params, num_samples, config.num_classes, seed, out, batch_per_device, vae_weights,
-                      settings)
+                      made_by)
+
+
+def _manifest_settings(settings: SamplerSettings, objective) -> dict:
+    """The sampler and every setting it uses (the objective's default sampler named), for the shard manifest."""
+    fields = dataclasses.asdict(settings)
+    fields["sampler"] = settings.resolved(objective)
+    fields["cfg_interval"] = list(settings.cfg_interval) if settings.cfg_interval else None
+    return fields
 
 
 def sample(out: str, *, weights: str | None = None, workdir: str | None = None, config: DiTConfig | None = None,
            vae: str | None = None, num: int = 16, classes: list[int] | None = None, num_samples: int = 0,
-           steps: str | None = None, cfg_scale: float | None = None, cfg_mode: str = "reference",
-           sampler: str = "ddpm", eta: float = 0.0, seed: int = 0, batch_per_device: int = 32,
-           nrow: int | None = None, upscale: int = 4) -> str:
+           settings: SamplerSettings | None = None, objective: str | None = None, seed: int = 0,
+           batch_per_device: int = 32, nrow: int | None = None, upscale: int = 4) -> str:
     """Load the model (`load_model`), then sample a grid of `num` images (`write_grid`), or with
     `num_samples` the ADM .npz (`write_npz`); returns the path written. Steps and guidance left unset
-    take that function's defaults: a quick look for a grid, the evaluation protocol for an .npz."""
+    (None in `settings`) take the defaults of each: a quick look for a grid (50 steps, cfg 4), the
+    evaluation protocol for an .npz (250 steps, cfg 1.5). objective: "ddpm" or "sit" for weights that
+    do not say (converted weights, a random model); a run's own objective otherwise."""
     params, config, source, schedule = load_model(weights, workdir, config, seed)
-    chosen = {k: v for k, v in dict(steps=steps or None, cfg_scale=cfg_scale).items() if v is not None}
-    common = dict(cfg_mode=cfg_mode, sampler=sampler, eta=eta, seed=seed, vae=vae, schedule=schedule, **chosen)
+    if objective and not workdir:
+        schedule = dict(schedule, objective=objective)
+    elif objective and objective != schedule.get("objective", "ddpm"):
+        raise ValueError(f"--objective {objective}: the run in {workdir} was trained with objective "
+                         f"{schedule.get('objective', 'ddpm')!r}; drop --objective")
+    settings = settings or SamplerSettings(steps=None, cfg_scale=None)
+    defaults = dict(steps="250", cfg_scale=1.5) if num_samples else dict(steps="50", cfg_scale=4.0)
+    settings = dataclasses.replace(settings, **{k: v for k, v in defaults.items() if getattr(settings, k) is None})
     if num_samples:
-        return write_npz(params, config, source, out, num_samples, batch_per_device=batch_per_device, **common)
-    return write_grid(params, config, source, out, num=num, classes=classes, nrow=nrow, upscale=upscale, **common)
+        return write_npz(params, config, source, out, num_samples, settings, seed=seed, vae=vae,
+                         batch_per_device=batch_per_device, schedule=schedule)
+    return write_grid(params, config, source, out, settings, num=num, classes=classes, seed=seed, vae=vae,
+                      nrow=nrow, upscale=upscale, schedule=schedule)

@@ -71,8 +71,10 @@ class SamplerSettings:
         kind, name = objective_kind(objective), self.resolved(objective)
         allowed = SIT_SAMPLERS if kind == "sit" else DDPM_SAMPLERS
         if name not in allowed:
+            other = ("; it is a sampler of SiT models (objective 'sit')" if name in SIT_SAMPLERS else
+                     "; it is a sampler of DDPM models (objective 'ddpm')" if name in DDPM_SAMPLERS else "")
             return [f"sampler must be one of {allowed} for objective {kind!r} (or '' for {DEFAULT_SAMPLER[kind]}), "
-                    f"got {name!r}"]
+                    f"got {name!r}{other}"]
         out = []
         if self.cfg_mode not in CFG_MODES:
             out.append(f"cfg_mode must be one of {CFG_MODES}, got {self.cfg_mode!r}")
