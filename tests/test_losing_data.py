@@ -16,6 +16,7 @@ import pytest
 from dit_jax.train.integrity import NonFiniteLoss
 from dit_jax.train.loop import train_and_evaluate
 from dit_jax.train.workdir_lock import WorkdirLocked
+from conftest import Child
 from test_train import ROOT, tiny_config
 
 # The same tiny run as tiny_config(), through the CLI.
@@ -198,15 +199,15 @@ time.sleep(300)
 
 def test_a_second_training_on_a_workdir_is_refused_and_a_dead_holders_lock_taken_over(ten_steps, tmp_path):
     wd = _copy(ten_steps, tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, wd], stdout=subprocess.PIPE, text=True, env=_env())
+    holder = Child([sys.executable, "-c", HOLD_LOCK, wd], env=_env())
     try:
-        assert holder.stdout.readline().strip() == "held"
+        holder.wait_for("held", 120)
         with pytest.raises(WorkdirLocked, match=f"is in use by another training \\(pid {holder.pid} "):
             train_and_evaluate(_config(total_steps=11), wd)
         assert _steps(wd) == [2, 4, 6, 8, 10]  # nothing written
     finally:
         holder.send_signal(signal.SIGKILL)  # a crash: the lock file stays behind
-        holder.wait(timeout=30)
+        holder.finish(30)
     assert os.path.exists(os.path.join(wd, "train.lock"))
     train_and_evaluate(_config(total_steps=11), wd)  # the dead holder's lock is stale: taken over
     assert _steps(wd)[-1] == 11
