@@ -111,6 +111,10 @@ class Child:
     def returncode(self):
         return self.proc.returncode
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     def send_signal(self, signum) -> None:
         self.proc.send_signal(signum)
 
