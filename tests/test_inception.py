@@ -24,7 +24,9 @@ from dit_jax.models.inception import (FIDInceptionV3, abstract_variables, extrac
 torch = pytest.importorskip("torch")
 pfi = pytest.importorskip("pytorch_fid.inception")
 
-TOL = 1e-4
+# Relative error against pytorch-fid per output, about 10x the measured (2 CPU cores, float32, at
+# 64x64 / 299x299): pool 5.0e-7 / 6.1e-7, spatial 2.0e-6 / 1.9e-6, logits 6.3e-7 / 7.8e-7.
+TOL = {"pool": 6e-6, "spatial": 2e-5, "logits": 8e-6}
 MEASURED: dict = {}
 
 
@@ -119,7 +121,7 @@ def test_parity_with_pytorch_fid(size, state_dict, torch_net, ours):
     # The features are not degenerate (random BN statistics make every layer matter).
     assert np.abs(pool_ref).max() > 0.1 and (spatial_ref > 0).mean() > 0.05
     for k, e in errs.items():
-        assert e < TOL, f"{k} at {size}x{size}: relative error {e:.3e}"
+        assert e < TOL[k], f"{k} at {size}x{size}: relative error {e:.3e}"
 
 
 def test_logits_exclude_the_fc_bias(state_dict, ours):
@@ -151,7 +153,8 @@ def test_bfloat16_compute_is_close(ours):
     assert all(v.dtype == np.float32 for v in out.values())
     e = _rel(out["pool"], ref["pool"])
     MEASURED["bfloat16 compute, pool"] = f"{e:.2e}"
-    assert e < 0.1
+    # Measured 6.3e-3 (2 CPU cores); above a tenth of it, or bf16 was silently not used.
+    assert 6e-4 < e < 6e-2
 
 
 # ------------------------------------------------------------------------------------------ resizes

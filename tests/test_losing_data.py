@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 from dit_jax.train.integrity import NonFiniteLoss
 from dit_jax.train.loop import train_and_evaluate
 from dit_jax.workdir_lock import WorkdirLocked
+from conftest import Child
 from test_train import ROOT, tiny_config
 
 # The same tiny run as tiny_config(), through the CLI.
@@ -198,19 +200,59 @@ time.sleep(300)
 
 def test_a_second_training_on_a_workdir_is_refused_and_a_dead_holders_lock_taken_over(ten_steps, tmp_path):
     wd = _copy(ten_steps, tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, wd], stdout=subprocess.PIPE, text=True, env=_env())
+    holder = Child([sys.executable, "-c", HOLD_LOCK, wd], env=_env())
     try:
-        assert holder.stdout.readline().strip() == "held"
+        holder.wait_for("held", 120)
         with pytest.raises(WorkdirLocked, match=f"is in use by another training \\(pid {holder.pid} "):
             train_and_evaluate(_config(total_steps=11), wd)
         assert _steps(wd) == [2, 4, 6, 8, 10]  # nothing written
     finally:
         holder.send_signal(signal.SIGKILL)  # a crash: the lock file stays behind
-        holder.wait(timeout=30)
+        holder.finish(30)
     assert os.path.exists(os.path.join(wd, "train.lock"))
     train_and_evaluate(_config(total_steps=11), wd)  # the dead holder's lock is stale: taken over
     assert _steps(wd)[-1] == 11
     assert not os.path.exists(os.path.join(wd, "train.lock"))  # released on exit
+
+
+def test_kill_9_during_an_asynchronous_save_keeps_every_committed_checkpoint(tmp_path):
+    """A real SIGKILL of `dit-jax train` while an asynchronous save is under way (its temporary
+    directory exists): every checkpoint committed before it is kept and restores, and the rerun
+    resumes from the newest one, setting the half-written one aside, with the losses of the run that
+    was killed."""
+    wd = str(tmp_path / "run")
+    ckpts = os.path.join(wd, "checkpoints")
+    flags = [f"--workdir={wd}", *TINY_FLAGS, "--config.total_steps=100000", "--config.checkpoint_every=1",
+             "--config.keep_checkpoints=1000"]
+    proc = Child([sys.executable, "-m", "dit_jax.cli", "train", *flags], env=_env(), cwd=ROOT)
+    try:
+        proc.wait_for("step 3/", 300)
+        deadline, committed = time.monotonic() + 300, []
+        while time.monotonic() < deadline:  # watch for a save in progress after a committed one
+            names = os.listdir(ckpts)
+            if committed and any("tmp" in n for n in names):
+                proc.send_signal(signal.SIGKILL)
+                break
+            committed = sorted(int(n) for n in names if n.isdigit())
+            time.sleep(0.002)
+        else:
+            pytest.fail("no asynchronous save seen in progress:\n" + proc.output[-3000:])
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    half = [n for n in os.listdir(ckpts) if "tmp" in n]
+    assert half, os.listdir(ckpts)  # the kill did land during a save
+    assert set(committed) <= set(_steps(wd)), (committed, _steps(wd))
+    for step in committed:  # each restores
+        assert all(np.isfinite(x).all() for x in _ema(wd, step))
+    killed = {r["step"]: r["loss"] for r in _rows(wd)}
+    latest = _steps(wd)[-1]
+    assert latest + 1 in killed  # the step after the newest checkpoint had run: it is run again
+    result = train_and_evaluate(_config(total_steps=latest + 2, checkpoint_every=1000), wd)
+    assert result["step"] == latest + 2
+    rerun = {r["step"]: r["loss"] for r in _rows(wd)}
+    assert rerun[latest + 1] == killed[latest + 1]  # same batch, same noise, same state
+    assert not glob.glob(os.path.join(ckpts, "*tmp*"))  # the half-written save was set aside
 
 
 FULL_DISK = ["import resource, signal",

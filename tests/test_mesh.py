@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from test_multiprocess import free_port
+from conftest import Child, PortReservation, finish_all
 from test_train import final_params, losses, tiny_config
 
 from dit_jax.parallel.mesh import make_mesh
@@ -85,12 +85,9 @@ def test_two_processes_as_two_slices_train_as_one_device(one_device_batch_2, tmp
     """Each process is one "slice" (process_is_granule: no slice_index on CPU); data crosses DCN."""
     wd = str(tmp_path / "slices")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, "-c", SLICE.format(tests=TESTS), port, str(i), wd],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-             for i in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    port = PortReservation()
+    outs = finish_all([Child([sys.executable, "-c", SLICE.format(tests=TESTS), str(port.port), str(i), wd], env=env,
+                             holds=[port] if i == 0 else []) for i in range(2)], timeout=600)
     assert "mesh {'data': 2, 'fsdp': 1, 'tensor': 1} over 2 devices on 2 host(s)" in outs[0]
     assert "2 slices: across DCN data (2 x 1)" in outs[0]
     one, two = losses(one_device_batch_2), losses(wd)

@@ -188,6 +188,8 @@ def test_bfloat16_compute_with_float32_params():
     assert out16.dtype == jnp.float32  # bf16 inside, float32 out for the loss and the sampler
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(init_params(cfg, jax.random.key(0))))
     rel = float(jnp.abs(out16.astype(jnp.float32) - out32).max() / jnp.abs(out32).max())
-    assert rel < 0.05
+    print(f"bf16 compute vs float32, max relative: {rel:.2e}")
+    # Measured 9.4e-3 (2 CPU cores). The lower bound, a tenth of it, fails if bf16 is silently ignored.
+    assert 9e-4 < rel < 0.05
     p16 = init_params(dataclasses.replace(SMALL, param_dtype="bfloat16"), jax.random.key(0))
     assert all(v.dtype == jnp.bfloat16 for v in jax.tree.leaves(p16))

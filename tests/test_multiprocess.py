@@ -7,20 +7,20 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import gcs_objects
+from conftest import Child, PortReservation, finish_all, gcs_objects
 
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
 
-# argv: port ("-" for one process), process id, workdir, JSON config changes, JSON stop_after
+# argv: port ("-" for one process), process id, workdir, JSON config changes, JSON stop_after.
+# Every process, not only process 0 (the only one that prints the run's log), reports what it
+# computed: "SCORES {...}" for each evaluation it finished, "RESULT {...}" with the step it stopped at.
 TRAIN = r"""
 import os, sys, json
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + ("4" if sys.argv[1] == "-" else "2")
@@ -32,24 +32,26 @@ if port != "-":
 assert jax.device_count() == 4
 sys.path.insert(0, {tests!r})
 from test_train import tiny_config
+import dit_jax.train.evaluation as evaluation
 from dit_jax.train.loop import Preempted, train_and_evaluate
+own_evaluate = evaluation.evaluate
+def evaluate(*args, **kwargs):  # this host's scores of each evaluation, as it computed them
+    scores = own_evaluate(*args, **kwargs)
+    if scores is not None:
+        print("SCORES " + json.dumps({{k: v for k, v in scores.items() if not k.endswith("/seconds")}}), flush=True)
+    return scores
+evaluation.evaluate = evaluate
 try:
-    train_and_evaluate(tiny_config(**{{"mesh.data": 2, "mesh.fsdp": 2, **changes}}), workdir, stop_after=stop)
-except Preempted:
-    print("process", pid, "preempted", flush=True)
-    sys.exit(0)
-print("process", pid, "done", flush=True)
+    last = train_and_evaluate(tiny_config(**{{"mesh.data": 2, "mesh.fsdp": 2, **changes}}), workdir, stop_after=stop)
+    result = {{"process": pid, "stopped_at": last["step"], "preempted": False}}
+except Preempted as e:
+    result = {{"process": pid, "stopped_at": e.args[0], "preempted": True}}
+print("RESULT " + json.dumps(result), flush=True)
 """
 
 # Sample grids at steps 3 and 6, the digits evaluation at step 3 and at the end.
 WITH_SAMPLING = {"sample.every": 3, "sample.num": 6, "sample.steps": "4", "evals.digits.kind": "digits", "evals.digits.every": 3,
                  "evals.digits.num_samples": 12, "evals.digits.batch_size": 6, "evals.digits.steps": "4"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env():
@@ -58,18 +60,33 @@ def env():
 
 def start(workdir, changes=None, stop_after=None, processes=2):
     script = TRAIN.format(tests=TESTS)
-    port = str(free_port()) if processes == 2 else "-"
-    return [subprocess.Popen([sys.executable, "-c", script, port, str(i), workdir, json.dumps(changes or {}),
-                              json.dumps(stop_after)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=env(), cwd=ROOT)
+    port = PortReservation() if processes == 2 else None
+    return [Child([sys.executable, "-c", script, str(port.port) if port else "-", str(i), workdir,
+                   json.dumps(changes or {}), json.dumps(stop_after)], env=env(), cwd=ROOT,
+                  holds=[port] if port and i == 0 else [])
             for i in range(processes)]
 
 
-def finish(procs, timeout=1500):
-    outs = [p.communicate(timeout=timeout)[0] for p in procs]
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-4000:]
-    return outs
+def finish(procs, timeout=900):
+    return finish_all(procs, timeout)
+
+
+def reports(out):
+    """(the scores of each evaluation, the RESULT line) that one process printed."""
+    lines = out.splitlines()
+    scores = [json.loads(x[len("SCORES "):]) for x in lines if x.startswith("SCORES ")]
+    results = [json.loads(x[len("RESULT "):]) for x in lines if x.startswith("RESULT ")]
+    assert len(results) == 1, out[-3000:]
+    return scores, results[0]
+
+
+def every_host_agrees(outs):
+    """Each process's own scores and stopping step, equal across processes; process 0's report."""
+    (scores0, result0), (scores1, result1) = map(reports, outs)
+    assert scores0 == scores1, (scores0, scores1)
+    assert (result0["stopped_at"], result0["preempted"]) == (result1["stopped_at"], result1["preempted"]), \
+        (result0, result1)
+    return scores0, result0
 
 
 def losses(workdir):
@@ -142,8 +159,12 @@ def test_two_processes_sample_and_evaluate_as_one(runs):
     assert sorted(periodic_two) == [3] and np.isfinite(periodic_two[3])
     assert periodic_two == periodic_one and final_two == final_one
     assert same_losses(two, one)
-    # Every host computed the same scores (only process 0 prints them).
-    assert outs[0].count("EMA quality") == 2
+    # Every host computed the same scores, evaluation by evaluation, and stopped at the last step.
+    host_scores, result = every_host_agrees(outs[:2])
+    assert [s["eval/digits/frechet_distance"] for s in host_scores] == [periodic_two[3],
+                                                                     final_two["eval/digits/frechet_distance"]]
+    assert result == {"process": 0, "stopped_at": 6, "preempted": False}
+    assert reports(outs[2])[0] == host_scores  # one process over the same 4 devices
 
 
 def test_resume_two_processes_on_one_and_one_on_two(runs, tmp_path):
@@ -154,16 +175,11 @@ def test_resume_two_processes_on_one_and_one_on_two(runs, tmp_path):
         shutil.rmtree(os.path.join(wd, "checkpoints", "6"))  # as if stopped after the checkpoint of step 3
         outs = finish(start(wd, WITH_SAMPLING, processes=processes))
         assert "resumed from step 3" in outs[0]
+        if processes == 2:
+            host_scores, _ = every_host_agrees(outs)
+            assert host_scores[-1] == scores(wd)[0]
         assert same_losses(wd, source)  # steps 4-6 saw the same global batches
         assert scores(wd)[0] == pytest.approx(scores(source)[0], rel=1e-4)
-
-
-def wait_for(proc, text, lines):
-    for line in proc.stdout:
-        lines.append(line)
-        if text in line:
-            return
-    raise AssertionError("".join(lines)[-4000:])
 
 
 def checkpoints(wd):
@@ -178,24 +194,81 @@ def test_sigterm_to_one_then_to_all_processes_saves_the_same_step(tmp_path):
     saved = []
     for signalled, after in (("one", "step 3/"), ("all", None)):
         procs = start(wd, long_run)
-        lines = []
+        seen = 0
         if saved:
-            wait_for(procs[0], f"resumed from step {saved[-1]}", lines)
+            seen = procs[0].wait_for(f"resumed from step {saved[-1]}", 300)
             after = f"step {saved[-1] + 2}/"
-        wait_for(procs[0], after, lines)
+        procs[0].wait_for(after, 300, seen)
         t0 = time.time()
         for p in procs if signalled == "all" else procs[1:]:
             p.send_signal(signal.SIGTERM)
         outs = finish(procs, timeout=120)
         assert time.time() - t0 < 60, signalled
-        assert all(f"process {i} preempted" in out for i, out in enumerate(outs)), signalled
+        _, result = every_host_agrees(outs)
         step = checkpoints(wd)[-1]
+        assert result["preempted"] and result["stopped_at"] == step, (signalled, result, checkpoints(wd))
         assert step >= (saved[-1] + 2 if saved else 3), (signalled, checkpoints(wd))
-        assert f"checkpoint saved at step {step}" in "".join(lines) + outs[0]
+        assert f"checkpoint saved at step {step}" in outs[0]
         saved.append(step)
     assert checkpoints(wd) == saved  # one save per signal, none in between
     outs = finish(start(wd, long_run, stop_after=1))
     assert f"resumed from step {saved[-1]}" in outs[0]
+
+
+# tiny_config() as `dit-jax train` flags; with TINY_SAMPLING, the config of the `runs` fixture.
+TINY_FLAGS = ["--config.model.hidden_size=32", "--config.model.depth=2", "--config.model.num_heads=2",
+              "--config.batch_size=8", "--config.total_steps=6", "--config.log_every=1",
+              "--config.checkpoint_every=3", "--config.optim.warmup_steps=0", "--config.mesh.data=2",
+              "--config.mesh.fsdp=2"]
+TINY_SAMPLING = [f"--config.{k}={v}" for k, v in WITH_SAMPLING.items()]
+
+
+def cli_train(workdir, flags):
+    """`dit-jax train --coordinator=127.0.0.1:PORT --num_processes=2 --process_id=I` as two processes
+    with 2 CPU devices each, as on two hosts."""
+    port = PortReservation()
+    environment = {**env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    return [Child([sys.executable, "-m", "dit_jax.cli", "train", f"--coordinator=127.0.0.1:{port.port}",
+                   "--num_processes=2", f"--process_id={i}", "--distributed_timeout=120", f"--workdir={workdir}",
+                   *TINY_FLAGS, *flags], env=environment, cwd=ROOT, holds=[port] if i == 0 else [])
+            for i in range(2)]
+
+
+def test_the_cli_on_two_processes_samples_and_evaluates_as_one(runs, tmp_path):
+    """The command a user types on each of two hosts, with sample grids and evaluations on: the grids,
+    losses and scores of one process over the same 4 devices (the `runs` fixture's)."""
+    _, one, _, _ = runs
+    wd = str(tmp_path / "cli")
+    outs = finish(cli_train(wd, TINY_SAMPLING))
+    assert "over 4 devices on 2 host(s)" in outs[0] and "EMA quality" not in outs[1]  # process 0 speaks
+    for step in (3, 6):
+        name = os.path.join("samples", f"step_{step:07d}.png")
+        with open(os.path.join(wd, name), "rb") as a, open(os.path.join(one, name), "rb") as b:
+            assert a.read() == b.read()
+    final_cli, periodic_cli = scores(wd)
+    final_one, periodic_one = scores(one)
+    assert sorted(periodic_cli) == [3] and periodic_cli == periodic_one and final_cli == final_one
+    assert same_losses(wd, one)
+    assert checkpoints(wd) == [3, 6]
+
+
+def test_sigterm_to_one_process_during_an_evaluation_stops_both_at_that_step(tmp_path):
+    """SIGTERM to process 1 while the evaluation after step 2 samples (after the progress line of
+    its 8th batch of 32): both processes stop between its sampling batches, save step 2 together and
+    exit 75 (`dit-jax train`'s code for preempted)."""
+    wd = str(tmp_path / "run")
+    procs = cli_train(wd, ["--config.total_steps=100000", "--config.checkpoint_every=100000",
+                           "--config.evals.digits.kind=digits", "--config.evals.digits.every=2",
+                           "--config.evals.digits.num_samples=128", "--config.evals.digits.batch_size=4",
+                           "--config.evals.digits.steps=20"])
+    procs[0].wait_for("  digits: 32/128 samples", 600)
+    t0 = time.time()
+    procs[1].send_signal(signal.SIGTERM)
+    outs = finish_all(procs, timeout=120, codes=(75,))
+    assert time.time() - t0 < 60
+    assert "  digits: 128/128 samples" not in outs[0] and "EMA quality" not in outs[0]  # cut short
+    assert "preempted: checkpoint saved at step 2;" in outs[0]
+    assert checkpoints(wd) == [2]  # one save, by both processes together (a save is collective)
 
 
 SAMPLE = r"""
@@ -219,9 +292,9 @@ def test_sample_num_samples_on_two_processes(tmp_path, capsys):
     out = str(tmp_path / "two.npz")
     args = ["sample", "--weights", w, "--num-samples", "10", "--batch-per-device", "2", "--steps", "3",
             "--seed", "7", "--out", out]
-    port = str(free_port())
-    finish([subprocess.Popen([sys.executable, "-c", SAMPLE, port, str(i), *args], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env=env(), cwd=ROOT) for i in range(2)])
+    port = PortReservation()
+    finish([Child([sys.executable, "-c", SAMPLE, str(port.port), str(i), *args], env=env(), cwd=ROOT,
+                  holds=[port] if i == 0 else []) for i in range(2)])
     # Each host wrote the rows it held: 2 shards of 8 x 2 hosts.
     assert sorted(f.split(".")[0] for f in os.listdir(out + ".shards") if f.startswith("shard_")) == [
         f"shard_00000{s}_{p}-of-2" for s in range(2) for p in range(2)]

@@ -5,7 +5,6 @@ import glob
 import gzip
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,11 +12,12 @@ from types import SimpleNamespace
 
 import ml_collections
 import pytest
+from conftest import Child, PortReservation, finish_all
 
 from dit_jax.cli import main
 from dit_jax import exit_codes
 from dit_jax.train.metrics_log import peak_flops
-from dit_jax.train.timing import SaveClock
+from dit_jax.train.timing import TEST_CLOCK_RATE, SaveClock
 from test_train import ROOT, tiny_config
 
 TINY = ["--config.model.hidden_size=32", "--config.model.depth=2", "--config.model.num_heads=2",
@@ -149,33 +149,30 @@ def slurm_env(job_port: int, ntasks: int, procid: int) -> dict:
     return env
 
 
-def free_slurm_port() -> int:
-    """A free port in jax's SLURM range [61440, 65535]."""
-    for port in range(61440 + os.getpid() % 4000, 65536):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port")
+def slurm_port() -> PortReservation:
+    """A port held in jax's SLURM range [61440, 65535] (see PortReservation)."""
+    start = 61440 + os.getpid() % 4000
+    return PortReservation(range(start, 65536))
 
 
-def test_two_slurm_tasks_train_through_the_cli(tmp_path):
-    """`dit-jax train --distributed` with jax's SLURM detection; a minutes interval shared by both hosts."""
-    wd, port = str(tmp_path / "slurm"), free_slurm_port()
+@pytest.mark.parametrize("fast, saved", [(0, [2, 4]), (1, [4])])
+def test_two_slurm_tasks_train_through_the_cli_and_save_on_process_0s_clock(tmp_path, fast, saved):
+    """`dit-jax train --distributed` with jax's SLURM detection, and a checkpoint every 60 minutes
+    with the save clock of process `fast` alone running a million times as fast (60 minutes in
+    3.6 ms, so that process is due at every log step and the other never). A save between the last
+    step's comes exactly when process 0 is due: its clock decides, whatever the other host's says."""
+    wd, port = str(tmp_path / "slurm"), slurm_port()
     cmd = [sys.executable, "-m", "dit_jax.cli", "train", "--distributed", "--distributed_timeout=120",
            "--local_device_ids=0,1", f"--workdir={wd}", *TINY, "--config.total_steps=4", "--config.log_every=2",
-           "--config.checkpoint_every=1000", "--config.checkpoint_every_minutes=1e-6",
+           "--config.checkpoint_every=1000", "--config.checkpoint_every_minutes=60",
            f"--config.compilation_cache_dir={tmp_path / 'cache'}"]
-    procs = [subprocess.Popen(cmd, env=slurm_env(port, 2, i), cwd=str(tmp_path), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    procs = [Child(cmd, env={**slurm_env(port.port, 2, i), **({TEST_CLOCK_RATE: "1e6"} if i == fast else {})},
+                   cwd=str(tmp_path), holds=[port] if i == 0 else []) for i in range(2)]
+    outs = finish_all(procs, timeout=600)
     assert "over 4 devices on 2 host(s)" in outs[0]
     from dit_jax.train.checkpoint import make_manager
-    # Step 2 was saved on process 0's clock (broadcast at the log step), step 4 as the last.
-    assert make_manager(wd, 3, 1).all_steps() == [2, 4]
+    # Step 2 only when process 0's clock said so (broadcast at the log step), step 4 as the last.
+    assert make_manager(wd, 3, 1).all_steps() == saved
 
 
 def test_distributed_timeout_ends_a_lonely_process(tmp_path):
@@ -183,8 +180,9 @@ def test_distributed_timeout_ends_a_lonely_process(tmp_path):
     cmd = [sys.executable, "-m", "dit_jax.cli", "train", "--distributed", "--distributed_timeout=5",
            f"--workdir={tmp_path / 'w'}", *TINY]
     t0 = time.time()
-    res = subprocess.run(cmd, env=slurm_env(free_slurm_port(), 2, 0), cwd=str(tmp_path), capture_output=True,
-                         text=True, timeout=240)
+    with slurm_port() as port:
+        res = subprocess.run(cmd, env=slurm_env(port.port, 2, 0), cwd=str(tmp_path), capture_output=True,
+                             text=True, timeout=240)
     # jax aborts the process (SIGABRT) from C++: an "other failure" to a retry loop, never 0/2/3/75.
     assert res.returncode not in (0, 2, 3, 75), res.stderr[-3000:]
     assert "waiting up to 5 s" in res.stderr and "DEADLINE_EXCEEDED" in res.stderr

@@ -22,7 +22,10 @@ CONFIGS = {
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_against_reference_statement(reference, name):
     models, diffusion = reference
-    rows = run_comparison(models, diffusion, CONFIGS[name], batch=4, sample_steps=4)
+    # Tolerances about 10x the largest measured over the three configs (2 CPU cores, relative): sampling
+    # chains 2.6e-7, loss terms 2.9e-7 (the tool's defaults, 1e-4 and 5e-5, allow other machines and
+    # models); forward 1.1e-6 against 1e-5.
+    rows = run_comparison(models, diffusion, CONFIGS[name], batch=4, sample_steps=4, sample_tol=3e-6, loss_tol=3e-6)
     print(f"\n{name}\n{format_table(rows)}")
     names = [r.name for r in rows]
     assert "forward" in names and "forward, forced label drop" in names and "guided forward (cfg 1.5)" in names

@@ -74,8 +74,10 @@ def test_bf16_forward_is_close_to_float32_on_converted_weights(converted):
     rel_max = np.abs(out16 - out32).max() / np.abs(out32).max()
     rel_rms = np.sqrt(np.mean((out16 - out32) ** 2) / np.mean(out32 ** 2))
     print(f"bf16 vs float32 forward (S/2, {F32.depth} blocks, converted random weights): max {rel_max:.2e}, rms {rel_rms:.2e}")
-    assert rel_max < 3e-2 and rel_rms < 1.5e-2
-    assert rel_rms > 1e-5  # it really computed in bf16
+    # Measured on 2 CPU cores: max 9.0e-3, rms 7.4e-3 (the README's "within 1% RMS"). The lower bound,
+    # a tenth of the measured RMS, fails if bf16 is silently ignored (float32 gives ~1e-7).
+    assert rel_max < 1.5e-2 and rel_rms < 1e-2
+    assert rel_rms > 7e-4
 
 
 def test_matmuls_in_bf16_statistics_and_conditioning_in_float32(converted):
@@ -133,7 +135,7 @@ def _demo_losses(workdir, dtype: str) -> np.ndarray:
 
 def test_demo_trains_alike_in_bf16_and_float32(tmp_path):
     """The same seed draws the same batches, timesteps and noise in both runs, so the losses differ
-    only by the compute precision. Measured on 2 CPU cores: at most 0.18% apart at any logged step;
+    only by the compute precision. Measured on 2 CPU cores: at most 0.28% apart at any logged step;
     with bf16 parameters and AdamW moments (param_dtype=bfloat16, what the policy keeps float32)
     they drift 5.9% apart within these 60 steps."""
     f32 = _demo_losses(tmp_path / "f32", "float32")
@@ -142,5 +144,5 @@ def test_demo_trains_alike_in_bf16_and_float32(tmp_path):
     assert f32[-1] < 0.7 * f32[0]  # it trained
     rel = np.abs(bf16 - f32) / f32
     print(f"bf16 vs float32 demo losses over 60 steps: max relative difference {rel.max():.2e}")
-    assert rel.max() < 1e-2
-    assert rel.max() > 0  # it really computed in bf16
+    assert rel.max() < 5e-3  # under the 5.9% of bf16 state by far
+    assert rel.max() > 3e-4  # a tenth of the measured: fails if bf16 is silently ignored

@@ -5,23 +5,23 @@ asking again at a position, or at an earlier one, changes nothing."""
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 
 import pytest
+from conftest import Child, PortReservation, finish_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# argv: port, process id, directory. Process 1 asks three times per step boundary and once at an
-# earlier position; process 0 asks once. Both ask at the same two sampling-batch positions per step.
+# argv: port, process id, directory, batches. Process 1 asks three times per step boundary and once at
+# an earlier position; process 0 asks once. Both ask at the same `batches` sampling-batch positions per
+# step, of the 2 each step has room for (0: steps without an evaluation, whose positions are skipped).
 HOST = r"""
 import json, os, sys, time
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 os.environ["JAX_PLATFORMS"] = "cpu"
 import jax
-port, pid, directory = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+port, pid, directory, batches = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 jax.distributed.initialize("127.0.0.1:" + port, num_processes=2, process_id=pid)
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
@@ -40,7 +40,7 @@ for step in range(1, 100_000):
         watch.within(step - 1, 1)
         asked += 3
     where = (step, 0)
-    for batch in (1, 2):
+    for batch in range(1, batches + 1):
         if stop:
             break
         asked += 1
@@ -57,34 +57,24 @@ watch.close()
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.parametrize("signalled", [0, 1])
-def test_hosts_asking_a_different_number_of_times_stop_together(tmp_path, signalled):
+@pytest.mark.parametrize("signalled, batches", [(0, 2), (1, 2), (1, 0)])
+def test_hosts_asking_a_different_number_of_times_stop_together(tmp_path, signalled, batches):
+    """batches 0: the sync point (the largest number asked + 1) falls on a skipped position; before
+    the watch asked the skipped positions too, no host ever stopped (the deadline failed the test)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, "-c", HOST, port, str(i), str(tmp_path / "ckpt")], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    port = PortReservation()
+    procs = [Child([sys.executable, "-c", HOST, str(port.port), str(i), str(tmp_path / "ckpt"), str(batches)],
+                   cwd=ROOT, env=env,
+                   holds=[port] if i == 0 else []) for i in range(2)]
     try:
-        deadline = time.time() + 240
-        line = ""
-        while "running" not in line:  # a deadline on every read: a hang fails the test, not the suite
-            assert time.time() < deadline and procs[signalled].poll() is None, line
-            line = procs[signalled].stdout.readline()
+        procs[signalled].wait_for("running", 240)  # a deadline on every read: a hang fails the test, not the suite
         time.sleep(0.5)
         procs[signalled].send_signal(signal.SIGTERM)
-        outs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
+    except BaseException:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-    reports = []
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-3000:]
-        reports.append(next(json.loads(x) for x in out.splitlines() if x.startswith("{")))
+            p.kill()
+        raise
+    outs = finish_all(procs, timeout=120)
+    reports = [next(json.loads(x) for x in out.splitlines() if x.startswith("{")) for out in outs]
     assert reports[0]["stopped_at"] == reports[1]["stopped_at"], reports
     assert reports[0]["questions"] != reports[1]["questions"], reports  # they did ask unevenly

@@ -61,10 +61,11 @@ def test_same_images_on_1_and_8_devices_and_resume(tmp_path):
     with np.load(eight) as z:
         b = z["arr_0"]
         assert np.array_equal(z["labels"], labels)
-    # Same noise per sample; float reduction order may differ across device layouts, so a pixel at a
-    # truncation boundary may move by one level.
+    # Same noise per sample: the same images, as the README says (measured: 0 of the 1,920 values
+    # differ; float reduction order could move a pixel at a truncation boundary by one level, which
+    # this would report).
     diff = np.abs(a.astype(int) - b.astype(int))
-    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+    assert np.array_equal(a, b), f"{(diff != 0).sum()} of {diff.size} values differ, by at most {diff.max()}"
     # Resume: a finished shard is kept, not recomputed (mark it), the rest is filled in.
     resumed = str(tmp_path / "resumed.npz")
     sample_npz(run_fn(), tiny_params(), 10, 5, 7, resumed, batch_per_device=4, log=lambda s: None)

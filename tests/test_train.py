@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import Child
 from dit_jax.train.config_base import load_config
 from dit_jax.train.loop import train_and_evaluate
 
@@ -180,12 +181,10 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
            "--config.model.hidden_size=32", "--config.model.depth=2", "--config.model.num_heads=2",
            "--config.batch_size=8", "--config.log_every=1", "--config.checkpoint_every=100000",
            "--config.sample.every=0", "--config.evals.digits.kind="]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    for line in proc.stdout:  # wait until training is under way
-        if line.startswith("step 5/"):
-            break
+    proc = Child(cmd, cwd=ROOT)
+    proc.wait_for("step 5/", 300)  # training is under way
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=300)
+    out = proc.finish(300)
     assert proc.returncode == 75, out  # exit_codes.PREEMPTED: a retry loop reruns the command
     assert "preempted: checkpoint saved at step" in out
     from dit_jax.train.checkpoint import make_manager
@@ -223,25 +222,40 @@ def test_sample_command_reads_a_workdir(uninterrupted, tmp_path, capsys):
 
 def test_sample_command_uses_the_runs_noise_schedule(tmp_path):
     """`dit-jax sample --workdir` of a run trained with another schedule (cosine, 100 steps) samples
-    with that schedule."""
+    with that schedule: its grid is the one the sampler builder draws with the cosine diffusion, and
+    not the one it draws with the default (linear, 1000 steps)."""
+    import dataclasses
+
     from PIL import Image
 
     from dit_jax.cli import main
     from dit_jax.diffusion.gaussian import create_diffusion
     from dit_jax.jobs.sample import grid_labels
+    from dit_jax.parallel.mesh import make_mesh
     from dit_jax.sampling.grids import make_grid, to_uint8
-    from dit_jax.sampling.sampler import SamplerSettings, make_sampler
+    from dit_jax.sampling.sampler import SamplerSettings, build_sampler, fetch
+    from dit_jax.train.run import make_run
     wd, out = str(tmp_path / "cosine"), tmp_path / "g.png"
-    train_and_evaluate(tiny_config(total_steps=1, **{"diffusion.noise_schedule": "squaredcos_cap_v2",
-                                                     "diffusion.num_timesteps": 100}), wd)
+    config = tiny_config(total_steps=1, **{"diffusion.noise_schedule": "squaredcos_cap_v2",
+                                           "diffusion.num_timesteps": 100})
+    train_and_evaluate(config, wd)
     assert main(["sample", "--workdir", wd, "--num", "4", "--steps", "3", "--seed", "5", "--nrow", "4",
                  "--upscale", "1", "--out", str(out)]) == 0
+    got = np.asarray(Image.open(out))
     params, cfg, _ = final_params(wd)
-    run = make_sampler(cfg, create_diffusion("", noise_schedule="squaredcos_cap_v2", learn_sigma=cfg.learn_sigma,
-                                             diffusion_steps=100), SamplerSettings(steps="3", cfg_scale=4.0))
+    run = make_run(config, vae=None, mesh=make_mesh(devices=jax.devices()))
     labels = np.asarray(grid_labels(None, 4, cfg.num_classes, 5), np.int32)
-    want = make_grid(to_uint8(run(params, labels, jax.random.key(5))), 4)
-    np.testing.assert_array_equal(np.asarray(Image.open(out)).reshape(want.shape), want)
+    grids = {}
+    for name, diffusion in (("cosine", create_diffusion("", noise_schedule="squaredcos_cap_v2",
+                                                        learn_sigma=cfg.learn_sigma, diffusion_steps=100)),
+                            ("linear", create_diffusion("", learn_sigma=cfg.learn_sigma))):
+        sample = build_sampler(dataclasses.replace(run, objective=diffusion), SamplerSettings(steps="3", cfg_scale=4.0))
+        grids[name] = make_grid(to_uint8(fetch(sample(params, labels, jax.random.PRNGKey(5)), 4)), 4)
+    np.testing.assert_array_equal(got.reshape(grids["cosine"].shape), grids["cosine"])
+    # Negative control: the default schedule draws another grid (measured: most pixels differ).
+    differ = np.mean(got.reshape(grids["linear"].shape) != grids["linear"])
+    print("pixels that differ from the linear schedule's grid:", differ)
+    assert differ > 0.5
 
 
 def test_goodput_ledger_counts_steps_run_again_after_a_crash(tmp_path, capsys):

@@ -150,7 +150,7 @@ def final_evaluation(run, evaluators: list[Evaluator], ema_params, workdir: str,
     merged = {}
     for ev in evaluators:
         log.print(f"final evaluation: {ev.describe()} ...")
-        scores = evaluate(run, ev, ema_params, vae_params, stops(ev), progress=_progress(log, ev))
+        scores = evaluate(run, ev, ema_params, vae_params, stops(ev), progress=progress_lines(log, ev))
         if scores is None:
             return None
         log.print(describe(ev, scores))
@@ -163,8 +163,9 @@ def final_evaluation(run, evaluators: list[Evaluator], ema_params, workdir: str,
     return merged
 
 
-def _progress(log: MetricsLog, ev: Evaluator):
-    """A line per quarter of the samples: a long evaluation is not silent."""
+def progress_lines(log: MetricsLog, ev: Evaluator):
+    """A line per quarter of the samples (`  NAME: done/total samples`), for the periodic and the final
+    evaluations: a long evaluation is not silent."""
     marks = set()
 
     def report(done: int, total: int) -> None:

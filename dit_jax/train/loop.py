@@ -158,7 +158,8 @@ def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch):
                 if stop or preempted.reached or not evaluation.itstime(done, ev.section.every, total):
                     continue
                 scores = evaluation.evaluate(run, ev, state.ema_params, vae_params,
-                                             _asker(preempted, done, slots[ev.name]))
+                                             _asker(preempted, done, slots[ev.name]),
+                                             progress=evaluation.progress_lines(log, ev))
                 if scores is not None:
                     log.print(evaluation.describe(ev, scores))
                     log.scalars(done, scores)

@@ -13,6 +13,11 @@ answer already agreed there. Hosts that ask a different number of times therefor
 a count of questions could not promise (a question behind a host-dependent condition would have
 shifted one host's count and hung the pod).
 
+The service sets the sync point to (the largest number any host has passed) + 1 and answers yes
+only to that exact number. Positions skipped by the program (the slots of an evaluation that does
+not run after this step, of a grid switched off) are therefore passed too, in order, before the new
+one: otherwise a sync point that falls on a skipped slot is never reached and no host ever stops.
+
 Ctrl-C (SIGINT) acts as SIGTERM: with several hosts it is turned into a SIGTERM to this process,
 so JAX's handler spreads it. A second Ctrl-C exits at once, saving nothing.
 """
@@ -85,8 +90,11 @@ class Watch:
             return self.reached
         if self.reached or position is None or position <= self._asked:
             return self.reached
-        self._asked = position
-        self.reached = bool(self._manager.reached_preemption(position))
+        for p in range(self._asked + 1, position + 1):  # every number in turn (see the module's note)
+            self._asked = p
+            if self._manager.reached_preemption(p):
+                self.reached = True
+                break
         return self.reached
 
     def at_step(self, step: int) -> bool:

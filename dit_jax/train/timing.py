@@ -10,6 +10,7 @@ a 1-minute job right after a 1-hour compile shows an ETA of about a minute.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 
@@ -59,6 +60,17 @@ def log_fields(window: dict, steps: int, remaining: int, batch_size: int, flops_
     return out
 
 
+# For tests only, never for a run: this process's SaveClock runs this many times as fast as real
+# time, so that a test can make one host due and not the others, and see whose clock decides
+# (tests/test_operations.py). Unset (or 1): real time.
+TEST_CLOCK_RATE = "DIT_JAX_TEST_CLOCK_RATE"
+
+
+def _save_clock_source():
+    rate = float(os.environ.get(TEST_CLOCK_RATE, "1"))
+    return time.monotonic if rate == 1 else (lambda: rate * time.monotonic())
+
+
 class SaveClock:
     """Is a time-based checkpoint due? `every_minutes` 0 means never.
 
@@ -67,10 +79,10 @@ class SaveClock:
     together (the log steps), so it costs one tiny collective per log line, not per step.
     """
 
-    def __init__(self, every_minutes: float, clock=time.monotonic):
+    def __init__(self, every_minutes: float, clock=None):
         self.every_s = 60.0 * every_minutes
-        self.clock = clock
-        self.last = clock()
+        self.clock = clock or _save_clock_source()
+        self.last = self.clock()
 
     def due(self, at_sync_point: bool, process_count: int) -> bool:
         if not self.every_s:
