@@ -59,3 +59,50 @@ def test_benchmark_takes_the_training_config_and_its_samplers(tmp_path):
     assert {("sample", "3 heun steps, cfg 1.5"), ("sample", "3 euler steps, cfg 1.5")} <= kinds
     step = next(r for r in report["rows"] if r["kind"] == "train")
     assert step["setting"].startswith("b32 float32") and step["loss"] == step["loss"]
+
+
+def test_paired_ratio_is_the_median_of_interleaved_pairs():
+    from dit_jax.benchmark.run import paired_ratio
+    # ours 1 s, theirs 2 s, except one repetition hit by load on our side (4 s).
+    r = paired_ratio([1.0, 1.0, 4.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.2, 1.8])
+    assert r["vs_torch"] == pytest.approx(2.0) and r["vs_torch_pairs"] == 5
+    assert (r["vs_torch_min"], r["vs_torch_max"]) == pytest.approx((0.5, 2.2))
+    assert r["vs_torch_wide"]
+    steady = paired_ratio([1.0, 1.1, 0.9], [2.0, 2.1, 1.9])
+    assert not steady["vs_torch_wide"] and steady["vs_torch"] == pytest.approx(2.0 / 1.0)
+    with pytest.raises(ValueError, match="as many"):
+        paired_ratio([1.0], [1.0, 2.0])
+
+
+def test_table_shows_spread_and_flags_a_wide_one():
+    from dit_jax.benchmark.run import add_ratios, format_table
+    base = dict(kind="train", impl="jax", batch=8, input="synthetic, on device", step_ms=100.0, img_s=80.0,
+                flops_per_image=1.0, compile_s=1.0, peak_gib=None)
+    steady = dict(base, setting="steady", paired_s={"jax": [0.1, 0.1, 0.1], "torch": [0.2, 0.21, 0.19]})
+    noisy = dict(base, setting="noisy", paired_s={"jax": [0.1, 0.3, 0.1], "torch": [0.2, 0.2, 0.2]})
+    torch_row = dict(base, impl="torch", setting="b8 float32 (CPU)", img_s=40.0)
+    rows = [torch_row, steady]
+    add_ratios(rows, 0.0, 1)
+    table = format_table(rows)
+    assert steady["vs_torch"] == pytest.approx(2.0) and "1.90-2.10 n=3" in table and "WIDE" not in table
+    rows = [torch_row, noisy]
+    add_ratios(rows, 0.0, 1)
+    table = format_table(rows)
+    assert noisy["vs_torch"] == pytest.approx(2.0) and "0.67-2.00 n=3 WIDE" in table
+    assert "WIDE: the interleaved repetitions' ratios spread" in table
+
+
+@pytest.mark.slow
+def test_torch_session_times_one_repetition_per_request():
+    import os
+
+    from dit_jax.benchmark.reference import TorchSession
+    model = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, mlp_ratio=4.0,
+                 class_dropout_prob=0.1, num_classes=10, learn_sigma=True)
+    reference = os.path.join(os.path.dirname(__file__), "torch_reference")
+    with TorchSession(dict(reference=reference, model=model, warmup=1, sample_steps=2, cfg_scale=1.5)) as session:
+        assert session.train(2, 2) > 0 and session.train(2, 1) > 0  # built once, then timed again
+        assert session.sample(2) > 0
+        with pytest.raises(RuntimeError, match="KeyError"):
+            session._ask(kind="train", steps=1)  # no batch: the server's error comes back as one line
+        assert session.train(2, 1) > 0  # and it serves on

@@ -4,6 +4,7 @@ Run by `dit-jax benchmark --torch` in a process of its own (PyTorch and JAX each
 CUDA libraries and each want the GPU's memory), it prints one JSON list of rows:
 
     python -m dit_jax.benchmark.reference REQUEST.json OUT.json
+    python -m dit_jax.benchmark.reference --serve REQUEST.json   # one repetition per stdin line (TorchSession)
 
 Training: `diffusion.training_losses(model, x, t, dict(y=y))`, AdamW (lr 1e-4, no weight decay),
 backward, step and the EMA update of every parameter, on latents already on the device, in the
@@ -58,8 +59,8 @@ def _build(models, model: dict, device: str):
     return models.DiT(**model).to(device)
 
 
-def time_train(models, diffusion_pkg, model: dict, batch: int, mode: str, steps: int, warmup: int,
-               device: str) -> dict:
+def build_train(models, diffusion_pkg, model: dict, batch: int, mode: str, device: str):
+    """One training step of the reference as a closure (built once, called per step)."""
     import torch
     net = _build(models, model, device)
     ema = copy.deepcopy(net).requires_grad_(False)
@@ -81,7 +82,24 @@ def time_train(models, diffusion_pkg, model: dict, batch: int, mode: str, steps:
         with torch.no_grad():  # train.py's update_ema, decay 0.9999
             for name, p in net.named_parameters():
                 ema_params[name].mul_(0.9999).add_(p.data, alpha=1 - 0.9999)
+    return step
 
+
+def time_steps(step, steps: int, device: str) -> float:
+    """Seconds per call of `step`, over `steps` calls, the device synchronised at both ends."""
+    import torch
+    _sync(torch, device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(torch, device)
+    return (time.perf_counter() - t0) / steps
+
+
+def time_train(models, diffusion_pkg, model: dict, batch: int, mode: str, steps: int, warmup: int,
+               device: str) -> dict:
+    import torch
+    step = build_train(models, diffusion_pkg, model, batch, mode, device)
     t0 = time.perf_counter()
     step()  # the first step compiles under torch.compile
     _sync(torch, device)
@@ -91,16 +109,13 @@ def time_train(models, diffusion_pkg, model: dict, batch: int, mode: str, steps:
     _sync(torch, device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(torch, device)
-    dt = (time.perf_counter() - t0) / steps
+    dt = time_steps(step, steps, device)
     return dict(img_s=batch / dt, step_ms=1e3 * dt, peak_gib=_peak_gib(torch, device), compile_s=compile_s)
 
 
-def time_sample(models, diffusion_pkg, model: dict, batch: int, mode: str, sample_steps: int, cfg_scale: float,
-                repeats: int, device: str) -> dict:
+def build_sample(models, diffusion_pkg, model: dict, batch: int, mode: str, sample_steps: int, cfg_scale: float,
+                 device: str):
+    """One run of the reference's sampling loop (sample.py) as a closure."""
     import torch
     net = _build(models, model, device).eval()
     diffusion = diffusion_pkg.create_diffusion(str(sample_steps))
@@ -117,16 +132,19 @@ def time_sample(models, diffusion_pkg, model: dict, batch: int, mode: str, sampl
         with torch.no_grad(), _mode_context(torch, mode, device):
             diffusion.p_sample_loop(fn, z.shape, z, clip_denoised=False, model_kwargs=kwargs, device=device)
         _sync(torch, device)
+    return run
 
+
+def time_sample(models, diffusion_pkg, model: dict, batch: int, mode: str, sample_steps: int, cfg_scale: float,
+                repeats: int, device: str) -> dict:
+    import torch
+    run = build_sample(models, diffusion_pkg, model, batch, mode, sample_steps, cfg_scale, device)
     t0 = time.perf_counter()
     run()  # warm-up (cuDNN autotuning, allocator)
     first_s = time.perf_counter() - t0
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        run()
-    dt = (time.perf_counter() - t0) / repeats
+    dt = time_steps(run, repeats, device)
     return dict(img_s=batch / dt, step_ms=1e3 * dt / sample_steps, peak_gib=_peak_gib(torch, device),
                 compile_s=first_s)
 
@@ -168,8 +186,111 @@ def run(request: dict) -> list[dict]:
     return [dict(r, **env) for r in rows]
 
 
+def serve(request: dict, lines, reply) -> None:
+    """Time one repetition per request line, so that a caller can interleave the reference's repetitions
+    with its own (A B A B ...) and both sides see the same load on a shared machine.
+
+    Each line is JSON: {"kind": "train", "batch": B, "steps": N} (seconds per step over N steps) or
+    {"kind": "sample", "batch": B} (seconds per sampling run); `request` is `run`'s (reference, model,
+    warmup, sample_steps, cfg_scale). A (kind, batch) is built and warmed up at its first request. The
+    reference's default mode only: tf32 (float32 on a CPU). Replies are JSON lines {"seconds": s} or
+    {"error": text}; an empty line or end of input stops.
+    """
+    import torch
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    models, diffusion_pkg = import_reference(request["reference"])
+    model, built = request["model"], {}
+    for line in lines:
+        if not line.strip():
+            break
+        try:
+            ask = json.loads(line)
+            key = (ask["kind"], ask["batch"])
+            if key not in built:
+                if ask["kind"] == "train":
+                    fn = build_train(models, diffusion_pkg, model, ask["batch"], "tf32", device)
+                    warm = max(request.get("warmup", 1), 1)
+                else:
+                    fn = build_sample(models, diffusion_pkg, model, ask["batch"], "tf32", request["sample_steps"],
+                                      request["cfg_scale"], device)
+                    warm = 1
+                for _ in range(warm):
+                    fn()
+                built[key] = fn
+            reply(dict(seconds=time_steps(built[key], ask.get("steps", 1), device)))
+        except Exception as e:  # noqa: BLE001 -- the caller decides what a failed repetition means
+            reply(dict(error=f"{type(e).__name__}: {e}"))
+
+
+class TorchSession:
+    """The reference in a process of its own, timed one repetition at a time (see `serve`).
+
+        with TorchSession(request) as torch_side:
+            for _ in range(repeats):
+                ours.append(time_one_repetition())
+                theirs.append(torch_side.train(batch, steps))
+    """
+
+    def __init__(self, request: dict, timeout: float = 3600):
+        import subprocess
+        import tempfile
+        self._dir = tempfile.TemporaryDirectory()
+        path = os.path.join(self._dir.name, "request.json")
+        with open(path, "w") as f:
+            json.dump(request, f)
+        self._proc = subprocess.Popen([sys.executable, "-m", "dit_jax.benchmark.reference", "--serve", path],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, bufsize=1)
+        self.timeout = timeout
+
+    def _ask(self, **ask) -> float:
+        self._proc.stdin.write(json.dumps(ask) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the PyTorch reference stopped:\n{self._proc.stderr.read()[-3000:]}")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"the PyTorch reference failed: {answer['error']}")
+        return answer["seconds"]
+
+    def train(self, batch: int, steps: int) -> float:
+        """Seconds per training step of the reference, over `steps` steps."""
+        return self._ask(kind="train", batch=batch, steps=steps)
+
+    def sample(self, batch: int) -> float:
+        """Seconds per sampling run of the reference."""
+        return self._ask(kind="sample", batch=batch)
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=60)
+            except Exception:  # noqa: BLE001
+                self._proc.kill()
+        self._dir.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--serve":
+        with open(argv[1]) as f:
+            request = json.load(f)
+
+        def reply(answer):
+            sys.stdout.write(json.dumps(answer) + "\n")
+            sys.stdout.flush()
+        serve(request, sys.stdin, reply)
+        return 0
     with open(argv[0]) as f:
         request = json.load(f)
     rows = run(request)
