@@ -270,7 +270,7 @@ def cmd_train(argv: list[str]) -> int:
 
 def _refuse_empty_flags(argv: list[str], names: list[str]) -> None:
     """`--workdir=` or `--coordinator ''`: a flag given an empty value (config fields may be empty:
-    `--config.eval.kind=` turns evaluations off)."""
+    `--config.evals.digits.kind=` turns evaluations off)."""
     for i, arg in enumerate(argv):
         name, eq, value = arg.lstrip("-").partition("=")
         if not arg.startswith("-") or name not in names + ["config"]:

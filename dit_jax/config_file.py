@@ -131,6 +131,9 @@ def parse(argv: list[str], flag_values, default: str, help_string: str) -> tuple
         m = re.search(r'Did you mean "([\w.]+)" instead of "([\w.]+)"', str(e))
         hint = f"{m.group(2)!r}; did you mean {m.group(1)!r}?" if m else str(e)
         raise ValueError(f"unknown config key {hint}") from None
+    except KeyError as e:  # an unknown section on the way to a field (--config.eval.kind, now config.evals)
+        raise ValueError(f"unknown config key {e.args[0]!r} in {' '.join(a for a in argv if a.startswith('--config.'))}"
+                         f" (see `{argv[0]} --help` for the config's fields)") from None
     except flags.Error as e:  # a value of the wrong type: its first and last lines say which and why
         lines = [line for line in str(e).splitlines() if line.strip()]
         raise ValueError(lines[0] if len(lines) == 1 else f"{lines[0]}: {lines[-1]}") from None

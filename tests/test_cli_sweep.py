@@ -215,7 +215,7 @@ COMPILE_CASES = [("--topology", ""), ("--num-slices", ""), ("--num-slices", "abc
 
 @pytest.fixture
 def no_compiling(monkeypatch):
-    from dit_jax.parallel import compile_check
+    from dit_jax.jobs import compile as compile_check
     reached = []
 
     def stop(target):

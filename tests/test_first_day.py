@@ -287,7 +287,7 @@ def test_accept_data_change_goes_on_with_the_new_batch_size(run, tmp_path):
 # ------------------------------------------------------- 4. a workdir that cannot be written: exit 2
 
 def _train_cli(workdir, *more):
-    return main(["train", f"--workdir={workdir}", "--config.total_steps=1", "--config.eval.kind=",
+    return main(["train", f"--workdir={workdir}", "--config.total_steps=1", "--config.evals.digits.kind=",
                  "--config.sample.every=0", *more])
 
 
@@ -401,7 +401,7 @@ def test_train_and_compile_parse_config_files_in_one_module():
     import inspect
 
     from dit_jax import cli
-    from dit_jax.parallel import compile_check
+    from dit_jax.jobs import compile as compile_check
     for module in (cli, compile_check):
         source = inspect.getsource(module)
         assert "DEFINE_config_file" not in source and "from dit_jax.cli import" not in source
