@@ -83,3 +83,20 @@ def test_evaluation_samples_with_the_runs_noise_schedule():
                                                   params)
     np.testing.assert_array_equal(got, outputs["cosine"])
     assert np.abs(got - outputs["linear"]).max() > 1e-2
+
+
+def test_two_evaluators_run_in_one_run(tmp_path):
+    """config.evals: the demo's digits score and a second digits evaluator with another sampler and
+    schedule, in one run; each logs its own curve under its own name."""
+    c = tiny_config(**{"evals.digits.kind": "digits", "evals.digits.every": 2, "evals.digits.num_samples": 10,
+                       "evals.digits.batch_size": 10, "evals.digits.steps": "4", "total_steps": 4})
+    c.evals["fast"] = c.evals.digits.copy_and_resolve_references()
+    c.evals.fast.update(sampler="dpm++2m", steps="3", every=4)
+    result = train_and_evaluate(c, str(tmp_path))
+    assert sorted(logged(str(tmp_path), "eval/digits/frechet_distance")) == [2]
+    assert logged(str(tmp_path), "eval/fast/frechet_distance") == {}  # every=4 is the last step: the final one
+    for name in ("digits", "fast"):
+        assert np.isfinite(result[f"eval/{name}/frechet_distance"])
+    assert result["eval/fast/frechet_distance"] != result["eval/digits/frechet_distance"]  # another sampler
+    with open(tmp_path / "eval_scores.json") as f:
+        assert {"eval/digits/num_samples", "eval/fast/num_samples"} <= set(json.load(f))
