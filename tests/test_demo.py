@@ -7,17 +7,22 @@ import jax
 import pytest
 
 from dit_jax.models.dit import init_params
-from dit_jax.train.config_base import load_config, to_dit_config
-from dit_jax.train.evaluation import final_evaluation
+from dit_jax.train.config_base import load_config
+from dit_jax.train.evaluation import final_evaluation, make_evaluators
 from dit_jax.train.loop import train_and_evaluate
 from dit_jax.train.metrics_log import MetricsLog
+from dit_jax.train.run import make_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Measured on 2 CPU cores (500 steps, EMA 0.99, 200 samples of 50 steps): Frechet distance 61 in
-# the digit classifier's feature space (48 after 1000 steps); the untrained model (step 0) gives
-# 185. Class accuracy needs the full demo (0.96 at 4000 steps); at 500 steps it is near chance.
+# Measured on 2 CPU cores (`pytest -s tests/test_demo.py`: 500 steps, EMA 0.99, 200 samples of 50
+# steps): class accuracy 0.130, Frechet distance 60.7 in the digit classifier's feature space; the
+# untrained model (step 0): 0.065 and 185.3. Accuracy is still near chance (0.1) at 500 steps (0.96
+# needs the full demo's 4000): the test asks only that the trained model is above chance and the
+# untrained one below it.
 FD_THRESHOLD = 100.0
+ACCURACY_THRESHOLD = 0.1
+ACCURACY_UNTRAINED_MAX = 0.1
 
 
 def short_demo():
@@ -36,8 +41,11 @@ def test_short_demo_learns(tmp_path):
     assert scores["eval/digits/frechet_distance"] == pytest.approx(result["eval/digits/frechet_distance"])
     assert os.path.isfile(tmp_path / "samples" / "step_0000500.png")
     os.makedirs(tmp_path / "untrained")
-    untrained = final_evaluation(c, to_dit_config(c.model), init_params(to_dit_config(c.model), jax.random.key(0)),
+    run = make_run(c)
+    untrained = final_evaluation(run, make_evaluators(run), init_params(run.model, jax.random.key(0)),
                                  str(tmp_path / "untrained"), MetricsLog(str(tmp_path / "untrained"), enabled=False))
     print("trained", scores, "untrained", untrained)
     assert untrained["eval/digits/frechet_distance"] > 1.5 * FD_THRESHOLD
     assert scores["eval/digits/frechet_distance"] < FD_THRESHOLD
+    assert untrained["eval/digits/class_accuracy"] < ACCURACY_UNTRAINED_MAX
+    assert scores["eval/digits/class_accuracy"] > ACCURACY_THRESHOLD

@@ -1,10 +1,12 @@
 """Quality curves during training: the demo's digit scores and FID against a reference batch,
 computed on EMA samples every N steps and logged beside the loss."""
 
+import dataclasses
 import json
 import os
 
 import numpy as np
+import pytest
 
 from dit_jax.train.loop import train_and_evaluate
 from test_train import tiny_config
@@ -44,6 +46,30 @@ def test_fid_against_a_reference_batch_during_training(tmp_path):
     result = train_and_evaluate(c, str(tmp_path / "run"))
     curve = logged(str(tmp_path / "run"), "eval/fid/fid")
     assert sorted(curve) == [2] and curve[2] > 0 and result["eval/fid/fid"] > 0
+    # The final FID recomputed from the same samples (the final EMA weights, the evaluation's labels
+    # and noise), their Inception features and the statistics written in the reference batch file,
+    # by the exact few-sample formula (tests/test_adm_metrics.py).
+    from dit_jax.sampling.grids import to_uint8
+    from dit_jax.train import evaluation
+    from dit_jax.train.checkpoint import load_ema
+    from dit_jax.train.run import make_run
+    from test_adm_metrics import FEW_SAMPLE_ABS, few_sample_frechet
+    run = make_run(c)
+    [ev] = evaluation.make_evaluators(run)
+    ema, _, step = load_ema(str(tmp_path / "run"))
+    assert step == 4
+    other_noise = c.copy_and_resolve_references()
+    other_noise.seed += 1
+    recomputed = {}
+    for name, which in (("same", run), ("other noise", dataclasses.replace(run, config=other_noise))):
+        images, _ = evaluation.ema_samples(which, ev, ema)
+        pool = extract_features(variables, to_uint8(np.repeat(images, 3, axis=-1)), outputs=("pool",))["pool"]
+        with np.load(tmp_path / "ref.npz") as ref:
+            recomputed[name] = few_sample_frechet(pool, ref["mu"], ref["sigma"])
+    print("FID during training vs recomputed:", result["eval/fid/fid"], recomputed)
+    assert result["eval/fid/fid"] == pytest.approx(recomputed["same"], abs=FEW_SAMPLE_ABS)
+    # Negative control: the same weights' samples from other noise score another FID.
+    assert abs(recomputed["other noise"] - recomputed["same"]) > 10 * FEW_SAMPLE_ABS
 
 
 def test_fid_eval_needs_its_files(tmp_path):
