@@ -113,10 +113,11 @@ def test_workdir_lock_in_a_bucket(gcs_bucket):
 def test_arrayrecord_data_in_a_bucket_fails_at_once(argv, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "images" / "a").mkdir(parents=True)
+    (tmp_path / "vae").mkdir()  # --vae must name a directory: the data_dir is what is refused here
     if argv[0] == "train":
         argv = argv + [f"--workdir={tmp_path / 'run'}"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
     assert "gs://bucket/tfds" in err and "gcsfuse" in err and "gsutil -m cp -r" in err
-    assert sorted(os.listdir(tmp_path)) == ["images"]  # nothing written, no run directory
+    assert sorted(os.listdir(tmp_path)) == ["images", "vae"]  # nothing written, no run directory

@@ -245,17 +245,19 @@ def test_sample_command_uses_the_runs_noise_schedule(tmp_path):
     params, cfg, _ = final_params(wd)
     run = make_run(config, vae=None, mesh=make_mesh(devices=jax.devices()))
     labels = np.asarray(grid_labels(None, 4, cfg.num_classes, 5), np.int32)
-    grids = {}
+    grids, samples = {}, {}
     for name, diffusion in (("cosine", create_diffusion("", noise_schedule="squaredcos_cap_v2",
                                                         learn_sigma=cfg.learn_sigma, diffusion_steps=100)),
                             ("linear", create_diffusion("", learn_sigma=cfg.learn_sigma))):
         sample = build_sampler(dataclasses.replace(run, objective=diffusion), SamplerSettings(steps="3", cfg_scale=4.0))
-        grids[name] = make_grid(to_uint8(fetch(sample(params, labels, jax.random.PRNGKey(5)), 4)), 4)
+        samples[name] = fetch(sample(params, labels, jax.random.PRNGKey(5)), 4)
+        grids[name] = make_grid(to_uint8(samples[name]), 4)
     np.testing.assert_array_equal(got.reshape(grids["cosine"].shape), grids["cosine"])
-    # Negative control: the default schedule draws another grid (measured: most pixels differ).
-    differ = np.mean(got.reshape(grids["linear"].shape) != grids["linear"])
-    print("pixels that differ from the linear schedule's grid:", differ)
-    assert differ > 0.5
+    # Negative control: the default schedule samples something else. A one-step model's samples mostly
+    # saturate to 0 or 255 either way (about 1% of pixels differ), so compare the samples themselves
+    # (measured: up to thousands apart).
+    assert np.mean(got.reshape(grids["linear"].shape) != grids["linear"]) > 0
+    assert np.abs(samples["cosine"] - samples["linear"]).max() > 1.0
 
 
 def test_goodput_ledger_counts_steps_run_again_after_a_crash(tmp_path, capsys):
