@@ -26,8 +26,9 @@ class ConfigFileError(ValueError):
 
 def packaged_config(name: str) -> str:
     """The path of a config file shipped with the package ('dit.py', 'demo.py')."""
-    import dit_jax.configs
-    return os.path.join(os.path.dirname(dit_jax.configs.__file__), name)
+    # A path beside this module, not an import of dit_jax.configs: the config files import the
+    # training package, which parses configs here (an import circle).
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", name)
 
 
 def resolve_config_spec(spec: str) -> str:

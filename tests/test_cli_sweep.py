@@ -183,7 +183,7 @@ def test_every_train_flag(paths, no_training, capsys, flag, case, value):
 def _config_fields():
     from ml_collections import config_dict
 
-    from dit_jax.train.config_base import load_config, packaged_config
+    from dit_jax.config_file import load_config, packaged_config
     out = []
 
     def walk(node, prefix):

@@ -7,7 +7,7 @@ import jax
 import pytest
 
 from dit_jax.models.dit import init_params
-from dit_jax.train.config_base import load_config
+from dit_jax.config_file import load_config
 from dit_jax.train.evaluation import final_evaluation, make_evaluators
 from dit_jax.train.loop import train_and_evaluate
 from dit_jax.train.metrics_log import MetricsLog

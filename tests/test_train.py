@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import Child
-from dit_jax.train.config_base import load_config
+from dit_jax.config_file import load_config
 from dit_jax.train.loop import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

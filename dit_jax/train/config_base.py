@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import ml_collections
 
-# Config files are found and run in one module; these names stay importable from here.
-from dit_jax.config_file import load_config, packaged_config, resolve_config_spec  # noqa: F401
 from dit_jax.models.dit import DiTConfig, dit_config
 
 
