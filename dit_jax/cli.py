@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import inspect
 import json
 import os
@@ -301,23 +300,8 @@ def cmd_evaluate(args) -> int:
 def cmd_benchmark(args, config_args: list[str]) -> int:
     """Train step, input pipeline and sampler of a training config, timed per setting, beside the PyTorch
     reference (--torch). Without --config: the paper's recipe for --model on a latent dataset."""
-    from dit_jax.benchmark.run import Setting, parse_setting, run_benchmark
-    from dit_jax.config_file import config_from_args, packaged_config
-    from dit_jax.train.config_base import model_fields
-    config = config_from_args(config_args, packaged_config("dit.py") + ":XL/2", "dit-jax benchmark")
-    if not any(a == "--config" or a.startswith("--config=") for a in config_args):
-        config.data.latents = "dataset"  # the step alone, as the reference's rows time it
-    if args.model:  # replaces config.model, then the size flags below apply
-        config.model = model_fields(args.model)
-    sizes = dict(input_size=args.input_size, num_classes=args.num_classes, in_channels=args.in_channels,
-                 num_heads=args.num_heads, depth=args.depth, hidden_size=args.hidden_size)
-    config.model.update({k: v for k, v in sizes.items() if v is not None})
-    config.data.num_classes = config.model.num_classes
-    defaults = Setting.of(config, 1)
-    chosen = dict(batch=args.batch, dtype=args.dtype, attention=args.attention, remat=args.remat,
-                  scan=args.scan or None)
-    defaults = dataclasses.replace(defaults, **{k: v for k, v in chosen.items() if v is not None})
-    settings = [parse_setting(spec, defaults) for spec in args.setting] or [parse_setting("", defaults)]
+    from dit_jax.benchmark.run import config_and_settings, run_benchmark
+    config, settings = config_and_settings(args, config_args)
     reference = ""
     if args.torch:
         reference = args.reference or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -327,7 +311,7 @@ def cmd_benchmark(args, config_args: list[str]) -> int:
     run_benchmark(config, settings, steps=args.steps, warmup=args.warmup, pipeline=not args.no_pipeline,
                   data_dir=args.data_dir, dataset=args.dataset, worker_count=args.workers,
                   sample_steps=args.sample_steps, cfg_scale=args.cfg_scale, sample_batch=args.sample_batch,
-                  sample_repeats=args.sample_repeats, samplers=tuple(args.sampler or ["ddpm"]),
+                  sample_repeats=args.sample_repeats, samplers=tuple(args.sampler or [""]),
                   torch_reference=reference, out=args.out)
     return 0
 

@@ -16,7 +16,6 @@ layout of `dit-jax benchmark --out`, with no JAX rows.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -28,22 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def benchmark_config(flags: list[str]):
     """(config, settings, parsed benchmark args) as `dit-jax benchmark` builds them from the same flags."""
-    from dit_jax.benchmark.run import Setting, parse_setting
+    from dit_jax.benchmark.run import config_and_settings
     from dit_jax.cli import build_parser
-    from dit_jax.train.config_base import model_fields, parse_config_flags
     args, config_args = build_parser().parse_known_args(["benchmark", *flags])
-    # As dit_jax.cli.cmd_benchmark: the config, then --model and the size flags over it.
-    config = parse_config_flags(config_args, "configs/dit.py:XL/2", "bench_torch")
-    if args.model:
-        config.model = model_fields(args.model)
-    sizes = dict(input_size=args.input_size, num_classes=args.num_classes, in_channels=args.in_channels,
-                 num_heads=args.num_heads, depth=args.depth, hidden_size=args.hidden_size)
-    config.model.update({k: v for k, v in sizes.items() if v is not None})
-    defaults = Setting.of(config, 1)
-    chosen = dict(batch=args.batch, dtype=args.dtype, attention=args.attention, remat=args.remat,
-                  scan=args.scan or None)
-    defaults = dataclasses.replace(defaults, **{k: v for k, v in chosen.items() if v is not None})
-    settings = [parse_setting(spec, defaults) for spec in args.setting] or [parse_setting("", defaults)]
+    config, settings = config_and_settings(args, config_args)
     return config, settings, args
 
 

@@ -100,6 +100,26 @@ def parse_setting(spec: str, defaults: Setting) -> Setting:
     return s
 
 
+def config_and_settings(args, config_args: list[str]):
+    """(training config, settings) that `dit-jax benchmark` times, from its parsed flags and the
+    `--config=FILE` / `--config.FIELD=VALUE` arguments (tools/bench_torch.py takes the same)."""
+    from dit_jax.config_file import config_from_args, packaged_config
+    from dit_jax.train.config_base import model_fields
+    config = config_from_args(config_args, packaged_config("dit.py") + ":XL/2", "dit-jax benchmark")
+    if not any(a == "--config" or a.startswith("--config=") for a in config_args):
+        config.data.latents = "dataset"  # the step alone, as the reference's rows time it
+    if args.model:  # replaces config.model, then the size flags below apply
+        config.model = model_fields(args.model)
+    sizes = dict(input_size=args.input_size, num_classes=args.num_classes, in_channels=args.in_channels,
+                 num_heads=args.num_heads, depth=args.depth, hidden_size=args.hidden_size)
+    config.model.update({k: v for k, v in sizes.items() if v is not None})
+    config.data.num_classes = config.model.num_classes
+    chosen = dict(batch=args.batch, dtype=args.dtype, attention=args.attention, remat=args.remat,
+                  scan=args.scan or None)
+    defaults = dataclasses.replace(Setting.of(config, 1), **{k: v for k, v in chosen.items() if v is not None})
+    return config, [parse_setting(spec, defaults) for spec in args.setting] or [parse_setting("", defaults)]
+
+
 def peak_memory_gib(device) -> float | None:
     stats = device.memory_stats()  # None on CPU
     return stats["peak_bytes_in_use"] / 2**30 if stats and "peak_bytes_in_use" in stats else None
@@ -289,7 +309,8 @@ def time_sample(config, setting: Setting, batch: int, sample_steps: int, cfg_sca
     jax.block_until_ready(out)
     dt = (time.perf_counter() - t0) / repeats
     halves = 2 if cfg_scale > 1 else 1  # guidance runs the model on [x, x]
-    return dict(kind="sample", impl="jax", batch=batch, input=f"{sample_steps} {sampler} steps, cfg {cfg_scale}",
+    return dict(kind="sample", impl="jax", batch=batch,
+                input=f"{sample_steps} {settings.resolved(run.objective)} steps, cfg {cfg_scale}",
                 setting=dataclasses.replace(setting, batch=batch, remat="none").label().replace(" remat=none", ""),
                 img_s=batch / dt, step_ms=1e3 * dt / sample_steps, compile_s=compile_s - dt,
                 peak_gib=peak_memory_gib(jax.devices()[0]),
@@ -416,7 +437,7 @@ def environment() -> dict:
 def run_benchmark(config, settings: list[Setting], *, steps: int = 10,
                   warmup: int = 2, pipeline: bool = True, data_dir: str = "", dataset: str = "",
                   worker_count: int = 0, sample_steps: int = 250, cfg_scale: float = 1.5, sample_batch: int = 32,
-                  sample_repeats: int = 1, samplers: tuple[str, ...] = ("ddpm",), torch_reference: str = "",
+                  sample_repeats: int = 1, samplers: tuple[str, ...] = ("",), torch_reference: str = "",
                   torch_timeout: float = 3600, out: str = "", log=print) -> dict:
     """Time the training step of `config` under every setting (its mesh, sharding and input as training
     builds them), its samplers, and the reference with torch_reference; print the table, write JSON."""
