@@ -57,6 +57,10 @@ def _load_module(name: str, path: str, package_dir: str | None = None) -> types.
     spec = importlib.util.spec_from_file_location(
         name, path, submodule_search_locations=[package_dir] if package_dir else None)
     module = importlib.util.module_from_spec(spec)
+    # A second load (another test module, another comparison) must not find the first load's submodules:
+    # `from .integrators import ode` would take the cached one and never set `integrators` on this package.
+    for stale in [key for key in sys.modules if key == name or key.startswith(name + ".")]:
+        del sys.modules[stale]
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module

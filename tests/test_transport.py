@@ -12,10 +12,8 @@ max|ours - reference| / max|reference|; each family has a negative control.
 """
 
 import functools
-import importlib.util
 import math
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +21,7 @@ import numpy as np
 import pytest
 
 from dit_jax.diffusion.samplers import guidance_channels
+from dit_jax.parity_sit import _load_module
 from dit_jax.transport import (DIFFUSION_FORMS, LAST_STEPS, LOSS_WEIGHTS, PATHS, PREDICTIONS, Transport,
                                forward_with_cfg, guided_model_fn, model_evaluations, sample_ode, sample_sde,
                                split_learned_sigma, training_losses, velocity_fn)
@@ -73,22 +72,13 @@ def fails(ours, expected, tol=TOL) -> bool:
 # The reference package, the shared network and layout helpers.
 # ---------------------------------------------------------------------------------------------
 
-def _load(name, path, package_dir=None):
-    spec = importlib.util.spec_from_file_location(
-        name, path, submodule_search_locations=[package_dir] if package_dir else None)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def sit():
     """The reference's transport package and models module, loaded under private names (tests/
     torch_reference also has a top-level `models`)."""
     package = os.path.join(SIT_DIR, "transport")
-    transport = _load("sit_reference_transport", os.path.join(package, "__init__.py"), package)
-    models = _load("sit_reference_models", os.path.join(SIT_DIR, "models.py")) if SIT_DIR.endswith(
+    transport = _load_module("sit_reference_transport", os.path.join(package, "__init__.py"), package)
+    models = _load_module("sit_reference_models", os.path.join(SIT_DIR, "models.py")) if SIT_DIR.endswith(
         "sit_reference") else None
     return transport, models
 
