@@ -226,6 +226,15 @@ def cmd_train(argv: list[str]) -> int:
                          "jax.distributed.initialize before failing", lower_bound=1, flag_values=f)
     flags.DEFINE_list("local_device_ids", None, "the accelerators this process drives, e.g. 0,1,2,3 (one process "
                       "per node driving all its GPUs; SLURM detection alone gives one GPU per task)", flag_values=f)
+    flags.DEFINE_bool("dry_run", False, "check everything a run checks before its first step and print its plan "
+                      "(mesh, batch per device and host, steps, epochs, checkpoints, evaluations); writes nothing "
+                      "and joins no other process. Also spelled --dry-run", flag_values=f)
+    flags.DEFINE_bool("check_files", True, "with --dry_run: check the dataset, the files the config names and "
+                      "the workdir; --nocheck_files checks the config, mesh and batch only (a launch machine "
+                      "that does not hold the hosts' disks)", flag_values=f)
+    flags.DEFINE_integer("devices", None, "with --dry_run: plan for this many devices (all hosts, all slices); "
+                         "default: this machine's", lower_bound=1, flag_values=f)
+    argv = ["--dry_run" if a == "--dry-run" else a for a in argv]
     show_help = any(a in HELP_FLAGS for a in argv)
     _refuse_empty_flags(argv, [name for name in f])
     argv = ["dit-jax train"] + [a for a in argv if a not in HELP_FLAGS]
@@ -236,6 +245,10 @@ def cmd_train(argv: list[str]) -> int:
         return 0
     if positional:
         raise ValueError(_positional_problem(positional))
+    if f.dry_run:
+        return _dry_run(f)
+    elif f["devices"].present or f["check_files"].present:
+        raise ValueError("--devices and --check_files apply to a dry run: add --dry_run")
     from dit_jax.workdir_lock import workdir_problem
     problem = workdir_problem(f.workdir)
     if problem:
@@ -265,6 +278,18 @@ def cmd_train(argv: list[str]) -> int:
         print(f"error: {line}", file=sys.stderr)
         return exit_codes.BAD_INPUT
     return exit_codes.FINISHED
+
+
+def _dry_run(f) -> int:
+    import jax
+
+    from dit_jax.train.plan import dry_run
+    devices = f.devices or jax.device_count()
+    hosts = f.num_processes or jax.process_count()
+    for line in dry_run(f.config, f.workdir, devices=devices, hosts=hosts, files=f.check_files):
+        print(line)
+    print("dry run: every check passed; nothing was written")
+    return 0
 
 
 def _refuse_empty_flags(argv: list[str], names: list[str]) -> None:

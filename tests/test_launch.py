@@ -6,6 +6,8 @@ import re
 import shlex
 import subprocess
 
+import pytest
+
 from dit_jax import exit_codes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -13,9 +15,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def dry_run(script, **env):
     full = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    full.update(DRY_RUN="1", **env)
+    full.update({"DRY_RUN": "1", "CHECK": "0", **env})  # the check before launch: its own tests below
     res = subprocess.run(["bash", os.path.join(ROOT, "tools", "launch", script)], env=full, capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=300)
     commands = [shlex.split(line[2:]) for line in (res.stdout + res.stderr).splitlines() if line.startswith("+ ")]
     return res, commands
 
@@ -101,3 +103,28 @@ def test_dockerfile_installs_what_the_readme_installs():
     for extra in ("tpu", "cuda12"):
         assert f".venv/bin/pip install -e . 'jax[{extra}]'" in readme
     assert "FROM python:3.12" in docker and "python3.12 -m venv .venv" in readme
+
+
+CHECKED = {  # each recipe with the paper's config, as its header shows it (VAE and DATA_DIR given)
+    "tpu_pod.sh": dict(TPU, TRAIN_FLAGS=""),
+    "xpk.sh": dict(CLUSTER="c", PROJECT="p", ZONE="z", TPU_TYPE="v5p-256", WORKDIR="gs://b/run", IMAGE="img"),
+    "slurm_gpu.sbatch": dict(WORKDIR="/shared/run", SLURM_JOB_ID="42", SLURM_NNODES="4", GPUS="8"),
+}
+DEVICES = {"tpu_pod.sh": 32, "xpk.sh": 128, "slurm_gpu.sbatch": 32}
+
+
+@pytest.mark.parametrize("script", sorted(CHECKED))
+def test_recipe_checks_the_run_here_before_launching_and_stops_on_a_bad_config(script):
+    env = dict(CHECKED[script], CHECK="1", DATA_DIR="/data/tfds")
+    res, cmds = dry_run(script, **env, VAE="gs://b/sd-vae-ft-ema")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"--devices={DEVICES[script]} --config=configs/dit.py:XL/2" in res.stderr
+    assert "dry run: every check passed" not in res.stdout  # the check's report goes to stderr, the plan with it
+    assert f"over {DEVICES[script]} devices" in res.stderr and cmds
+    train = [c for c in cmds if "train" in " ".join(c)]
+    assert train and all("--config.data.vae=gs://b/sd-vae-ft-ema" in " ".join(c) for c in train)
+    # The negative control: without VAE the paper's config cannot run, and nothing is launched.
+    res, cmds = dry_run(script, **env)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "data.latents='encode' needs the VAE" in res.stderr
+    assert "nothing was launched" in res.stderr and cmds == []

@@ -1,7 +1,7 @@
 """The paper's DiT training recipe for every named model, at 256 or 512 px.
 
-    dit-jax train --config configs/dit.py:XL/2 --workdir gs://bucket/dit-xl2-256
-    dit-jax train --config configs/dit.py:B/4-512 --workdir runs/b4-512 --config.batch_size=64
+    dit-jax train --config configs/dit.py:XL/2 --workdir gs://bucket/dit-xl2-256 --config.data.vae=gs://bucket/sd-vae-ft-ema
+    dit-jax train --config configs/dit.py:B/4-512 --workdir runs/b4-512 --config.batch_size=64 --config.data.vae=weights/sd-vae-ft-ema
 
 Argument: a model name (S, B, L, XL with patch 2, 4 or 8), optionally '-512' for 512 px
 (64x64 latents). Recipe (all models): AdamW lr 1e-4, no weight decay, global batch 256, EMA

@@ -1,7 +1,7 @@
 """SiT's training recipe (official train.py) for every named model, at 256 or 512 px.
 
-    dit-jax train --config configs/sit.py:XL/2 --workdir gs://bucket/sit-xl2-256
-    dit-jax train --config configs/sit.py:B/4-512 --workdir runs/sit-b4-512 --config.batch_size=64
+    dit-jax train --config configs/sit.py:XL/2 --workdir gs://bucket/sit-xl2-256 --config.data.vae=gs://bucket/sd-vae-ft-ema
+    dit-jax train --config configs/sit.py:B/4-512 --workdir runs/sit-b4-512 --config.batch_size=64 --config.data.vae=weights/sd-vae-ft-ema
 
 Argument: a model name (S, B, L, XL with patch 2, 4 or 8), optionally '-512' for 512 px (64x64
 latents). SiT trains the unchanged DiT backbone (learned-sigma output, whose variance half its

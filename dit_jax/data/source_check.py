@@ -14,7 +14,7 @@ REBUILD = ("the demo's digits are rebuilt on the next run; an image folder with 
            "a latent dataset with `dit-jax extract-latents`")
 
 
-def _built_versions(name: str, data_dir: str) -> list[str]:
+def built_versions(name: str, data_dir: str) -> list[str]:
     return sorted(str(p.parent) for p in storage.resolve(data_dir).joinpath(name).glob("*/dataset_info.json"))
 
 
@@ -24,14 +24,15 @@ def _damaged(name: str, directory: str, error: Exception) -> ValueError:
                       f"{directory} and build it again ({REBUILD})")
 
 
-def check_dataset(name: str, data_dir: str, split: str = "train") -> None:
-    """Open the dataset as training will and read its first and last records; a clear error if that fails."""
+def check_dataset(name: str, data_dir: str, split: str = "train") -> int:
+    """Open the dataset as training will and read its first and last records; a clear error if that fails.
+    Returns the number of records."""
     from dit_jax.data.pipeline import DatasetNotFoundError, open_source
     data_dir = str(storage.resolve(data_dir or default_data_dir()))
     try:
         source = open_source(name, data_dir, split)
     except DatasetNotFoundError as e:
-        built = _built_versions(name, data_dir)
+        built = built_versions(name, data_dir)
         if built:  # its files are there, so it is not missing: its metadata cannot be read
             raise _damaged(name, built[-1], e.__cause__ or e) from None
         raise
@@ -40,5 +41,6 @@ def check_dataset(name: str, data_dir: str, split: str = "train") -> None:
     try:
         source[0], source[len(source) - 1]  # a truncated file fails here, at its end
     except Exception as e:  # noqa: BLE001 -- any read failure means the files are damaged
-        built = _built_versions(name, data_dir)
+        built = built_versions(name, data_dir)
         raise _damaged(name, built[-1] if built else storage.join(data_dir, name), e) from None
+    return len(source)

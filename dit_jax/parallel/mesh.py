@@ -71,6 +71,20 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, dcn_data: int = 1,
     return Mesh(array, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
+def mesh_shape(mesh_config, n_devices: int) -> dict[str, int]:
+    """The (data, fsdp, tensor) sizes config.mesh gives on `n_devices` devices (no devices needed: a
+    plan for a slice made elsewhere); a ValueError as make_mesh's when they do not fit."""
+    dcn = [mesh_config.get("dcn_data", 1), mesh_config.get("dcn_fsdp", 1)]
+    if min(dcn) < 1:
+        raise ValueError(f"mesh.dcn_data and mesh.dcn_fsdp must be >= 1, got {dcn[0]} and {dcn[1]}")
+    slices = math.prod(dcn)
+    if n_devices % slices:
+        raise ValueError(f"mesh.dcn_data x mesh.dcn_fsdp = {slices} slices do not divide {n_devices} devices")
+    within = _fill([mesh_config.data, mesh_config.fsdp, mesh_config.tensor], n_devices // slices,
+                   " per slice" if slices > 1 else "")
+    return dict(zip(MESH_AXES, (within[0] * dcn[0], within[1] * dcn[1], within[2])))
+
+
 def make_mesh_from_config(mesh_config, devices=None) -> Mesh:
     """config.mesh -> Mesh (the sharding options in config.mesh are read elsewhere)."""
     return make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.tensor, mesh_config.get("dcn_data", 1),

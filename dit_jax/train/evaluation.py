@@ -40,8 +40,8 @@ def active(config) -> list[tuple[str, ml_collections.ConfigDict]]:
     return [(name, e) for name, e in config.evals.items() if e.kind]
 
 
-def check(config) -> list[str]:
-    """Config problems of config.evals (empty when fine)."""
+def check(config, files: bool = True) -> list[str]:
+    """Config problems of config.evals (empty when fine); `files`: also that the files they name exist."""
     problems = []
     for name, e in config.evals.items():
         where = f"evals.{name}"
@@ -61,7 +61,7 @@ def check(config) -> list[str]:
                             f"{where}.inception (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
         if e.kind == "fid" and config.data.latents and not config.data.vae:
             problems.append(f"{where}: kind 'fid' on a latent model needs data.vae to decode the samples")
-        if e.kind == "fid":
+        if e.kind == "fid" and files:
             for key in ("reference", "inception"):
                 if e[key] and not storage.resolve(e[key]).is_file():
                     problems.append(f"{where}.{key}: no file at {e[key]!r}")

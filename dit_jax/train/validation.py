@@ -21,31 +21,36 @@ from dit_jax.train.step import INPUT_MODES
 OBJECTIVES = ("ddpm", "sit")
 
 
-def validate(config) -> None:
-    """Raise ValueError naming every bad field of `config` (all of them at once), then check the dataset."""
-    problems = config_problems(config)
+def validate(config) -> int:
+    """Raise ValueError naming every bad field of `config` (all of them at once), then check the dataset.
+    Returns the number of records in the training split."""
+    raise_problems(config_problems(config))
+    from dit_jax.data.source_check import check_dataset
+    return check_dataset(config.data.name, config.data.data_dir, config.data.split)
+
+
+def raise_problems(problems: list[str]) -> None:
     if problems:
         raise ValueError("bad config: " + "; ".join(problems))
-    from dit_jax.data.source_check import check_dataset
-    check_dataset(config.data.name, config.data.data_dir, config.data.split)
 
 
-def config_problems(config) -> list[str]:
-    """What is wrong with `config` (empty when nothing is); reads nothing but the files it names."""
+def config_problems(config, files: bool = True) -> list[str]:
+    """What is wrong with `config` (empty when nothing is); reads nothing but the files it names, and
+    not those when `files` is False (a launch machine that does not hold the hosts' disks)."""
     problems = []
     try:
         model = to_dit_config(config.model)
     except (ValueError, TypeError) as e:
         return [f"model: {e}"]
-    problems += _data(config.data, model)
+    problems += _data(config.data, model, files)
     problems += _training(config)
     problems += _optim(config.optim)
     problems += _mesh(config.mesh)
     problems += _diffusion(config)
     problems += _objective(config)
     problems += _sampling(config)
-    problems += evaluation.check(config)
-    if config.get("init_weights", ""):
+    problems += evaluation.check(config, files)
+    if files and config.get("init_weights", ""):
         from dit_jax.weights import weights_dir_problem
         problem = weights_dir_problem(config.init_weights)
         if problem:
@@ -58,7 +63,7 @@ def _at_least(config, keys, low: int) -> list[str]:
             if not isinstance(config[key], int) or config[key] < low]
 
 
-def _data(d, model) -> list[str]:
+def _data(d, model, files: bool) -> list[str]:
     problems = []
     if not d.name:
         problems.append("data.name is empty: name a TFDS dataset (e.g. 'digits', or one from `dit-jax build-dataset`)")
@@ -73,7 +78,7 @@ def _data(d, model) -> list[str]:
         if d.latents == "encode" and not d.vae:
             problems.append("data.latents='encode' needs the VAE: set --config.data.vae=DIR (a `dit-jax convert "
                             "--from-diffusers-vae` output), or train on a latent dataset with data.latents='dataset'")
-        if d.vae and not storage.resolve(d.vae).is_dir():
+        if files and d.vae and not storage.resolve(d.vae).is_dir():
             problems.append(f"data.vae {d.vae!r} is not a directory (convert the VAE with "
                             "`dit-jax convert --from-diffusers-vae PATH --out DIR`)")
         if not d.latent_scale > 0:

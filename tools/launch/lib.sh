@@ -39,3 +39,43 @@ next_action() {
     *) echo retry ;;
   esac
 }
+
+# The data flags of a run from the recipes' settings: VAE (a `dit-jax convert --from-diffusers-vae`
+# output that every host reads, e.g. gs://bucket/sd-vae-ft-ema) and DATA_DIR (the TFDS directory
+# on every host, e.g. /data/tfds). The paper's configs encode with the VAE, so they need VAE.
+data_flags() {
+  local flags=()
+  [[ -n "${VAE:-}" ]] && flags+=("--config.data.vae=$VAE")
+  [[ -n "${DATA_DIR:-}" ]] && flags+=("--config.data.data_dir=$DATA_DIR")
+  echo "${flags[*]:-}"
+}
+
+tpu_devices() {  # tpu_devices TYPE: the JAX devices of one slice (v4 and v5p types count TensorCores, two per device)
+  local kind=${1%-*} n=${1##*-}
+  case "$kind" in
+    v4|v5p) echo $((n / 2)) ;;
+    *) echo "$n" ;;   # v2/v3 (one device per TensorCore), v5e (v5litepod) and v6e (per chip)
+  esac
+}
+
+# Before anything is asked of the cloud or the cluster: `dit-jax train --dry_run` of the run's own
+# flags on this machine, for the slice's device count (config fields, mesh, batch; not the files,
+# which the hosts hold), so that a bad config fails here in seconds rather than on a slice that was
+# queued and set up for it. DIT_JAX names the local dit-jax (default .venv/bin/dit-jax, else the
+# one on PATH); CHECK=0 skips the check. It runs in a dry run of the recipe too: it writes nothing.
+check_here() {  # check_here DEVICES TRAIN_ARGS...
+  [[ "${CHECK:-1}" == 0 ]] && return 0
+  local exe=${DIT_JAX:-}
+  if [[ -z "$exe" ]]; then
+    if [[ -x .venv/bin/dit-jax ]]; then exe=.venv/bin/dit-jax
+    elif command -v dit-jax >/dev/null; then exe=dit-jax
+    else echo "error: no dit-jax here for the check before launch: install it (README set-up), set DIT_JAX, or CHECK=0" >&2
+      exit 2
+    fi
+  fi
+  echo "checking the run here: $exe train --dry_run --nocheck_files --devices=$1 ${*:2}" >&2
+  "$exe" train --dry_run --nocheck_files "--devices=$1" "${@:2}" >&2 || {
+    echo "error: the run's check failed (above): fix its flags before launching (nothing was launched)" >&2
+    exit 2
+  }
+}

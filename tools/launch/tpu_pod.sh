@@ -4,12 +4,15 @@
 # every worker of every slice; on exit code 75 (preempted, checkpoint saved) or a lost slice the
 # slice is requested again and the run resumes from WORKDIR.
 #
-#   QR=dit-xl2 ZONE=us-east5-a ACCELERATOR=v5p-64 WORKDIR=gs://my-bucket/dit-xl2 tools/launch/tpu_pod.sh
+#   QR=dit-xl2 ZONE=us-east5-a ACCELERATOR=v5p-64 WORKDIR=gs://my-bucket/dit-xl2 VAE=gs://my-bucket/sd-vae-ft-ema \
+#     DATA_DIR=/data/tfds tools/launch/tpu_pod.sh
 #   DRY_RUN=1 QR=... tools/launch/tpu_pod.sh      # print every command, run none
 #
 # Settings (environment):
 #   QR, ZONE, ACCELERATOR, WORKDIR    required; WORKDIR must be a gs:// path all hosts share
 #   CONFIG=configs/dit.py:XL/2        TRAIN_FLAGS="--config.batch_size=256 ..." (extra train flags)
+#   VAE, DATA_DIR                     --config.data.vae and --config.data.data_dir (the paper's configs need VAE)
+#   CHECK=1                           first `dit-jax train --dry_run` here (lib.sh check_here); 0 skips it
 #   RUNTIME=v2-alpha-tpuv5            the TPU VM image (v4: tpu-ubuntu2204-base, v5e: v2-alpha-tpuv5-lite,
 #                                     v6e: v2-alpha-tpuv6e)
 #   SPOT=1                            spot capacity (preemptible); SPOT=0 on-demand or reserved
@@ -38,7 +41,11 @@ GCLOUD=(gcloud compute tpus)
 # Every worker: the README's install (Python >= 3.11, dit-jax and jax for TPUs), then the run. The
 # exit code is kept on each worker so that the loop here can read it after the ssh session ends.
 INSTALL="cd ~/dit-jax && ${PYTHON:-python3} -m venv .venv && .venv/bin/pip install -q -e . 'jax[tpu]'"
-TRAIN="cd ~/dit-jax && .venv/bin/dit-jax train --distributed --config=$CONFIG --workdir=$WORKDIR --config.compilation_cache_dir=${CACHE_DIR:-$WORKDIR/jax_cache}${TRAIN_FLAGS:+ $TRAIN_FLAGS}"
+DATA_FLAGS=$(data_flags)
+ARGS="--config=$CONFIG --workdir=$WORKDIR --config.compilation_cache_dir=${CACHE_DIR:-$WORKDIR/jax_cache}${DATA_FLAGS:+ $DATA_FLAGS}${TRAIN_FLAGS:+ $TRAIN_FLAGS}"
+# shellcheck disable=SC2086  # ARGS holds several flags
+check_here $(( $(tpu_devices "$ACCELERATOR") * NUM_SLICES )) $ARGS
+TRAIN="cd ~/dit-jax && .venv/bin/dit-jax train --distributed $ARGS"
 TRAIN="$TRAIN; echo \$? > ~/dit_jax_exit_code"
 
 create_slices() {

@@ -1,0 +1,108 @@
+"""`dit-jax train --dry_run`: every check a run makes before its first step, and the run's plan, with
+nothing written (no workdir, lock, dataset build, compilation cache or distributed join).
+
+What it checks: every config field; the files the config names (VAE, init weights, FID reference
+batch and Inception weights); the dataset, opened and read at its first and last records; the
+workdir (a directory, or a path below a writable one); the mesh against the device count and the
+batch against the mesh and the hosts. With `files=False` (a launch machine that does not hold the
+hosts' disks) only the config, the mesh and the batch are checked.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dit_jax import storage
+from dit_jax.data.digits import NAME as DIGITS, default_data_dir
+from dit_jax.models.dit import param_count
+from dit_jax.parallel.mesh import mesh_shape
+from dit_jax.train import evaluation
+from dit_jax.train.config_base import to_dit_config
+from dit_jax.train.validation import config_problems, raise_problems
+
+
+def dry_run(config, workdir: str, *, devices: int, hosts: int, files: bool = True) -> list[str]:
+    """The plan's lines; a ValueError naming what a real run would fail on."""
+    raise_problems(config_problems(config, files=files))
+    model = to_dit_config(config.model)
+    mesh = mesh_shape(config.mesh, devices)
+    split = mesh["data"] * mesh["fsdp"]  # the batch is split over data x fsdp; tensor shares examples
+    if config.batch_size % split:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {split} devices that split the "
+                         f"batch (mesh data={mesh['data']} x fsdp={mesh['fsdp']}); use a multiple of {split}")
+    if config.batch_size % hosts:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by {hosts} hosts")
+    records = _dataset(config.data) if files else None
+    lines = [
+        f"model {config.model.name}: {model.depth} blocks, hidden {model.hidden_size}, {param_count(model):,} "
+        f"parameters; objective {config.get('objective', 'ddpm')}",
+        f"data {config.data.name} ({config.data.split}) in {config.data.data_dir or default_data_dir()}: "
+        + (_records_line(records) if files else "not checked (--nocheck_files)")
+        + (f"; latents {config.data.latents!r}" + (f", VAE {config.data.vae}" if config.data.vae else "")
+           if config.data.latents else "; pixels"),
+        f"mesh {' x '.join(f'{k}={v}' for k, v in mesh.items())} over {devices} devices; batch {config.batch_size} global, "
+        f"{config.batch_size // split} per device, {config.batch_size // hosts} per host ({hosts} host(s))",
+        _steps_line(config, records),
+        f"checkpoints every {config.checkpoint_every:,} steps"
+        + (f" or {config.checkpoint_every_minutes:g} minutes" if config.checkpoint_every_minutes else "")
+        + f", the last {config.keep_checkpoints} kept, in {storage.join(workdir, 'checkpoints')}",
+        *[f"evaluation {name}: {section.kind}, {section.num_samples:,} samples "
+          + (f"every {section.every:,} steps and " if section.every else "") + "at the end"
+          for name, section in evaluation.active(config)],
+        f"sample grids every {config.sample.every:,} steps" if config.sample.every else "sample grids off",
+        _workdir_line(workdir, files),
+    ]
+    return lines
+
+
+def _records_line(records: int | None) -> str:
+    return "built on the first run (the demo's digits)" if records is None else f"{records:,} records"
+
+
+def _dataset(data) -> int | None:
+    """Records in the training split, read as training will; None for the demo's digits not built yet
+    (a run builds them, a dry run writes nothing)."""
+    from dit_jax.data.source_check import built_versions, check_dataset
+    storage.require_local(data.data_dir, "data.data_dir")
+    if data.name == DIGITS and not built_versions(DIGITS, data.data_dir or default_data_dir()):
+        return None
+    return check_dataset(data.name, data.data_dir, data.split)
+
+
+def _steps_line(config, records: int | None) -> str:
+    line = f"{config.total_steps:,} steps"
+    if records:
+        epoch = records / config.batch_size
+        line += (f"; an epoch is {epoch:,.0f} steps, so {config.total_steps * config.batch_size:,} images are "
+                 f"{config.total_steps / epoch:,.1f} epochs")
+    return line
+
+
+def _workdir_line(workdir: str, files: bool) -> str:
+    """Where the run writes; a ValueError if a local workdir cannot be written."""
+    from dit_jax.workdir_lock import workdir_problem
+    problem = workdir_problem(workdir)
+    if problem:
+        raise ValueError(problem)
+    if storage.is_uri(workdir) or not files:
+        return f"workdir {workdir}: not checked here (the hosts write it with their own credentials)"
+    path = os.path.abspath(os.path.expanduser(workdir))
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--workdir {workdir}: {existing} is not writable by this user; choose another directory")
+    steps = _committed_steps(path)
+    if steps:
+        return f"workdir {path}: resumes from step {steps[-1]:,} (committed checkpoints {steps})"
+    return f"workdir {path}: " + ("exists, no checkpoint: starts at step 0" if os.path.isdir(path)
+                                  else f"made under {existing}: starts at step 0")
+
+
+def _committed_steps(workdir: str) -> list[int]:
+    from dit_jax.train.checkpoint import COMMIT_MARKERS
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit()
+                  and all(os.path.exists(os.path.join(directory, name, m)) for m in COMMIT_MARKERS))
