@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -204,12 +203,13 @@ def _train_help(f) -> str:
     return "\n".join(lines)
 
 
-def cmd_train(argv: list[str]) -> int:
-    """Parsed with absl + ml_collections so that `--config.batch_size=64` overrides are typed.
+TRAIN_EXIT_CODES = """Exit codes: 0 finished, 75 preempted with a checkpoint saved (rerun to resume),
+2 bad input, 3 diverged, 1 any other failure."""
 
-    Exit codes (dit_jax/exit_codes.py): 0 finished, 75 preempted with a checkpoint saved (rerun
-    to resume), 2 bad input, 3 diverged, 1 any other failure.
-    """
+
+def cmd_train(argv: list[str]) -> int:
+    """Parsed with absl + ml_collections so that `--config.batch_size=64` overrides are typed; exit
+    codes as TRAIN_EXIT_CODES (dit_jax/exit_codes.py)."""
     from absl import flags
 
     # Flags of this call only: a second `main(["train", ...])` in one process defines them afresh.
@@ -241,7 +241,7 @@ def cmd_train(argv: list[str]) -> int:
     from dit_jax.config_file import packaged_config, parse
     _, positional = parse(argv, f, packaged_config("demo.py"), "config file, e.g. configs/dit.py:XL/2")
     if show_help:
-        print(_train_help(f) + "\n\n" + inspect.cleandoc(cmd_train.__doc__))
+        print(_train_help(f) + "\n\n" + TRAIN_EXIT_CODES)
         return 0
     if positional:
         raise ValueError(_positional_problem(positional))

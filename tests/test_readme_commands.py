@@ -185,3 +185,14 @@ def test_dry_run_says_from_which_committed_checkpoint_a_run_resumes(tmp_path, ca
             (tmp_path / "checkpoints" / str(step) / marker).write_text("")
     assert main(["train", f"--workdir={tmp_path}", "--dry_run"]) == 0
     assert f"workdir {tmp_path}: resumes from step 1,000 (committed checkpoints [500, 1000])" in capsys.readouterr().out
+
+
+def test_help_texts_say_what_a_user_types(capsys):
+    assert main(["train", "--help"]) == 0
+    train = capsys.readouterr().out
+    assert "--dry_run" in train and "Exit codes: 0 finished, 75 preempted" in train
+    assert "absl" not in train and "ml_collections" not in train  # no implementation notes
+    with pytest.raises(SystemExit):
+        main(["compile", "--help"])
+    compile_help = " ".join(capsys.readouterr().out.split())
+    assert "--config=FILE[:ARG] (default configs/dit.py" in compile_help and "--config.FIELD=VALUE" in compile_help

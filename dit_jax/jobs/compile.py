@@ -170,7 +170,10 @@ def report(result: dict, hbm_gib: float) -> list[str]:
 def parse_args(argv: list[str]):
     """--topology/--num-slices/--hbm-gib/--max-tries here; --config and --config.x=y overrides as `train`."""
     from dit_jax.argparsing import OneLineParser, count, number
-    p = OneLineParser(prog="dit-jax compile", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="dit-jax compile", description=__doc__.split("\n\n")[0], epilog=(
+        "the run: --config=FILE[:ARG] (default configs/dit.py, i.e. DiT-XL/2 at 256 px: the paper's recipe, where "
+        "`dit-jax train` defaults to the laptop demo) and any --config.FIELD=VALUE, as `dit-jax train` takes them "
+        "(`dit-jax train --config=FILE --help` lists the fields)"))
     p.add_argument("--topology", required=True, help="TPU slice, e.g. v5p-8, v5p-256, v5e-8, v6e-64, v4-32")
     p.add_argument("--num-slices", type=count(1), default=1, help="slices joined over DCN (set mesh.dcn_data/dcn_fsdp)")
     p.add_argument("--hbm-gib", type=number(0), default=0.0, help="memory per chip to fit in (default: the target's)")
