@@ -64,7 +64,8 @@ def test_slurm_recipe_one_task_per_gpu_and_per_node_requeues_on_75():
     res, cmds = dry_run("slurm_gpu.sbatch", **env)
     assert res.returncode == exit_codes.PREEMPTED
     assert cmds[0] == ["srun", "--kill-on-bad-exit=1", ".venv/bin/dit-jax", "train", "--distributed",
-                       "--config=configs/dit.py:XL/2", "--workdir=/shared/run"]
+                       "--config=configs/dit.py:XL/2", "--workdir=/shared/run",
+                       "--config.compilation_cache_dir=/shared/run/jax_cache"]  # shared by the nodes, not local
     assert cmds[1] == ["scontrol", "requeue", "42"]
     res, cmds = dry_run("slurm_gpu.sbatch", TASKS="per-node", **env)
     assert cmds[0][:3] == ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1"]
