@@ -60,6 +60,23 @@ def test_two_slice_compile_reports_memory_and_tries_settings_that_fit(tmp_path):
     m = re.search(r"per device: arguments ([\d.]+) MiB, temporaries ([\d.]+) MiB, .* peak ([\d.]+) MiB", out)
     assert m and 0 < float(m.group(1)) < float(m.group(3)) and float(m.group(2)) > 0, out
     assert re.search(r"FLOPs per device per step: [\d.]+ GFLOP", out), out
+    # Data parallel: the gradients are all-reduced (XLA combines them into few tuple all-reduces, and
+    # across two slices adds gathers and scatters of its own).
+    m = re.search(r"collectives: (.*)", out)
+    assert m and re.search(r"\b[1-9]\d* all-reduce", m.group(1)), out
     assert "verdict: does not fit" in out
     assert re.search(r"try mesh data=-1 fsdp=1 tensor=1, remat=full, scan_blocks=False: peak", out), out
     assert "no setting tried fits" in out
+
+
+def test_collectives_are_counted_from_the_compiled_text_once_per_async_pair():
+    from dit_jax.jobs.compile import collectives
+    hlo = """
+  %all-gather-start.3 = (f32[4,8]{1,0}, f32[16,8]{1,0}) all-gather-start(f32[4,8]{1,0} %p), dimensions={0}
+  %all-gather-done.3 = f32[16,8]{1,0} all-gather-done((f32[4,8]{1,0}, f32[16,8]{1,0}) %all-gather-start.3)
+  %reduce-scatter.1 = f32[4,8]{1,0} reduce-scatter(f32[16,8]{1,0} %g), dimensions={0}, to_apply=%add
+  %all-reduce.7 = f32[] all-reduce(f32[] %loss), replica_groups={{0,1,2,3}}, to_apply=%add
+  %fusion.2 = f32[4,8]{1,0} fusion(f32[4,8]{1,0} %all-gather-done.3), kind=kLoop, calls=%fused_all-reduce
+"""
+    assert collectives(hlo) == {"all-reduce": 1, "all-gather": 1, "reduce-scatter": 1, "all-to-all": 0,
+                                "collective-permute": 0}

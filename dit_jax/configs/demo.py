@@ -4,7 +4,7 @@
     dit-jax train --config configs/demo.py --workdir runs/demo --config.total_steps=500
 
 No download: the digits are built once into a TFDS ArrayRecord dataset. Hardware and time: 2 CPU
-cores, about 10 minutes including the final evaluation. Result: EMA sample grids in
+cores, 11-12 minutes including the evaluations (measured: README "The demo"). Result: EMA sample grids in
 WORKDIR/samples, and the demo's quality scores (class accuracy of guided samples under a digit
 classifier, Frechet distance in its feature space) printed and written to
 WORKDIR/demo_scores.json; see the README for the measured numbers.

@@ -120,7 +120,20 @@ def compile_step(config, devices) -> dict:
     figures["peak"] = (figures["arguments"] + figures["output"] - figures["aliased"] + figures["temporaries"]
                        + figures["code"])
     return {"memory": figures, "flops": float((cost or {}).get("flops", 0.0)), "seconds": seconds,
-            "mesh": mesh, "notes": notes}
+            "mesh": mesh, "notes": notes, "collectives": collectives(compiled.as_text())}
+
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_OP = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")  # the op after the result's shape
+
+
+def collectives(hlo_text: str) -> dict[str, int]:
+    """How many of each collective the compiled program holds (async `-start` halves counted once):
+    whether FSDP became all-gather / reduce-scatter, as it should, or full all-reduces."""
+    counts = dict.fromkeys(COLLECTIVES, 0)
+    for match in _OP.finditer(hlo_text):
+        counts[match.group(1)] += 1
+    return counts
 
 
 def _setting(config) -> str:
@@ -164,6 +177,7 @@ def report(result: dict, hbm_gib: float) -> list[str]:
             f"output {_size(m['output'])} ({_size(m['aliased'])} aliased to donated arguments), "
             f"peak {_size(m['peak'])}",
             f"FLOPs per device per step: {result['flops'] / 1e9:.4g} GFLOP",
+            "collectives: " + ", ".join(f"{n} {name}" for name, n in result.get("collectives", {}).items() if n),
             f"verdict: {verdict} ({_size(m['peak'])} of {hbm_gib:g} GiB HBM per chip)"]
 
 
