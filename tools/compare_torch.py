@@ -129,6 +129,8 @@ def run_solver_comparison(models, config, *, state_dict=None, batch: int = 4, st
 
 
 def main(argv=None) -> int:
+    from dit_jax import platforms
+    platforms.choose()  # CPU alone where there is no accelerator (no libtpu probing)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference", help="root of a facebookresearch/DiT checkout (with --reference-sit "
                                         "tests/sit_reference: the DiT it wraps, default tests/torch_reference)")

@@ -34,6 +34,8 @@ def per_example(ours, ref, order, d=1024):
 
 
 def main() -> int:
+    from dit_jax import platforms
+    platforms.choose()  # CPU alone where there is no accelerator (no libtpu probing)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--save", help="write torch's values here (.npy)")
     ap.add_argument("--against", help="compare torch's values with these (.npy) instead of with dit-jax")

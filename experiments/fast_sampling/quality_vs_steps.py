@@ -222,6 +222,8 @@ def plot(rows: list[dict], path: str, title: str) -> None:
 
 
 def main(argv=None) -> int:
+    from dit_jax import platforms
+    platforms.choose()  # CPU alone where there is no accelerator (no libtpu probing)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, help="a finished `dit-jax train` run directory")
     p.add_argument("--out", required=True, help="directory for results.json, table.md, quality_vs_nfe.png")
