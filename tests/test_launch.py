@@ -33,6 +33,9 @@ def test_tpu_pod_recipe_restarts_on_preemption_and_crash_and_stops_when_done():
     assert len(creates) == 2 and "--spot" in creates[0] and ["--node-id", "dit"] == creates[0][-3:-1]
     assert creates[0][creates[0].index("--accelerator-type") + 1] == "v5p-64"
     assert sum(c[3:5] == ["queued-resources", "delete"] for c in cmds) == 1   # the preempted slice, once
+    # Every state query is shown too (it was once hidden with gcloud's stderr): before each creation
+    # and each wait, and after the preemption.
+    assert sum(c[3:5] == ["queued-resources", "describe"] for c in cmds) >= 4
     runs = [c for c in cmds if c[3:5] == ["tpu-vm", "ssh"] and "--worker=all" in c and "train" in c[-1]]
     assert len(runs) == 3  # first try, after the preemption, after the crash
     assert runs[0][-1].startswith("cd ~/dit-jax && .venv/bin/dit-jax train --distributed "

@@ -57,9 +57,13 @@ create_slices() {
   DRY_RUN_STATE=ACTIVE  # what a dry run's next state query answers
 }
 
-state() {
-  DRY_ANSWER=${DRY_RUN_STATE:-ACTIVE} query "${GCLOUD[@]}" queued-resources describe "$QR" --zone "$ZONE" \
-    --format='value(state.state)' 2>/dev/null || echo NOT_FOUND
+state() {  # the queued resource's state; NOT_FOUND when gcloud cannot describe it
+  local ask=("${GCLOUD[@]}" queued-resources describe "$QR" --zone "$ZONE" --format='value(state.state)')
+  if [[ -n "${DRY_RUN:-}" ]]; then  # printed like every other command (gcloud's errors are hidden only for real)
+    DRY_ANSWER=${DRY_RUN_STATE:-ACTIVE} query "${ask[@]}"
+  else
+    "${ask[@]}" 2>/dev/null || echo NOT_FOUND
+  fi
 }
 
 # One slice: its TPU VM is named after the queued resource. Several: every node of the queued resource.
