@@ -328,6 +328,8 @@ def cmd_benchmark(args, config_args: list[str]) -> int:
     from dit_jax.benchmark.run import config_and_settings, run_benchmark
     config, settings = config_and_settings(args, config_args)
     reference = ""
+    if args.interleave and not args.torch:
+        raise ValueError("--interleave pairs our repetitions with the reference's: add --torch")
     if args.torch:
         reference = args.reference or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                    "tests", "torch_reference")
@@ -337,7 +339,7 @@ def cmd_benchmark(args, config_args: list[str]) -> int:
                   data_dir=args.data_dir, dataset=args.dataset, worker_count=args.workers,
                   sample_steps=args.sample_steps, cfg_scale=args.cfg_scale, sample_batch=args.sample_batch,
                   sample_repeats=args.sample_repeats, samplers=tuple(args.sampler or [""]),
-                  torch_reference=reference, out=args.out)
+                  torch_reference=reference, interleave=args.interleave if args.torch else 0, out=args.out)
     return 0
 
 
@@ -546,6 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--sample-repeats", type=count(1), default=1, help="timed sampler runs after one warm-up run")
     bm.add_argument("--torch", action="store_true", help="also time the PyTorch reference (TF32, bf16 autocast, "
                                                          "bf16 + torch.compile; float32 only on CPU)")
+    bm.add_argument("--interleave", type=count(0), default=0, metavar="N",
+                    help="with --torch: also time N pairs (our repetition, then the reference's) of each "
+                         "synthetic train row and of the DDPM sampler row, and give the median ratio and its "
+                         "spread: robust to a shared machine's changing load (CPU; on one GPU both sides "
+                         "would hold its memory at once)")
     bm.add_argument("--reference", default="", type=existing_dir,
                     help="with --torch: an official DiT checkout (default: "
                                                     "tests/torch_reference)")

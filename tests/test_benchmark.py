@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from dit_jax.cli import main
@@ -36,6 +37,26 @@ def test_benchmark_times_step_pipeline_sampler_and_reference(tmp_path, capsys):
     assert report["environment"]["platform"] == "cpu" and step["peak_gib"] is None  # no memory_stats on CPU
     for text in ("img/s", "MFU", "peak GiB", "compile s", "vs torch", "b4 float32 (CPU)", "unavailable"):
         assert text in table
+
+
+def test_interleaved_pairs_give_the_median_ratio_of_the_same_load(tmp_path, capsys):
+    """--interleave 2: each synthetic train row and the DDPM sampler row timed as 2 pairs (ours, the
+    reference's), the ratio the median of the pairs' seconds ratios, computed here from the raw pairs."""
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", *TINY, "--setting", "batch=2", "--steps", "1", "--warmup", "1", "--no-pipeline",
+                 "--sample-steps", "2", "--sample-batch", "2", "--torch", "--interleave", "2",
+                 "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["impl"] == "jax" and r["kind"] in ("train", "sample")]
+    assert {r["kind"] for r in rows} == {"train", "sample"}
+    for r in rows:
+        jax_s, torch_s = r["paired_s"]["jax"], r["paired_s"]["torch"]
+        assert len(jax_s) == len(torch_s) == 2 and min(jax_s + torch_s) > 0
+        assert r["vs_torch"] == pytest.approx(np.median([t / j for j, t in zip(jax_s, torch_s)]))
+        assert r["vs_torch_pairs"] == 2 and r["vs_torch_min"] <= r["vs_torch"] <= r["vs_torch_max"]
+    assert "n=2" in table
+    assert main(["benchmark", *TINY, "--interleave", "2"]) == 2  # pairs need the reference
+    assert "add --torch" in capsys.readouterr().err
 
 
 def test_bad_setting_is_one_clear_line(capsys):
@@ -89,6 +110,11 @@ def test_table_shows_spread_and_flags_a_wide_one():
     add_ratios(rows, 0.0, 1)
     table = format_table(rows)
     assert noisy["vs_torch"] == pytest.approx(2.0) and "0.67-2.00 n=3 WIDE" in table
+    # On 8 devices each runs the reference's one-device batch in those seconds: the same ratio per device
+    # (the seconds were once multiplied by the device count).
+    eight = dict(steady)
+    add_ratios([torch_row, eight], 0.0, 8)
+    assert eight["vs_torch"] == pytest.approx(2.0)
     assert "WIDE: the interleaved repetitions' ratios spread" in table
 
 

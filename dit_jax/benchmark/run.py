@@ -22,6 +22,7 @@ repeat it), compile seconds and the ratio to the best PyTorch row of the same ki
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import gc
@@ -191,9 +192,11 @@ def _timed_steps(step, state, next_batch, steps: int, warmup: int, vae_params=No
     return state, (time.perf_counter() - t0) / steps, float(metrics["loss"])
 
 
-def time_train(config, setting: Setting, mesh, steps: int, warmup: int, loader=None) -> list[dict]:
+def time_train(config, setting: Setting, mesh, steps: int, warmup: int, loader=None, pairs=None) -> list[dict]:
     """Rows for one setting: the training step of `config` under it, built by `programs.build_train_step`
-    as the training loop builds it, on synthetic input already on the devices; and fed by `loader`."""
+    as the training loop builds it, on synthetic input already on the devices; and fed by `loader`.
+    `pairs` (a TorchSession and a count): the synthetic row's steps timed in that many repetitions, each
+    followed by one of the reference's, so both sides see the same load (`paired_s`)."""
     import flax.linen as nn
 
     from dit_jax.data.pipeline import DevicePrefetch
@@ -212,9 +215,19 @@ def time_train(config, setting: Setting, mesh, steps: int, warmup: int, loader=N
         analysis = compiled.memory_analysis()
         state = program.init(None)
         state, dt, loss = _timed_steps(compiled, state, lambda: batch, steps, warmup, vae_params)
+        paired = {}
+        if pairs:
+            session, count = pairs
+            paired = {"jax": [], "torch": []}
+            for _ in range(count):
+                state, one, loss = _timed_steps(compiled, state, lambda: batch, steps, 0, vae_params)
+                paired["jax"].append(one)
+                paired["torch"].append(session.train(setting.batch, steps))  # one device's batch
+            dt = float(np.median(paired["jax"]))
         rows = [dict(base, input=f"synthetic {run.input_mode or 'pixels'}, on device", img_s=global_batch / dt,
                      step_ms=1e3 * dt, loss=loss, compile_s=compile_s, peak_gib=peak_memory_gib(jax.devices()[0]),
-                     temp_gib=getattr(analysis, "temp_size_in_bytes", 0) / 2**30 if analysis else None),
+                     temp_gib=getattr(analysis, "temp_size_in_bytes", 0) / 2**30 if analysis else None,
+                     **({"paired_s": paired} if paired else {})),
                 time_checksum(state, base)]
         if loader is not None:
             it = iter(loader)
@@ -284,9 +297,10 @@ def make_loader(model_cfg: DiTConfig, name: str, data_dir: str, global_batch: in
 
 
 def time_sample(config, setting: Setting, batch: int, sample_steps: int, cfg_scale: float, repeats: int,
-                sampler: str = "ddpm") -> dict:
+                sampler: str = "ddpm", pairs=None) -> dict:
     """The run's sampler (`build_sampler`: one compiled loop over all steps) on `batch` images of one
-    device, the latents not decoded."""
+    device, the latents not decoded. `pairs`: as time_train's, one sampling run per repetition (only
+    for the reference's sampler, DDPM)."""
     from dit_jax.models.dit import init_params
     from dit_jax.parallel.mesh import make_mesh
     from dit_jax.sampling.sampler import SamplerSettings, build_sampler
@@ -308,27 +322,41 @@ def time_sample(config, setting: Setting, batch: int, sample_steps: int, cfg_sca
         out = sample(params, labels, jax.random.PRNGKey(i + 1))
     jax.block_until_ready(out)
     dt = (time.perf_counter() - t0) / repeats
+    paired = {}
+    if pairs and settings.resolved(run.objective) == "ddpm":
+        session, count = pairs
+        paired = {"jax": [], "torch": []}
+        for i in range(count):
+            t0 = time.perf_counter()
+            jax.block_until_ready(sample(params, labels, jax.random.PRNGKey(100 + i)))
+            paired["jax"].append(time.perf_counter() - t0)
+            paired["torch"].append(session.sample(batch))
+        dt = float(np.median(paired["jax"]))
     halves = 2 if cfg_scale > 1 else 1  # guidance runs the model on [x, x]
     return dict(kind="sample", impl="jax", batch=batch,
                 input=f"{sample_steps} {settings.resolved(run.objective)} steps, cfg {cfg_scale}",
                 setting=dataclasses.replace(setting, batch=batch, remat="none").label().replace(" remat=none", ""),
                 img_s=batch / dt, step_ms=1e3 * dt / sample_steps, compile_s=compile_s - dt,
                 peak_gib=peak_memory_gib(jax.devices()[0]),
-                flops_per_image=2 * forward_macs(cfg) * sample_steps * halves)
+                flops_per_image=2 * forward_macs(cfg) * sample_steps * halves, **({"paired_s": paired} if paired else {}))
 
 
 # ----------------------------------------------------------------------------- PyTorch and the report
 
 
+def reference_model(model_cfg: DiTConfig) -> dict:
+    """The reference's DiT(...) arguments for `model_cfg`."""
+    return dict(input_size=model_cfg.input_size, patch_size=model_cfg.patch_size,
+                in_channels=model_cfg.in_channels, hidden_size=model_cfg.hidden_size, depth=model_cfg.depth,
+                num_heads=model_cfg.num_heads, mlp_ratio=model_cfg.mlp_ratio,
+                class_dropout_prob=model_cfg.class_dropout_prob, num_classes=model_cfg.num_classes,
+                learn_sigma=model_cfg.learn_sigma)
+
+
 def torch_rows(reference: str, model_cfg: DiTConfig, train_batches: list[int], steps: int, warmup: int,
                sample_batch: int, sample_steps: int, cfg_scale: float, repeats: int, timeout: float) -> list[dict]:
     """The reference's rows from `python -m dit_jax.benchmark.reference` (a process of its own)."""
-    model = dict(input_size=model_cfg.input_size, patch_size=model_cfg.patch_size,
-                 in_channels=model_cfg.in_channels, hidden_size=model_cfg.hidden_size, depth=model_cfg.depth,
-                 num_heads=model_cfg.num_heads, mlp_ratio=model_cfg.mlp_ratio,
-                 class_dropout_prob=model_cfg.class_dropout_prob, num_classes=model_cfg.num_classes,
-                 learn_sigma=model_cfg.learn_sigma)
-    request = dict(reference=os.path.abspath(reference), model=model, train_batches=train_batches, steps=steps,
+    request = dict(reference=os.path.abspath(reference), model=reference_model(model_cfg), train_batches=train_batches, steps=steps,
                    warmup=warmup, sample_batch=sample_batch, sample_steps=sample_steps, cfg_scale=cfg_scale,
                    sample_repeats=repeats)
     with tempfile.TemporaryDirectory() as tmp:
@@ -350,6 +378,20 @@ def torch_rows(reference: str, model_cfg: DiTConfig, train_batches: list[int], s
 # Interleaved repetitions whose speed ratios spread by more than this (max - min over the median) are
 # flagged in the table: the load on the machine changed under the measurement.
 WIDE_SPREAD = 0.25
+
+
+@contextlib.contextmanager
+def _torch_session(reference: str, model_cfg: DiTConfig, interleave: int, warmup: int, sample_steps: int,
+                   cfg_scale: float, timeout: float):
+    """The reference served one repetition at a time, for interleaved pairs; None without --interleave."""
+    if not (reference and interleave):
+        yield None
+        return
+    from dit_jax.benchmark.reference import TorchSession
+    request = dict(reference=os.path.abspath(reference), model=reference_model(model_cfg), warmup=warmup,
+                   sample_steps=sample_steps, cfg_scale=cfg_scale)
+    with TorchSession(request, timeout) as session:
+        yield session
 
 
 def paired_ratio(ours_s: list[float], theirs_s: list[float]) -> dict:
@@ -382,9 +424,9 @@ def add_ratios(rows: list[dict], peak_flops_per_device: float, num_devices: int)
         if r["impl"] != "jax" or not r.get("img_s") or r["kind"] == "input":
             continue
         if r.get("paired_s"):
-            # Per device: the reference runs the batch of one device.
-            devices = num_devices if r["kind"] == "train" else 1
-            r.update(paired_ratio([s * devices for s in r["paired_s"]["jax"]], r["paired_s"]["torch"]))
+            # Per device: each of our devices runs the batch the reference runs on its one device in the
+            # same seconds, so the ratio of seconds is the ratio of img/s per device.
+            r.update(paired_ratio(r["paired_s"]["jax"], r["paired_s"]["torch"]))
             continue
         per_device = r["img_s"] / (num_devices if r["kind"] == "train" else 1)
         best = max((t["img_s"] for t in rows if t["impl"] == "torch" and t.get("img_s") and t["kind"] == r["kind"]
@@ -438,7 +480,7 @@ def run_benchmark(config, settings: list[Setting], *, steps: int = 10,
                   warmup: int = 2, pipeline: bool = True, data_dir: str = "", dataset: str = "",
                   worker_count: int = 0, sample_steps: int = 250, cfg_scale: float = 1.5, sample_batch: int = 32,
                   sample_repeats: int = 1, samplers: tuple[str, ...] = ("",), torch_reference: str = "",
-                  torch_timeout: float = 3600, out: str = "", log=print) -> dict:
+                  torch_timeout: float = 3600, interleave: int = 0, out: str = "", log=print) -> dict:
     """Time the training step of `config` under every setting (its mesh, sharding and input as training
     builds them), its samplers, and the reference with torch_reference; print the table, write JSON."""
     from dit_jax.parallel.mesh import make_mesh_from_config
@@ -454,7 +496,9 @@ def run_benchmark(config, settings: list[Setting], *, steps: int = 10,
                            sample_batch, sample_steps, cfg_scale, sample_repeats, torch_timeout)
     mesh = make_mesh_from_config(config.mesh)
     pipeline = pipeline and config.data.latents == "dataset"  # the pipeline rows read a latent dataset
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _torch_session(torch_reference, model_cfg, interleave, warmup,
+                                                              sample_steps, cfg_scale, torch_timeout) as session:
+        pairs = (session, interleave) if session else None
         if pipeline and not dataset:  # a synthetic latent dataset, big enough for a few distinct batches
             log("building a synthetic latent dataset for the input pipeline rows ...")
             num_records = 4 * max(s.batch for s in settings) * mesh.size
@@ -463,7 +507,7 @@ def run_benchmark(config, settings: list[Setting], *, steps: int = 10,
             loader = make_loader(model_cfg, dataset, data_dir, s.batch * mesh.size, worker_count) if pipeline else None
             log(f"train step: {model_name} {s.label()} ...")
             try:
-                rows += time_train(config, s, mesh, steps, warmup, loader)
+                rows += time_train(config, s, mesh, steps, warmup, loader, pairs)
             except Exception as e:  # noqa: BLE001 -- a setting that does not fit is a result, not a crash
                 if not _is_out_of_memory(e):
                     raise
@@ -479,7 +523,7 @@ def run_benchmark(config, settings: list[Setting], *, steps: int = 10,
                     seen.add(key)
                     log(f"sampler: {model_name} {key} batch {sample_batch}, {sample_steps} steps ...")
                     rows.append(time_sample(config, s, sample_batch, sample_steps, cfg_scale, sample_repeats,
-                                            sampler))
+                                            sampler, pairs))
                     gc.collect()
     add_ratios(rows, peak_flops(jax.devices()[0]), mesh.size)
     report = dict(model=model_name, model_config=model_cfg.to_dict(), environment=environment(),
