@@ -95,6 +95,21 @@ def nhwc(t) -> np.ndarray:
     return t.detach().cpu().numpy().transpose(0, 2, 3, 1)
 
 
+def reference_and_ours(models, config: DiTConfig, state_dict: dict | None, seed: int, log: Callable[[str], None]):
+    """(the reference's DiT in eval mode, our DiT with its blocks unrolled, our params converted from the
+    reference's): from `state_dict` when given, else the reference's random init with its zero-initialised
+    layers randomised (so that the comparison sees every weight)."""
+    import torch
+    torch.manual_seed(seed)
+    ref = torch_model(models, config).eval()
+    if state_dict is not None:
+        ref.load_state_dict({k: torch.as_tensor(v) for k, v in state_dict.items()}, strict=True)
+    else:
+        log(f"random weights; {randomize_zero_layers(ref, seed)} zero-initialised tensors randomised")
+    params, _ = from_torch({k: v.detach().numpy() for k, v in ref.state_dict().items()}, config)
+    return ref, DiT(dataclasses.replace(config, scan_blocks=False)), params
+
+
 def run_comparison(models: types.ModuleType, diffusion_pkg: types.ModuleType, config: DiTConfig, *,
                    state_dict: dict | None = None, batch: int = 4, sample_steps: int = 5, respacing: str = "250",
                    cfg_scale: float = 1.5, seed: int = 0, tol: float = 1e-5, loss_tol: float = 5e-5,
@@ -110,14 +125,7 @@ def run_comparison(models: types.ModuleType, diffusion_pkg: types.ModuleType, co
     correctly rounded there (`rounded_tanh`). That row gets `t0_extreme_tol`.
     """
     import torch
-    torch.manual_seed(seed)
-    ref = torch_model(models, config).eval()
-    if state_dict is not None:
-        ref.load_state_dict({k: torch.as_tensor(v) for k, v in state_dict.items()}, strict=True)
-    else:
-        log(f"random weights; {randomize_zero_layers(ref, seed)} zero-initialised tensors randomised")
-    params, _ = from_torch({k: v.detach().numpy() for k, v in ref.state_dict().items()}, config)
-    ours = DiT(dataclasses.replace(config, scan_blocks=False))
+    ref, ours, params = reference_and_ours(models, config, state_dict, seed, log)
 
     def apply(x, t, y, force_drop=None):
         return ours.apply({"params": params}, x, t, y, force_drop=force_drop)

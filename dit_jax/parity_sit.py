@@ -139,7 +139,7 @@ def fixed_draws(*, randn=None, randn_like=None, rand=None):
         torch.randn, torch.randn_like, torch.rand = saved
 
 
-def _intended_diffusion(plan):
+def intended_compute_diffusion(plan):
     """The reference plan's compute_diffusion with the two unrunnable forms given their formulas."""
     import torch
     original = plan.compute_diffusion
@@ -272,7 +272,7 @@ def _step_rows(ref: SiTReference, model_fn, ref_fn, x: np.ndarray, rng, tol: flo
     for form in DIFFUSION_FORMS:   # t = 0.3, dt = 0.04, norm 0.9
         for method in ("euler", "heun"):
             theirs = ref.transport.create_transport("Linear", "velocity", None, None, None)
-            theirs.path_sampler.compute_diffusion = _intended_diffusion(theirs.path_sampler)
+            theirs.path_sampler.compute_diffusion = intended_compute_diffusion(theirs.path_sampler)
             drift, diffusion = _sde_drift(ref.transport.Sampler(theirs), form, 0.9)
             solver = ref.transport.integrators.sde(drift, diffusion, t0=0.3, t1=0.34, num_steps=2,
                                                    sampler_type=method.capitalize())

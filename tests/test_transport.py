@@ -12,7 +12,6 @@ max|ours - reference| / max|reference|; each family has a negative control.
 """
 
 import functools
-import math
 import os
 
 import jax
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 
 from dit_jax.diffusion.samplers import guidance_channels
-from dit_jax.parity_sit import _load_module
+from dit_jax.parity_sit import _load_module, intended_compute_diffusion
 from dit_jax.transport import (DIFFUSION_FORMS, LAST_STEPS, LOSS_WEIGHTS, PATHS, PREDICTIONS, Transport,
                                forward_with_cfg, guided_model_fn, model_evaluations, sample_ode, sample_sde,
                                split_learned_sigma, training_losses, velocity_fn)
@@ -451,20 +450,6 @@ def test_dopri5_evaluation_count_is_counted(dopri5_runs):
 # ---------------------------------------------------------------------------------------------
 # SDE: one step per method and diffusion form, last steps, short whole runs.
 # ---------------------------------------------------------------------------------------------
-
-def intended_compute_diffusion(plan):
-    """The reference's compute_diffusion with the two forms it cannot run given their formulas (torch)."""
-    original = plan.compute_diffusion
-
-    def compute_diffusion(x, t, form="constant", norm=1.0):
-        te = t.view(t.size(0), *([1] * (x.dim() - 1)))
-        if form == "constant":
-            return torch.full_like(te, norm)
-        if form == "increasing-decreasing":
-            return norm * torch.sin(math.pi * te) ** 2
-        return original(x, t, form, norm)
-    return compute_diffusion
-
 
 def ref_sde(sit, transport, *, form, norm, method, t0, t1, num_steps):
     ref = ref_transport(sit, transport)

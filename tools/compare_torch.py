@@ -64,7 +64,6 @@ def run_solver_comparison(models, config, *, state_dict=None, batch: int = 4, st
     variance before the scheduler, as diffusers' DiT pipeline does. Each row is one sampler: the
     largest difference over every intermediate x_t, relative to that step's largest value.
     """
-    import dataclasses
 
     import jax
     import jax.numpy as jnp
@@ -72,21 +71,12 @@ def run_solver_comparison(models, config, *, state_dict=None, batch: int = 4, st
     import torch
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
-    from dit_jax.convert.dit_torch import from_torch
     from dit_jax.diffusion.gaussian import create_diffusion, linear_betas
     from dit_jax.diffusion.samplers import guided_model_fn
     from dit_jax.diffusion.solvers import solve
-    from dit_jax.models.dit import DiT
-    from dit_jax.parity import Row, compare, nchw, nhwc, randomize_zero_layers, torch_model
+    from dit_jax.parity import Row, compare, nchw, nhwc, reference_and_ours
 
-    torch.manual_seed(seed)
-    ref = torch_model(models, config).eval()
-    if state_dict is not None:
-        ref.load_state_dict({k: torch.as_tensor(v) for k, v in state_dict.items()}, strict=True)
-    else:
-        log(f"random weights; {randomize_zero_layers(ref, seed)} zero-initialised tensors randomised")
-    params, _ = from_torch({k: v.detach().numpy() for k, v in ref.state_dict().items()}, config)
-    ours = DiT(dataclasses.replace(config, scan_blocks=False))
+    ref, ours, params = reference_and_ours(models, config, state_dict, seed, log)
     apply = jax.jit(lambda x, t, y: ours.apply({"params": params}, x, t, y))
 
     rng = np.random.default_rng(seed)
@@ -168,7 +158,7 @@ def main(argv=None) -> int:
     from dit_jax.convert import dit_torch, torch_io
     from dit_jax.models.dit import dit_config
     from dit_jax.models.params import config_name
-    from dit_jax.parity import format_table, run_comparison, run_training_comparison
+    from dit_jax.parity import run_comparison, run_training_comparison
 
     models, diffusion = import_reference(args.reference)
     state_dict = None
@@ -210,13 +200,7 @@ def main(argv=None) -> int:
         rows = run_comparison(models, diffusion, config, state_dict=state_dict, batch=args.batch,
                               sample_steps=args.steps, respacing=args.respacing, cfg_scale=args.cfg_scale,
                               seed=args.seed, tol=args.tol, log=print)
-    print(format_table(rows))
-    failed = [r.name for r in rows if not r.ok]
-    if failed:
-        print(f"FAILED: {', '.join(failed)}")
-        return 1
-    print("all rows within tolerance")
-    return 0
+    return report(rows)
 
 
 def sit_main(args) -> int:
@@ -232,7 +216,6 @@ def sit_main(args) -> int:
     from dit_jax.convert import dit_torch, torch_io
     from dit_jax.models.dit import dit_config
     from dit_jax.models.params import config_name
-    from dit_jax.parity import format_table
     from dit_jax.parity_sit import load_sit_reference, run_sit_comparison, run_sit_training_comparison
 
     dit_reference = args.reference or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -263,6 +246,12 @@ def sit_main(args) -> int:
     else:
         rows = run_sit_comparison(ref, config, state_dict=state_dict, batch=args.batch, cfg_scale=args.cfg_scale,
                                   seed=args.seed, tol=args.tol, log=print)
+    return report(rows)
+
+
+def report(rows) -> int:
+    """Print the rows; exit code 1 if any is past its tolerance."""
+    from dit_jax.parity import format_table
     print(format_table(rows))
     failed = [r.name for r in rows if not r.ok]
     if failed:
