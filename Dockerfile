@@ -10,6 +10,7 @@ ENV PIP_NO_CACHE_DIR=1
 WORKDIR /dit-jax
 COPY . .
 RUN python -m venv .venv \
+ && .venv/bin/pip install -U pip \
  && if [ -n "$JAX_EXTRA" ]; then .venv/bin/pip install -e . "jax[$JAX_EXTRA]"; else .venv/bin/pip install -e .; fi
 ENV PATH=/dit-jax/.venv/bin:$PATH
 CMD ["dit-jax", "train", "--help"]

@@ -40,7 +40,7 @@ GCLOUD=(gcloud compute tpus)
 
 # Every worker: the README's install (Python >= 3.11, dit-jax and jax for TPUs), then the run. The
 # exit code is kept on each worker so that the loop here can read it after the ssh session ends.
-INSTALL="cd ~/dit-jax && ${PYTHON:-python3} -m venv .venv && .venv/bin/pip install -q -e . 'jax[tpu]'"
+INSTALL="cd ~/dit-jax && ${PYTHON:-python3} -m venv .venv && .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -e . 'jax[tpu]'"
 DATA_FLAGS=$(data_flags)
 ARGS="--config=$CONFIG --workdir=$WORKDIR --config.compilation_cache_dir=${CACHE_DIR:-$WORKDIR/jax_cache}${DATA_FLAGS:+ $DATA_FLAGS}${TRAIN_FLAGS:+ $TRAIN_FLAGS}"
 # shellcheck disable=SC2086  # ARGS holds several flags
