@@ -578,10 +578,16 @@ def flags_error():
     return Error
 
 
+def prepare_process() -> None:
+    """What a `dit-jax` process sets before jax starts a backend."""
+    from dit_jax import host_memory, platforms
+    platforms.choose()  # no libtpu noise where there is no TPU
+    host_memory.keep_freed_memory()  # CPU alone: the step's freed buffers stay in one heap (its docstring)
+
+
 def main(argv=None) -> int:
-    from dit_jax import platforms
     from dit_jax.exit_codes import RunStopped
-    platforms.choose()  # before jax starts a backend: no libtpu noise where there is no TPU
+    prepare_process()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--version"]:
         print(version())
