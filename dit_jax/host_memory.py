@@ -1,21 +1,27 @@
 """On CPU-only runs, keep the memory a step frees in the process, so the next step does not fault it in again.
 
-Measured on the 2-core machine (README "Speed", "On CPU"): XLA:CPU allocates the step's buffers
-afresh each execution, about 1.5 GB for DiT-S/2 at batch 8, from the threads of its pool. glibc
-serves them from mmap (they are over the mmap threshold) or from per-thread arenas whose heaps it
-unmaps once empty, so each step the kernel zero-fills ~380,000 new pages: 0.7-1.1 s of system time
-in a 2.4 s step. Three `mallopt` settings stop that, after which a step takes no page faults:
-  M_ARENA_MAX 1        every thread allocates from the main heap, which is not unmapped when empty;
-  M_MMAP_MAX 0         large blocks come from that heap too, not from mmap/munmap each time;
-  M_TRIM_THRESHOLD -1  freed memory at the heap's top is kept (-1: never trim, `man mallopt`).
-The cost is that the process keeps its peak heap until it exits, which a training or sampling run
-reaches again every step anyway.
+Measured on the 2-core machine (README "Speed", "On CPU"): XLA:CPU allocates a step's buffers
+afresh at each execution, from the threads of its pool: about 1.5 GB for DiT-S/2 at batch 8. With
+glibc's defaults they come from mmap (they are over the mmap threshold) or from per-thread arenas,
+whose extra heaps glibc unmaps as soon as they are empty. So at every step the kernel zero-fills
+about 380,000 new pages: 0.7-1.1 s of system time in a 2.4 s step, on both cores. Three `mallopt`
+settings stop that; a step then takes no page faults at all:
+  M_ARENA_MAX 1        every thread allocates from the main heap, which is never unmapped (with 2
+                       arenas a step took 0 to 190,000 faults, by which threads shared one; with 3,
+                       126,000);
+  M_MMAP_MAX 0         large blocks come from the heaps too, not from a fresh mmap each time;
+  M_TRIM_THRESHOLD -1  freed memory at a heap's top is kept (-1: never trim, `man mallopt`).
+The costs: the process keeps its peak heap until it exits, which a training or sampling run reaches
+again at every step anyway; and compiling takes 20-35% longer (DiT-S/2's step: 9.8 s against 7.2 s),
+as the compiler's threads now share one heap's lock. A step gains 0.4-0.5 s, so a run of more than
+a handful of steps comes out ahead; the test suite, which compiles far more than it steps, does not
+set it in its own process (its `dit-jax` subprocesses do, as users' do).
 
 Only where jax runs on the CPU alone (JAX_PLATFORMS=cpu, which `platforms.choose` sets on a host
-without accelerators): on a TPU or GPU host the step's buffers live on the device, and one malloc
-arena could slow a multi-threaded input pipeline. glibc only (not musl, not macOS). It must run
-before jax starts its CPU backend, whose threads would otherwise already hold their own arenas.
-DIT_JAX_CPU_MALLOC=0 turns it off.
+without accelerators): on a TPU or GPU host the step's buffers live on the device, and fewer malloc
+arenas could slow a multi-threaded input pipeline. glibc only (not musl, not macOS). It must run
+before jax starts its CPU backend: the backend's threads would otherwise already hold their own
+arenas. DIT_JAX_CPU_MALLOC=0 turns it off.
 """
 
 from __future__ import annotations

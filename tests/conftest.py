@@ -3,10 +3,6 @@ import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from dit_jax import host_memory  # noqa: E402
-
-host_memory.keep_freed_memory()  # as `dit-jax` does (before jax's backend starts): no page faults per step
-
 import pytest  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -1,0 +1,113 @@
+"""Time the benchmark's train step in processes that differ only by environment, interleaved.
+
+    python tools/env_ab.py --model S/2 --rounds 8 --steps 2 \
+        'DIT_JAX_CPU_MALLOC=0' '' 'XLA_FLAGS=--xla_cpu_use_onednn=true'
+
+Each VARIANT ('NAME=VALUE;NAME=VALUE', '' for the environment as it is) gets its own process, which
+prepares itself as `dit-jax` does, compiles the step of `dit-jax benchmark --model M --input-size 32
+--batch B --dtype float32 --attention xla` once, and then waits. Every round asks each process in
+turn for `--steps` steps (the order reversed every other round), so all variants see the same load
+on a shared machine; a variant that needs a fresh process (allocator settings, XLA flags) can only
+be compared this way. Prints, per variant, the median seconds per step, its speedup over the first
+variant (the median of the rounds' ratios, with their range), and the system time and minor page
+faults per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+
+
+def worker(model: str, batch: int) -> None:
+    from dit_jax import cli
+    cli.prepare_process()
+    import flax.linen as nn
+    import jax
+
+    from dit_jax.benchmark import run as bench
+    from dit_jax.parallel.mesh import make_mesh_from_config
+    from dit_jax.parallel.sharding import LOGICAL_RULES
+    ns = argparse.Namespace(model=model, input_size=32, num_classes=None, in_channels=None, num_heads=None,
+                            depth=None, hidden_size=None, batch=batch, dtype="float32", attention="xla", remat=None,
+                            scan=False, setting=[])
+    config, settings = bench.config_and_settings(ns, [])
+    mesh = make_mesh_from_config(config.mesh)
+    run = bench.bench_run(config, settings[0], mesh)
+    data = bench.synthetic_batch(run)
+    program, lowered = bench.lowered_step(run, data, None)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        step = lowered.compile()
+        state = program.init(None)
+        state, _, _ = bench._timed_steps(step, state, lambda: data, 2, 2, None)  # the heap reaches its peak
+        print("ready", flush=True)
+        for line in sys.stdin:
+            n = int(line)
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
+            state, dt, _ = bench._timed_steps(step, state, lambda: data, n, 0, None)
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            print(json.dumps({"s": dt, "sys": (r1.ru_stime - r0.ru_stime) / n,
+                              "faults": (r1.ru_minflt - r0.ru_minflt) / n}), flush=True)
+
+
+def _env(variant: str) -> dict:
+    env = dict(os.environ)
+    for item in filter(None, variant.split(";")):
+        name, _, value = item.partition("=")
+        env[name] = value
+    return env
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("variants", nargs="+", metavar="VARIANT")
+    ap.add_argument("--model", default="S/2")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=2, help="steps per variant per round")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(args.model, args.batch)
+        return 0
+    procs = []
+    try:
+        for variant in args.variants:
+            p = subprocess.Popen([sys.executable, __file__, "--worker", "--model", args.model, "--batch",
+                                  str(args.batch), "x"], env=_env(variant), stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            procs.append(p)
+            for line in p.stdout:
+                if line.strip() == "ready":
+                    break
+            else:
+                print(f"error: the process for {variant!r} exited before its step was ready "
+                      f"(rerun it alone to see why)", file=sys.stderr)
+                return 1
+        results = [[] for _ in procs]
+        for r in range(args.rounds):
+            order = range(len(procs)) if r % 2 == 0 else reversed(range(len(procs)))
+            for i in order:
+                procs[i].stdin.write(f"{args.steps}\n")
+                procs[i].stdin.flush()
+                results[i].append(json.loads(procs[i].stdout.readline()))
+    finally:
+        for p in procs:
+            p.kill()
+    first = [x["s"] for x in results[0]]
+    for variant, rs in zip(args.variants, results):
+        times = [x["s"] for x in rs]
+        ratios = [a / b for a, b in zip(first, times)]
+        print(f"{statistics.median(times):6.3f} s/step  {statistics.median(ratios):.2f}x "
+              f"({min(ratios):.2f}-{max(ratios):.2f})  sys {statistics.median(x['sys'] for x in rs):.2f} s/step  "
+              f"faults {statistics.median(x['faults'] for x in rs):,.0f}/step  [{variant or 'as is'}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
