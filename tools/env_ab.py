@@ -65,7 +65,7 @@ def _env(variant: str) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("variants", nargs="+", metavar="VARIANT")
+    ap.add_argument("variants", nargs="*", metavar="VARIANT")
     ap.add_argument("--model", default="S/2")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=8)
@@ -75,11 +75,13 @@ def main(argv=None) -> int:
     if args.worker:
         worker(args.model, args.batch)
         return 0
+    if not args.variants:
+        ap.error("give at least one VARIANT ('' for the environment as it is)")
     procs = []
     try:
         for variant in args.variants:
             p = subprocess.Popen([sys.executable, __file__, "--worker", "--model", args.model, "--batch",
-                                  str(args.batch), "x"], env=_env(variant), stdin=subprocess.PIPE,
+                                  str(args.batch)], env=_env(variant), stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             procs.append(p)
             for line in p.stdout:
