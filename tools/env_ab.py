@@ -22,9 +22,10 @@ import resource
 import statistics
 import subprocess
 import sys
+import time
 
 
-def worker(model: str, batch: int) -> None:
+def worker(model: str, batch: int, program: str) -> None:
     from dit_jax import cli
     cli.prepare_process()
     import flax.linen as nn
@@ -37,6 +38,12 @@ def worker(model: str, batch: int) -> None:
                             depth=None, hidden_size=None, batch=batch, dtype="float32", attention="xla", remat=None,
                             scan=False, setting=[])
     config, settings = bench.config_and_settings(ns, [])
+    if program == "sample":
+        _, _, sample, params, labels = bench.bench_sampler(config, settings[0], batch, SAMPLE_STEPS, 1.5)
+        for i in range(2):  # compiles, then the heap reaches its peak
+            jax.block_until_ready(sample(params, labels, jax.random.PRNGKey(i)))
+        serve(lambda n: [sample(params, labels, jax.random.PRNGKey(i)) for i in range(n)][-1])
+        return
     mesh = make_mesh_from_config(config.mesh)
     run = bench.bench_run(config, settings[0], mesh)
     data = bench.synthetic_batch(run)
@@ -45,14 +52,28 @@ def worker(model: str, batch: int) -> None:
         step = lowered.compile()
         state = program.init(None)
         state, _, _ = bench._timed_steps(step, state, lambda: data, 2, 2, None)  # the heap reaches its peak
-        print("ready", flush=True)
-        for line in sys.stdin:
-            n = int(line)
-            r0 = resource.getrusage(resource.RUSAGE_SELF)
-            state, dt, _ = bench._timed_steps(step, state, lambda: data, n, 0, None)
-            r1 = resource.getrusage(resource.RUSAGE_SELF)
-            print(json.dumps({"s": dt, "sys": (r1.ru_stime - r0.ru_stime) / n,
-                              "faults": (r1.ru_minflt - r0.ru_minflt) / n}), flush=True)
+
+        def steps(n):
+            nonlocal state
+            state, _, loss = bench._timed_steps(step, state, lambda: data, n, 0, None)
+            return loss
+        serve(steps)
+
+
+def serve(run_n) -> None:
+    """Say "ready", then for each count n read from stdin run `run_n(n)` and print its time per unit."""
+    import jax
+    print("ready", flush=True)
+    for line in sys.stdin:
+        n = int(line)
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        jax.block_until_ready(run_n(n))
+        dt, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+        print(json.dumps({"s": dt / n, "sys": (r1.ru_stime - r0.ru_stime) / n,
+                          "faults": (r1.ru_minflt - r0.ru_minflt) / n}), flush=True)
+
+
+SAMPLE_STEPS = 10
 
 
 def _env(variant: str) -> dict:
@@ -67,21 +88,25 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variants", nargs="*", metavar="VARIANT")
     ap.add_argument("--model", default="S/2")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--program", choices=("train", "sample"), default="train",
+                    help=f"the train step, or the {SAMPLE_STEPS}-step guided DDPM sampler (one call per unit)")
+    ap.add_argument("--batch", type=int, default=None, help="default 8 for train, 4 for sample")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--steps", type=int, default=2, help="steps per variant per round")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        worker(args.model, args.batch)
+        worker(args.model, args.batch, args.program)
         return 0
+    if args.batch is None:
+        args.batch = 8 if args.program == "train" else 4
     if not args.variants:
         ap.error("give at least one VARIANT ('' for the environment as it is)")
     procs = []
     try:
         for variant in args.variants:
             p = subprocess.Popen([sys.executable, __file__, "--worker", "--model", args.model, "--batch",
-                                  str(args.batch)], env=_env(variant), stdin=subprocess.PIPE,
+                                  str(args.batch), "--program", args.program], env=_env(variant), stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             procs.append(p)
             for line in p.stdout:
@@ -102,12 +127,13 @@ def main(argv=None) -> int:
         for p in procs:
             p.kill()
     first = [x["s"] for x in results[0]]
+    unit = "step" if args.program == "train" else "call"
     for variant, rs in zip(args.variants, results):
         times = [x["s"] for x in rs]
         ratios = [a / b for a, b in zip(first, times)]
-        print(f"{statistics.median(times):6.3f} s/step  {statistics.median(ratios):.2f}x "
-              f"({min(ratios):.2f}-{max(ratios):.2f})  sys {statistics.median(x['sys'] for x in rs):.2f} s/step  "
-              f"faults {statistics.median(x['faults'] for x in rs):,.0f}/step  [{variant or 'as is'}]")
+        print(f"{statistics.median(times):6.3f} s/{unit}  {statistics.median(ratios):.2f}x "
+              f"({min(ratios):.2f}-{max(ratios):.2f})  sys {statistics.median(x['sys'] for x in rs):.2f} s/{unit}  "
+              f"faults {statistics.median(x['faults'] for x in rs):,.0f}/{unit}  [{variant or 'as is'}]")
     return 0
 
 

@@ -296,11 +296,10 @@ def make_loader(model_cfg: DiTConfig, name: str, data_dir: str, global_batch: in
 # ----------------------------------------------------------------------------- the sampler
 
 
-def time_sample(config, setting: Setting, batch: int, sample_steps: int, cfg_scale: float, repeats: int,
-                sampler: str = "ddpm", pairs=None) -> dict:
-    """The run's sampler (`build_sampler`: one compiled loop over all steps) on `batch` images of one
-    device, the latents not decoded. `pairs`: as time_train's, one sampling run per repetition (only
-    for the reference's sampler, DDPM)."""
+def bench_sampler(config, setting: Setting, batch: int, sample_steps: int, cfg_scale: float,
+                  sampler: str = "ddpm"):
+    """(run, sampler settings, sample(params, labels, key), params, labels): the run's sampler on
+    `batch` images of one device, random weights, the latents not decoded."""
     from dit_jax.models.dit import init_params
     from dit_jax.parallel.mesh import make_mesh
     from dit_jax.sampling.sampler import SamplerSettings, build_sampler
@@ -308,11 +307,20 @@ def time_sample(config, setting: Setting, batch: int, sample_steps: int, cfg_sca
 
     mesh = make_mesh(data=1, fsdp=1, tensor=1, devices=jax.devices()[:1])
     run = make_run(setting.apply(config, 1), vae=None, mesh=mesh)
-    cfg = run.model
-    params = jax.jit(partial(init_params, cfg))(jax.random.key(0))
+    params = jax.jit(partial(init_params, run.model))(jax.random.key(0))
     settings = SamplerSettings(sampler=sampler, steps=str(sample_steps), cfg_scale=cfg_scale)
     sample = build_sampler(dataclasses.replace(run, vae=None), settings)
-    labels = np.arange(batch, dtype=np.int32) % cfg.num_classes
+    labels = np.arange(batch, dtype=np.int32) % run.model.num_classes
+    return run, settings, sample, params, labels
+
+
+def time_sample(config, setting: Setting, batch: int, sample_steps: int, cfg_scale: float, repeats: int,
+                sampler: str = "ddpm", pairs=None) -> dict:
+    """The run's sampler (`build_sampler`: one compiled loop over all steps) on `batch` images of one
+    device, the latents not decoded. `pairs`: as time_train's, one sampling run per repetition (only
+    for the reference's sampler, DDPM)."""
+    run, settings, sample, params, labels = bench_sampler(config, setting, batch, sample_steps, cfg_scale, sampler)
+    cfg = run.model
     t0 = time.perf_counter()
     jax.block_until_ready(sample(params, labels, jax.random.PRNGKey(0)))  # compiles
     compile_s = time.perf_counter() - t0
