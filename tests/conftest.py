@@ -16,7 +16,7 @@ SLOW_FILES = {
     "test_launch.py", "test_losing_data.py", "test_mesh.py", "test_multiprocess.py", "test_operations.py",
     "test_precision.py", "test_programs.py", "test_sample_npz.py", "test_sharded_sampling.py", "test_train.py",
     "test_preemption.py", "test_sharding_specs.py", "test_sit_training.py", "test_device_benchmark.py",
-    "test_sampler_cli.py", "test_sit_parity.py",
+    "test_sampler_cli.py", "test_sit_parity.py", "test_env_ab.py",
 }
 
 

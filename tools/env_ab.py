@@ -9,8 +9,9 @@ prepares itself as `dit-jax` does, compiles the step of `dit-jax benchmark --mod
 turn for `--steps` steps (the order reversed every other round), so all variants see the same load
 on a shared machine; a variant that needs a fresh process (allocator settings, XLA flags) can only
 be compared this way. Prints, per variant, the median seconds per step, its speedup over the first
-variant (the median of the rounds' ratios, with their range), and the system time and minor page
-faults per step.
+variant (the median of the rounds' ratios, with their range), the system time and minor page
+faults per step, and the resident memory after the last round. `--program sample` times the
+10-step guided DDPM sampler instead (batch 4, one call per unit).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import sys
 import time
 
 
-def worker(model: str, batch: int, program: str) -> None:
+def worker(model: str, depth: int | None, batch: int, program: str) -> None:
     from dit_jax import cli
     cli.prepare_process()
     import flax.linen as nn
@@ -35,7 +36,7 @@ def worker(model: str, batch: int, program: str) -> None:
     from dit_jax.parallel.mesh import make_mesh_from_config
     from dit_jax.parallel.sharding import LOGICAL_RULES
     ns = argparse.Namespace(model=model, input_size=32, num_classes=None, in_channels=None, num_heads=None,
-                            depth=None, hidden_size=None, batch=batch, dtype="float32", attention="xla", remat=None,
+                            depth=depth, hidden_size=None, batch=batch, dtype="float32", attention="xla", remat=None,
                             scan=False, setting=[])
     config, settings = bench.config_and_settings(ns, [])
     if program == "sample":
@@ -70,7 +71,13 @@ def serve(run_n) -> None:
         jax.block_until_ready(run_n(n))
         dt, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
         print(json.dumps({"s": dt / n, "sys": (r1.ru_stime - r0.ru_stime) / n,
-                          "faults": (r1.ru_minflt - r0.ru_minflt) / n}), flush=True)
+                          "faults": (r1.ru_minflt - r0.ru_minflt) / n, "rss_gb": resident_gb()}), flush=True)
+
+
+def resident_gb() -> float:
+    """The process's resident memory now, in GB (what the allocator settings trade for faults)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
 
 
 SAMPLE_STEPS = 10
@@ -88,15 +95,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variants", nargs="*", metavar="VARIANT")
     ap.add_argument("--model", default="S/2")
+    ap.add_argument("--depth", type=int, default=None, help="blocks (default: the model's)")
     ap.add_argument("--program", choices=("train", "sample"), default="train",
                     help=f"the train step, or the {SAMPLE_STEPS}-step guided DDPM sampler (one call per unit)")
     ap.add_argument("--batch", type=int, default=None, help="default 8 for train, 4 for sample")
     ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=2, help="steps per variant per round")
+    ap.add_argument("--steps", type=int, default=2,
+                    help="steps (sampler calls, with --program sample) per variant per round")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        worker(args.model, args.batch, args.program)
+        worker(args.model, args.depth, args.batch, args.program)
         return 0
     if args.batch is None:
         args.batch = 8 if args.program == "train" else 4
@@ -104,10 +113,11 @@ def main(argv=None) -> int:
         ap.error("give at least one VARIANT ('' for the environment as it is)")
     procs = []
     try:
+        command = [sys.executable, __file__, "--worker", "--model", args.model, "--batch", str(args.batch),
+                   "--program", args.program] + (["--depth", str(args.depth)] if args.depth else [])
         for variant in args.variants:
-            p = subprocess.Popen([sys.executable, __file__, "--worker", "--model", args.model, "--batch",
-                                  str(args.batch), "--program", args.program], env=_env(variant), stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            p = subprocess.Popen(command, env=_env(variant), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True)
             procs.append(p)
             for line in p.stdout:
                 if line.strip() == "ready":
@@ -133,7 +143,8 @@ def main(argv=None) -> int:
         ratios = [a / b for a, b in zip(first, times)]
         print(f"{statistics.median(times):6.3f} s/{unit}  {statistics.median(ratios):.2f}x "
               f"({min(ratios):.2f}-{max(ratios):.2f})  sys {statistics.median(x['sys'] for x in rs):.2f} s/{unit}  "
-              f"faults {statistics.median(x['faults'] for x in rs):,.0f}/{unit}  [{variant or 'as is'}]")
+              f"faults {statistics.median(x['faults'] for x in rs):,.0f}/{unit}  resident {rs[-1]['rss_gb']:.2f} GB  "
+              f"[{variant or 'as is'}]")
     return 0
 
 
