@@ -2,6 +2,11 @@ import os
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The `dit-jax` processes the tests start compile far more than they step, and the CPU malloc
+# setting (dit_jax/host_memory.py: one arena) makes compiling slower: tests/test_train.py took 78 s
+# with it against 67 s without. So they run with glibc's defaults, as the suite's own process does;
+# tests/test_host_memory.py turns it on where it checks it. DIT_JAX_CPU_MALLOC=1 runs all with it.
+os.environ.setdefault("DIT_JAX_CPU_MALLOC", "0")
 
 import pytest  # noqa: E402
 
