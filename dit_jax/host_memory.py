@@ -11,11 +11,13 @@ settings stop that; a step then takes no page faults at all:
                        126,000);
   M_MMAP_MAX 0         large blocks come from the heaps too, not from a fresh mmap each time;
   M_TRIM_THRESHOLD -1  freed memory at a heap's top is kept (-1: never trim, `man mallopt`).
-The costs: the process keeps its peak heap until it exits, which a training or sampling run reaches
-again at every step anyway; and compiling takes 20-35% longer (DiT-S/2's step: 9.8 s against 7.2 s),
-as the compiler's threads now share one heap's lock. A step gains 0.4-0.5 s, so a run of more than
-a handful of steps comes out ahead; the test suite, which compiles far more than it steps, does not
-set it in its own process (its `dit-jax` subprocesses do, as users' do).
+The costs: the process keeps what it frees until it exits, and the heap fragments: a step's 1.5 GB
+of temporaries does not always fit back into the hole it left, so the heap grows in jumps of that
+size before it settles (DiT-S/2, batch 8: 4.25 GB resident against 2.67 GB without the setting in
+one run, 7.2 GB in another). And compiling takes 20-35% longer (DiT-S/2's step: 9.8 s against
+7.2 s), as the compiler's threads now share one heap's lock. A step gains 0.1-0.5 s, so a run of
+more than a handful of steps comes out ahead; the test suite, which compiles far more than it
+steps, runs without it (tests/conftest.py), but for the test that checks it.
 
 Only where jax runs on the CPU alone (JAX_PLATFORMS=cpu, which `platforms.choose` sets on a host
 without accelerators): on a TPU or GPU host the step's buffers live on the device, and fewer malloc
