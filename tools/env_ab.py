@@ -43,7 +43,12 @@ def worker(model: str, depth: int | None, batch: int, program: str) -> None:
         _, _, sample, params, labels = bench.bench_sampler(config, settings[0], batch, SAMPLE_STEPS, 1.5)
         for i in range(2):  # compiles, then the heap reaches its peak
             jax.block_until_ready(sample(params, labels, jax.random.PRNGKey(i)))
-        serve(lambda n: [sample(params, labels, jax.random.PRNGKey(i)) for i in range(n)][-1])
+
+        def calls(n):  # one after the other, as a sampling run's batches are
+            for i in range(n):
+                out = jax.block_until_ready(sample(params, labels, jax.random.PRNGKey(i)))
+            return out
+        serve(calls)
         return
     mesh = make_mesh_from_config(config.mesh)
     run = bench.bench_run(config, settings[0], mesh)
