@@ -7,6 +7,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # with it against 67 s without. So they run with glibc's defaults, as the suite's own process does;
 # tests/test_host_memory.py turns it on where it checks it. DIT_JAX_CPU_MALLOC=1 runs all with it.
 os.environ.setdefault("DIT_JAX_CPU_MALLOC", "0")
+# Many of the suite's `dit-jax train` processes compile the same small programs, most in under the
+# second that JAX's persistent cache wants before it keeps one: keep them all, so that later
+# processes load what earlier ones compiled.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402
 
