@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+SAMPLE_STEPS = 10  # --program sample: the benchmark's CPU sampler row (README "On CPU")
+
 
 def worker(model: str, depth: int | None, batch: int, program: str) -> None:
     from dit_jax import cli
@@ -53,10 +55,10 @@ def worker(model: str, depth: int | None, batch: int, program: str) -> None:
     mesh = make_mesh_from_config(config.mesh)
     run = bench.bench_run(config, settings[0], mesh)
     data = bench.synthetic_batch(run)
-    program, lowered = bench.lowered_step(run, data, None)
+    train_program, lowered = bench.lowered_step(run, data, None)
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         step = lowered.compile()
-        state = program.init(None)
+        state = train_program.init(None)
         state, _, _ = bench._timed_steps(step, state, lambda: data, 2, 2, None)  # the heap reaches its peak
 
         def steps(n):
@@ -83,9 +85,6 @@ def resident_gb() -> float:
     """The process's resident memory now, in GB (what the allocator settings trade for faults)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
-
-
-SAMPLE_STEPS = 10
 
 
 def _env(variant: str) -> dict:
