@@ -25,6 +25,14 @@ DIVERGED = 3
 PREEMPTED = 75
 
 
+class BadInput(ValueError):
+    """Bad input or environment (exit 2): the message names the file, flag or setting and the fix.
+
+    A ValueError, so every place that maps ValueError to one `error:` line and exit 2 maps this too;
+    readers of user files raise it (from the library's own exception) with the path in the message."""
+    exit_code = BAD_INPUT
+
+
 class RunStopped(Exception):
     """A training run ended before total_steps for a reason its exit code names."""
     exit_code = FAILED
