@@ -1,6 +1,6 @@
 """On CPU-only runs, keep the memory a step frees in the process, so the next step does not fault it in again.
 
-Measured on the 2-core machine (README "Speed", "On CPU"): XLA:CPU allocates a step's buffers
+Measured on the 2-core machine (docs/speed.md, "Page faults"): XLA:CPU allocates a step's buffers
 afresh at each execution, from the threads of its pool: about 1.5 GB for DiT-S/2 at batch 8. With
 glibc's defaults they come from mmap (they are over the mmap threshold) or from per-thread arenas,
 whose extra heaps glibc unmaps as soon as they are empty. So at every step the kernel zero-fills

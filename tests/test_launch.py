@@ -100,10 +100,12 @@ def test_xpk_recipe_builds_pushes_and_creates_the_workload():
 def test_dockerfile_installs_what_the_readme_installs():
     with open(os.path.join(ROOT, "Dockerfile")) as f:
         docker = f.read()
-    with open(os.path.join(ROOT, "README.md")) as f:
-        readme = f.read()
+    readme = ""
+    for page in ("README.md", "docs/cluster.md"):  # the set-up, and the install on every host of a cluster
+        with open(os.path.join(ROOT, page)) as f:
+            readme += f.read()
     installs = re.findall(r"\.venv/bin/pip install [^;\n]+?(?=;|\n| fi)", docker)
-    # pip first: the pip of a Python 3.12.1 venv cannot resolve jax[tpu] (README "Set-up")
+    # pip first: the pip of a Python 3.12.1 venv cannot resolve jax[tpu] (README, set-up)
     assert installs == [".venv/bin/pip install -U pip \\", '.venv/bin/pip install -e . "jax[$JAX_EXTRA]"',
                         ".venv/bin/pip install -e ."]
     for extra in ("tpu", "cuda12"):

@@ -75,7 +75,7 @@ def test_bf16_forward_is_close_to_float32_on_converted_weights(converted):
     rel_max = np.abs(out16 - out32).max() / np.abs(out32).max()
     rel_rms = np.sqrt(np.mean((out16 - out32) ** 2) / np.mean(out32 ** 2))
     print(f"bf16 vs float32 forward (S/2, {F32.depth} blocks, converted random weights): max {rel_max:.2e}, rms {rel_rms:.2e}")
-    # Measured on 2 CPU cores: max 9.0e-3, rms 7.4e-3 (the README's "within 1% RMS"). The lower bound,
+    # Measured on 2 CPU cores: max 9.0e-3, rms 7.4e-3 (docs/speed.md's "within 1% RMS"). The lower bound,
     # a tenth of the measured RMS, fails if bf16 is silently ignored (float32 gives ~1e-7).
     assert rel_max < 1.5e-2 and rel_rms < 1e-2
     assert rel_rms > 7e-4

@@ -1,4 +1,4 @@
-"""Every `dit-jax train` command the README, experiments/ and configs/ show, run as written with --dry_run.
+"""Every `dit-jax train` command that README.md, docs/, experiments/ and configs/ show, run as written with --dry_run.
 
 The commands are read from the files themselves (fenced blocks, with their line continuations and
 comments, and inline code), so a command that is edited there is the command tested here. Commands
@@ -49,9 +49,16 @@ def _docstring_commands(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if PROGRAM.match(line.strip())]
 
 
+def documentation_pages() -> list[str]:
+    """Every page a reader may copy a command from: the README and each Markdown file under docs/ and
+    experiments/, at any depth."""
+    return ["README.md", *sorted(glob.glob("docs/**/*.md", root_dir=ROOT, recursive=True)),
+            *sorted(glob.glob("experiments/**/*.md", root_dir=ROOT, recursive=True))]
+
+
 def _all_commands() -> list[tuple[str, str]]:
     found = []
-    for path in ["README.md", *sorted(glob.glob("experiments/*/README.md", root_dir=ROOT))]:
+    for path in documentation_pages():
         with open(os.path.join(ROOT, path)) as f:
             text = f.read()
         found += [(path, c) for c in _fenced_commands(text) + _inline_commands(text)]
@@ -62,6 +69,40 @@ def _all_commands() -> list[tuple[str, str]]:
 
 
 COMMANDS = _all_commands()
+
+
+def test_pages_are_found_at_any_depth(tmp_path, monkeypatch):
+    """The control on documentation_pages(): a nested page under docs/ is read, a non-Markdown file is not."""
+    import test_readme_commands as this
+    (tmp_path / "docs" / "topic").mkdir(parents=True)
+    (tmp_path / "docs" / "topic" / "deep.md").write_text("```bash\ndit-jax train --workdir runs/deep\n```\n")
+    (tmp_path / "docs" / "notes.txt").write_text("dit-jax train --workdir runs/txt\n")
+    (tmp_path / "README.md").write_text("")
+    monkeypatch.setattr(this, "ROOT", str(tmp_path))
+    assert this.documentation_pages() == ["README.md", "docs/topic/deep.md"]
+    assert ("docs/topic/deep.md", "dit-jax train --workdir runs/deep") in this._all_commands()
+
+
+SUBCOMMAND = re.compile(r"^(?:\S*/)?dit-jax ([a-z][a-z-]*)\b")
+
+
+def test_every_documented_subcommand_exists(capsys):
+    """`dit-jax NAME ...` lines of every page's code blocks name a command that `dit-jax --help` lists."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    named = {}
+    for path in documentation_pages():
+        with open(os.path.join(ROOT, path)) as f:
+            text = f.read()
+        for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
+            for line in block.splitlines():
+                m = SUBCOMMAND.match(line.strip())
+                if m:
+                    named.setdefault(m.group(1), path)
+    assert {"train", "sample", "convert", "evaluate", "compile"} <= set(named), named
+    missing = {name: path for name, path in named.items() if not re.search(rf"\b{name}\b", listed)}
+    assert not missing, f"commands shown in the documentation that `dit-jax --help` does not list: {missing}"
 
 
 def _train_args(command: str) -> list[str]:
@@ -79,7 +120,8 @@ def _is_demo(args: list[str]) -> bool:
 def test_the_files_hold_the_commands_this_test_is_about():
     """The extraction finds the commands a reader sees (a control on the parser above)."""
     sources = {path for path, _ in COMMANDS}
-    assert {"README.md", "configs/dit.py", "configs/sit.py", "configs/demo.py"} <= sources
+    assert {"README.md", "docs/training.md", "docs/demo.md", "docs/data.md", "experiments/demo_digits/README.md",
+            "configs/dit.py", "configs/sit.py", "configs/demo.py"} <= sources, sources
     assert any("configs/dit.py:XL/2" in c and "--workdir gs://bucket/dit-xl2 " in c for _, c in COMMANDS)
     assert len(COMMANDS) >= 15, COMMANDS
 

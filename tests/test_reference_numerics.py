@@ -59,7 +59,7 @@ def test_t0_decoder_term_against_reference(reference):   # the fixture puts the 
     assert np.all((np.abs(ours - ref) <= 1e-5 * np.abs(ref) + 1e-6)[near])
     # Per example (the term is a mean over pixels), every pixel anywhere. MKL's rounding can still
     # flip a CDF difference of 1 ulp to 0 (clamped to 1e-12), 11 nats on one pixel: on 4M pixels
-    # that left up to 6e-4 per 1024-pixel example (README); none happens on these.
+    # that left up to 6e-4 per 1024-pixel example (docs/parity.md); none happens on these.
     per_ex = np.abs(ours.mean(1) - ref.mean(1)) / np.abs(ref.mean(1))
     print(f"\nt = 0 decoder term, {n} examples x {d} pixels up to 15 std out: max rel {per_ex.max():.2e}")
     assert per_ex.max() < 1e-5

@@ -61,7 +61,7 @@ def test_same_images_on_1_and_8_devices_and_resume(tmp_path):
     with np.load(eight) as z:
         b = z["arr_0"]
         assert np.array_equal(z["labels"], labels)
-    # Same noise per sample: the same images, as the README says (measured: 0 of the 1,920 values
+    # Same noise per sample: the same images, as docs/evaluation.md says (measured: 0 of the 1,920 values
     # differ; float reduction order could move a pixel at a truncation boundary by one level, which
     # this would report).
     diff = np.abs(a.astype(int) - b.astype(int))

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-SAMPLE_STEPS = 10  # --program sample: the benchmark's CPU sampler row (README "On CPU")
+SAMPLE_STEPS = 10  # --program sample: the benchmark's CPU sampler row (docs/speed.md, "On CPU")
 
 
 def worker(model: str, depth: int | None, batch: int, program: str) -> None:

@@ -1,13 +1,13 @@
 """The laptop demo: a small class-conditional DiT on the 1,797 8x8 digits scikit-learn ships.
 
     dit-jax train                                   # this config, into workdir/demo
-    dit-jax train --config configs/demo.py --workdir runs/demo --config.total_steps=500
+    dit-jax train --config configs/demo.py --workdir runs/demo-500 --config.total_steps=500
 
 No download: the digits are built once into a TFDS ArrayRecord dataset. Hardware and time: 2 CPU
-cores, 11-12 minutes including the evaluations (measured: README "The demo"). Result: EMA sample grids in
-WORKDIR/samples, and the demo's quality scores (class accuracy of guided samples under a digit
-classifier, Frechet distance in its feature space) printed and written to
-WORKDIR/demo_scores.json; see the README for the measured numbers.
+cores, about 6 minutes including the evaluations, more on a loaded machine (every measured time:
+docs/demo.md). Result: EMA sample grids in WORKDIR/samples, and the demo's quality scores (class
+accuracy of guided samples under a digit classifier, Frechet distance in its feature space) printed
+and written to WORKDIR/demo_scores.json; the measured scores are in docs/demo.md.
 """
 
 import ml_collections
