@@ -17,18 +17,6 @@ import pytest  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = os.path.join(HERE, "torch_reference")
 
-# Files whose tests train, start processes (multi-process, CLI runs, servers, pip) or compile whole
-# programs: marked `slow`, so that `pytest -m "not slow"` is the quick unit run (README "Tests").
-SLOW_FILES = {
-    "test_bad_input.py", "test_benchmark.py", "test_compile_check.py", "test_demo.py", "test_eval_in_training.py",
-    "test_export_lowering.py", "test_gcs.py", "test_install.py", "test_interrupts.py", "test_latents.py",
-    "test_launch.py", "test_losing_data.py", "test_mesh.py", "test_multiprocess.py", "test_operations.py",
-    "test_precision.py", "test_programs.py", "test_sample_npz.py", "test_sharded_sampling.py", "test_train.py",
-    "test_preemption.py", "test_sharding_specs.py", "test_sit_training.py", "test_device_benchmark.py",
-    "test_sampler_cli.py", "test_sit_parity.py", "test_env_ab.py",
-}
-
-
 @pytest.fixture(scope="session")
 def reference():
     """The PyTorch statement of the official code: (models module, diffusion package)."""
@@ -273,10 +261,7 @@ LONGEST_FIRST = ("test_multiprocess.py", "test_parity_torch.py", "test_mesh.py",
 
 
 def pytest_collection_modifyitems(items):
-    """Marks the SLOW_FILES' tests `slow` and puts the longest files first (one hook: a second
-    definition of it in this module would replace the first)."""
-    for item in items:
-        if item.path.name in SLOW_FILES:
-            item.add_marker(pytest.mark.slow)
+    """Puts the longest files first (one hook: a second definition of it in this module would replace
+    the first). Slow files mark themselves: `pytestmark = pytest.mark.slow` (docs/testing.md)."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

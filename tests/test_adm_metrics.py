@@ -10,31 +10,10 @@ from dit_jax.evaluate import adm_metrics as am
 from dit_jax.evaluate.adm_metrics import (ReferenceBatch, Stats, fid, fid_from_stats, inception_score,
                                           load_reference_batch, load_sample_batch, manifold_radii,
                                           pairwise_sq_distances, precision_recall, sfid, write_reference_batch)
+from helpers import FEW_SAMPLE_ABS, few_sample_frechet
 
 
 # ---------------------------------------------------------------------------------------- FID, sFID
-
-# How far our FID may be from the exact few-sample value: with fewer samples than features the
-# covariance product is singular, and our FID (as the ADM evaluator and pytorch-fid) then adds 1e-6 to
-# both diagonals, which moves it by about 1e-2 at most here (measured 4.2e-3, 4.6e-3 and 9.6e-3).
-FEW_SAMPLE_ABS = 5e-2
-
-
-def few_sample_frechet(features, mu, sigma) -> float:
-    """The Frechet distance between N < F feature vectors and N(mu, sigma), exactly, with no square
-    root of an F x F matrix (and none of the eps that a singular product needs there): with A the
-    centred features, sigma1 = A^T A / (N - 1), and the non-zero eigenvalues of sigma1 @ sigma are
-    those of the N x N matrix A sigma A^T / (N - 1), so tr sqrtm(sigma1 @ sigma) is the sum of their
-    square roots. Shares no code with dit_jax.evaluate."""
-    x = np.asarray(features, np.float64).reshape(len(features), -1)
-    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
-    a = x - x.mean(0)
-    n = len(x)
-    eigenvalues = np.linalg.eigvalsh(a @ sigma @ a.T / (n - 1))
-    tr_covmean = np.sqrt(np.clip(eigenvalues, 0, None)).sum()
-    diff = x.mean(0) - mu
-    return float(diff @ diff + np.sum(a * a) / (n - 1) + np.trace(sigma) - 2 * tr_covmean)
-
 
 def _direct_fid(a, b):
     mu1, mu2 = a.mean(0), b.mean(0)

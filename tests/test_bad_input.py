@@ -2,7 +2,6 @@
 traceback, nothing saved lost, and nothing compiled or trained first. Also `dit-jax export-weights`."""
 
 import glob
-import hashlib
 import os
 import shutil
 
@@ -12,29 +11,9 @@ import pytest
 
 from dit_jax.cli import main
 from dit_jax.train.loop import train_and_evaluate
-from test_train import ROOT, tiny_config
+from helpers import ROOT, one_error_line, snapshot, tiny_config
 
-
-def one_error_line(capsys, *needles):
-    """The single `error:` line on stderr, checked to contain every needle."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
-def snapshot(directory):
-    """{relative path: sha256} of every file under `directory`."""
-    out = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-    return out
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
 
 
 @pytest.fixture(scope="module")

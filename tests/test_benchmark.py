@@ -7,6 +7,8 @@ import pytest
 
 from dit_jax.cli import main
 
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
+
 TINY = ["--model", "S/2", "--input-size", "8", "--depth", "1", "--hidden-size", "32", "--num-heads", "2",
         "--num-classes", "10", "--dtype", "float32"]
 

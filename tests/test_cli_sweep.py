@@ -10,7 +10,7 @@ import pytest
 
 from dit_jax import argparsing, cli
 from dit_jax.cli import main
-from test_bad_input import one_error_line
+from helpers import one_error_line
 
 COMMANDS = [name for name in cli.build_parser()._subparsers._group_actions[0].choices
             if name not in ("train", "compile")]  # those two parse with absl: swept below

@@ -10,6 +10,8 @@ import pytest
 from dit_jax.cli import main
 from dit_jax.jobs.compile import parse_topology, report
 
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config", "configs/demo.py", "--config.model.hidden_size=32", "--config.model.depth=1",
         "--config.model.num_heads=2", "--config.batch_size=8"]

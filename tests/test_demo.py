@@ -13,6 +13,8 @@ from dit_jax.train.loop import train_and_evaluate
 from dit_jax.train.metrics_log import MetricsLog
 from dit_jax.train.run import make_run
 
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Measured on 2 CPU cores (`pytest -s tests/test_demo.py`: 500 steps, EMA 0.99, 200 samples of 50

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from dit_jax.train.loop import train_and_evaluate
-from test_train import tiny_config
+from helpers import tiny_config
+
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
 
 
 def logged(workdir, key):
@@ -53,7 +55,7 @@ def test_fid_against_a_reference_batch_during_training(tmp_path):
     from dit_jax.train import evaluation
     from dit_jax.train.checkpoint import load_ema
     from dit_jax.train.run import make_run
-    from test_adm_metrics import FEW_SAMPLE_ABS, few_sample_frechet
+    from helpers import FEW_SAMPLE_ABS, few_sample_frechet
     run = make_run(c)
     [ev] = evaluation.make_evaluators(run)
     ema, _, step = load_ema(str(tmp_path / "run"))

@@ -6,6 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
 SCRIPT = r"""
@@ -16,7 +20,7 @@ import flax.linen as nn, jax, jax.numpy as jnp
 from jax import export
 from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, {tests!r})
-from test_train import tiny_config
+from helpers import tiny_config
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.parallel.sharding import LOGICAL_RULES
 from dit_jax.sampling.sampler import SamplerSettings, make_sampler

@@ -10,8 +10,9 @@ import pytest
 
 from dit_jax.cli import main
 from dit_jax.train.loop import train_and_evaluate
-from test_bad_input import one_error_line, snapshot
-from test_train import tiny_config
+from helpers import one_error_line, snapshot, tiny_config
+
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,9 @@ import pytest
 
 from conftest import gcs_objects
 from dit_jax.cli import main
-from test_train import DEMO, tiny_config
+from helpers import DEMO, tiny_config
+
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
 
 
 def _local_gs_dirs(*roots):

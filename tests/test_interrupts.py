@@ -6,8 +6,12 @@ import signal
 import sys
 import time
 
+import pytest
+
 from conftest import Child
 from dit_jax.train.checkpoint import make_manager
+
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.hidden_size=32", "--config.model.depth=2", "--config.model.num_heads=2",
@@ -64,7 +68,7 @@ def test_a_finished_run_gives_the_signal_handlers_back(tmp_path):
     """In a notebook or any program that calls train_and_evaluate, Ctrl-C and SIGTERM behave after
     the run as before it."""
     from dit_jax.train.loop import train_and_evaluate
-    from test_train import tiny_config
+    from helpers import tiny_config
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     train_and_evaluate(tiny_config(total_steps=1), str(tmp_path / "run"))
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

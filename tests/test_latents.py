@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
+
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
@@ -109,7 +111,7 @@ def test_extraction_into_a_bucket_resumes_from_its_shards_and_uploads_the_datase
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_vae_in_step_and_latent_dataset_give_the_same_losses(setup, tmp_path, flip):
-    from test_train import losses, tiny_config
+    from helpers import losses, tiny_config
 
     from dit_jax.train.loop import train_and_evaluate
     root, data_dir, _, vae_dir = setup
@@ -133,7 +135,7 @@ def test_vae_in_step_and_latent_dataset_give_the_same_losses(setup, tmp_path, fl
 
 
 def test_latent_config_errors(setup, tmp_path):
-    from test_train import tiny_config
+    from helpers import tiny_config
 
     from dit_jax.train.loop import train_and_evaluate
     root, data_dir, _, vae_dir = setup

@@ -18,7 +18,9 @@ from dit_jax.train.integrity import NonFiniteLoss
 from dit_jax.train.loop import train_and_evaluate
 from dit_jax.workdir_lock import WorkdirLocked
 from conftest import Child
-from test_train import ROOT, tiny_config
+from helpers import ROOT, tiny_config
+
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
 
 # The same tiny run as tiny_config(), through the CLI.
 TINY_FLAGS = ["--config.model.hidden_size=32", "--config.model.depth=2", "--config.model.num_heads=2",

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from conftest import Child, PortReservation, finish_all
-from test_train import final_params, losses, tiny_config
+from helpers import final_params, losses, tiny_config
 
 from dit_jax.parallel.mesh import make_mesh
 from dit_jax.train.loop import train_and_evaluate
+
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 # The CLI flags that make the demo the `tiny_config` of test_train.
@@ -75,7 +77,7 @@ import jax
 port, pid, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 jax.distributed.initialize("127.0.0.1:" + port, num_processes=2, process_id=pid)
 sys.path.insert(0, {tests!r})
-from test_train import tiny_config
+from helpers import tiny_config
 from dit_jax.train.loop import train_and_evaluate
 train_and_evaluate(tiny_config(**{{"batch_size": 2, "mesh.dcn_data": 2, "mesh.data": 1}}), workdir)
 """

@@ -12,63 +12,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import Child, PortReservation, finish_all, gcs_objects
 
+from conftest import Child, PortReservation, gcs_objects
+from helpers import ROOT, TESTS, WITH_SAMPLING, env_without_xla_flags, finish, same_losses, scores, start
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
-
-# argv: port ("-" for one process), process id, workdir, JSON config changes, JSON stop_after.
-# Every process, not only process 0 (the only one that prints the run's log), reports what it
-# computed: "SCORES {...}" for each evaluation it finished, "RESULT {...}" with the step it stopped at.
-TRAIN = r"""
-import os, sys, json
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + ("4" if sys.argv[1] == "-" else "2")
-os.environ["JAX_PLATFORMS"] = "cpu"
-import jax
-port, pid, workdir, changes, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4]), json.loads(sys.argv[5])
-if port != "-":
-    jax.distributed.initialize("127.0.0.1:" + port, num_processes=2, process_id=pid)
-assert jax.device_count() == 4
-sys.path.insert(0, {tests!r})
-from test_train import tiny_config
-import dit_jax.train.evaluation as evaluation
-from dit_jax.train.loop import Preempted, train_and_evaluate
-own_evaluate = evaluation.evaluate
-def evaluate(*args, **kwargs):  # this host's scores of each evaluation, as it computed them
-    scores = own_evaluate(*args, **kwargs)
-    if scores is not None:
-        print("SCORES " + json.dumps({{k: v for k, v in scores.items() if not k.endswith("/seconds")}}), flush=True)
-    return scores
-evaluation.evaluate = evaluate
-try:
-    last = train_and_evaluate(tiny_config(**{{"mesh.data": 2, "mesh.fsdp": 2, **changes}}), workdir, stop_after=stop)
-    result = {{"process": pid, "stopped_at": last["step"], "preempted": False}}
-except Preempted as e:
-    result = {{"process": pid, "stopped_at": e.args[0], "preempted": True}}
-print("RESULT " + json.dumps(result), flush=True)
-"""
-
-# Sample grids at steps 3 and 6, the digits evaluation at step 3 and at the end.
-WITH_SAMPLING = {"sample.every": 3, "sample.num": 6, "sample.steps": "4", "evals.digits.kind": "digits", "evals.digits.every": 3,
-                 "evals.digits.num_samples": 12, "evals.digits.batch_size": 6, "evals.digits.steps": "4"}
-
-
-def env():
-    return {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-
-
-def start(workdir, changes=None, stop_after=None, processes=2):
-    script = TRAIN.format(tests=TESTS)
-    port = PortReservation() if processes == 2 else None
-    return [Child([sys.executable, "-c", script, str(port.port) if port else "-", str(i), workdir,
-                   json.dumps(changes or {}), json.dumps(stop_after)], env=env(), cwd=ROOT,
-                  holds=[port] if port and i == 0 else [])
-            for i in range(processes)]
-
-
-def finish(procs, timeout=900):
-    return finish_all(procs, timeout)
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
 
 
 def reports(out):
@@ -87,28 +35,6 @@ def every_host_agrees(outs):
     assert (result0["stopped_at"], result0["preempted"]) == (result1["stopped_at"], result1["preempted"]), \
         (result0, result1)
     return scores0, result0
-
-
-def losses(workdir):
-    """Loss per step from metrics.jsonl (evaluation rows have none); a re-run step's later entry wins."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return {row["step"]: row["loss"] for row in map(json.loads, f) if "loss" in row}
-
-
-def same_losses(a, b):
-    """The losses of every step, equal up to the reduction order of cross-process collectives (a
-    step on another batch differs by far more)."""
-    a, b = losses(a), losses(b)
-    return sorted(a) == sorted(b) and all(a[s] == pytest.approx(b[s], rel=1e-5) for s in a)
-
-
-def scores(workdir):
-    with open(os.path.join(workdir, "eval_scores.json")) as f:
-        final = json.load(f)
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        periodic = {row["step"]: row["eval/digits/frechet_distance"] for row in map(json.loads, f)
-                    if "eval/digits/frechet_distance" in row}
-    return {k: v for k, v in final.items() if k != "eval/digits/seconds"}, periodic
 
 
 def download(url, bucket, prefix, local):
@@ -227,7 +153,7 @@ def cli_train(workdir, flags):
     """`dit-jax train --coordinator=127.0.0.1:PORT --num_processes=2 --process_id=I` as two processes
     with 2 CPU devices each, as on two hosts."""
     port = PortReservation()
-    environment = {**env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    environment = {**env_without_xla_flags(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
     return [Child([sys.executable, "-m", "dit_jax.cli", "train", f"--coordinator=127.0.0.1:{port.port}",
                    "--num_processes=2", f"--process_id={i}", "--distributed_timeout=120", f"--workdir={workdir}",
                    *TINY_FLAGS, *flags], env=environment, cwd=ROOT, holds=[port] if i == 0 else [])
@@ -284,7 +210,7 @@ sys.exit(main(sys.argv[3:]))
 
 def test_sample_num_samples_on_two_processes(tmp_path, capsys):
     sys.path.insert(0, TESTS)
-    from test_sample_npz import tiny_params, TINY
+    from helpers import tiny_params, TINY
 
     from dit_jax.cli import main
     from dit_jax.weights import save_weights
@@ -293,7 +219,7 @@ def test_sample_num_samples_on_two_processes(tmp_path, capsys):
     args = ["sample", "--weights", w, "--num-samples", "10", "--batch-per-device", "2", "--steps", "3",
             "--seed", "7", "--out", out]
     port = PortReservation()
-    finish([Child([sys.executable, "-c", SAMPLE, str(port.port), str(i), *args], env=env(), cwd=ROOT,
+    finish([Child([sys.executable, "-c", SAMPLE, str(port.port), str(i), *args], env=env_without_xla_flags(), cwd=ROOT,
                   holds=[port] if i == 0 else []) for i in range(2)])
     # Each host wrote the rows it held: 2 shards of 8 x 2 hosts.
     assert sorted(f.split(".")[0] for f in os.listdir(out + ".shards") if f.startswith("shard_")) == [

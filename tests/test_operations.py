@@ -18,7 +18,9 @@ from dit_jax.cli import main
 from dit_jax import exit_codes
 from dit_jax.train.metrics_log import peak_flops
 from dit_jax.train.timing import TEST_CLOCK_RATE, SaveClock
-from test_train import ROOT, tiny_config
+from helpers import ROOT, tiny_config
+
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
 
 TINY = ["--config.model.hidden_size=32", "--config.model.depth=2", "--config.model.num_heads=2",
         "--config.batch_size=8", "--config.sample.every=0", "--config.evals.digits.kind="]

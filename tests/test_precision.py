@@ -24,6 +24,8 @@ from dit_jax.train.config_base import to_dit_config
 from dit_jax.train.loop import train_and_evaluate
 from dit_jax.train.state import create_state, make_optimizer
 
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
+
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 DIT = os.path.join(CONFIGS, "dit.py")
 DEMO = os.path.join(CONFIGS, "demo.py")

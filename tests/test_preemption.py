@@ -11,6 +11,8 @@ import time
 import pytest
 from conftest import Child, PortReservation, finish_all
 
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # argv: port, process id, directory, batches. Process 1 asks three times per step boundary and once at

@@ -13,7 +13,9 @@ import pytest
 
 from dit_jax.train import programs
 from dit_jax.train.loop import train_and_evaluate
-from test_train import tiny_config
+from helpers import tiny_config
+
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -73,7 +73,8 @@ COMMANDS = _all_commands()
 
 def test_pages_are_found_at_any_depth(tmp_path, monkeypatch):
     """The control on documentation_pages(): a nested page under docs/ is read, a non-Markdown file is not."""
-    import test_readme_commands as this
+    import sys
+    this = sys.modules[__name__]
     (tmp_path / "docs" / "topic").mkdir(parents=True)
     (tmp_path / "docs" / "topic" / "deep.md").write_text("```bash\ndit-jax train --workdir runs/deep\n```\n")
     (tmp_path / "docs" / "notes.txt").write_text("dit-jax train --workdir runs/txt\n")

@@ -8,30 +8,16 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from dit_jax.cli import main
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiTConfig, init_params
-from dit_jax.parallel.mesh import make_mesh
 from dit_jax.sampling.npz import sample_npz
-from dit_jax.sampling.sampler import SamplerSettings, build_sampler
-from dit_jax.train.run import config_for_model, make_run
 from dit_jax.weights import save_weights
+from helpers import TINY, run_fn, tiny_params
 
-TINY = DiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=5)
-
-
-def tiny_params():
-    params = init_params(TINY, jax.random.key(0))
-    return jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(1), a.shape), params)
-
-
-def run_fn():
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("batch",))
-    by_batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-    run = make_run(config_for_model(TINY), vae=None, mesh=make_mesh(devices=jax.devices()))
-    return build_sampler(run, SamplerSettings(steps="4", cfg_scale=1.5), sharding=by_batch, uint8=True)
-
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
 
 EIGHT = r"""
 import os, sys
@@ -39,7 +25,7 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, {tests!r})
 import jax
-from test_sample_npz import run_fn, tiny_params
+from helpers import run_fn, tiny_params
 from dit_jax.sampling.npz import sample_npz
 assert jax.device_count() == 8
 sample_npz(run_fn(), tiny_params(), 10, 5, 7, sys.argv[1], batch_per_device=1, log=print)

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
 PROBE = r"""
@@ -18,7 +20,7 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ["JAX_PLATFORMS"] = "cpu"
 import jax, numpy as np
 sys.path.insert(0, {tests!r})
-from test_train import tiny_config
+from helpers import tiny_config
 from dit_jax.train.programs import build_train_step
 from dit_jax.train.run import make_run
 

@@ -21,6 +21,8 @@ import pytest
 from dit_jax.models.dit import DiT, dit_config
 from dit_jax.parity import compare, format_table
 
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchdiffeq")
 

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from dit_jax.train.loop import train_and_evaluate
-from test_train import final_params, losses, run_8_devices, tiny_config
+from helpers import final_params, losses, run_8_devices, tiny_config
+
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
 
 SIT = {"objective": "sit"}
 
@@ -52,7 +54,7 @@ def test_sit_on_one_device_and_an_8_device_fsdp_mesh(sit_run, tmp_path):
 
 def test_sit_on_two_processes_samples_and_evaluates_as_one(tmp_path):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from test_multiprocess import WITH_SAMPLING, finish, same_losses, scores, start
+    from helpers import WITH_SAMPLING, finish, same_losses, scores, start
     two, one = str(tmp_path / "two"), str(tmp_path / "one")
     changes = {**WITH_SAMPLING, **SIT}
     outs = finish(start(two, changes) + start(one, changes, processes=1))

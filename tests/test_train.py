@@ -13,41 +13,9 @@ import pytest
 from conftest import Child
 from dit_jax.config_file import load_config
 from dit_jax.train.loop import train_and_evaluate
+from helpers import RUN_8_DEVICES, ROOT, env_without_xla_flags, final_params, losses, run_8_devices, tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = os.path.join(ROOT, "configs", "demo.py")
-
-
-def tiny_config(**changes):
-    """The demo, shrunk so that a few steps take seconds."""
-    c = load_config(DEMO)
-    c.model.update(hidden_size=32, depth=2, num_heads=2)
-    c.update(batch_size=8, total_steps=6, log_every=1, checkpoint_every=3)
-    c.sample.every = 0
-    c.evals.digits.kind = ""
-    c.optim.warmup_steps = 0
-    for key, value in changes.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
-
-
-def losses(workdir):
-    """Loss per step from metrics.jsonl; a re-run step's later entry wins."""
-    out = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            out[row["step"]] = row["loss"]
-    return out
-
-
-def final_params(workdir):
-    from dit_jax.train.checkpoint import load_ema
-    return load_ema(workdir)
+pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
 
 
 @pytest.fixture(scope="module")
@@ -124,28 +92,6 @@ def test_paper_configs_describe_the_recipe():
     assert load_config(os.path.join(ROOT, "configs", "dit.py") + ":XL/2").total_steps == 7_000_000
 
 
-RUN = r"""
-import os, sys, json
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-os.environ["JAX_PLATFORMS"] = "cpu"
-sys.path.insert(0, {tests!r})
-from test_train import tiny_config
-from dit_jax.train.loop import train_and_evaluate
-changes = json.loads(sys.argv[2])
-stop = changes.pop("_stop_after", None)
-train_and_evaluate(tiny_config(**changes), sys.argv[1], stop_after=stop)
-"""
-
-
-def run_8_devices(workdir, **changes):
-    script = RUN.format(tests=os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    res = subprocess.run([sys.executable, "-c", script, workdir, json.dumps(changes)], capture_output=True,
-                         text=True, env=env, timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return res
-
-
 def test_same_steps_on_one_device_and_an_8_device_fsdp_mesh(uninterrupted, tmp_path):
     wd = str(tmp_path / "mesh")
     res = run_8_devices(wd, **{"mesh.data": 2, "mesh.fsdp": 4})
@@ -167,10 +113,9 @@ def test_checkpoint_restores_onto_another_mesh(uninterrupted, tmp_path):
 
 
 def test_batch_not_divisible_by_devices(tmp_path):
-    script = RUN.format(tests=os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    script = RUN_8_DEVICES.format(tests=os.path.dirname(os.path.abspath(__file__)))
     res = subprocess.run([sys.executable, "-c", script, str(tmp_path), json.dumps({"batch_size": 12})],
-                         capture_output=True, text=True, env=env, timeout=600)
+                         capture_output=True, text=True, env=env_without_xla_flags(), timeout=600)
     assert res.returncode != 0
     assert "batch_size 12 is not divisible by the 8 devices" in res.stderr
 
