@@ -91,6 +91,7 @@ class Child:
             with self._arrived:
                 self.lines.append(line)
                 self._arrived.notify_all()
+        self.proc.stdout.close()  # at EOF the child has gone: no ResourceWarning for the pipe
         with self._arrived:
             self._arrived.notify_all()
 

@@ -7,6 +7,8 @@ It ships inside scikit-learn, so the laptop demo trains with no download. Built 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -77,6 +79,22 @@ def is_built(data_dir: str) -> bool:
     return os.path.exists(os.path.join(data_dir, NAME, VERSION, "dataset_info.json"))
 
 
+@contextlib.contextmanager
+def quiet_build():
+    """No TFDS chatter while the digits are built: TFDS prints "Downloading and preparing dataset ..." and
+    "... downloaded and prepared to <temporary directory>" to stdout, and progress bars to stderr, which
+    for a local build of 1,797 images with no download say nothing a user needs (and name a temporary
+    directory that is gone a moment later). Errors still raise."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+    shown = getattr(tqdm_utils, "_active", True)  # the user's own setting, restored after
+    tfds.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tfds.display_progress_bar(shown)
+
+
 def ensure_digits(data_dir: str | None = None) -> str:
     """Builds the digits dataset into `data_dir` if it is not there yet; returns the data_dir.
 
@@ -91,7 +109,8 @@ def ensure_digits(data_dir: str | None = None) -> str:
     tmp = tempfile.mkdtemp(prefix=f".{NAME}-build-", dir=data_dir)
     try:
         builder = Digits(data_dir=tmp, file_format=tfds.core.FileFormat.ARRAY_RECORD)
-        builder.download_and_prepare(download_dir=os.path.join(tmp, "downloads"))
+        with quiet_build():
+            builder.download_and_prepare(download_dir=os.path.join(tmp, "downloads"))
         try:
             os.rename(os.path.join(tmp, NAME, VERSION), os.path.join(data_dir, NAME, VERSION))
         except OSError:
