@@ -54,7 +54,8 @@ def test_cli_sample_default_and_from_weights(tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert main(["sample", "--num", "4", "--steps", "4", "--out", str(out), "--upscale", "1"]) == 0
     assert "RANDOMLY INITIALISED" in capsys.readouterr().out
-    assert Image.open(out).size == (2 * 34 + 2, 2 * 34 + 2)
+    with Image.open(out) as grid:
+        assert grid.size == (2 * 34 + 2, 2 * 34 + 2)
     w = save_weights(str(tmp_path / "w"), init_params(TINY, jax.random.key(0)), TINY)
     assert main(["sample", "--weights", w, "--num", "3", "--classes", "1,4", "--steps", "3",
                  "--out", str(tmp_path / "g2.png")]) == 0

@@ -344,6 +344,7 @@ def test_cli_converts_a_diffusers_vae_and_sample_decodes_with_it(tmp_path, capsy
                  "--upscale", "1", "--nrow", "2", "--out", str(out)]) == 0
     assert "decoded with the VAE" in capsys.readouterr().out
     factor = 2 ** (len(SMALL["block_out_channels"]) - 1)
-    assert Image.open(out).size == (2 * (4 * factor + 2) + 2, 4 * factor + 4)
+    with Image.open(out) as grid:
+        assert grid.size == (2 * (4 * factor + 2) + 2, 4 * factor + 4)
     assert main(["sample", "--weights", str(tmp_path / "vae")]) == 2  # a VAE is not a DiT
     assert "holds VAE weights" in capsys.readouterr().err

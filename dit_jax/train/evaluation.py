@@ -143,11 +143,13 @@ def describe(evaluator: Evaluator, scores: dict) -> str:
 
 
 def final_evaluation(run, evaluators: list[Evaluator], ema_params, workdir: str, log: MetricsLog, vae_params=None,
-                     stops=lambda evaluator: (lambda batch: False)) -> dict | None:
+                     stops=lambda evaluator: (lambda batch: False), step: int | None = None) -> dict | None:
     """The scores of the final EMA weights by every evaluator, announced, printed and written to
     WORKDIR/eval_scores.json (and demo_scores.json when a digits evaluator ran); None if `stop()`
-    interrupted it. stops(evaluator) gives that evaluator's stop(batch_index)."""
-    merged = {}
+    interrupted it. stops(evaluator) gives that evaluator's stop(batch_index). With `step` (the run's
+    last), the scores also record it and each evaluator's description, so that a rerun of the
+    finished run can tell they are its final scores (train/final_scores.py)."""
+    merged = {} if step is None else {"step": step, "evaluators": {ev.name: ev.describe() for ev in evaluators}}
     for ev in evaluators:
         log.print(f"final evaluation: {ev.describe()} ...")
         scores = evaluate(run, ev, ema_params, vae_params, stops(ev), progress=progress_lines(log, ev))
@@ -155,7 +157,7 @@ def final_evaluation(run, evaluators: list[Evaluator], ema_params, workdir: str,
             return None
         log.print(describe(ev, scores))
         merged.update(scores)
-    if jax.process_index() == 0 and merged:
+    if jax.process_index() == 0 and evaluators:
         names = ["eval_scores.json"] + (["demo_scores.json"] if any(ev.section.kind == "digits" for ev in evaluators)
                                         else [])
         for name in names:

@@ -6,8 +6,10 @@ progress ("train"), steps run again because a restart resumed from an earlier ch
 the work a preemption or crash lost), compiling the step, waiting for input, checkpoint saves,
 evaluations and sample grids, and start-up (imports, restoring the checkpoint, building the
 programs). The time between one session's last entry and the next session's start is "down" (the
-job was not running: rescheduling after a preemption). Goodput is progress-making training time
-over all of it, as MaxText's goodput monitor reports it.
+job was not running: rescheduling after a preemption or a crash) unless the earlier session finished
+its run (reached total_steps): then nobody was waiting for it, and the gap is "idle", kept apart and
+left out of the wall time (a finished run rerun a week later has not lost a week to restarts).
+Goodput is progress-making training time over the rest, as MaxText's goodput monitor reports it.
 """
 
 from __future__ import annotations
@@ -27,15 +29,20 @@ def _zero() -> dict:
 
 def summarize(sessions: list[dict]) -> dict:
     """Totals over sessions: seconds per category, the goodput fraction and the steps run again."""
-    seconds = _zero()
+    seconds, idle = _zero(), 0.0
     for i, s in enumerate(sessions):
         for k, v in s["seconds"].items():
             seconds[k] += v
         if i:  # the gap since the previous session's last entry: the job was not running
-            seconds["down"] += max(0.0, s["started"] - sessions[i - 1]["updated"])
+            gap = max(0.0, s["started"] - sessions[i - 1]["updated"])
+            if sessions[i - 1].get("finished"):
+                idle += gap  # the run was done: no one waited for it
+            else:
+                seconds["down"] += gap
     total = sum(seconds.values())
     return {"goodput": seconds["train"] / total if total > 0 else 0.0, "seconds": seconds, "wall_s": total,
-            "rerun_steps": sum(s.get("rerun_steps", 0) for s in sessions), "sessions": len(sessions)}
+            "idle_s": idle, "rerun_steps": sum(s.get("rerun_steps", 0) for s in sessions),
+            "sessions": len(sessions)}
 
 
 class Ledger:
@@ -77,9 +84,11 @@ class Ledger:
         self._accounted += window["wall"]
         self.session["last_step"] = last_step
 
-    def update(self) -> dict:
-        """Close the books up to now (what no window covered is start-up), write the ledger, return the summary."""
+    def update(self, finished: bool = False) -> dict:
+        """Close the books up to now (what no window covered is start-up), write the ledger, return the summary.
+        finished: this session reached the run's total_steps (the gap before a next session is idle)."""
         now = self.clock()
+        self.session["finished"] = finished
         self.session["updated"] = now
         self.session["seconds"]["startup"] = max(0.0, (now - self.session["started"]) - self._accounted)
         summary = summarize(self.sessions + [self.session])
@@ -94,4 +103,6 @@ class Ledger:
         return (f"goodput {summary['goodput']:.1%} of {summary['wall_s'] / 3600:.2f} h over {summary['sessions']} "
                 f"session(s): training {s['train']:.0f} s, lost to restarts {lost:.0f} s ({summary['rerun_steps']} "
                 f"steps run again), compile {s['compile']:.0f} s, input {s['input']:.0f} s, saves {s['checkpoint']:.0f} s, "
-                f"evaluations {s['evaluation']:.0f} s, start-up {s['startup']:.0f} s")
+                f"evaluations {s['evaluation']:.0f} s, start-up {s['startup']:.0f} s"
+                + (f"; idle between finished and resumed sessions {summary['idle_s']:.0f} s, not counted"
+                   if summary.get("idle_s") else ""))

@@ -20,7 +20,7 @@ from dit_jax.models.dit import forward_macs
 from dit_jax.parallel.mesh import describe as describe_mesh
 from dit_jax.parallel.sharding import LOGICAL_RULES, replicated
 from dit_jax.sampling import grids
-from dit_jax.train import checkpoint as ckpt, evaluation, profile
+from dit_jax.train import checkpoint as ckpt, evaluation, final_scores, profile
 from dit_jax.train.compilation_cache import configure as configure_compilation_cache
 from dit_jax.train.goodput import Ledger
 from dit_jax.train.integrity import NonFiniteWatch
@@ -183,24 +183,28 @@ def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch):
                 raise Preempted(done)
     profiler.stop(state)
     ckpt.finish_writes(manager)
-    if evaluators:
+    written = final_scores.reuse(workdir, evaluators, start, total, log.print)  # a finished run, rerun
+    if written is not None:
+        last.update(written)
+    elif evaluators:
         with timer.measure("other"):  # evaluation time, not training time, in the goodput ledger
             scores = evaluation.final_evaluation(run, evaluators, state.ema_params, workdir, log, vae_params,
-                                                 lambda ev: _asker(preempted, total, slots[ev.name]))
+                                                 lambda ev: _asker(preempted, total, slots[ev.name]), step=total)
         if scores is None:
             log.print(f"preempted during the final evaluation; the checkpoint of step {total} is saved: "
                       "`dit-jax evaluate` or a rerun with the same workdir scores it")
             _close_books(ledger, timer, step_mark, total, log)
             raise Preempted(total)
         last.update(scores)
-    last["goodput"] = _close_books(ledger, timer, step_mark, total, log)["goodput"]
+    last["goodput"] = _close_books(ledger, timer, step_mark, total, log, finished=True)["goodput"]
     return last
 
 
-def _close_books(ledger: Ledger, timer, step_mark: int, step: int, log) -> dict:
-    """The time since the last log line into the ledger (steps up to `step`), written and printed."""
+def _close_books(ledger: Ledger, timer, step_mark: int, step: int, log, finished: bool = False) -> dict:
+    """The time since the last log line into the ledger (steps up to `step`), written and printed;
+    `finished`: the run reached total_steps (the time until a later session is idle, not lost)."""
     ledger.add(timer.window(), step_mark, step)
-    summary = ledger.update()
+    summary = ledger.update(finished=finished)
     log.print(ledger.describe(summary))
     return summary
 
