@@ -348,7 +348,7 @@ def test_a_permanent_os_error_in_any_command_is_one_line_and_exit_2(tmp_path, ca
 ])
 def test_a_permanent_os_error_met_while_working_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, error,
                                                                         needle):
-    from dit_jax import cli
+    from dit_jax.cli import models
     blocker = tmp_path / "file"
     blocker.write_text("x")
     if error.filename == "{file}":
@@ -356,17 +356,17 @@ def test_a_permanent_os_error_met_while_working_is_one_line_and_exit_2(tmp_path,
 
     def fails(args):
         raise error
-    monkeypatch.setattr(cli, "cmd_models", fails)
+    monkeypatch.setattr(models, "run", fails)
     assert main(["models"]) == 2
     one_error_line(capsys, needle)
 
 
 def test_a_transient_os_error_keeps_its_traceback_and_exit_1(monkeypatch):
-    from dit_jax import cli
+    from dit_jax.cli import models
 
     def dropped(args):
         raise ConnectionResetError(104, "Connection reset by peer")
-    monkeypatch.setattr(cli, "cmd_models", dropped)
+    monkeypatch.setattr(models, "run", dropped)
     with pytest.raises(ConnectionResetError):  # the console script turns it into a traceback and exit 1
         main(["models"])
 
@@ -397,15 +397,16 @@ def test_a_config_file_that_does_not_run_is_one_line_naming_file_and_line(tmp_pa
 
 
 def test_train_and_compile_parse_config_files_in_one_module():
-    """No copy of the parsing: compile takes it from dit_jax.config_file as train does."""
+    """No copy of the parsing: train, compile and benchmark take --config from the one front end
+    (dit_jax.cli.config_args), which takes it from dit_jax.config_file."""
     import inspect
 
-    from dit_jax import cli
-    from dit_jax.jobs import compile as compile_check
-    for module in (cli, compile_check):
+    from dit_jax.cli import benchmark, compile as compile_command, config_args, train
+    for module in (train, compile_command, benchmark):
         source = inspect.getsource(module)
-        assert "DEFINE_config_file" not in source and "from dit_jax.cli import" not in source
-        assert "from dit_jax.config_file import" in source
+        assert "DEFINE_config_file" not in source and "config_from_args" not in source
+        assert "config_args.load(args" in source
+    assert "from dit_jax.config_file import" in inspect.getsource(config_args)
 
 
 # ---------------------------------------------- 6. evaluate REF REF: a warning, and no negative FID shown
@@ -489,9 +490,9 @@ def test_no_libtpu_noise_on_a_host_without_a_tpu(tmp_path):
     # A command that starts jax's backends (and nothing else): `models` with its work replaced. The
     # noise comes and goes (libtpu stays silent while another process holds /tmp/libtpu_lockfile),
     # so the test asks jax whether it tried the TPU backend at all: its failed backends are recorded.
-    script = ("import jax, sys\nfrom jax._src import xla_bridge\nfrom dit_jax import cli\n"
-              "cli.cmd_models = lambda args: print('devices', [d.platform for d in jax.devices()],\n"
-              "                                     'tried', sorted(xla_bridge._backend_errors)) or 0\n"
+    script = ("import jax, sys\nfrom jax._src import xla_bridge\nfrom dit_jax import cli\nfrom dit_jax.cli import models\n"
+              "models.run = lambda args: print('devices', [d.platform for d in jax.devices()],\n"
+              "                                'tried', sorted(xla_bridge._backend_errors)) or 0\n"
               "sys.exit(cli.main(['models']))\n")
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)

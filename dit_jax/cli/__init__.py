@@ -1,4 +1,3 @@
-"""`dit-jax` command line: train | sample | evaluate | convert | export-weights | benchmark | compile | ..."""
+"""`dit-jax` command line: one module per command, `main` (dit_jax.cli.main) parses, runs and maps errors."""
 
-from dit_jax.cli.main import *  # noqa: F401,F403  (the step before the split into one module per command)
-from dit_jax.cli.main import _class_ids, main  # noqa: F401
+from dit_jax.cli.main import build_parser, main, parse_args, prepare_process, version  # noqa: F401

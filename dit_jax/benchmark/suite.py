@@ -101,14 +101,10 @@ def parse_setting(spec: str, defaults: Setting) -> Setting:
     return s
 
 
-def config_and_settings(args, config_args: list[str]):
-    """(training config, settings) that `dit-jax benchmark` times, from its parsed flags and the
-    `--config=FILE` / `--config.FIELD=VALUE` arguments (tools/bench_torch.py takes the same)."""
-    from dit_jax.config_file import config_from_args, packaged_config
+def config_and_settings(args, config):
+    """(training config, settings) that `dit-jax benchmark` times, from its parsed flags and the config
+    its `--config=FILE` / `--config.FIELD=VALUE` arguments describe (dit_jax.cli.benchmark)."""
     from dit_jax.train.config_base import model_fields
-    config = config_from_args(config_args, packaged_config("dit.py") + ":XL/2", "dit-jax benchmark")
-    if not any(a == "--config" or a.startswith("--config=") for a in config_args):
-        config.data.latents = "dataset"  # the step alone, as the reference's rows time it
     if args.model:  # replaces config.model, then the size flags below apply
         config.model = model_fields(args.model)
     sizes = dict(input_size=args.input_size, num_classes=args.num_classes, in_channels=args.in_channels,
@@ -119,6 +115,15 @@ def config_and_settings(args, config_args: list[str]):
                   scan=args.scan or None)
     defaults = dataclasses.replace(Setting.of(config, 1), **{k: v for k, v in chosen.items() if v is not None})
     return config, [parse_setting(spec, defaults) for spec in args.setting] or [parse_setting("", defaults)]
+
+
+def torch_reference(given: str) -> str:
+    """The official DiT checkout that --torch times (`given`, else the tests' copy beside the package)."""
+    reference = given or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                      "tests", "torch_reference")
+    if not os.path.isfile(os.path.join(reference, "models.py")):
+        raise FileNotFoundError(f"--torch: no models.py in {reference}: pass --reference DIR (a DiT checkout)")
+    return reference
 
 
 def peak_memory_gib(device) -> float | None:
