@@ -12,6 +12,7 @@ the arguments its parser does not know (`--config=FILE[:ARG]`, `--config.FIELD=V
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -79,21 +80,103 @@ def prepare_process() -> None:
     host_memory.keep_freed_memory()  # CPU alone: the step's freed buffers stay in one heap (its docstring)
 
 
+# Library exceptions met while reading a user's file (a damaged or foreign file): bad input, one line.
+_READER_ERRORS = ("SafetensorError", "BadZipFile", "UnpicklingError", "EOFError", "JSONDecodeError",
+                  "UnicodeDecodeError", "DecodeError", "ExtraData", "UnpackValueError")
+# Where a remote store's client raises from (no network, no credentials, access refused).
+_STORE_MODULES = ("aiohttp", "gcsfs", "google.auth", "google.api_core", "fsspec")
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _frames(error: BaseException):
+    tb = error.__traceback__
+    while tb is not None:
+        yield tb.tb_frame
+        tb = tb.tb_next
+
+
+def _ours(frame) -> bool:
+    return os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE + os.sep)
+
+
+def _user_file(error: BaseException) -> str | None:
+    """The file that dit-jax code was reading when `error` rose below it: the innermost of our frames
+    holding a local path that exists (`path`, `file`, `weights`, ...)."""
+    for frame in reversed([f for f in _frames(error) if _ours(f)]):
+        for name, value in frame.f_locals.items():
+            if isinstance(value, (str, os.PathLike)) and not name.startswith("_"):
+                text = os.fspath(value)
+                if text and len(text) < 4096 and "\n" not in text and os.path.exists(text) and text not in ".":
+                    return text
+    return None
+
+
+def _raised_by_library(error: BaseException) -> bool:
+    frames = list(_frames(error))
+    return bool(frames) and not _ours(frames[-1])
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def _library_line(error: BaseException) -> str:
+    """`FILE: cannot be read (Type: text)` for a library's exception, naming the file when we can."""
+    what = f"{type(error).__name__}: {_one_line(error)}"
+    path = _user_file(error)
+    if path is None:
+        return f"a file could not be read ({what})"
+    return f"{path}: cannot be read ({what}): is it the file you meant, and complete? Remake it or pass another"
+
+
+def _store_line(error: BaseException) -> str:
+    """One line for a remote store that cannot be reached or refuses access."""
+    from dit_jax import storage
+    endpoint = storage.store_endpoint()
+    cause = _one_line(error) or type(error).__name__
+    if type(error).__module__.startswith("google.auth"):
+        return (f"no credentials for the store at {endpoint} ({cause}): run `gcloud auth application-default login` "
+                "or set GOOGLE_APPLICATION_CREDENTIALS")
+    return f"the store at {endpoint} failed ({type(error).__name__}: {cause}): check the network, credentials and path"
+
+
+def _os_line(error: OSError, args) -> str | None:
+    """A permanent OSError's line, naming the path (a full disk met while writing --out names --out)."""
+    from dit_jax import exit_codes
+    if error.filename is None and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        where = getattr(args, "out", None) or getattr(args, "workdir", None) or _user_file(error)
+        if where:
+            error = OSError(error.errno, error.strerror, where)
+    return exit_codes.permanent_os_error(error)
+
+
 def error_line(error: BaseException, args=None) -> tuple[str | None, int] | None:
     """(the line to print, or None when the raiser already said it; the exit code) for an exception
-    that ends a command, or None for a crash (its traceback, exit 1). The one mapping of `dit-jax`."""
+    that ends a command, or None for a crash (its traceback, exit 1). The one mapping of `dit-jax`;
+    the codes are listed in dit_jax/exit_codes.py."""
     from absl.flags import Error as FlagsError
 
-    from dit_jax import exit_codes
+    from dit_jax import exit_codes, storage
+    if isinstance(error, KeyboardInterrupt):
+        said = getattr(getattr(args, "run", None), "interrupted_message", lambda args: None)(args)
+        return said or "interrupted", exit_codes.INTERRUPTED
     if isinstance(error, exit_codes.RunStopped):
         # A preemption is announced by the loop; e.g. sample's shards changed under it: one line (rerun resumes).
         return (None if isinstance(error, exit_codes.Preempted) else str(error)), error.exit_code
     if isinstance(error, FloatingPointError):  # what jax_debug_nans raises: a divergence
         return str(error), exit_codes.DIVERGED
+    if isinstance(error, storage.StoreUnreachable) or type(error).__module__.startswith(_STORE_MODULES):
+        return (str(error) if isinstance(error, storage.StoreUnreachable) else _store_line(error)), exit_codes.BAD_INPUT
+    if type(error).__name__ in _READER_ERRORS:
+        return _library_line(error), exit_codes.BAD_INPUT
     if isinstance(error, (ValueError, KeyError, ImportError, FlagsError)):
-        return (error.args[0] if isinstance(error, KeyError) and error.args else str(error)), exit_codes.BAD_INPUT
+        line = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        if _raised_by_library(error) and _user_file(error):  # raw library text: say which file
+            line = _library_line(error)
+        return line, exit_codes.BAD_INPUT
     if isinstance(error, OSError):  # a path that cannot be used is bad input; a dropped connection is not
-        line = exit_codes.permanent_os_error(error)
+        line = _os_line(error, args)
         return None if line is None else (line, exit_codes.BAD_INPUT)
     line = exit_codes.out_of_memory(error)
     return None if line is None else (line, exit_codes.BAD_INPUT)
@@ -108,7 +191,7 @@ def main(argv=None) -> int:
         return args.run.run(args)
     except SystemExit as e:  # --help and --version print, then exit 0
         return e.code if isinstance(e.code, int) else 0
-    except Exception as e:  # noqa: BLE001 - every error is mapped here, or re-raised with its traceback
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - each is mapped here, or re-raised: a traceback
         mapped = error_line(e, args)
         if mapped is None:
             raise

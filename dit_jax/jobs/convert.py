@@ -29,10 +29,16 @@ def dit_from_torch(out: str, config, *, torch_file: str = "", key: str = "ema", 
     from dit_jax.convert import dit_torch, torch_io
     from dit_jax.models.params import config_name
     from dit_jax.weights import save_weights
-    if torch_file:
-        params, config = dit_torch.from_torch(torch_io.load_state_dict(torch_file, key), config, num_heads)
-    else:
-        sd = torch_io.load_diffusers_state_dict(diffusers)
-        params, config = dit_torch.from_diffusers(sd, config, sample_size, num_heads)
+    from dit_jax.exit_codes import BadInput
+    try:
+        if torch_file:
+            params, config = dit_torch.from_torch(torch_io.load_state_dict(torch_file, key), config, num_heads)
+        else:
+            sd = torch_io.load_diffusers_state_dict(diffusers)
+            params, config = dit_torch.from_diffusers(sd, config, sample_size, num_heads)
+    except (ValueError, KeyError) as e:  # what the state dict holds does not convert: say which file
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        source = torch_file or diffusers
+        raise BadInput(text if source in text else f"{source}: {text}") from None
     path = save_weights(out, params, config, force=force)
     return [f"wrote {config_name(config)} weights to {path}", json.dumps(config.architecture())]
