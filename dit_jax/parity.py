@@ -19,7 +19,7 @@ import numpy as np
 
 from dit_jax.convert.dit_torch import from_torch
 from dit_jax.diffusion.gaussian import create_diffusion
-from dit_jax.diffusion.samplers import ddim_sample, forward_with_cfg, p_sample
+from dit_jax.diffusion.ancestral import ddim_sample, forward_with_cfg, p_sample
 from dit_jax.models.dit import DiT, DiTConfig
 
 
@@ -251,7 +251,7 @@ def run_training_comparison(models: types.ModuleType, diffusion_pkg: types.Modul
 
     from dit_jax.parallel.mesh import make_mesh
     from dit_jax.train.programs import build_train_step
-    from dit_jax.train.run import config_for_model, make_run
+    from dit_jax.run import config_for_model, make_run
 
     cfg = dataclasses.replace(config, scan_blocks=False)
     torch.manual_seed(seed)

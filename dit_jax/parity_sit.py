@@ -30,7 +30,7 @@ from dit_jax.convert.dit_torch import from_torch
 from dit_jax.models.dit import DiT, DiTConfig
 from dit_jax.parity import (REFERENCE_OPTIM, Row, _flat_official, compare, nchw, nhwc, randomize_zero_layers,
                             torch_model)
-from dit_jax.transport import samplers as sit_samplers
+from dit_jax.transport import integrators as sit_samplers
 from dit_jax.transport.guidance import forward_with_cfg, split_learned_sigma
 from dit_jax.transport.paths import DIFFUSION_FORMS, PATHS
 from dit_jax.transport.transport import LOSS_WEIGHTS, PREDICTIONS, Transport, training_losses, velocity_fn
@@ -314,7 +314,7 @@ def run_sit_training_comparison(ref: SiTReference, config: DiTConfig, *, transpo
 
     from dit_jax.parallel.mesh import make_mesh
     from dit_jax.train.programs import build_train_step
-    from dit_jax.train.run import config_for_model, make_run
+    from dit_jax.run import config_for_model, make_run
 
     cfg = dataclasses.replace(config, scan_blocks=False)
     net, params = _prepare(ref, cfg, state_dict, seed, log)

@@ -33,13 +33,18 @@ def is_uri(path) -> bool:
     return "://" in str(path)
 
 
-def resolve(path) -> epath.Path:
-    """A local path made absolute (with ~ expanded), or a URI kept as it is (its store checked reachable)."""
+def _path(path) -> epath.Path:
     s = os.fspath(path) if not isinstance(path, epath.Path) else str(path)
-    if is_uri(s):
-        check_reachable(s)
-        return epath.Path(s)
-    return epath.Path(os.path.abspath(os.path.expanduser(s)))
+    return epath.Path(s if is_uri(s) else os.path.abspath(os.path.expanduser(s)))
+
+
+def resolve(path) -> epath.Path:
+    """A local path made absolute (with ~ expanded), or a URI kept as it is, its store checked reachable
+    (the path is about to be used)."""
+    p = _path(path)
+    if is_uri(p):
+        check_reachable(str(p))
+    return p
 
 
 class StoreUnreachable(ConnectionError):
@@ -91,7 +96,7 @@ def check_reachable(uri: str) -> None:
 
 def join(base, *parts: str) -> str:
     """`base/part/...` as a string, local or URI."""
-    return str(resolve(base).joinpath(*parts))
+    return str(_path(base).joinpath(*parts))  # names a path, uses nothing: no probe
 
 
 def makedirs(path) -> epath.Path:

@@ -6,8 +6,8 @@ import pytest
 from scipy import linalg, special
 from scipy.spatial.distance import cdist
 
-from dit_jax.evaluate import adm_metrics as am
-from dit_jax.evaluate.adm_metrics import (ReferenceBatch, Stats, fid, fid_from_stats, inception_score,
+from dit_jax.metrics import adm_metrics as am
+from dit_jax.metrics.adm_metrics import (ReferenceBatch, Stats, fid, fid_from_stats, inception_score,
                                           load_reference_batch, load_sample_batch, manifold_radii,
                                           pairwise_sq_distances, precision_recall, sfid, write_reference_batch)
 
@@ -25,7 +25,7 @@ def few_sample_frechet(features, mu, sigma) -> float:
     root of an F x F matrix (and none of the eps that a singular product needs there): with A the
     centred features, sigma1 = A^T A / (N - 1), and the non-zero eigenvalues of sigma1 @ sigma are
     those of the N x N matrix A sigma A^T / (N - 1), so tr sqrtm(sigma1 @ sigma) is the sum of their
-    square roots. Shares no code with dit_jax.evaluate."""
+    square roots. Shares no code with dit_jax.metrics."""
     x = np.asarray(features, np.float64).reshape(len(features), -1)
     mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
     a = x - x.mean(0)
@@ -325,7 +325,7 @@ def test_evaluate_command_end_to_end(tmp_path, capsys):
 
     from dit_jax.cli import main
     from dit_jax.convert.inception_torch import save_npz
-    from dit_jax.evaluate import adm_metrics
+    from dit_jax.metrics import adm_metrics
     from dit_jax.models.inception import extract_features, init_variables
 
     variables = init_variables(0)

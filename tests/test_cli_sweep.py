@@ -185,7 +185,7 @@ def test_every_train_flag(paths, no_training, capsys, flag, case, value):
 def _config_fields():
     from ml_collections import config_dict
 
-    from dit_jax.config_file import load_config, packaged_config
+    from dit_jax.configs.files import load_config, packaged_config
     out = []
 
     def walk(node, prefix):

@@ -16,7 +16,7 @@ import pytest
 from dit_jax.diffusion.gaussian import (GaussianDiffusion, approx_standard_normal_cdf, create_diffusion,
                                         discretized_gaussian_log_likelihood, normal_kl)
 from dit_jax.diffusion.respace import space_timesteps
-from dit_jax.diffusion.samplers import (apply_guidance, ddim_sample, guidance_channels, guided_model_fn, p_sample,
+from dit_jax.diffusion.ancestral import (apply_guidance, ddim_sample, guidance_channels, guided_model_fn, p_sample,
                                         sample_loop)
 
 T = 1000

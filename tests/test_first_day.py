@@ -398,7 +398,7 @@ def test_a_config_file_that_does_not_run_is_one_line_naming_file_and_line(tmp_pa
 
 def test_train_and_compile_parse_config_files_in_one_module():
     """No copy of the parsing: train, compile and benchmark take --config from the one front end
-    (dit_jax.cli.config_args), which takes it from dit_jax.config_file."""
+    (dit_jax.cli.config_args), which takes it from dit_jax.configs.files."""
     import inspect
 
     from dit_jax.cli import benchmark, compile as compile_command, config_args, train
@@ -406,7 +406,7 @@ def test_train_and_compile_parse_config_files_in_one_module():
         source = inspect.getsource(module)
         assert "DEFINE_config_file" not in source and "config_from_args" not in source
         assert "config_args.load(args" in source
-    assert "from dit_jax.config_file import" in inspect.getsource(config_args)
+    assert "from dit_jax.configs.files import" in inspect.getsource(config_args)
 
 
 # ---------------------------------------------- 6. evaluate REF REF: a warning, and no negative FID shown
@@ -414,7 +414,7 @@ def test_train_and_compile_parse_config_files_in_one_module():
 def test_a_singular_covariance_puts_the_distance_of_identical_statistics_below_zero():
     """The cause of the -0.0041 a user saw: the evaluator adds eps to the diagonals inside the square
     root only, so identical rank-deficient statistics give -2 * F * eps."""
-    from dit_jax.evaluate.frechet import feature_statistics, frechet_distance
+    from dit_jax.metrics.frechet import feature_statistics, frechet_distance
     features = np.random.default_rng(0).normal(size=(6, 64))
     features[:, 0] = 1.0  # a feature without variance: scipy finds the product singular
     mu, sigma = feature_statistics(features)
@@ -426,8 +426,8 @@ def test_a_singular_covariance_puts_the_distance_of_identical_statistics_below_z
 def test_evaluate_the_reference_against_itself_warns_and_prints_no_negative_distance(tmp_path, capsys, monkeypatch):
     import json
 
-    from dit_jax.evaluate import adm_metrics, frechet
-    from dit_jax.jobs import evaluate as job
+    from dit_jax.metrics import adm_metrics, frechet
+    from dit_jax.jobs import evaluate_npz as job
     rng = np.random.default_rng(0)
     pool, spatial = rng.normal(size=(6, adm_metrics.POOL_DIM)), rng.normal(size=(6, adm_metrics.SPATIAL_DIM))
     pool[:, 0] = spatial[:, 0] = 1.0  # singular statistics, as in the first test
@@ -536,7 +536,7 @@ def test_resuming_a_finished_run_with_fewer_total_steps_says_so(run, tmp_path, c
 
 
 def test_reference_batches_are_written_with_the_usual_file_mode(tmp_path):
-    from dit_jax.evaluate.adm_metrics import POOL_DIM, SPATIAL_DIM, write_reference_batch
+    from dit_jax.metrics.adm_metrics import POOL_DIM, SPATIAL_DIM, write_reference_batch
     rng = np.random.default_rng(0)
     path = tmp_path / "ref.npz"
     write_reference_batch(str(path), rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8),

@@ -32,7 +32,7 @@ if port != "-":
 assert jax.device_count() == 4
 sys.path.insert(0, {tests!r})
 from test_train import tiny_config
-import dit_jax.train.evaluation as evaluation
+import dit_jax.train.evaluators as evaluation
 from dit_jax.train.loop import Preempted, train_and_evaluate
 own_evaluate = evaluation.evaluate
 def evaluate(*args, **kwargs):  # this host's scores of each evaluation, as it computed them

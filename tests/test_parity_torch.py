@@ -84,7 +84,7 @@ def test_against_diffusers(reference, name):
     import torch
 
     from dit_jax.convert.dit_torch import from_diffusers
-    from dit_jax.diffusion.samplers import apply_guidance
+    from dit_jax.diffusion.ancestral import apply_guidance
 
     cfg = CONFIGS[name]
     m = _diffusers_model(cfg)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from dit_jax.diffusion.gaussian import create_diffusion, discretized_gaussian_log_likelihood, rounded_tanh
-from dit_jax.diffusion.samplers import ddim_sample, forward_with_cfg, guided_model_fn, p_sample
+from dit_jax.diffusion.ancestral import ddim_sample, forward_with_cfg, guided_model_fn, p_sample
 
 
 def _grid(lo, hi, step=1):

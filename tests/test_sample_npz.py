@@ -14,8 +14,8 @@ from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiTConfig, init_params
 from dit_jax.parallel.mesh import make_mesh
 from dit_jax.sampling.npz import sample_npz
-from dit_jax.sampling.sampler import SamplerSettings, build_sampler
-from dit_jax.train.run import config_for_model, make_run
+from dit_jax.sampling.run_sampler import SamplerSettings, build_sampler
+from dit_jax.run import config_for_model, make_run
 from dit_jax.weights import save_weights
 
 TINY = DiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=5)
@@ -94,7 +94,7 @@ def test_same_images_on_1_and_8_devices_and_resume(tmp_path):
 
 
 def test_cli_num_samples_writes_the_adm_npz(tmp_path, capsys):
-    from dit_jax.evaluate.adm_metrics import load_sample_batch
+    from dit_jax.metrics.adm_metrics import load_sample_batch
     w = save_weights(str(tmp_path / "w"), tiny_params(), TINY)
     out = str(tmp_path / "samples.npz")
     assert main(["sample", "--weights", w, "--num-samples", "6", "--batch-per-device", "4", "--steps", "3",

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     try:
         from dit_jax.benchmark import reference
         from dit_jax.models.dit import forward_macs
-        from dit_jax.train.config_base import to_dit_config
+        from dit_jax.configs.base import to_dit_config
         train_modes = modes(own.train_modes, reference.TRAIN_MODES, "--train-modes")
         sample_modes = modes(own.sample_modes, reference.SAMPLE_MODES, "--sample-modes")
         config, settings, args = benchmark_config(flags)

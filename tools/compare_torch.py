@@ -72,7 +72,7 @@ def run_solver_comparison(models, config, *, state_dict=None, batch: int = 4, st
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
     from dit_jax.diffusion.gaussian import create_diffusion, linear_betas
-    from dit_jax.diffusion.samplers import guided_model_fn
+    from dit_jax.diffusion.ancestral import guided_model_fn
     from dit_jax.diffusion.solvers import solve
     from dit_jax.parity import Row, compare, nchw, nhwc, reference_and_ours
 

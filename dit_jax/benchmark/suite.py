@@ -104,7 +104,7 @@ def parse_setting(spec: str, defaults: Setting) -> Setting:
 def config_and_settings(args, config):
     """(training config, settings) that `dit-jax benchmark` times, from its parsed flags and the config
     its `--config=FILE` / `--config.FIELD=VALUE` arguments describe (dit_jax.cli.benchmark)."""
-    from dit_jax.train.config_base import model_fields
+    from dit_jax.configs.base import model_fields
     if args.model:  # replaces config.model, then the size flags below apply
         config.model = model_fields(args.model)
     sizes = dict(input_size=args.input_size, num_classes=args.num_classes, in_channels=args.in_channels,
@@ -142,7 +142,7 @@ def _is_out_of_memory(error: Exception) -> bool:
 def bench_run(config, setting: Setting, mesh):
     """The training run of `config` under `setting` on `mesh`; a step that encodes gets a VAE of random
     weights when the config names none (the time does not depend on the values)."""
-    from dit_jax.train.run import VAE, make_run
+    from dit_jax.run import VAE, make_run
     c = setting.apply(config, mesh.size)
     vae = "load"
     if c.data.latents == "encode" and not c.data.vae:
@@ -307,8 +307,8 @@ def bench_sampler(config, setting: Setting, batch: int, sample_steps: int, cfg_s
     `batch` images of one device, random weights, the latents not decoded."""
     from dit_jax.models.dit import init_params
     from dit_jax.parallel.mesh import make_mesh
-    from dit_jax.sampling.sampler import SamplerSettings, build_sampler
-    from dit_jax.train.run import make_run
+    from dit_jax.sampling.run_sampler import SamplerSettings, build_sampler
+    from dit_jax.run import make_run
 
     mesh = make_mesh(data=1, fsdp=1, tensor=1, devices=jax.devices()[:1])
     run = make_run(setting.apply(config, 1), vae=None, mesh=mesh)
@@ -497,7 +497,7 @@ def run_benchmark(config, settings: list[Setting], *, steps: int = 10,
     """Time the training step of `config` under every setting (its mesh, sharding and input as training
     builds them), its samplers, and the reference with torch_reference; print the table, write JSON."""
     from dit_jax.parallel.mesh import make_mesh_from_config
-    from dit_jax.train.config_base import to_dit_config
+    from dit_jax.configs.base import to_dit_config
     from dit_jax.train.metrics_log import peak_flops
 
     model_name = config.model.name

@@ -2,7 +2,7 @@
 
 A command that takes a training config declares `CONFIG` (its default config file); `main` leaves
 the arguments its parser does not know (`--config=FILE[:ARG]`, `--config.FIELD=VALUE`) to this
-module, which loads the file and types the overrides through dit_jax.config_file. `describe` lists
+module, which loads the file and types the overrides through dit_jax.configs.files. `describe` lists
 the fields of a config for `--help`, each with the comment written above it in the config defaults.
 """
 
@@ -13,7 +13,7 @@ import io
 import textwrap
 import tokenize
 
-from dit_jax.config_file import config_from_args, packaged_config
+from dit_jax.configs.files import config_from_args, packaged_config
 
 
 def load(args, default: str, prog: str):
@@ -103,8 +103,8 @@ def field_descriptions(source: str) -> dict[str, str]:
 def _defaults_source() -> str:
     import inspect
 
-    from dit_jax.train import config_base
-    return inspect.getsource(config_base)
+    from dit_jax.configs import base
+    return inspect.getsource(base)
 
 
 def describe(config) -> list[str]:

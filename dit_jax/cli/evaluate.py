@@ -21,7 +21,7 @@ def add_arguments(e) -> None:
 
 
 def run(args) -> int:
-    from dit_jax.jobs.evaluate import evaluate
+    from dit_jax.jobs.evaluate_npz import evaluate
     out = evaluate(args.reference, args.samples, args.inception, args.out, preprocess=args.preprocess,
                    batch_size=args.batch_size, min_reference_images=args.min_reference_images)
     print(f"wrote {out}")

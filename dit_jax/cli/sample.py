@@ -64,7 +64,7 @@ def interrupted_message(args) -> str | None:
 def run(args) -> int:
     """A class-conditional PNG grid, or with --num-samples the ADM .npz of the evaluation protocol."""
     from dit_jax.jobs.sample import sample
-    from dit_jax.sampling.sampler import SamplerSettings
+    from dit_jax.sampling.run_sampler import SamplerSettings
     check_args(args)
     # A run's checkpoint names its own model; converted weights are checked against --model when given.
     config = None if args.workdir else model_config(args, default=None if args.weights else DEMO_MODEL)

@@ -12,7 +12,7 @@ WORKDIR/demo_scores.json; see the README for the measured numbers.
 
 import ml_collections
 
-from dit_jax.train.config_base import base_config
+from dit_jax.configs.base import base_config
 
 
 def get_config(arg: str = ""):

@@ -23,7 +23,7 @@ import jax
 from dit_jax.parallel.mesh import describe as describe_mesh, make_mesh_from_config
 from dit_jax.parallel.sharding import LOGICAL_RULES, batch_divisor
 from dit_jax.train.programs import build_train_step
-from dit_jax.train.run import abstract_vae, make_run
+from dit_jax.run import abstract_vae, make_run
 
 GIB = 2 ** 30
 HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}   # per chip (one JAX device)

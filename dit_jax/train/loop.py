@@ -20,14 +20,14 @@ from dit_jax.models.dit import forward_macs
 from dit_jax.parallel.mesh import describe as describe_mesh
 from dit_jax.parallel.sharding import LOGICAL_RULES, replicated
 from dit_jax.sampling import grids
-from dit_jax.train import checkpoint as ckpt, evaluation, profile
+from dit_jax.train import checkpoint as ckpt, evaluators as evaluation, profile
 from dit_jax.train.compilation_cache import configure as configure_compilation_cache
 from dit_jax.train.goodput import Ledger
 from dit_jax.train.integrity import NonFiniteWatch
 from dit_jax.train.metrics_log import MetricsLog, peak_flops
 from dit_jax.train.preemption import Watch
 from dit_jax.train.programs import build_train_step, check_batch
-from dit_jax.train.run import Run, make_run
+from dit_jax.run import Run, make_run
 from dit_jax.train.timing import SaveClock, StepTimer, log_fields
 from dit_jax.train.validation import validate
 

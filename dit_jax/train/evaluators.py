@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from dit_jax import storage
-from dit_jax.sampling.sampler import SamplerSettings, build_sampler, fetch
+from dit_jax.sampling.run_sampler import SamplerSettings, build_sampler, fetch
 from dit_jax.train.metrics_log import MetricsLog
 
 KINDS = ("digits", "fid")
@@ -117,11 +117,11 @@ def evaluate(run, evaluator: Evaluator, ema_params, vae_params=None, stop=lambda
     images, labels = sampled
     e = evaluator.section
     if e.kind == "digits":
-        from dit_jax.evaluate.digits_classifier import load_classifier, score_samples
+        from dit_jax.metrics.digits_classifier import load_classifier, score_samples
         scores = score_samples(np.clip(images, -1, 1), labels, load_classifier())
     else:
         from dit_jax.convert.inception_torch import load_fid_inception
-        from dit_jax.evaluate import adm_metrics
+        from dit_jax.metrics import adm_metrics
         from dit_jax.models.inception import extract_features
         from dit_jax.sampling.grids import to_uint8
         ref = adm_metrics.load_reference_batch(e.reference, min_images=0)

@@ -25,10 +25,8 @@ class ConfigFileError(ValueError):
 
 
 def packaged_config(name: str) -> str:
-    """The path of a config file shipped with the package ('dit.py', 'demo.py')."""
-    # A path beside this module, not an import of dit_jax.configs: the config files import the
-    # training package, which parses configs here (an import circle).
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", name)
+    """The path of a config file shipped with the package ('dit.py', 'demo.py'): beside this module."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
 
 
 def resolve_config_spec(spec: str) -> str:
