@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from dit_jax.diffusion.ancestral import guidance_channels
-from dit_jax.parity_sit import _load_module, intended_compute_diffusion
+from dit_jax.parity.sit import _load_module, intended_compute_diffusion
 from dit_jax.transport import (DIFFUSION_FORMS, LAST_STEPS, LOSS_WEIGHTS, PATHS, PREDICTIONS, Transport,
                                forward_with_cfg, guided_model_fn, model_evaluations, sample_ode, sample_sde,
                                split_learned_sigma, training_losses, velocity_fn)

@@ -1,113 +1,24 @@
-"""Side-by-side comparison with the PyTorch reference (official `models.py` + `diffusion`).
-
-Both sides get the same weights (random ones with the zero-initialised layers randomised too, or
-a given checkpoint), the same inputs and the same noise; each row reports the largest absolute
-difference and the relative error max|ours - ref| / max|ref|. Used by tools/compare_torch.py and
-by the parity tests (with the PyTorch statement in tests/torch_reference standing in).
+"""Side-by-side comparison with DiT's PyTorch code (official `models.py` + `diffusion`, or the
+statement of it in tests/torch_reference): forward, guided forward, training loss terms, sampling
+steps (`run_comparison`) and N training steps (`run_training_comparison`, on parity/training.py).
+Rows and the shared set-up: parity/common.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import types
-from contextlib import contextmanager
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dit_jax.convert.dit_torch import from_torch
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.diffusion.ancestral import ddim_sample, forward_with_cfg, p_sample
-from dit_jax.models.dit import DiT, DiTConfig
-
-
-@dataclasses.dataclass
-class Row:
-    name: str
-    max_abs: float
-    rel: float
-    tol: float
-
-    @property
-    def ok(self) -> bool:
-        return bool(np.isfinite(self.rel) and self.rel <= self.tol)
-
-
-def compare(name: str, ours, ref, tol: float) -> Row:
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    if ours.shape != ref.shape:
-        raise ValueError(f"{name}: shapes differ, ours {ours.shape} vs reference {ref.shape}")
-    diff = float(np.max(np.abs(ours - ref)))
-    return Row(name, diff, diff / max(float(np.max(np.abs(ref))), 1e-30), tol)
-
-
-def format_table(rows: list[Row]) -> str:
-    w = max([38] + [len(r.name) for r in rows])
-    lines = [f"{'quantity':<{w}} {'max abs diff':>13} {'rel diff':>10} {'tolerance':>10}  result",
-             "-" * (w + 44)]
-    for r in rows:
-        lines.append(f"{r.name:<{w}} {r.max_abs:>13.3e} {r.rel:>10.2e} {r.tol:>10.0e}  {'ok' if r.ok else 'FAIL'}")
-    return "\n".join(lines)
-
-
-def torch_model(models: types.ModuleType, config: DiTConfig):
-    """The reference DiT built with the same architecture as `config`."""
-    return models.DiT(input_size=config.input_size, patch_size=config.patch_size, in_channels=config.in_channels,
-                      hidden_size=config.hidden_size, depth=config.depth, num_heads=config.num_heads,
-                      mlp_ratio=config.mlp_ratio, class_dropout_prob=config.class_dropout_prob,
-                      num_classes=config.num_classes, learn_sigma=config.learn_sigma)
-
-
-def randomize_zero_layers(model, seed: int = 0, std: float = 0.02) -> int:
-    """Fill every all-zero parameter (adaLN, final layer, biases) with N(0, std): with them at zero
-    the blocks are identities and a comparison would prove little. Returns how many were filled."""
-    import torch
-    gen = torch.Generator().manual_seed(seed)
-    filled = 0
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name != "pos_embed" and not torch.any(p != 0):
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
-                filled += 1
-    return filled
-
-
-@contextmanager
-def fixed_randn_like(noise_nchw):
-    """Make the reference's `torch.randn_like` return the given noise (identical noise per step)."""
-    import torch
-    original = torch.randn_like
-    torch.randn_like = lambda x, *a, **k: noise_nchw.to(dtype=x.dtype).clone()
-    try:
-        yield
-    finally:
-        torch.randn_like = original
-
-
-def nchw(x):
-    import torch
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2)))
-
-
-def nhwc(t) -> np.ndarray:
-    return t.detach().cpu().numpy().transpose(0, 2, 3, 1)
-
-
-def reference_and_ours(models, config: DiTConfig, state_dict: dict | None, seed: int, log: Callable[[str], None]):
-    """(the reference's DiT in eval mode, our DiT with its blocks unrolled, our params converted from the
-    reference's): from `state_dict` when given, else the reference's random init with its zero-initialised
-    layers randomised (so that the comparison sees every weight)."""
-    import torch
-    torch.manual_seed(seed)
-    ref = torch_model(models, config).eval()
-    if state_dict is not None:
-        ref.load_state_dict({k: torch.as_tensor(v) for k, v in state_dict.items()}, strict=True)
-    else:
-        log(f"random weights; {randomize_zero_layers(ref, seed)} zero-initialised tensors randomised")
-    params, _ = from_torch({k: v.detach().numpy() for k, v in ref.state_dict().items()}, config)
-    return ref, DiT(dataclasses.replace(config, scan_blocks=False)), params
+from dit_jax.models.dit import DiTConfig
+from dit_jax.parity.common import Row, compare, fixed_randn_like, nchw, nhwc, reference_and_ours, torch_model
+from dit_jax.parity.training import compare_training, flat_torch, force_label_drop, our_program, reference_optimizer
 
 
 def run_comparison(models: types.ModuleType, diffusion_pkg: types.ModuleType, config: DiTConfig, *,
@@ -218,68 +129,31 @@ def run_comparison(models: types.ModuleType, diffusion_pkg: types.ModuleType, co
     return rows
 
 
-REFERENCE_OPTIM = dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, warmup_steps=0, grad_clip=0.0)
-
-
-def _flat_official(params, config: DiTConfig) -> np.ndarray:
-    from dit_jax.convert.dit_torch import to_torch
-    sd = to_torch(jax.device_get(params), config)
-    return np.concatenate([sd[k].ravel() for k in sorted(sd) if k != "pos_embed"])
-
-
-def _flat_torch(module) -> np.ndarray:
-    sd = module.state_dict()
-    return np.concatenate([sd[k].detach().numpy().ravel() for k in sorted(sd) if k != "pos_embed"])
-
-
 def run_training_comparison(models: types.ModuleType, diffusion_pkg: types.ModuleType, config: DiTConfig, *,
                             steps: int = 5, state_dict: dict | None = None, batch: int = 4, seed: int = 0,
                             ema_decay: float = 0.9999, loss_tol: float = 1e-5, param_tol: float = 5e-5,
                             log: Callable[[str], None] = lambda s: None) -> list[Row]:
-    """N steps of the reference's update (train.py) beside our jitted `train_step`. Returns rows.
+    """N steps of the reference's update (train.py) beside our jitted `train_step` (parity/training.py).
 
     Reference: `training_losses(model, x, t, y, noise)["loss"].mean()`, backward,
     `torch.optim.AdamW(lr=1e-4, weight_decay=0)`, EMA `ema = decay * ema + (1 - decay) * param`
     after each step, label dropout in train mode. Both sides start from the same weights and get
     the same batches, timesteps, noise and label-drop mask each step (the reference's
-    `token_drop` is given the mask; ours gets it in the batch's 'draws'). Rows: the loss
-    of every step, then the final params and EMA (max over all tensors, relative to the largest
-    reference value). The params get their own tolerance: each Adam step moves a weight by about
-    lr * g / (|g| + eps), which for gradients near eps turns float32 rounding into up to lr.
+    `token_drop` is given the mask; ours gets it in the batch's 'draws').
     """
     import torch
 
-    from dit_jax.parallel.mesh import make_mesh
-    from dit_jax.train.programs import build_train_step
-    from dit_jax.run import config_for_model, make_run
-
     cfg = dataclasses.replace(config, scan_blocks=False)
-    torch.manual_seed(seed)
-    ref = torch_model(models, cfg)
-    if state_dict is not None:
-        ref.load_state_dict({k: torch.as_tensor(v) for k, v in state_dict.items()}, strict=True)
-    else:
-        log(f"random weights; {randomize_zero_layers(ref, seed)} zero-initialised tensors randomised")
-    params, _ = from_torch(ref.state_dict(), cfg)
+    ref, _, params = reference_and_ours(models, cfg, state_dict, seed, log)
     ref_ema = torch_model(models, cfg)
     ref_ema.load_state_dict(ref.state_dict())
     ref_ema.requires_grad_(False)
     ref.train()
-    opt = torch.optim.AdamW(ref.parameters(), lr=REFERENCE_OPTIM["lr"], weight_decay=0)
+    opt = reference_optimizer(ref)
     ref_d = diffusion_pkg.create_diffusion("", learn_sigma=cfg.learn_sigma)
-
-    # The training run's own step (train/programs.py) on one device, with the reference's recipe.
-    config = config_for_model(cfg)
-    config.optim.update(REFERENCE_OPTIM)
-    config.update(ema_decay=ema_decay, seed=seed)
-    config.data.latents = ""  # x0 given as it is, as the reference's training_losses takes it
-    program = build_train_step(make_run(config, vae=None, mesh=make_mesh(devices=jax.devices()[:1])))
-    state = program.init(jax.tree.map(jnp.asarray, params))
-
-    rng = np.random.default_rng(seed)
     shape = (batch, cfg.input_size, cfg.input_size, cfg.in_channels)
-    rows = []
-    for k in range(steps):
+
+    def reference_step(k: int, rng):
         x0 = np.clip(rng.standard_normal(shape) * 0.5, -1, 1).astype(np.float32)
         y = rng.integers(0, cfg.num_classes, batch).astype(np.int64)
         t = rng.integers(0, 1000, batch).astype(np.int64)
@@ -287,29 +161,20 @@ def run_training_comparison(models: types.ModuleType, diffusion_pkg: types.Modul
         drop = rng.random(batch) < cfg.class_dropout_prob
         if k == 0:  # make sure the decoder-NLL branch and a dropped label are exercised
             t[0], drop[-1] = 0, True
-
-        mask = torch.from_numpy(drop)
-        ref.y_embedder.token_drop = lambda labels, force_drop_ids=None: torch.where(
-            mask, ref.y_embedder.num_classes, labels)
-        ref_loss = ref_d.training_losses(ref, nchw(x0), torch.from_numpy(t), model_kwargs=dict(
+        force_label_drop(ref.y_embedder, drop)
+        loss = ref_d.training_losses(ref, nchw(x0), torch.from_numpy(t), model_kwargs=dict(
             y=torch.from_numpy(y)), noise=nchw(noise))["loss"].mean()
         opt.zero_grad()
-        ref_loss.backward()
+        loss.backward()
         opt.step()
         with torch.no_grad():
             ema_sd, sd = ref_ema.state_dict(), ref.state_dict()
             for name in ema_sd:
                 if name != "pos_embed":
                     ema_sd[name].mul_(ema_decay).add_(sd[name], alpha=1 - ema_decay)
+        return loss.detach().numpy(), {"image": x0, "label": y.astype(np.int32),
+                                       "draws": {"t": t.astype(np.int32), "noise": noise, "drop": drop}}
 
-        draws = {"t": jnp.asarray(t, jnp.int32), "noise": jnp.asarray(noise), "drop": jnp.asarray(drop)}
-        state, metrics = program.step(state, {"image": jnp.asarray(x0), "label": jnp.asarray(y, jnp.int32),
-                                              "draws": draws}, None)
-        row = compare(f"step {k + 1} loss", metrics["loss"], ref_loss.detach().numpy(), loss_tol)
-        log(f"step {k + 1}: loss ours {float(metrics['loss']):.7f} reference {ref_loss.item():.7f}")
-        rows.append(row)
-    rows.append(compare(f"params after {steps} steps", _flat_official(state.params, cfg), _flat_torch(ref),
-                        param_tol))
-    rows.append(compare(f"EMA after {steps} steps", _flat_official(state.ema_params, cfg), _flat_torch(ref_ema),
-                        param_tol))
-    return rows
+    _, program = our_program(cfg, ema_decay=ema_decay, seed=seed)
+    return compare_training(program, params, cfg, reference_step, lambda: (flat_torch(ref), flat_torch(ref_ema)),
+                            steps=steps, seed=seed, loss_tol=loss_tol, param_tol=param_tol, log=log)
