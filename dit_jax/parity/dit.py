@@ -40,7 +40,6 @@ def run_comparison(models: types.ModuleType, diffusion_pkg: types.ModuleType, co
 
     def apply(x, t, y, force_drop=None):
         return ours.apply({"params": params}, x, t, y, force_drop=force_drop)
-    apply = jax.jit(apply)
 
     rng = np.random.default_rng(seed)
     shape = (batch, config.input_size, config.input_size, config.in_channels)
@@ -48,84 +47,111 @@ def run_comparison(models: types.ModuleType, diffusion_pkg: types.ModuleType, co
     t = rng.integers(0, 1000, batch).astype(np.int64)
     t[0] = 0  # the decoder-NLL branch of the loss
     y = rng.integers(0, config.num_classes, batch).astype(np.int64)
-    drop = np.arange(batch) % 2 == 1
-    null = config.num_classes
-    rows = []
+    side = _Sides(ref, jax.jit(apply), config, rng, shape, x, t, y)
     with torch.no_grad():
-        tt, ty = torch.from_numpy(t), torch.from_numpy(y)
-        rows.append(compare("forward", apply(x, t, y), nhwc(ref(nchw(x), tt, ty)), tol))
-        y_dropped = torch.from_numpy(np.where(drop, null, y))
-        rows.append(compare("forward, forced label drop", apply(x, t, y, jnp.asarray(drop)),
-                            nhwc(ref(nchw(x), tt, y_dropped)), tol))
-        # Guided forward: batch [x; x] with labels [y; null], the reference's 3-channel quirk.
-        x2, t2, y2 = np.concatenate([x, x]), np.concatenate([t, t]), np.concatenate([y, np.full_like(y, null)])
-        cfg_fn = forward_with_cfg(apply, cfg_scale, min(3, config.in_channels))
-        guided = cfg_fn(x2, t2, y2)
-        rows.append(compare(f"guided forward (cfg {cfg_scale})", guided,
-                            nhwc(ref.forward_with_cfg(nchw(x2), torch.from_numpy(t2), torch.from_numpy(y2),
-                                                      cfg_scale)), tol))
+        rows, cfg_fn = _forward_rows(side, cfg_scale, tol)
+        rows += _loss_rows(side, diffusion_pkg, loss_tol, t0_extreme_tol)
+        rows += _sampling_rows(side, diffusion_pkg, respacing, sample_steps, cfg_fn, cfg_scale, sample_tol)
+    return rows
 
-        # Training loss terms for fixed x0, t, noise.
-        x0 = np.clip(rng.standard_normal(shape), -1.2, 1.2).astype(np.float32)
-        noise = rng.standard_normal(shape).astype(np.float32)
-        ref_d = diffusion_pkg.create_diffusion("", learn_sigma=config.learn_sigma)
-        our_d = create_diffusion("", learn_sigma=config.learn_sigma)
-        ref_terms = ref_d.training_losses(ref, nchw(x0), tt, model_kwargs=dict(y=ty), noise=nchw(noise))
-        our_terms = jax.jit(lambda: our_d.training_losses(lambda xt, tm: apply(xt, tm, y), x0, jnp.asarray(t),
-                                                          noise))()
-        for k in ("loss", "mse", "vb"):
-            if k in ref_terms:
-                rows.append(compare(f"training loss term '{k}'", our_terms[k], ref_terms[k].numpy(), loss_tol))
 
-        # The t = 0 decoder term alone: pixels near the predicted mean, then far from it (the
-        # noise scaled by 8 puts most pixels 5 to 20 std from the mean, the CDFs near 0 or 1).
-        if config.learn_sigma:
-            t0 = np.zeros_like(t)
-            for label, scale, row_tol in (("typical", 1.0, loss_tol), ("extreme", 8.0, t0_extreme_tol)):
-                n0 = noise * np.float32(scale)
-                ref_vb = ref_d.training_losses(ref, nchw(x0), torch.from_numpy(t0), model_kwargs=dict(y=ty),
-                                               noise=nchw(n0))["vb"]
-                our_vb = jax.jit(lambda n: our_d.training_losses(lambda xt, tm: apply(xt, tm, y), x0,
-                                                                 jnp.asarray(t0), n)["vb"])(n0)
-                rows.append(compare(f"t = 0 decoder term, {label} pixels", our_vb, ref_vb.numpy(), row_tol))
+@dataclasses.dataclass
+class _Sides:
+    """The two models and the inputs every row of run_comparison uses (rng: the draws still to come)."""
+    ref: object
+    apply: Callable
+    config: DiTConfig
+    rng: np.random.Generator
+    shape: tuple
+    x: np.ndarray
+    t: np.ndarray
+    y: np.ndarray
 
-        # Sampling steps with identical noise, from the top of a respaced chain.
-        ref_d, our_d = (diffusion_pkg.create_diffusion(respacing, learn_sigma=config.learn_sigma),
-                        create_diffusion(respacing, learn_sigma=config.learn_sigma))
-        step_noise = [rng.standard_normal(shape).astype(np.float32) for _ in range(sample_steps)]
-        for sampler in ("ddpm", "ddim"):
-            x_ref, x_ours = nchw(x), jnp.asarray(x)
-            for k in range(sample_steps):
-                i = our_d.num_timesteps - 1 - k
-                ti = np.full((batch,), i, np.int64)
-                model_fn = lambda xt, tm: apply(xt, tm, y)  # noqa: E731
-                if sampler == "ddpm":
-                    x_ours, _ = p_sample(our_d, model_fn, x_ours, jnp.asarray(ti), jnp.asarray(step_noise[k]),
-                                         clip_denoised=False)
-                    with fixed_randn_like(nchw(step_noise[k])):
-                        x_ref = ref_d.p_sample(ref, x_ref, torch.from_numpy(ti), clip_denoised=False,
-                                               model_kwargs=dict(y=ty))["sample"]
-                else:
-                    x_ours, _ = ddim_sample(our_d, model_fn, x_ours, jnp.asarray(ti), jnp.asarray(step_noise[k]),
-                                            clip_denoised=False)
-                    with fixed_randn_like(nchw(step_noise[k])):
-                        x_ref = ref_d.ddim_sample(ref, x_ref, torch.from_numpy(ti), clip_denoised=False,
-                                                  model_kwargs=dict(y=ty))["sample"]
-            rows.append(compare(f"{sample_steps} {sampler} steps ('{respacing}')", x_ours, nhwc(x_ref), sample_tol))
 
-        # Guided ancestral steps as in the reference's sample.py (doubled batch, cfg on 3 channels).
-        x_ref, x_ours = nchw(x2), jnp.asarray(x2)
+def _forward_rows(side: _Sides, cfg_scale: float, tol: float):
+    """(rows of the forward, with labels dropped, and guided; our guided model function)."""
+    import torch
+    ref, apply, x, t, y, config = side.ref, side.apply, side.x, side.t, side.y, side.config
+    batch, null = len(y), config.num_classes
+    drop = np.arange(batch) % 2 == 1
+    tt, ty = torch.from_numpy(t), torch.from_numpy(y)
+    rows = [compare("forward", apply(x, t, y), nhwc(ref(nchw(x), tt, ty)), tol)]
+    y_dropped = torch.from_numpy(np.where(drop, null, y))
+    rows.append(compare("forward, forced label drop", apply(x, t, y, jnp.asarray(drop)),
+                        nhwc(ref(nchw(x), tt, y_dropped)), tol))
+    # Guided forward: batch [x; x] with labels [y; null], the reference's 3-channel quirk.
+    x2, t2, y2 = np.concatenate([x, x]), np.concatenate([t, t]), np.concatenate([y, np.full_like(y, null)])
+    cfg_fn = forward_with_cfg(apply, cfg_scale, min(3, config.in_channels))
+    guided = cfg_fn(x2, t2, y2)
+    rows.append(compare(f"guided forward (cfg {cfg_scale})", guided,
+                        nhwc(ref.forward_with_cfg(nchw(x2), torch.from_numpy(t2), torch.from_numpy(y2),
+                                                  cfg_scale)), tol))
+    return rows, cfg_fn
+
+
+def _loss_rows(side: _Sides, diffusion_pkg, loss_tol: float, t0_extreme_tol: float) -> list[Row]:
+    """The training loss terms for fixed x0, t, noise, and the t = 0 decoder term alone."""
+    import torch
+    ref, apply, t, y, config, rng, shape = side.ref, side.apply, side.t, side.y, side.config, side.rng, side.shape
+    tt, ty = torch.from_numpy(t), torch.from_numpy(y)
+    x0 = np.clip(rng.standard_normal(shape), -1.2, 1.2).astype(np.float32)
+    noise = rng.standard_normal(shape).astype(np.float32)
+    ref_d = diffusion_pkg.create_diffusion("", learn_sigma=config.learn_sigma)
+    our_d = create_diffusion("", learn_sigma=config.learn_sigma)
+    ref_terms = ref_d.training_losses(ref, nchw(x0), tt, model_kwargs=dict(y=ty), noise=nchw(noise))
+    our_terms = jax.jit(lambda: our_d.training_losses(lambda xt, tm: apply(xt, tm, y), x0, jnp.asarray(t),
+                                                      noise))()
+    rows = [compare(f"training loss term '{k}'", our_terms[k], ref_terms[k].numpy(), loss_tol)
+            for k in ("loss", "mse", "vb") if k in ref_terms]
+    # The t = 0 decoder term alone: pixels near the predicted mean, then far from it (the
+    # noise scaled by 8 puts most pixels 5 to 20 std from the mean, the CDFs near 0 or 1).
+    if config.learn_sigma:
+        t0 = np.zeros_like(t)
+        for label, scale, row_tol in (("typical", 1.0, loss_tol), ("extreme", 8.0, t0_extreme_tol)):
+            n0 = noise * np.float32(scale)
+            ref_vb = ref_d.training_losses(ref, nchw(x0), torch.from_numpy(t0), model_kwargs=dict(y=ty),
+                                           noise=nchw(n0))["vb"]
+            our_vb = jax.jit(lambda n: our_d.training_losses(lambda xt, tm: apply(xt, tm, y), x0,
+                                                             jnp.asarray(t0), n)["vb"])(n0)
+            rows.append(compare(f"t = 0 decoder term, {label} pixels", our_vb, ref_vb.numpy(), row_tol))
+    return rows
+
+
+def _sampling_rows(side: _Sides, diffusion_pkg, respacing: str, sample_steps: int, cfg_fn, cfg_scale: float,
+                   sample_tol: float) -> list[Row]:
+    """Sampling steps with identical noise from the top of a respaced chain: DDPM, DDIM, guided DDPM."""
+    import torch
+    ref, apply, x, y, config, rng, shape = side.ref, side.apply, side.x, side.y, side.config, side.rng, side.shape
+    batch, ty = len(y), torch.from_numpy(y)
+    ref_d, our_d = (diffusion_pkg.create_diffusion(respacing, learn_sigma=config.learn_sigma),
+                    create_diffusion(respacing, learn_sigma=config.learn_sigma))
+    step_noise = [rng.standard_normal(shape).astype(np.float32) for _ in range(sample_steps)]
+    rows = []
+    for sampler in ("ddpm", "ddim"):
+        ours_step, ref_step = (p_sample, ref_d.p_sample) if sampler == "ddpm" else (ddim_sample, ref_d.ddim_sample)
+        x_ref, x_ours = nchw(x), jnp.asarray(x)
         for k in range(sample_steps):
-            i = our_d.num_timesteps - 1 - k
-            ti = np.full((2 * batch,), i, np.int64)
-            n2 = np.concatenate([step_noise[k], step_noise[k]])
-            x_ours, _ = p_sample(our_d, lambda xt, tm: cfg_fn(xt, tm, y2), x_ours, jnp.asarray(ti), jnp.asarray(n2),
-                                 clip_denoised=False)
-            with fixed_randn_like(nchw(n2)):
-                x_ref = ref_d.p_sample(ref.forward_with_cfg, x_ref, torch.from_numpy(ti), clip_denoised=False,
-                                       model_kwargs=dict(y=torch.from_numpy(y2), cfg_scale=cfg_scale))["sample"]
-        rows.append(compare(f"{sample_steps} guided ddpm steps (cfg {cfg_scale})", x_ours[:batch],
-                            nhwc(x_ref)[:batch], sample_tol))
+            ti = np.full((batch,), our_d.num_timesteps - 1 - k, np.int64)
+            x_ours, _ = ours_step(our_d, lambda xt, tm: apply(xt, tm, y), x_ours, jnp.asarray(ti),
+                                  jnp.asarray(step_noise[k]), clip_denoised=False)
+            with fixed_randn_like(nchw(step_noise[k])):
+                x_ref = ref_step(ref, x_ref, torch.from_numpy(ti), clip_denoised=False,
+                                 model_kwargs=dict(y=ty))["sample"]
+        rows.append(compare(f"{sample_steps} {sampler} steps ('{respacing}')", x_ours, nhwc(x_ref), sample_tol))
+
+    # Guided ancestral steps as in the reference's sample.py (doubled batch, cfg on 3 channels).
+    x2, y2 = np.concatenate([x, x]), np.concatenate([y, np.full_like(y, config.num_classes)])
+    x_ref, x_ours = nchw(x2), jnp.asarray(x2)
+    for k in range(sample_steps):
+        ti = np.full((2 * batch,), our_d.num_timesteps - 1 - k, np.int64)
+        n2 = np.concatenate([step_noise[k], step_noise[k]])
+        x_ours, _ = p_sample(our_d, lambda xt, tm: cfg_fn(xt, tm, y2), x_ours, jnp.asarray(ti), jnp.asarray(n2),
+                             clip_denoised=False)
+        with fixed_randn_like(nchw(n2)):
+            x_ref = ref_d.p_sample(ref.forward_with_cfg, x_ref, torch.from_numpy(ti), clip_denoised=False,
+                                   model_kwargs=dict(y=torch.from_numpy(y2), cfg_scale=cfg_scale))["sample"]
+    rows.append(compare(f"{sample_steps} guided ddpm steps (cfg {cfg_scale})", x_ours[:batch],
+                        nhwc(x_ref)[:batch], sample_tol))
     return rows
 
 
