@@ -12,9 +12,11 @@ the arguments its parser does not know (`--config=FILE[:ARG]`, `--config.FIELD=V
 
 from __future__ import annotations
 
+import argparse
 import errno
 import importlib
 import os
+import re
 import sys
 
 from dit_jax.argparsing import OneLineParser
@@ -39,7 +41,7 @@ def version() -> str:
     return f"dit-jax {mine} (jax {jax.__version__}, {package})"
 
 
-class _Version(__import__("argparse").Action):
+class _Version(argparse.Action):
     """--version, computed only when asked (it imports jax)."""
 
     def __init__(self, option_strings, dest, **kwargs):
@@ -85,6 +87,11 @@ _READER_ERRORS = ("SafetensorError", "BadZipFile", "UnpicklingError", "EOFError"
                   "UnicodeDecodeError", "DecodeError", "ExtraData", "UnpackValueError")
 # Where a remote store's client raises from (no network, no credentials, access refused).
 _STORE_MODULES = ("aiohttp", "gcsfs", "google.auth", "google.api_core", "fsspec")
+# Libraries that read files: a ValueError or KeyError they raise is about the file being read.
+_READERS = re.compile(r"[/\\](orbax|tensorstore|safetensors|numpy[/\\]lib|json|pickle|zipfile|msgpack|etils|torch[/\\]"
+                      r"serialization)")
+# The locals of our frames that name what is being read.
+_PATH_NAMES = re.compile(r"path|file|dir|weights|checkpoint|reference|samples|inception|vae|src|source")
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -104,16 +111,17 @@ def _user_file(error: BaseException) -> str | None:
     holding a local path that exists (`path`, `file`, `weights`, ...)."""
     for frame in reversed([f for f in _frames(error) if _ours(f)]):
         for name, value in frame.f_locals.items():
-            if isinstance(value, (str, os.PathLike)) and not name.startswith("_"):
+            if isinstance(value, (str, os.PathLike)) and _PATH_NAMES.search(name):
                 text = os.fspath(value)
                 if text and len(text) < 4096 and "\n" not in text and os.path.exists(text) and text not in ".":
                     return text
     return None
 
 
-def _raised_by_library(error: BaseException) -> bool:
+def _raised_by_reader(error: BaseException) -> bool:
+    """Whether the innermost frame is a file-reading library's (Orbax, TensorStore, numpy's npz, json...)."""
     frames = list(_frames(error))
-    return bool(frames) and not _ours(frames[-1])
+    return bool(frames) and bool(_READERS.search(os.path.abspath(frames[-1].f_code.co_filename)))
 
 
 def _one_line(error: BaseException) -> str:
@@ -172,7 +180,7 @@ def error_line(error: BaseException, args=None) -> tuple[str | None, int] | None
         return _library_line(error), exit_codes.BAD_INPUT
     if isinstance(error, (ValueError, KeyError, ImportError, FlagsError)):
         line = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-        if _raised_by_library(error) and _user_file(error):  # raw library text: say which file
+        if _raised_by_reader(error) and _user_file(error):  # a reader's raw text: say which file
             line = _library_line(error)
         return line, exit_codes.BAD_INPUT
     if isinstance(error, OSError):  # a path that cannot be used is bad input; a dropped connection is not
