@@ -75,7 +75,7 @@ def _keyword_notes(keywords, comments, prefix: str, out: dict, section_line: int
         if end in comments and not comments[end][1]:  # "# vae: ..." names its field; else the last one's
             text = comments[end][0]
             named = next((kw.arg for kw in kws if text.startswith(f"{kw.arg}:")), last.arg)
-            notes.setdefault(named, []).append(text[len(named) + 1:].strip() if named != last.arg else text)
+            notes.setdefault(named, []).append(text[len(named) + 1:].strip() if text.startswith(f"{named}:") else text)
         for arg, text in notes.items():
             if text:
                 out[f"{prefix}{arg}"] = " ".join(text)
