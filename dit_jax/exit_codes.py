@@ -1,16 +1,22 @@
-"""What `dit-jax train`'s exit code tells a retry loop, and the exceptions that carry each code.
+"""What a `dit-jax` command's exit code tells a user or a retry loop, and the exceptions that carry each code.
 
-    0   finished: total_steps reached (and the final evaluation written)
-    2   bad input or environment: the config, a flag or a path is wrong, or a place cannot be written
-        (permission, read-only filesystem, a file where a directory should be, a full disk, device
-        memory too small); nothing was lost, fix it and rerun: a rerun alone would fail the same way
+    0   finished: total_steps reached (and the final evaluation written); any other command: done
+    2   bad input or environment: the config, a flag or a path is wrong, a file the command reads is
+        damaged or of another kind (safetensors, Orbax/TensorStore, npz, pickle, JSON: the line names
+        the file), a place cannot be written (permission, read-only filesystem, a file where a
+        directory should be, a full disk: the line names the path), a remote store cannot be reached
+        or refuses access (the line names the endpoint and the cause), or device memory is too small;
+        nothing was lost, fix it and rerun: a rerun alone would fail the same way
     3   diverged: the loss became NaN or infinite; rerunning resumes into the same divergence
     75  preempted: a checkpoint was saved; rerun the same command to resume (EX_TEMPFAIL, "try again")
+    130 interrupted (Ctrl-C), one line and no traceback; `sample --num-samples` keeps its shards and a
+        rerun of the same command resumes (128 + SIGINT, as a shell reports it)
     1   any other failure (a crash with its traceback); the last regular checkpoint is intact, so a
         bounded number of reruns is reasonable (a lost host, a coordinator timeout)
 
-The launch recipes in tools/launch/ rerun on 75 (and, a few times, on 1) and stop on 0, 2 and 3.
-Code raises these exceptions where the event happens; `cmd_train` maps them with `exit_code`.
+Every error line is `error: ...` on stderr, one line. The launch recipes in tools/launch/ rerun on 75
+(and, a few times, on 1) and stop on 0, 2 and 3. Code raises these exceptions where the event
+happens; one place maps every exception to its line and code: `dit_jax.cli.main.error_line`.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ FAILED = 1
 BAD_INPUT = 2
 DIVERGED = 3
 PREEMPTED = 75
+INTERRUPTED = 130  # 128 + SIGINT
 
 
 class BadInput(ValueError):

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import threading
+import urllib.parse
 
 from etils import epath
 
@@ -30,15 +33,70 @@ def is_uri(path) -> bool:
     return "://" in str(path)
 
 
-def resolve(path) -> epath.Path:
-    """A local path made absolute (with ~ expanded), or a URI kept as it is."""
+def _path(path) -> epath.Path:
     s = os.fspath(path) if not isinstance(path, epath.Path) else str(path)
     return epath.Path(s if is_uri(s) else os.path.abspath(os.path.expanduser(s)))
 
 
+def resolve(path) -> epath.Path:
+    """A local path made absolute (with ~ expanded), or a URI kept as it is, its store checked reachable
+    (the path is about to be used)."""
+    p = _path(path)
+    if is_uri(p):
+        check_reachable(str(p))
+    return p
+
+
+class StoreUnreachable(ConnectionError):
+    """A remote store cannot be reached from this machine (no network, no name resolution): one line
+    that names the URI, the endpoint and the cause (exit 2, dit_jax/exit_codes.py)."""
+
+
+PROBE_SECONDS = 5.0
+_PROBED: dict[str, str | None] = {}  # endpoint -> the cause it could not be reached, or None
+
+
+def store_endpoint() -> str:
+    """Where gs:// requests go: Google Cloud Storage, or the emulator STORAGE_EMULATOR_HOST names."""
+    return os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
+
+
+def _connect_problem(endpoint: str) -> str | None:
+    """Why a TCP connection to `endpoint` fails within PROBE_SECONDS, or None if it succeeds."""
+    url = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    result: list = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+            result.append(None)
+        except OSError as e:  # gaierror (no such name, no DNS), refused, unreachable, timed out
+            cause = e.strerror or str(e) or type(e).__name__
+            result.append(f"{host} {'is not resolved' if isinstance(e, socket.gaierror) else 'refuses'}: {cause}"
+                          if isinstance(e, (socket.gaierror, ConnectionRefusedError)) else f"{host}:{port}: {cause}")
+    thread = threading.Thread(target=probe, daemon=True)  # getaddrinfo has no timeout of its own
+    thread.start()
+    thread.join(PROBE_SECONDS + 1)
+    return result[0] if result else f"{host}:{port}: no answer in {PROBE_SECONDS:g} s"
+
+
+def check_reachable(uri: str) -> None:
+    """Raise StoreUnreachable at once when a gs:// URI's store cannot be reached (once per endpoint and
+    process), instead of the client's minute of retries and tracebacks."""
+    if not uri.startswith(("gs://", "gcs://")):
+        return
+    endpoint = store_endpoint()
+    if endpoint not in _PROBED:
+        _PROBED[endpoint] = _connect_problem(endpoint)
+    if _PROBED[endpoint] is not None:
+        raise StoreUnreachable(f"{uri}: cannot reach the store at {endpoint} ({_PROBED[endpoint]}): check this "
+                               "machine's network, or use a local path")
+
+
 def join(base, *parts: str) -> str:
     """`base/part/...` as a string, local or URI."""
-    return str(resolve(base).joinpath(*parts))
+    return str(_path(base).joinpath(*parts))  # names a path, uses nothing: no probe
 
 
 def makedirs(path) -> epath.Path:

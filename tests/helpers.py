@@ -28,7 +28,7 @@ DEMO = os.path.join(ROOT, "configs", "demo.py")
 
 def tiny_config(**changes):
     """The demo, shrunk so that a few steps take seconds."""
-    from dit_jax.config_file import load_config
+    from dit_jax.configs.files import load_config
     c = load_config(DEMO)
     c.model.update(hidden_size=32, depth=2, num_heads=2)
     c.update(batch_size=8, total_steps=6, log_every=1, checkpoint_every=3)
@@ -114,7 +114,7 @@ if port != "-":
 assert jax.device_count() == 4
 sys.path.insert(0, {tests!r})
 from helpers import tiny_config
-import dit_jax.train.evaluation as evaluation
+import dit_jax.train.evaluators as evaluation
 from dit_jax.train.loop import Preempted, train_and_evaluate
 own_evaluate = evaluation.evaluate
 def evaluate(*args, **kwargs):  # this host's scores of each evaluation, as it computed them
@@ -169,8 +169,8 @@ def run_fn():
     import jax
 
     from dit_jax.parallel.mesh import make_mesh
-    from dit_jax.sampling.sampler import SamplerSettings, build_sampler
-    from dit_jax.train.run import config_for_model, make_run
+    from dit_jax.sampling.run_sampler import SamplerSettings, build_sampler
+    from dit_jax.run import config_for_model, make_run
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("batch",))
     by_batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
     run = make_run(config_for_model(TINY), vae=None, mesh=make_mesh(devices=jax.devices()))
@@ -214,7 +214,7 @@ def few_sample_frechet(features, mu, sigma) -> float:
     root of an F x F matrix (and none of the eps that a singular product needs there): with A the
     centred features, sigma1 = A^T A / (N - 1), and the non-zero eigenvalues of sigma1 @ sigma are
     those of the N x N matrix A sigma A^T / (N - 1), so tr sqrtm(sigma1 @ sigma) is the sum of their
-    square roots. Shares no code with dit_jax.evaluate."""
+    square roots. Shares no code with dit_jax.metrics."""
     x = np.asarray(features, np.float64).reshape(len(features), -1)
     mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
     a = x - x.mean(0)

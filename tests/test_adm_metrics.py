@@ -6,8 +6,8 @@ import pytest
 from scipy import linalg, special
 from scipy.spatial.distance import cdist
 
-from dit_jax.evaluate import adm_metrics as am
-from dit_jax.evaluate.adm_metrics import (ReferenceBatch, Stats, fid, fid_from_stats, inception_score,
+from dit_jax.metrics import adm_metrics as am
+from dit_jax.metrics.adm_metrics import (ReferenceBatch, Stats, fid, fid_from_stats, inception_score,
                                           load_reference_batch, load_sample_batch, manifold_radii,
                                           pairwise_sq_distances, precision_recall, sfid, write_reference_batch)
 from helpers import FEW_SAMPLE_ABS, few_sample_frechet
@@ -304,7 +304,7 @@ def test_evaluate_command_end_to_end(tmp_path, capsys):
 
     from dit_jax.cli import main
     from dit_jax.convert.inception_torch import save_npz
-    from dit_jax.evaluate import adm_metrics
+    from dit_jax.metrics import adm_metrics
     from dit_jax.models.inception import extract_features, init_variables
 
     variables = init_variables(0)

@@ -218,7 +218,7 @@ def test_convert_with_a_model_of_another_size_names_the_sizes(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def reference_batch(tmp_path_factory):
-    from dit_jax.evaluate.adm_metrics import POOL_DIM, SPATIAL_DIM, write_reference_batch
+    from dit_jax.metrics.adm_metrics import POOL_DIM, SPATIAL_DIM, write_reference_batch
     rng = np.random.default_rng(0)
     path = str(tmp_path_factory.mktemp("ref") / "ref.npz")
     write_reference_batch(path, rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8), rng.normal(size=(6, POOL_DIM)),

@@ -85,7 +85,7 @@ def test_benchmark_takes_the_training_config_and_its_samplers(tmp_path):
 
 
 def test_paired_ratio_is_the_median_of_interleaved_pairs():
-    from dit_jax.benchmark.run import paired_ratio
+    from dit_jax.benchmark.suite import paired_ratio
     # ours 1 s, theirs 2 s, except one repetition hit by load on our side (4 s).
     r = paired_ratio([1.0, 1.0, 4.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.2, 1.8])
     assert r["vs_torch"] == pytest.approx(2.0) and r["vs_torch_pairs"] == 5
@@ -98,7 +98,7 @@ def test_paired_ratio_is_the_median_of_interleaved_pairs():
 
 
 def test_table_shows_spread_and_flags_a_wide_one():
-    from dit_jax.benchmark.run import add_ratios, format_table
+    from dit_jax.benchmark.suite import add_ratios, format_table
     base = dict(kind="train", impl="jax", batch=8, input="synthetic, on device", step_ms=100.0, img_s=80.0,
                 flops_per_image=1.0, compile_s=1.0, peak_gib=None)
     steady = dict(base, setting="steady", paired_s={"jax": [0.1, 0.1, 0.1], "torch": [0.2, 0.21, 0.19]})

@@ -10,6 +10,8 @@ import pytest
 
 from dit_jax import argparsing, cli
 from dit_jax.cli import main
+from dit_jax.cli.common import class_ids
+from dit_jax.cli.main import command_modules
 from helpers import one_error_line
 
 COMMANDS = [name for name in cli.build_parser()._subparsers._group_actions[0].choices
@@ -50,7 +52,7 @@ def _good(action, paths) -> str:
         return paths["new_dir"]
     if _is_number(kind):
         return "1"
-    if kind is cli._class_ids:
+    if kind is class_ids:
         return "1,2"
     return "x"
 
@@ -59,7 +61,7 @@ def _good(action, paths) -> str:
 BAD = [
     ("empty", "", None),
     ("wrong type", "abc", "number"),
-    ("wrong type", "1,,2", cli._class_ids),
+    ("wrong type", "1,,2", class_ids),
     ("missing path", "{missing}", (argparsing.existing_file, argparsing.existing_dir, argparsing.existing_path)),
     ("file where a directory is expected", "{file}", (argparsing.existing_dir, argparsing.output_dir)),
     ("directory where a file is expected", "{dir}", (argparsing.existing_file, argparsing.output_file)),
@@ -112,9 +114,9 @@ def _cases():
 def stubs(monkeypatch):
     """Every command replaced by a stub that fails the test: a bad argument must stop before it."""
     reached = []
-    for attr in dir(cli):
-        if attr.startswith("cmd_") and attr not in ("cmd_train",):
-            monkeypatch.setattr(cli, attr, lambda args, attr=attr: reached.append(attr) or 0)
+    for module in command_modules():
+        if module.NAME != "train":
+            monkeypatch.setattr(module, "run", lambda args, name=module.NAME: reached.append(name) or 0)
     return reached
 
 
@@ -183,7 +185,7 @@ def test_every_train_flag(paths, no_training, capsys, flag, case, value):
 def _config_fields():
     from ml_collections import config_dict
 
-    from dit_jax.config_file import load_config, packaged_config
+    from dit_jax.configs.files import load_config, packaged_config
     out = []
 
     def walk(node, prefix):

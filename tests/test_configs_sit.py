@@ -3,8 +3,8 @@
 import pytest
 
 from dit_jax.models.dit import MODEL_NAMES
-from dit_jax.config_file import load_config
-from dit_jax.train.run import objective_of
+from dit_jax.configs.files import load_config
+from dit_jax.run import objective_of
 from dit_jax.train.validation import config_problems
 from dit_jax.transport import Transport
 

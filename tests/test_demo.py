@@ -7,11 +7,11 @@ import jax
 import pytest
 
 from dit_jax.models.dit import init_params
-from dit_jax.config_file import load_config
-from dit_jax.train.evaluation import final_evaluation, make_evaluators
+from dit_jax.configs.files import load_config
+from dit_jax.train.evaluators import final_evaluation, make_evaluators
 from dit_jax.train.loop import train_and_evaluate
 from dit_jax.train.metrics_log import MetricsLog
-from dit_jax.train.run import make_run
+from dit_jax.run import make_run
 
 pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from dit_jax.benchmark.run import LATENT_DATASET, synthetic_latent_dataset
+from dit_jax.benchmark.suite import LATENT_DATASET, synthetic_latent_dataset
 from dit_jax.data import pipeline, preprocess
 from dit_jax.models.dit import DiTConfig
 from dit_jax.parallel.mesh import make_mesh

@@ -16,7 +16,7 @@ import pytest
 from dit_jax.diffusion.gaussian import (GaussianDiffusion, approx_standard_normal_cdf, create_diffusion,
                                         discretized_gaussian_log_likelihood, normal_kl)
 from dit_jax.diffusion.respace import space_timesteps
-from dit_jax.diffusion.samplers import (apply_guidance, ddim_sample, guidance_channels, guided_model_fn, p_sample,
+from dit_jax.diffusion.ancestral import (apply_guidance, ddim_sample, guidance_channels, guided_model_fn, p_sample,
                                         sample_loop)
 
 T = 1000
@@ -525,7 +525,7 @@ def test_training_losses_match_reference(reference, respacing, kwargs):
 @pytest.mark.parametrize("learn_sigma,sigma_small", [(True, False), (False, False), (False, True)])
 def test_sampling_steps_match_reference(reference, learn_sigma, sigma_small):
     import torch
-    from dit_jax.parity import fixed_randn_like
+    from dit_jax.parity.common import fixed_randn_like
     _, ref_pkg = reference
     kw = dict(learn_sigma=learn_sigma, sigma_small=sigma_small)
     ref_d, d = ref_pkg.create_diffusion("250", **kw), create_diffusion("250", **kw)

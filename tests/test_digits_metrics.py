@@ -17,9 +17,9 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from dit_jax.evaluate import digits_classifier as dc
-from dit_jax.evaluate.digits_classifier import load_classifier, real_digits, score_samples
-from dit_jax.evaluate.frechet import feature_statistics, frechet_distance
+from dit_jax.metrics import digits_classifier as dc
+from dit_jax.metrics.digits_classifier import load_classifier, real_digits, score_samples
+from dit_jax.metrics.frechet import feature_statistics, frechet_distance
 
 SMALL_FD = 15.0      # real held-out digits measure ~1.5
 LARGE_FD = 100.0     # noise ~300, zeros ~533

@@ -35,7 +35,7 @@ def test_digits_scores_every_n_steps(tmp_path):
 @pytest.mark.filterwarnings("ignore:frechet distance. singular product:UserWarning")
 def test_fid_against_a_reference_batch_during_training(tmp_path):
     from dit_jax.convert.inception_torch import save_npz
-    from dit_jax.evaluate import adm_metrics
+    from dit_jax.metrics import adm_metrics
     from dit_jax.models.inception import extract_features, init_variables
 
     variables = init_variables(0)
@@ -55,9 +55,9 @@ def test_fid_against_a_reference_batch_during_training(tmp_path):
     # and noise), their Inception features and the statistics written in the reference batch file,
     # by the exact few-sample formula (tests/test_adm_metrics.py).
     from dit_jax.sampling.grids import to_uint8
-    from dit_jax.train import evaluation
+    from dit_jax.train import evaluators as evaluation
     from dit_jax.train.checkpoint import load_ema
-    from dit_jax.train.run import make_run
+    from dit_jax.run import make_run
     from helpers import FEW_SAMPLE_ABS, few_sample_frechet
     run = make_run(c)
     [ev] = evaluation.make_evaluators(run)
@@ -91,9 +91,9 @@ def test_evaluation_samples_with_the_runs_noise_schedule():
 
     from dit_jax.diffusion.gaussian import create_diffusion
     from dit_jax.models.dit import init_params
-    from dit_jax.sampling.sampler import SamplerSettings, build_sampler
-    from dit_jax.train import evaluation
-    from dit_jax.train.run import make_run
+    from dit_jax.sampling.run_sampler import SamplerSettings, build_sampler
+    from dit_jax.train import evaluators as evaluation
+    from dit_jax.run import make_run
 
     c = tiny_config(**{"evals.digits.kind": "digits", "evals.digits.num_samples": 4, "evals.digits.batch_size": 4,
                        "evals.digits.steps": "3", "diffusion.noise_schedule": "squaredcos_cap_v2",

@@ -23,10 +23,10 @@ sys.path.insert(0, {tests!r})
 from helpers import tiny_config
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.parallel.sharding import LOGICAL_RULES
-from dit_jax.sampling.sampler import SamplerSettings, make_sampler
+from dit_jax.sampling.run_sampler import SamplerSettings, make_sampler
 from dit_jax.train.programs import abstract_batch, build_train_step
-from dit_jax.train.run import make_run
-from dit_jax.train.config_base import to_dit_config
+from dit_jax.run import make_run
+from dit_jax.configs.base import to_dit_config
 
 platforms = ("cuda", "tpu")
 config = tiny_config(**{{"mesh.data": 2, "mesh.fsdp": 4}})

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-import dit_jax.train.evaluation as evaluation
+import dit_jax.train.evaluators as evaluation
 from dit_jax.train.goodput import NAME as LEDGER
 from dit_jax.train.loop import train_and_evaluate
 from helpers import tiny_config

@@ -349,7 +349,7 @@ def test_a_permanent_os_error_in_any_command_is_one_line_and_exit_2(tmp_path, ca
 ])
 def test_a_permanent_os_error_met_while_working_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, error,
                                                                         needle):
-    from dit_jax import cli
+    from dit_jax.cli import models
     blocker = tmp_path / "file"
     blocker.write_text("x")
     if error.filename == "{file}":
@@ -357,17 +357,17 @@ def test_a_permanent_os_error_met_while_working_is_one_line_and_exit_2(tmp_path,
 
     def fails(args):
         raise error
-    monkeypatch.setattr(cli, "cmd_models", fails)
+    monkeypatch.setattr(models, "run", fails)
     assert main(["models"]) == 2
     one_error_line(capsys, needle)
 
 
 def test_a_transient_os_error_keeps_its_traceback_and_exit_1(monkeypatch):
-    from dit_jax import cli
+    from dit_jax.cli import models
 
     def dropped(args):
         raise ConnectionResetError(104, "Connection reset by peer")
-    monkeypatch.setattr(cli, "cmd_models", dropped)
+    monkeypatch.setattr(models, "run", dropped)
     with pytest.raises(ConnectionResetError):  # the console script turns it into a traceback and exit 1
         main(["models"])
 
@@ -398,15 +398,16 @@ def test_a_config_file_that_does_not_run_is_one_line_naming_file_and_line(tmp_pa
 
 
 def test_train_and_compile_parse_config_files_in_one_module():
-    """No copy of the parsing: compile takes it from dit_jax.config_file as train does."""
+    """No copy of the parsing: train, compile and benchmark take --config from the one front end
+    (dit_jax.cli.config_args), which takes it from dit_jax.configs.files."""
     import inspect
 
-    from dit_jax import cli
-    from dit_jax.jobs import compile as compile_check
-    for module in (cli, compile_check):
+    from dit_jax.cli import benchmark, compile as compile_command, config_args, train
+    for module in (train, compile_command, benchmark):
         source = inspect.getsource(module)
-        assert "DEFINE_config_file" not in source and "from dit_jax.cli import" not in source
-        assert "from dit_jax.config_file import" in source
+        assert "DEFINE_config_file" not in source and "config_from_args" not in source
+        assert "config_args.load(args" in source
+    assert "from dit_jax.configs.files import" in inspect.getsource(config_args)
 
 
 # ---------------------------------------------- 6. evaluate REF REF: a warning, and no negative FID shown
@@ -414,7 +415,7 @@ def test_train_and_compile_parse_config_files_in_one_module():
 def test_a_singular_covariance_puts_the_distance_of_identical_statistics_below_zero():
     """The cause of the -0.0041 a user saw: the evaluator adds eps to the diagonals inside the square
     root only, so identical rank-deficient statistics give -2 * F * eps."""
-    from dit_jax.evaluate.frechet import feature_statistics, frechet_distance
+    from dit_jax.metrics.frechet import feature_statistics, frechet_distance
     features = np.random.default_rng(0).normal(size=(6, 64))
     features[:, 0] = 1.0  # a feature without variance: scipy finds the product singular
     mu, sigma = feature_statistics(features)
@@ -426,8 +427,8 @@ def test_a_singular_covariance_puts_the_distance_of_identical_statistics_below_z
 def test_evaluate_the_reference_against_itself_warns_and_prints_no_negative_distance(tmp_path, capsys, monkeypatch):
     import json
 
-    from dit_jax.evaluate import adm_metrics, frechet
-    from dit_jax.jobs import evaluate as job
+    from dit_jax.metrics import adm_metrics, frechet
+    from dit_jax.jobs import evaluate_npz as job
     rng = np.random.default_rng(0)
     pool, spatial = rng.normal(size=(6, adm_metrics.POOL_DIM)), rng.normal(size=(6, adm_metrics.SPATIAL_DIM))
     pool[:, 0] = spatial[:, 0] = 1.0  # singular statistics, as in the first test
@@ -490,9 +491,9 @@ def test_no_libtpu_noise_on_a_host_without_a_tpu(tmp_path):
     # A command that starts jax's backends (and nothing else): `models` with its work replaced. The
     # noise comes and goes (libtpu stays silent while another process holds /tmp/libtpu_lockfile),
     # so the test asks jax whether it tried the TPU backend at all: its failed backends are recorded.
-    script = ("import jax, sys\nfrom jax._src import xla_bridge\nfrom dit_jax import cli\n"
-              "cli.cmd_models = lambda args: print('devices', [d.platform for d in jax.devices()],\n"
-              "                                     'tried', sorted(xla_bridge._backend_errors)) or 0\n"
+    script = ("import jax, sys\nfrom jax._src import xla_bridge\nfrom dit_jax import cli\nfrom dit_jax.cli import models\n"
+              "models.run = lambda args: print('devices', [d.platform for d in jax.devices()],\n"
+              "                                'tried', sorted(xla_bridge._backend_errors)) or 0\n"
               "sys.exit(cli.main(['models']))\n")
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
@@ -536,7 +537,7 @@ def test_resuming_a_finished_run_with_fewer_total_steps_says_so(run, tmp_path, c
 
 
 def test_reference_batches_are_written_with_the_usual_file_mode(tmp_path):
-    from dit_jax.evaluate.adm_metrics import POOL_DIM, SPATIAL_DIM, write_reference_batch
+    from dit_jax.metrics.adm_metrics import POOL_DIM, SPATIAL_DIM, write_reference_batch
     rng = np.random.default_rng(0)
     path = tmp_path / "ref.npz"
     write_reference_batch(str(path), rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8),

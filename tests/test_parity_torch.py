@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from dit_jax.models.dit import DiT, dit_config
-from dit_jax.parity import compare, format_table, run_comparison
+from dit_jax.parity.common import compare, format_table
+from dit_jax.parity.dit import run_comparison
 
 CONFIGS = {
     "S/2": dit_config("DiT-S/2", input_size=16, num_classes=10),
@@ -37,7 +38,7 @@ def test_against_reference_statement(reference, name):
 
 def test_comparison_detects_a_difference(reference, monkeypatch):
     """A conversion that is off in one weight must fail the comparison (the check is not vacuous)."""
-    import dit_jax.parity as parity
+    import dit_jax.parity.common as parity
     models, diffusion = reference
     real = parity.from_torch
 
@@ -84,7 +85,7 @@ def test_against_diffusers(reference, name):
     import torch
 
     from dit_jax.convert.dit_torch import from_diffusers
-    from dit_jax.diffusion.samplers import apply_guidance
+    from dit_jax.diffusion.ancestral import apply_guidance
 
     cfg = CONFIGS[name]
     m = _diffusers_model(cfg)
@@ -128,7 +129,7 @@ def test_diffusers_without_alignment_differs(reference):
 
 def test_training_steps_match_reference(reference):
     """3 steps of the reference's train.py update beside our jitted train_step, same draws."""
-    from dit_jax.parity import run_training_comparison
+    from dit_jax.parity.dit import run_training_comparison
     models, diffusion = reference
     cfg = dit_config("DiT-S/4", input_size=8, depth=2, num_classes=5, hidden_size=64, num_heads=2)
     lines = []

@@ -18,9 +18,9 @@ import pytest
 
 from dit_jax.convert.dit_torch import from_torch, to_torch
 from dit_jax.models.dit import DiT, dit_config
-from dit_jax.parity import randomize_zero_layers, torch_model
-from dit_jax.config_file import load_config
-from dit_jax.train.config_base import to_dit_config
+from dit_jax.parity.common import randomize_zero_layers, torch_model
+from dit_jax.configs.files import load_config
+from dit_jax.configs.base import to_dit_config
 from dit_jax.train.loop import train_and_evaluate
 from dit_jax.train.state import create_state, make_optimizer
 

@@ -46,7 +46,7 @@ def training_step_text(config, workdir) -> str:
 
 
 def benchmark_step_text(config) -> str:
-    from dit_jax.benchmark.run import Setting, bench_run, lowered_step, synthetic_batch
+    from dit_jax.benchmark.suite import Setting, bench_run, lowered_step, synthetic_batch
     from dit_jax.parallel.mesh import make_mesh_from_config
     mesh = make_mesh_from_config(config.mesh)
     run = bench_run(config, Setting.of(config, mesh.size), mesh)

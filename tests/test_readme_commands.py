@@ -235,7 +235,6 @@ def test_help_texts_say_what_a_user_types(capsys):
     train = capsys.readouterr().out
     assert "--dry_run" in train and "Exit codes: 0 finished, 75 preempted" in train
     assert "absl" not in train and "ml_collections" not in train  # no implementation notes
-    with pytest.raises(SystemExit):
-        main(["compile", "--help"])
+    assert main(["compile", "--help"]) == 0  # argparse's exit after the help is main's return
     compile_help = " ".join(capsys.readouterr().out.split())
     assert "--config=FILE[:ARG] (default configs/dit.py" in compile_help and "--config.FIELD=VALUE" in compile_help

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from dit_jax.diffusion.gaussian import create_diffusion, discretized_gaussian_log_likelihood, rounded_tanh
-from dit_jax.diffusion.samplers import ddim_sample, forward_with_cfg, guided_model_fn, p_sample
+from dit_jax.diffusion.ancestral import ddim_sample, forward_with_cfg, guided_model_fn, p_sample
 
 
 def _grid(lo, hi, step=1):
@@ -99,7 +99,7 @@ def _model(seen=None):
 
 def test_steps_clip_and_map_timesteps_like_the_reference(reference):
     import torch
-    from dit_jax.parity import fixed_randn_like, nchw, nhwc
+    from dit_jax.parity.common import fixed_randn_like, nchw, nhwc
     _, ref_pkg = reference
     d, ref_d = create_diffusion("250"), ref_pkg.create_diffusion("250")
     seen, ref_seen = [], []
@@ -133,7 +133,7 @@ def test_from_torch_copies(reference):
     import torch
     from dit_jax.convert.dit_torch import from_torch
     from dit_jax.models.dit import dit_config
-    from dit_jax.parity import torch_model
+    from dit_jax.parity.common import torch_model
     models, _ = reference
     cfg = dit_config("DiT-S/4", input_size=8, depth=1, num_classes=5, hidden_size=32, num_heads=2)
     m = torch_model(models, cfg)
@@ -149,7 +149,7 @@ def test_forward_with_cfg_is_the_reference_layout(reference):
     import torch
     from dit_jax.convert.dit_torch import from_torch
     from dit_jax.models.dit import DiT, dit_config
-    from dit_jax.parity import nchw, nhwc, randomize_zero_layers, torch_model
+    from dit_jax.parity.common import nchw, nhwc, randomize_zero_layers, torch_model
     models, _ = reference
     cfg = dit_config("DiT-S/4", input_size=8, depth=1, num_classes=5, hidden_size=32, num_heads=2)
     torch.manual_seed(0)

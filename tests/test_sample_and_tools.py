@@ -13,7 +13,7 @@ from dit_jax.cli import main
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiTConfig, init_params
 from dit_jax.sampling.grids import make_grid, to_uint8
-from dit_jax.sampling.sampler import SamplerSettings, make_sampler
+from dit_jax.sampling.run_sampler import SamplerSettings, make_sampler
 from dit_jax.weights import save_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -80,7 +80,7 @@ def test_same_images_on_1_and_8_devices_and_resume(tmp_path):
 
 
 def test_cli_num_samples_writes_the_adm_npz(tmp_path, capsys):
-    from dit_jax.evaluate.adm_metrics import load_sample_batch
+    from dit_jax.metrics.adm_metrics import load_sample_batch
     w = save_weights(str(tmp_path / "w"), tiny_params(), TINY)
     out = str(tmp_path / "samples.npz")
     assert main(["sample", "--weights", w, "--num-samples", "6", "--batch-per-device", "4", "--steps", "3",

@@ -11,8 +11,8 @@ from PIL import Image
 from dit_jax.cli import main
 from dit_jax.jobs.sample import grid_labels
 from dit_jax.sampling.grids import make_grid, to_uint8
-from dit_jax.sampling.sampler import SamplerSettings, make_sampler
-from dit_jax.train.run import config_for_model, objective_of
+from dit_jax.sampling.run_sampler import SamplerSettings, make_sampler
+from dit_jax.run import config_for_model, objective_of
 from helpers import TINY, tiny_params
 from dit_jax.weights import save_weights
 

@@ -16,7 +16,7 @@ import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from dit_jax.diffusion.gaussian import create_diffusion
 from dit_jax.models.dit import DiTConfig, init_params
-from dit_jax.sampling.sampler import SamplerSettings, make_sampler
+from dit_jax.sampling.run_sampler import SamplerSettings, make_sampler
 
 assert jax.device_count() == 8
 cfg = DiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=2, num_heads=2, num_classes=5)

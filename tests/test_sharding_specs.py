@@ -22,7 +22,7 @@ import jax, numpy as np
 sys.path.insert(0, {tests!r})
 from helpers import tiny_config
 from dit_jax.train.programs import build_train_step
-from dit_jax.train.run import make_run
+from dit_jax.run import make_run
 
 def leaves(tree):
     return {{jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}}

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from dit_jax.models.dit import DiT, dit_config
-from dit_jax.parity import compare, format_table
+from dit_jax.parity.common import compare, format_table
 
 pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
 
@@ -33,15 +33,15 @@ FORWARD_TOL = 5e-6   # measured about 3e-7 relative
 
 @pytest.fixture(scope="module")
 def sit_ref():
-    from dit_jax.parity_sit import load_sit_reference
+    from dit_jax.parity.sit import load_sit_reference
     return load_sit_reference(os.path.join(HERE, "sit_reference"), os.path.join(HERE, "torch_reference"))
 
 
 @pytest.fixture(scope="module")
 def sit_net(sit_ref):
     """The statement's SiT network with random weights (adaLN-zero and final layers randomised too)."""
-    from dit_jax.parity import randomize_zero_layers
-    from dit_jax.parity_sit import _backbone, sit_network
+    from dit_jax.parity.common import randomize_zero_layers
+    from dit_jax.parity.sit import _backbone, sit_network
     torch.manual_seed(3)
     net = sit_network(sit_ref, CFG).eval()
     assert randomize_zero_layers(_backbone(net), 3) > 0
@@ -64,7 +64,7 @@ def _sit_forward(params, x, t, y):
 
 
 def _torch_forward(net, x, t, y):
-    from dit_jax.parity import nchw, nhwc
+    from dit_jax.parity.common import nchw, nhwc
     with torch.no_grad():
         return nhwc(net(nchw(x), torch.from_numpy(t), torch.from_numpy(y)))
 
@@ -78,7 +78,7 @@ def test_sit_checkpoint_converts_both_ways(sit_ref, sit_net, tmp_path):
     """A released-style SiT checkpoint (bare EMA state dict with DiT's names) -> `dit-jax convert --from-torch`
     -> forward agrees with SiT's forward; `--to-torch` gives back the same tensors, which SiT's network loads
     strictly. A train.py checkpoint converts its 'ema' entry."""
-    from dit_jax.parity_sit import sit_network
+    from dit_jax.parity.sit import sit_network
     from dit_jax.weights import load_weights
     sd = {k: v.clone() for k, v in sit_net.state_dict().items()}
     assert "x_embedder.proj.weight" in sd and not any(k.startswith("net.") for k in sd)
@@ -117,7 +117,7 @@ def test_sit_checkpoint_converts_both_ways(sit_ref, sit_net, tmp_path):
 
 @pytest.fixture(scope="module")
 def comparison_rows(sit_ref):
-    from dit_jax.parity_sit import run_sit_comparison
+    from dit_jax.parity.sit import run_sit_comparison
     return run_sit_comparison(sit_ref, CFG, batch=2, seed=1)
 
 
@@ -139,8 +139,8 @@ def test_sit_comparison_rows(comparison_rows):
 def test_sit_comparison_detects_a_difference(sit_ref, monkeypatch):
     """A conversion off in one bias fails the forward rows (the check is not vacuous; the loss and step
     functions have their own negative controls in tests/test_transport.py)."""
-    import dit_jax.parity_sit as parity_sit
-    from dit_jax.parity_sit import run_sit_comparison
+    import dit_jax.parity.sit as parity_sit
+    from dit_jax.parity.sit import run_sit_comparison
     real = parity_sit.from_torch
 
     def off_by_a_little(sd, cfg):
@@ -158,7 +158,7 @@ def test_sit_comparison_detects_a_difference(sit_ref, monkeypatch):
 def test_sit_training_matches_train_py(sit_ref):
     """5 steps of SiT's train.py update (AdamW lr 1e-4, EMA 0.9999, loss mean) beside our jitted step built
     by build_train_step for objective='sit', with the same x0, t and label-drop draws."""
-    from dit_jax.parity_sit import run_sit_training_comparison
+    from dit_jax.parity.sit import run_sit_training_comparison
     lines = []
     rows = run_sit_training_comparison(sit_ref, CFG, steps=5, log=lines.append)
     print("\n" + format_table(rows))
@@ -173,7 +173,7 @@ def test_sit_training_matches_train_py(sit_ref):
 def test_sit_training_detects_a_different_time(sit_ref, monkeypatch):
     """Negative control: our step's loss taken at t + 0.01 (the same draws otherwise) misses the loss row."""
     import dit_jax.train.step as step
-    from dit_jax.parity_sit import run_sit_training_comparison
+    from dit_jax.parity.sit import run_sit_training_comparison
     real = step.transport_losses
     monkeypatch.setattr(step, "transport_losses", lambda objective, fn, x, *, t, x0: real(objective, fn, x, t=t + 0.01,
                                                                                          x0=x0))

@@ -80,7 +80,7 @@ def tiny_model():
 
 def expected(cfg, params, labels, key, sample):
     """x_T and the guided model function built by hand, then `sample(model_fn, x_T)`."""
-    from dit_jax.diffusion.samplers import guided_model_fn
+    from dit_jax.diffusion.ancestral import guided_model_fn
     from dit_jax.models.dit import DiT
     init_key, _ = jax.random.split(key)
     x_T = jax.random.normal(init_key, (len(labels), 8, 8, 3), jnp.float32)
@@ -93,7 +93,7 @@ def expected(cfg, params, labels, key, sample):
 def test_builder_runs_the_fast_solvers_as_solve_does():
     from dit_jax.diffusion.gaussian import create_diffusion
     from dit_jax.diffusion.solvers import solve
-    from dit_jax.sampling.sampler import SamplerSettings, make_sampler
+    from dit_jax.sampling.run_sampler import SamplerSettings, make_sampler
     cfg, params = tiny_model()
     labels, key, diffusion = jnp.arange(4) % 5, jax.random.PRNGKey(3), create_diffusion("")
     got = make_sampler(cfg, diffusion, SamplerSettings(sampler="dpm++2m", steps="6", cfg_scale=1.5))(params, labels, key)
@@ -107,8 +107,8 @@ def test_builder_runs_the_fast_solvers_as_solve_does():
 
 
 def test_builder_runs_sits_samplers_as_the_transport_does():
-    from dit_jax.sampling.sampler import SamplerSettings, make_sampler
-    from dit_jax.transport import samplers as sit
+    from dit_jax.sampling.run_sampler import SamplerSettings, make_sampler
+    from dit_jax.transport import integrators as sit
     from dit_jax.transport.guidance import guided_model_fn
     from dit_jax.transport.transport import Transport
     cfg, params = tiny_model()

@@ -20,7 +20,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from dit_jax.diffusion import solvers  # noqa: E402
 from dit_jax.diffusion.gaussian import create_diffusion, linear_betas  # noqa: E402
-from dit_jax.diffusion.samplers import apply_guidance, guided_model_fn  # noqa: E402
+from dit_jax.diffusion.ancestral import apply_guidance, guided_model_fn  # noqa: E402
 from dit_jax.diffusion.solvers import SOLVERS, SPACINGS, run_solver, solve, solver_timesteps  # noqa: E402
 
 T = 1000

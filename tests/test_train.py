@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import Child
-from dit_jax.config_file import load_config
+from dit_jax.configs.files import load_config
 from dit_jax.train.loop import train_and_evaluate
 from helpers import RUN_8_DEVICES, ROOT, env_without_xla_flags, final_params, losses, run_8_devices, tiny_config
 
@@ -141,7 +141,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
 
 def test_converted_weights_initialise_training(tmp_path):
     from dit_jax.models.dit import init_params
-    from dit_jax.train.config_base import to_dit_config
+    from dit_jax.configs.base import to_dit_config
     from dit_jax.weights import save_weights
     c = tiny_config(total_steps=1)
     cfg = to_dit_config(c.model)
@@ -178,8 +178,8 @@ def test_sample_command_uses_the_runs_noise_schedule(tmp_path):
     from dit_jax.jobs.sample import grid_labels
     from dit_jax.parallel.mesh import make_mesh
     from dit_jax.sampling.grids import make_grid, to_uint8
-    from dit_jax.sampling.sampler import SamplerSettings, build_sampler, fetch
-    from dit_jax.train.run import make_run
+    from dit_jax.sampling.run_sampler import SamplerSettings, build_sampler, fetch
+    from dit_jax.run import make_run
     wd, out = str(tmp_path / "cosine"), tmp_path / "g.png"
     config = tiny_config(total_steps=1, **{"diffusion.noise_schedule": "squaredcos_cap_v2",
                                            "diffusion.num_timesteps": 100})

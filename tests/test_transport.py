@@ -19,12 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dit_jax.diffusion.samplers import guidance_channels
-from dit_jax.parity_sit import _load_module, intended_compute_diffusion
+from dit_jax.diffusion.ancestral import guidance_channels
+from dit_jax.parity.sit import _load_module, intended_compute_diffusion
 from dit_jax.transport import (DIFFUSION_FORMS, LAST_STEPS, LOSS_WEIGHTS, PATHS, PREDICTIONS, Transport,
                                forward_with_cfg, guided_model_fn, model_evaluations, sample_ode, sample_sde,
                                split_learned_sigma, training_losses, velocity_fn)
-from dit_jax.transport.samplers import (ode_euler_step, ode_heun_step, sde_euler_step, sde_heun_step, sde_interval,
+from dit_jax.transport.integrators import (ode_euler_step, ode_heun_step, sde_euler_step, sde_heun_step, sde_interval,
                                         sde_last_step, time_grid)
 from dit_jax.transport.transport import sample_time_and_noise
 

@@ -8,7 +8,7 @@
 `init` and `record` keep DIR/bench.json (the environment, then every group: its status, seconds,
 budget, command, its report and its output's last lines) and rewrite DIR/bench.md from it after each
 group: one table of every group's rows, with MFU and the ratio to the best PyTorch row of the same kind
-and batch computed over all groups (`dit_jax.benchmark.run.add_ratios`), and each group's own table.
+and batch computed over all groups (`dit_jax.benchmark.suite.add_ratios`), and each group's own table.
 Both files are replaced whole (written beside, then renamed), so whatever stops the run leaves the
 last complete summary.
 """
@@ -66,7 +66,7 @@ def load_state(out: str) -> dict:
 
 def combined_rows(state: dict) -> list[dict]:
     """Every group's kept rows, tagged with the group, with MFU and vs torch computed across groups."""
-    from dit_jax.benchmark.run import add_ratios
+    from dit_jax.benchmark.suite import add_ratios
     rows, peak, devices = [], 0.0, 1
     for g in state["groups"]:
         report = g.get("report") or {}

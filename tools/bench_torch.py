@@ -27,10 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def benchmark_config(flags: list[str]):
     """(config, settings, parsed benchmark args) as `dit-jax benchmark` builds them from the same flags."""
-    from dit_jax.benchmark.run import config_and_settings
-    from dit_jax.cli import build_parser
-    args, config_args = build_parser().parse_known_args(["benchmark", *flags])
-    config, settings = config_and_settings(args, config_args)
+    from dit_jax.cli import benchmark, parse_args
+    args = parse_args(["benchmark", *flags])
+    config, settings = benchmark.config_and_settings(args)
     return config, settings, args
 
 
@@ -67,7 +66,7 @@ def main(argv=None) -> int:
     try:
         from dit_jax.benchmark import reference
         from dit_jax.models.dit import forward_macs
-        from dit_jax.train.config_base import to_dit_config
+        from dit_jax.configs.base import to_dit_config
         train_modes = modes(own.train_modes, reference.TRAIN_MODES, "--train-modes")
         sample_modes = modes(own.sample_modes, reference.SAMPLE_MODES, "--sample-modes")
         config, settings, args = benchmark_config(flags)
@@ -75,7 +74,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     m = to_dit_config(config.model)
-    # The reference DiT's constructor arguments, as dit_jax.benchmark.run.torch_rows passes them.
+    # The reference DiT's constructor arguments, as dit_jax.benchmark.suite.torch_rows passes them.
     model = dict(input_size=m.input_size, patch_size=m.patch_size, in_channels=m.in_channels,
                  hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
                  class_dropout_prob=m.class_dropout_prob, num_classes=m.num_classes, learn_sigma=m.learn_sigma)
@@ -97,7 +96,7 @@ def main(argv=None) -> int:
         with open(out) as f:
             rows = json.load(f)
     halves = 2 if args.cfg_scale > 1 else 1  # guidance runs the model on [x, x]
-    for r in rows:  # as dit_jax.benchmark.run.torch_rows
+    for r in rows:  # as dit_jax.benchmark.suite.torch_rows
         r["flops_per_image"] = (3 * 2 * forward_macs(m) if r["kind"] == "train" else
                                 2 * forward_macs(m) * sample_steps * halves)
     env = {k: rows[0][k] for k in ("torch", "torch_device")} if rows else {}

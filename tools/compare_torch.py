@@ -24,7 +24,7 @@ the final params / EMA differences. With --solvers it instead samples --steps st
 sampler (dpm++2m, dpm++3m, unipc, ddim) with guidance: ours (dit_jax.diffusion.solvers.solve on
 the converted model) beside diffusers' scheduler of the same name driving the reference model's
 forward_with_cfg, from the same x_T, and compares every intermediate x_t (needs diffusers).
-With --reference-sit it compares with SiT's code instead (dit_jax/parity_sit.py): the converted
+With --reference-sit it compares with SiT's code instead (dit_jax/parity/sit.py): the converted
 forward (variance half dropped), the guided forward, the training loss of every path x prediction x
 weighting with the same x0, x1 and t, one Euler/Heun ODE step, one Euler/Heun SDE step per diffusion
 form with identical noise, the SDE's last steps, and a whole dopri5 solve against torchdiffeq (within
@@ -72,9 +72,9 @@ def run_solver_comparison(models, config, *, state_dict=None, batch: int = 4, st
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
     from dit_jax.diffusion.gaussian import create_diffusion, linear_betas
-    from dit_jax.diffusion.samplers import guided_model_fn
+    from dit_jax.diffusion.ancestral import guided_model_fn
     from dit_jax.diffusion.solvers import solve
-    from dit_jax.parity import Row, compare, nchw, nhwc, reference_and_ours
+    from dit_jax.parity.common import Row, compare, nchw, nhwc, reference_and_ours
 
     ref, ours, params = reference_and_ours(models, config, state_dict, seed, log)
     apply = jax.jit(lambda x, t, y: ours.apply({"params": params}, x, t, y))
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     from dit_jax.convert import dit_torch, torch_io
     from dit_jax.models.dit import dit_config
     from dit_jax.models.params import config_name
-    from dit_jax.parity import run_comparison, run_training_comparison
+    from dit_jax.parity.dit import run_comparison, run_training_comparison
 
     models, diffusion = import_reference(args.reference)
     state_dict = None
@@ -216,7 +216,7 @@ def sit_main(args) -> int:
     from dit_jax.convert import dit_torch, torch_io
     from dit_jax.models.dit import dit_config
     from dit_jax.models.params import config_name
-    from dit_jax.parity_sit import load_sit_reference, run_sit_comparison, run_sit_training_comparison
+    from dit_jax.parity.sit import load_sit_reference, run_sit_comparison, run_sit_training_comparison
 
     dit_reference = args.reference or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                     "tests", "torch_reference")
@@ -251,7 +251,7 @@ def sit_main(args) -> int:
 
 def report(rows) -> int:
     """Print the rows; exit code 1 if any is past its tolerance."""
-    from dit_jax.parity import format_table
+    from dit_jax.parity.common import format_table
     print(format_table(rows))
     failed = [r.name for r in rows if not r.ok]
     if failed:

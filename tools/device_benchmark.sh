@@ -180,7 +180,7 @@ if [[ -n "$FAST" ]]; then
     group sample-fast sample "${BENCH[@]}" "${SAMPLER_TRAIN[@]}" --sample-steps "$FAST_STEPS" --sampler "$FAST" \
         --cfg-scale 1.5 --sample-batch "$SAMPLE_BATCH" --out "$WORK/sample-fast.json"
 else
-    record sample-fast skipped --reason "no fast solver in dit_jax.diffusion.samplers.SAMPLERS"
+    record sample-fast skipped --reason "no fast solver in dit_jax.diffusion.ancestral.SAMPLERS"
 fi
 
 echo "=== done in $SECONDS s; $OUT: bench.md, bench.json, log.txt" | tee -a "$OUT/log.txt"

@@ -274,7 +274,7 @@ def cmd_check(out: str, expect: str) -> int:
 
 def fast_solver() -> str:
     """The fast solver the sampler registry lists ("" if none), looked up where the run happens."""
-    from dit_jax.sampling.sampler import DDPM_SAMPLERS
+    from dit_jax.sampling.run_sampler import DDPM_SAMPLERS
     names = list(DDPM_SAMPLERS)
     found = [n for n in FAST_SOLVERS if n in names] + [n for n in names if "dpm" in n.lower() and n != "ddpm"]
     return found[0] if found else ""

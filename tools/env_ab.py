@@ -34,13 +34,14 @@ def worker(model: str, depth: int | None, batch: int, program: str) -> None:
     import flax.linen as nn
     import jax
 
-    from dit_jax.benchmark import run as bench
+    from dit_jax.benchmark import suite as bench
     from dit_jax.parallel.mesh import make_mesh_from_config
     from dit_jax.parallel.sharding import LOGICAL_RULES
     ns = argparse.Namespace(model=model, input_size=32, num_classes=None, in_channels=None, num_heads=None,
                             depth=depth, hidden_size=None, batch=batch, dtype="float32", attention="xla", remat=None,
-                            scan=False, setting=[])
-    config, settings = bench.config_and_settings(ns, [])
+                            scan=False, setting=[], config_args=[])
+    from dit_jax.cli import benchmark as benchmark_command
+    config, settings = benchmark_command.config_and_settings(ns)
     if program == "sample":
         _, _, sample, params, labels = bench.bench_sampler(config, settings[0], batch, SAMPLE_STEPS, 1.5)
         for i in range(2):  # compiles, then the heap reaches its peak

@@ -12,7 +12,7 @@ and written to WORKDIR/demo_scores.json; the measured scores are in docs/demo.md
 
 import ml_collections
 
-from dit_jax.train.config_base import base_config
+from dit_jax.configs.base import base_config
 
 
 def get_config(arg: str = ""):

@@ -19,7 +19,7 @@ read from a latent dataset (`dit-jax extract-latents`, then `--config.data.laten
 --config.data.name=NAME`), which is much faster.
 """
 
-from dit_jax.train.config_base import base_config, model_fields
+from dit_jax.configs.base import base_config, model_fields
 
 STEPS = {"XL/2": 7_000_000}
 

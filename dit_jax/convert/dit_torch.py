@@ -124,6 +124,15 @@ def _check_shapes(params: dict, cfg: DiTConfig) -> None:
         raise ValueError(f"converted parameters do not match {config_name(cfg)}'s shapes (first entries: {bad})")
 
 
+def _converted(name: str, arr: Array, fwd, cfg: DiTConfig) -> Array:
+    """One tensor in our layout; a shape the layout cannot take is an error naming the tensor."""
+    try:
+        return fwd(arr) if fwd else arr
+    except ValueError as e:  # numpy: "cannot reshape array of size 2976 into shape (32,3,2,16)"
+        raise ValueError(f"tensor {name!r} has shape {tuple(arr.shape)}, which does not fit {config_name(cfg)} "
+                         f"({e}); is the checkpoint damaged, or of another model (--model)?") from None
+
+
 def from_torch(sd: Mapping[str, Array], config: DiTConfig | None = None,
                num_heads: int | None = None) -> tuple[dict, DiTConfig]:
     """Official state dict -> (params, config). Unknown or missing names are errors.
@@ -137,7 +146,7 @@ def from_torch(sd: Mapping[str, Array], config: DiTConfig | None = None,
     used = {"pos_embed"}
     for name, path, fwd, _ in _all_entries(cfg):
         arr = _need(sd, name, f"the checkpoint is incomplete for {config_name(cfg)}")
-        set_path(params, path, np.asarray(fwd(arr) if fwd else arr, dtype=np.float32))
+        set_path(params, path, np.asarray(_converted(name, arr, fwd, cfg), dtype=np.float32))
         used.add(name)
     unused = sorted(set(sd) - used)
     if unused:
@@ -145,7 +154,8 @@ def from_torch(sd: Mapping[str, Array], config: DiTConfig | None = None,
                          f"with {cfg.depth} blocks?")
     if "pos_embed" in sd:
         expect = sincos_2d_pos_embed(cfg.hidden_size, cfg.input_size // cfg.patch_size)
-        if not np.allclose(sd["pos_embed"].reshape(expect.shape), expect, atol=1e-5):
+        if sd["pos_embed"].size != expect.size or not np.allclose(sd["pos_embed"].reshape(expect.shape), expect,
+                                                                   atol=1e-5):
             raise ValueError("the checkpoint's pos_embed is not the fixed 2D sin-cos table this model uses")
     _check_shapes(params, cfg)
     return (stack_blocks(params, cfg.depth) if cfg.scan_blocks else params), cfg

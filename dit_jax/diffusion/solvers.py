@@ -91,105 +91,131 @@ def step_coefficients(alphas_cumprod: np.ndarray, sampler: str, timesteps: np.nd
     than 15 steps with lower_order_final, at the second-to-last step. UniPC's predictor uses order
     min(2, steps - i, i + 1) (lower_order_final) and its corrector at step i the order of step
     i - 1's predictor. DDIM steps from t to t - T // steps (the final alpha_bar is 1 with
-    set_alpha_to_one, else alpha_bar[0]), as DDIMScheduler, whatever the spacing.
+    set_alpha_to_one, else alpha_bar[0]), as DDIMScheduler, whatever the spacing. One function per
+    solver below, as diffusers has one scheduler per solver.
     """
     ac = np.asarray(alphas_cumprod, np.float64)
-    T, ts = len(ac), np.asarray(timesteps, np.int64)
+    ts = np.asarray(timesteps, np.int64)
     n = len(ts)
     z = {k: np.zeros(n) for k in _X0_KEYS + _CORRECTOR_KEYS + _PREDICTOR_KEYS + _DDIM_KEYS}
     if sampler == "ddim":
-        a_t = ac[ts]
-        prev = ts - T // n
-        final = 1.0 if set_alpha_to_one else ac[0]
-        a_prev = np.where(prev >= 0, ac[np.maximum(prev, 0)], final)
-        std = eta * np.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
-        # x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - std^2) eps + std noise, x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t)
-        z["dx"] = np.sqrt(a_prev / a_t)
-        z["de"] = np.sqrt(1 - a_prev - std**2) - np.sqrt(a_prev * (1 - a_t) / a_t)
-        z["dn"] = std
-        return z
-
+        return _ddim_coefficients(ac, ts, z, eta, set_alpha_to_one)
     # alpha, sigma and lambda at each step's timestep and, at index n, the final sigma = 0.
     alpha = np.append(np.sqrt(ac[ts]), 1.0)
     sigma = np.append(np.sqrt(1.0 - ac[ts]), 0.0)
     lam = _lambdas(alpha, sigma)
     z["a"], z["b"] = 1.0 / alpha[:n], -sigma[:n] / alpha[:n]   # m = (x - sigma eps) / alpha
-    solver_order = _ORDER[sampler]
     z["kk"][:] = 1.0   # no corrector: x passes through
+    if sampler == "unipc":
+        return _unipc_coefficients(alpha, sigma, lam, z, _ORDER[sampler], lower_order_final)
+    return _dpm_solver_coefficients(alpha, sigma, lam, z, _ORDER[sampler], lower_order_final)
+
+
+def _ddim_coefficients(ac: np.ndarray, ts: np.ndarray, z: dict, eta: float, set_alpha_to_one: bool) -> dict:
+    """DDIMScheduler: x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - std^2) eps + std noise,
+    x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t)."""
+    T, n = len(ac), len(ts)
+    a_t = ac[ts]
+    prev = ts - T // n
+    final = 1.0 if set_alpha_to_one else ac[0]
+    a_prev = np.where(prev >= 0, ac[np.maximum(prev, 0)], final)
+    std = eta * np.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+    z["dx"] = np.sqrt(a_prev / a_t)
+    z["de"] = np.sqrt(1 - a_prev - std**2) - np.sqrt(a_prev * (1 - a_t) / a_t)
+    z["dn"] = std
+    return z
+
+
+def _dpm_solver_coefficients(alpha, sigma, lam, z: dict, solver_order: int, lower_order_final: bool) -> dict:
+    """DPMSolverMultistepScheduler (DPM-Solver++, midpoint), orders 1 to `solver_order`."""
+    n = len(z["px"])
+    for i in range(n):
+        s0, t = i, i + 1
+        h = lam[t] - lam[s0]
+        coef = np.zeros(3)   # on m_i, m_{i-1}, m_{i-2}
+        lof_second = i == n - 2 and lower_order_final and n < 15
+        if solver_order == 1 or i < 1 or i == n - 1:
+            order = 1
+        elif solver_order == 2 or i < 2 or lof_second:
+            order = 2
+        else:
+            order = 3
+        A = alpha[t] * np.expm1(-h)   # alpha_t (e^-h - 1)
+        coef[0] = -A
+        if order == 2:   # midpoint: - A/2 D1, D1 = (m_i - m_{i-1}) / r0
+            r0 = (lam[s0] - lam[s0 - 1]) / h
+            coef += -0.5 * A * np.array([1.0, -1.0, 0.0]) / r0
+        elif order == 3:
+            r0, r1 = (lam[s0] - lam[s0 - 1]) / h, (lam[s0 - 1] - lam[s0 - 2]) / h
+            d10 = np.array([1.0, -1.0, 0.0]) / r0
+            d11 = np.array([0.0, 1.0, -1.0]) / r1
+            D1 = d10 + r0 / (r0 + r1) * (d10 - d11)
+            D2 = (d10 - d11) / (r0 + r1)
+            Bc = alpha[t] * (np.expm1(-h) / h + 1.0)
+            Cc = alpha[t] * ((np.expm1(-h) + h) / h**2 - 0.5)
+            coef += Bc * D1 - Cc * D2
+        z["px"][i] = sigma[t] / sigma[s0]
+        z["p0"][i], z["p1"][i], z["p2"][i] = coef
+    return z
+
+
+def _unipc_coefficients(alpha, sigma, lam, z: dict, solver_order: int, lower_order_final: bool) -> dict:
+    """UniPCMultistepScheduler (bh2): a corrector of x_i (from step 1 on), then the predictor."""
+    n = len(z["px"])
     prev_order = 0
     for i in range(n):
         s0, t = i, i + 1
         h = lam[t] - lam[s0]
-        ratio = sigma[t] / sigma[s0]
         coef = np.zeros(3)   # on m_i, m_{i-1}, m_{i-2}
-        if sampler == "unipc":
-            if i > 0:   # correct x_i (the last predictor's output) with m_i; x_last is x_{i-1} corrected
-                hc = lam[i] - lam[i - 1]
-                hh = -hc
-                h_phi_1 = np.expm1(hh)
-                B_h = np.expm1(hh)   # bh2
-                base = alpha[i] * h_phi_1
-                if prev_order == 1:
-                    rhos = np.array([0.5])
-                    rks = np.array([1.0])
-                else:
-                    rks = np.array([(lam[i - 2] - lam[i - 1]) / hc, 1.0])
-                    R = np.stack([rks ** k for k in range(prev_order)])
-                    b, h_phi_k, fact = [], h_phi_1 / hh - 1.0, 1
-                    for k in range(1, prev_order + 1):
-                        b.append(h_phi_k * fact / B_h)
-                        fact *= k + 1
-                        h_phi_k = h_phi_k / hh - 1.0 / fact
-                    rhos = np.linalg.solve(R, np.array(b))
-                # x = ratio x_last - base m_{i-1}
-                #     - alpha B_h (sum_k rho_k (m_{i-1-k} - m_{i-1}) / r_k + rho_last (m_i - m_{i-1}))
-                w = alpha[i] * B_h
-                c = np.zeros(3)   # on m_i, m_{i-1}, m_{i-2}
-                c[1] -= base
-                c[0] -= w * rhos[-1]
-                c[1] += w * rhos[-1]
-                if prev_order == 2:
-                    c[2] -= w * rhos[0] / rks[0]
-                    c[1] += w * rhos[0] / rks[0]
-                z["kx"][i] = sigma[i] / sigma[i - 1]
-                z["kt"][i], z["k1"][i], z["k2"][i] = c
-                z["kk"][i] = 0.0
-            order = min(solver_order, n - i) if lower_order_final else solver_order
-            order = min(order, i + 1)
-            hh = -h
-            h_phi_1 = np.expm1(hh)
-            coef[0] = -alpha[t] * h_phi_1
-            if order == 2:   # rhos_p = 0.5, D1 = (m_{i-1} - m_i) / r, r = (lam_{i-1} - lam_i) / h
-                r = (lam[i - 1] - lam[s0]) / h
-                w = alpha[t] * np.expm1(hh) * 0.5 / r
-                coef[0] += w
-                coef[1] -= w
-            prev_order = order
-        else:
-            lof_second = i == n - 2 and lower_order_final and n < 15
-            if solver_order == 1 or i < 1 or i == n - 1:
-                order = 1
-            elif solver_order == 2 or i < 2 or lof_second:
-                order = 2
-            else:
-                order = 3
-            A = alpha[t] * np.expm1(-h)   # alpha_t (e^-h - 1)
-            coef[0] = -A
-            if order == 2:   # midpoint: - A/2 D1, D1 = (m_i - m_{i-1}) / r0
-                r0 = (lam[s0] - lam[s0 - 1]) / h
-                coef += -0.5 * A * np.array([1.0, -1.0, 0.0]) / r0
-            elif order == 3:
-                r0, r1 = (lam[s0] - lam[s0 - 1]) / h, (lam[s0 - 1] - lam[s0 - 2]) / h
-                d10 = np.array([1.0, -1.0, 0.0]) / r0
-                d11 = np.array([0.0, 1.0, -1.0]) / r1
-                D1 = d10 + r0 / (r0 + r1) * (d10 - d11)
-                D2 = (d10 - d11) / (r0 + r1)
-                Bc = alpha[t] * (np.expm1(-h) / h + 1.0)
-                Cc = alpha[t] * ((np.expm1(-h) + h) / h**2 - 0.5)
-                coef += Bc * D1 - Cc * D2
-        z["px"][i] = ratio
+        if i > 0:   # correct x_i (the last predictor's output) with m_i; x_last is x_{i-1} corrected
+            z["kx"][i] = sigma[i] / sigma[i - 1]
+            z["kt"][i], z["k1"][i], z["k2"][i] = _unipc_corrector(alpha, lam, i, prev_order)
+            z["kk"][i] = 0.0
+        order = min(solver_order, n - i) if lower_order_final else solver_order
+        order = min(order, i + 1)
+        hh = -h
+        h_phi_1 = np.expm1(hh)
+        coef[0] = -alpha[t] * h_phi_1
+        if order == 2:   # rhos_p = 0.5, D1 = (m_{i-1} - m_i) / r, r = (lam_{i-1} - lam_i) / h
+            r = (lam[i - 1] - lam[s0]) / h
+            w = alpha[t] * np.expm1(hh) * 0.5 / r
+            coef[0] += w
+            coef[1] -= w
+        prev_order = order
+        z["px"][i] = sigma[t] / sigma[s0]
         z["p0"][i], z["p1"][i], z["p2"][i] = coef
     return z
+
+
+def _unipc_corrector(alpha, lam, i: int, prev_order: int) -> np.ndarray:
+    """UniPC's corrector weights at step i on m_i, m_{i-1}, m_{i-2}:
+    x = ratio x_last - base m_{i-1} - alpha B_h (sum_k rho_k (m_{i-1-k} - m_{i-1}) / r_k + rho_last (m_i - m_{i-1}))."""
+    hc = lam[i] - lam[i - 1]
+    hh = -hc
+    h_phi_1 = np.expm1(hh)
+    B_h = np.expm1(hh)   # bh2
+    base = alpha[i] * h_phi_1
+    if prev_order == 1:
+        rhos = np.array([0.5])
+        rks = np.array([1.0])
+    else:
+        rks = np.array([(lam[i - 2] - lam[i - 1]) / hc, 1.0])
+        R = np.stack([rks ** k for k in range(prev_order)])
+        b, h_phi_k, fact = [], h_phi_1 / hh - 1.0, 1
+        for k in range(1, prev_order + 1):
+            b.append(h_phi_k * fact / B_h)
+            fact *= k + 1
+            h_phi_k = h_phi_k / hh - 1.0 / fact
+        rhos = np.linalg.solve(R, np.array(b))
+    w = alpha[i] * B_h
+    c = np.zeros(3)   # on m_i, m_{i-1}, m_{i-2}
+    c[1] -= base
+    c[0] -= w * rhos[-1]
+    c[1] += w * rhos[-1]
+    if prev_order == 2:
+        c[2] -= w * rhos[0] / rks[0]
+        c[1] += w * rhos[0] / rks[0]
+    return c
 
 
 def _validate(alphas_cumprod, sampler, steps, spacing, lower_order_final, eta, key_given, timesteps) -> np.ndarray:

@@ -22,9 +22,8 @@ import jax
 
 from dit_jax.parallel.mesh import describe as describe_mesh, make_mesh_from_config
 from dit_jax.parallel.sharding import LOGICAL_RULES, batch_divisor
-from dit_jax.config_file import config_from_args, packaged_config
 from dit_jax.train.programs import build_train_step
-from dit_jax.train.run import abstract_vae, make_run
+from dit_jax.run import abstract_vae, make_run
 
 GIB = 2 ** 30
 HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}   # per chip (one JAX device)
@@ -181,26 +180,12 @@ def report(result: dict, hbm_gib: float) -> list[str]:
             f"verdict: {verdict} ({_size(m['peak'])} of {hbm_gib:g} GiB HBM per chip)"]
 
 
-def parse_args(argv: list[str]):
-    """--topology/--num-slices/--hbm-gib/--max-tries here; --config and --config.x=y overrides as `train`."""
-    from dit_jax.argparsing import OneLineParser, count, number
-    p = OneLineParser(prog="dit-jax compile", description=__doc__.split("\n\n")[0], epilog=(
-        "the run: --config=FILE[:ARG] (default configs/dit.py, i.e. DiT-XL/2 at 256 px: the paper's recipe, where "
-        "`dit-jax train` defaults to the laptop demo) and any --config.FIELD=VALUE, as `dit-jax train` takes them "
-        "(`dit-jax train --config=FILE --help` lists the fields)"))
-    p.add_argument("--topology", required=True, help="TPU slice, e.g. v5p-8, v5p-256, v5e-8, v6e-64, v4-32")
-    p.add_argument("--num-slices", type=count(1), default=1, help="slices joined over DCN (set mesh.dcn_data/dcn_fsdp)")
-    p.add_argument("--hbm-gib", type=number(0), default=0.0, help="memory per chip to fit in (default: the target's)")
-    p.add_argument("--max-tries", type=count(0), default=4, help="compiles of other settings when it does not fit")
-    args, rest = p.parse_known_args(argv)
-    return args, config_from_args(rest, packaged_config("dit.py"), "dit-jax compile")
-
-
-def main(argv: list[str]) -> int:
-    args, config = parse_args(argv)
-    target = parse_topology(args.topology, args.num_slices)
+def check_fit(config, topology: str, num_slices: int = 1, hbm_gib: float = 0.0, max_tries: int = 4) -> int:
+    """Compile `config`'s step for the TPU slice `topology` and print what one chip holds; 0 if it fits,
+    else 1 after trying up to `max_tries` other settings (printing the one that fits, if any)."""
+    target = parse_topology(topology, num_slices)
     devices = target_devices(target)
-    hbm = args.hbm_gib or target.hbm_gib
+    hbm = hbm_gib or target.hbm_gib
     per_slice = len(devices) // target.num_slices
     print(f"target {target.name} x {target.num_slices} slice(s): {len(devices)} chips ({devices[0].device_kind}, "
           f"{target.topology} per slice), HBM {hbm:g} GiB per chip")
@@ -217,7 +202,7 @@ def main(argv: list[str]) -> int:
     print("\n".join(lines))
     if result["memory"]["peak"] <= hbm * GIB:
         return 0
-    for candidate in alternatives(config, per_slice)[:args.max_tries]:
+    for candidate in alternatives(config, per_slice)[:max_tries]:
         try:
             tried = compile_step(candidate, devices)
         except ValueError as e:  # e.g. an fsdp size the model's dimensions do not divide

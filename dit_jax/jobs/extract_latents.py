@@ -67,18 +67,8 @@ def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out
     storage.require_local(data_dir, "--data-dir")
     out_data_dir = str(storage.resolve(out_data_dir or data_dir or default_data_dir()))
     target = storage.join(out_data_dir, out_name, VERSION)
-    info = storage.join(target, "dataset_info.json")
-    if storage.exists(info):
-        features = storage.join(target, "features.json")
-        if not storage.exists(features) or '"mean"' not in storage.read_bytes(features).decode(errors="replace"):
-            # e.g. --out-name naming the image dataset itself: "already built" would be a false success.
-            raise FileExistsError(f"{target} holds a dataset that is not a latent dataset (no 'mean' feature): "
-                                  "choose another --out-name (or --out-data-dir)")
-        log(f"latent dataset {out_name!r} already built at {target}")
+    if _built_already(target, out_name, log):
         return out_data_dir
-    if storage.exists(target):
-        raise FileExistsError(f"{target} exists but holds no finished dataset (no dataset_info.json): move it away "
-                              "or choose another --out-name; it is never deleted here")
     source = open_source(name, data_dir, split)
     vae_params, vae_config = load_vae_weights(vae_dir)
     encode = _encoder(vae_params, vae_config)
@@ -96,18 +86,8 @@ def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out
     for count, k in enumerate(todo, 1):
         lo, hi = k * shard_size, min((k + 1) * shard_size, n)
         records = [decode.map({**source[i], "_key": i}) for i in range(lo, hi)]
-        images = np.stack([r["image"] for r in records])
-        outs = {key: [] for key in LATENT_KEYS}
-        for b in range(0, len(images), batch_size):
-            chunk = images[b:b + batch_size]
-            pad = batch_size - len(chunk)  # one compiled shape for every batch
-            res = encode(np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)]) if pad else chunk)
-            for key, value in zip(LATENT_KEYS, res):
-                outs[key].append(np.asarray(value)[: len(chunk)].astype(dtype))
-        shard = io.BytesIO()
-        np.savez(shard, label=np.array([r["label"] for r in records], np.int64),
-                 **{key: np.concatenate(v) for key, v in outs.items()})
-        storage.write_bytes_atomic(_shard_path(work, k), shard.getvalue())  # a shard is complete or absent
+        shard = _encoded_shard(records, encode, batch_size, dtype)
+        storage.write_bytes_atomic(_shard_path(work, k), shard)  # a shard is complete or absent
         done_images += hi - lo
         rate = done_images / (time.time() - t0)
         log(f"shard {count}/{len(todo)}: {rate:.1f} img/s, ETA {(len(todo) - count) * shard_size / rate:.0f} s")
@@ -116,7 +96,52 @@ def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out
         multihost_utils.sync_global_devices("dit_jax extract-latents shards")
     if jax.process_index() != 0:
         return out_data_dir
-    files = [_shard_path(work, k) for k in range(num_shards)]
+    latent_shape = _assemble(out_name, out_data_dir, [_shard_path(work, k) for k in range(num_shards)], dtype)
+    storage.rmtree(storage.join(work, SHARDS))
+    remote = storage.is_uri(out_data_dir)
+    per_image = 4 * int(np.prod(latent_shape)) * np.dtype(dtype).itemsize
+    log(f"built latent dataset {out_name!r} at {target}: {n} images, {per_image / 1024:.1f} KiB of latents per image")
+    if remote:
+        log("training reads ArrayRecord from local paths only: copy it to every host (gsutil -m cp -r "
+            f"{storage.join(out_data_dir, out_name)} /data/) or mount the bucket with gcsfuse")
+    return out_data_dir
+
+
+def _built_already(target: str, out_name: str, log) -> bool:
+    """Whether the latent dataset is built at `target` already; an error for anything else there."""
+    info = storage.join(target, "dataset_info.json")
+    if storage.exists(info):
+        features = storage.join(target, "features.json")
+        if not storage.exists(features) or '"mean"' not in storage.read_bytes(features).decode(errors="replace"):
+            # e.g. --out-name naming the image dataset itself: "already built" would be a false success.
+            raise FileExistsError(f"{target} holds a dataset that is not a latent dataset (no 'mean' feature): "
+                                  "choose another --out-name (or --out-data-dir)")
+        log(f"latent dataset {out_name!r} already built at {target}")
+        return True
+    if storage.exists(target):
+        raise FileExistsError(f"{target} exists but holds no finished dataset (no dataset_info.json): move it away "
+                              "or choose another --out-name; it is never deleted here")
+    return False
+
+
+def _encoded_shard(records: list[dict], encode, batch_size: int, dtype: str) -> bytes:
+    """The .npz bytes of one shard: labels and the posterior of every image and of its flip."""
+    images = np.stack([r["image"] for r in records])
+    outs = {key: [] for key in LATENT_KEYS}
+    for b in range(0, len(images), batch_size):
+        chunk = images[b:b + batch_size]
+        pad = batch_size - len(chunk)  # one compiled shape for every batch
+        res = encode(np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)]) if pad else chunk)
+        for key, value in zip(LATENT_KEYS, res):
+            outs[key].append(np.asarray(value)[: len(chunk)].astype(dtype))
+    shard = io.BytesIO()
+    np.savez(shard, label=np.array([r["label"] for r in records], np.int64),
+             **{key: np.concatenate(v) for key, v in outs.items()})
+    return shard.getvalue()
+
+
+def _assemble(out_name: str, out_data_dir: str, files: list[str], dtype: str) -> tuple:
+    """The TFDS dataset built from every shard at OUT_DATA_DIR/out_name/VERSION; the latents' shape."""
     missing = [f for f in files if not storage.exists(f)]
     if missing:
         raise FileNotFoundError(f"{len(missing)} shard(s) missing (first {missing[0]}): rerun to finish them")
@@ -124,6 +149,7 @@ def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out
         latent_shape = z["mean"].shape[1:]
     # ArrayRecord writes local files only: a bucket's dataset is built in local temp space.
     remote = storage.is_uri(out_data_dir)
+    target = storage.join(out_data_dir, out_name, VERSION)
     tmp = tempfile.mkdtemp(prefix=f".{out_name}-build-", dir=None if remote else out_data_dir)
     try:
         builder = dataset_builder(out_name, files, latent_shape, dtype)(
@@ -136,10 +162,4 @@ def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out
             os.rename(built, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    storage.rmtree(storage.join(work, SHARDS))
-    per_image = 4 * int(np.prod(latent_shape)) * np.dtype(dtype).itemsize
-    log(f"built latent dataset {out_name!r} at {target}: {n} images, {per_image / 1024:.1f} KiB of latents per image")
-    if remote:
-        log("training reads ArrayRecord from local paths only: copy it to every host (gsutil -m cp -r "
-            f"{storage.join(out_data_dir, out_name)} /data/) or mount the bucket with gcsfuse")
-    return out_data_dir
+    return latent_shape

@@ -13,7 +13,7 @@ import numpy as np
 
 from dit_jax.convert.inception_torch import load_fid_inception
 from dit_jax.data.pipeline import DecodeCrop, open_source
-from dit_jax.evaluate.adm_metrics import write_reference_batch
+from dit_jax.metrics.adm_metrics import write_reference_batch
 from dit_jax.models.inception import FIDInceptionV3, extract_features
 
 

@@ -16,8 +16,8 @@ from dit_jax.models.dit import DiTConfig, init_params
 from dit_jax.parallel.mesh import make_mesh
 from dit_jax.sampling.grids import save_grid, to_uint8
 from dit_jax.sampling.npz import sample_npz
-from dit_jax.sampling.sampler import SamplerSettings, build_sampler, fetch
-from dit_jax.train.run import VAE, Run, config_for_model, make_run
+from dit_jax.sampling.run_sampler import SamplerSettings, build_sampler, fetch
+from dit_jax.run import VAE, Run, config_for_model, make_run
 from dit_jax.weights import load_vae_weights, load_weights
 
 
@@ -40,7 +40,7 @@ def load_model(weights: str | None, workdir: str | None, config: DiTConfig | Non
     diffusion_steps of the run; empty (the reference's linear 1000 steps) for weights."""
     if workdir:
         from dit_jax.train.checkpoint import load_run
-        from dit_jax.train.config_base import to_dit_config
+        from dit_jax.configs.base import to_dit_config
         params, run, step = load_run(workdir)
         schedule = dict(noise_schedule=run["diffusion"]["noise_schedule"],
                         diffusion_steps=run["diffusion"]["num_timesteps"], objective=run.get("objective", "ddpm"))

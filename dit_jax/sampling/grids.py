@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from dit_jax import storage
+from dit_jax.run import Run
 
 
 def to_uint8(x) -> np.ndarray:
@@ -47,16 +48,16 @@ def save_grid(images: np.ndarray, path: str, nrow: int | None = None, upscale: i
     storage.write_bytes_atomic(path, data.getvalue())
 
 
-def make_grid_sampler(run):
+def make_grid_sampler(run: Run):
     """The sample grids' jitted sampler over the run's mesh (config.sample), built once per run."""
-    from dit_jax.sampling.sampler import SamplerSettings, build_sampler
+    from dit_jax.sampling.run_sampler import SamplerSettings, build_sampler
     return build_sampler(run, SamplerSettings.from_config(run.config.sample, run.config.transport), uint8=True)
 
 
-def sample_grid(run, ema_params, step: int, workdir: str, sampler, vae_params=None) -> str | None:
+def sample_grid(run: Run, ema_params, step: int, workdir: str, sampler, vae_params=None) -> str | None:
     """EMA samples as a PNG grid, sampled by all hosts and written by process 0; latent models are
     decoded with the VAE (skipped without one)."""
-    from dit_jax.sampling.sampler import fetch
+    from dit_jax.sampling.run_sampler import fetch
     if run.latent and vae_params is None:
         return None
     s, num_classes = run.config.sample, run.model.num_classes

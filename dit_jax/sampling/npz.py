@@ -12,10 +12,11 @@ import jax
 import numpy as np
 
 from dit_jax import storage
-from dit_jax.sampling.sampler import sample_keys, sample_labels
+from dit_jax.sampling.run_sampler import sample_keys, sample_labels
 from dit_jax import workdir_lock
 from dit_jax.checksum import fingerprint
 from dit_jax.exit_codes import RunStopped
+from dit_jax.run import Run
 
 MANIFEST = "manifest.json"
 LOCK = "sample.lock"  # one writer per output, as one training per workdir
@@ -84,7 +85,7 @@ def _npz_bytes(**arrays) -> bytes:
     return buf.getvalue()
 
 
-def sample_npz(run, params, num_samples: int, num_classes: int, seed: int, out_path: str,
+def sample_npz(run: Run, params, num_samples: int, num_classes: int, seed: int, out_path: str,
                batch_per_device: int = 32, vae=None, settings: dict | None = None, log=print) -> str:
     """Sample `num_samples` images into the ADM .npz (`arr_0` uint8 NHWC, exactly N; `labels`).
 
@@ -118,7 +119,7 @@ def sample_npz(run, params, num_samples: int, num_classes: int, seed: int, out_p
         lock.release()
 
 
-def _sample(run, params, vae_params, num_samples, num_classes, seed, out_path, shard_dir, batch, num_shards,
+def _sample(run: Run, params, vae_params, num_samples, num_classes, seed, out_path, shard_dir, batch, num_shards,
             manifest, log) -> str:
     from jax.experimental import multihost_utils
 

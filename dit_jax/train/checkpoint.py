@@ -204,7 +204,7 @@ def _set_aside(directory, path, workdir: str) -> str:
 
 def check_compatible(stored: dict, current: dict, workdir: str) -> None:
     """Refuse to resume a run of another model (or with another data setup), naming each difference."""
-    from dit_jax.train.config_base import to_dit_config
+    from dit_jax.configs.base import to_dit_config
     stored_model = to_dit_config(stored["model"]).architecture()
     current_model = to_dit_config(current["model"]).architecture()
     diffs = [f"model.{k}: checkpoint {stored_model[k]!r}, config {current_model[k]!r}"
@@ -267,7 +267,7 @@ def load_ema(workdir: str, step: int | None = None, params_key: str = "ema_param
 
     Restores onto this process's first device, whatever mesh saved it.
     """
-    from dit_jax.train.config_base import to_dit_config
+    from dit_jax.configs.base import to_dit_config
     params, config, step = load_run(workdir, step, params_key)
     return params, to_dit_config(config["model"]), step
 

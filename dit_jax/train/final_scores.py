@@ -48,7 +48,7 @@ def reuse(workdir: str, evaluators, start: int, total: int, say) -> dict | None:
         scores = scores if scores is not None else written(workdir, evaluators, total) or {}
     if scores is None:
         return None
-    from dit_jax.train.evaluation import describe
+    from dit_jax.train.evaluators import describe
     say(f"the final scores of step {total} are in {storage.join(workdir, NAME)}: not evaluated again")
     for ev in evaluators:
         if f"eval/{ev.name}/seconds" in scores:

@@ -20,14 +20,14 @@ from dit_jax.models.dit import forward_macs
 from dit_jax.parallel.mesh import describe as describe_mesh
 from dit_jax.parallel.sharding import LOGICAL_RULES, replicated
 from dit_jax.sampling import grids
-from dit_jax.train import checkpoint as ckpt, evaluation, final_scores, profile
+from dit_jax.train import checkpoint as ckpt, evaluators as evaluation, final_scores, profile
 from dit_jax.train.compilation_cache import configure as configure_compilation_cache
 from dit_jax.train.goodput import Ledger
 from dit_jax.train.integrity import NonFiniteWatch
 from dit_jax.train.metrics_log import MetricsLog, peak_flops
 from dit_jax.train.preemption import Watch
 from dit_jax.train.programs import build_train_step, check_batch
-from dit_jax.train.run import Run, make_run
+from dit_jax.run import Run, make_run
 from dit_jax.train.timing import SaveClock, StepTimer, log_fields
 from dit_jax.train.validation import validate
 
@@ -78,25 +78,14 @@ def sampling_slots(evaluators) -> dict[str, int]:
 def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch):
     config, mesh, model_cfg = run.config, run.mesh, run.model
     ledger = Ledger(workdir, enabled=jax.process_index() == 0)  # from here, this session's wall time
-    log.print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on {jax.process_count()} host(s) "
-              f"({describe_mesh(mesh, config.mesh)}); "
-              f"model {config.model.name} ({model_cfg.depth} blocks, hidden {model_cfg.hidden_size})")
-
-    program = build_train_step(run)
-    for line in program.notes:
-        log.print(line)
+    program = _announce(run, build_train_step(run), log)
 
     cfg_json = ckpt.config_json(config)
     state, latest = ckpt.resume(manager, program.abstract_state, cfg_json, workdir, say=log.print)
     if latest is not None:
         log.print(f"resumed from step {latest} in {workdir}/checkpoints")
     else:
-        init_params = None
-        if config.get("init_weights", ""):
-            from dit_jax.weights import load_weights
-            init_params, _ = load_weights(config.init_weights, model_cfg)
-            log.print(f"initialised from weights {config.init_weights}")
-        state = program.init(init_params)
+        state = program.init(_initial_params(config, model_cfg, log))
     start = int(jax.device_get(state.step))
     ledger.begin(start)
     log.truncate_after(start)  # rows past the checkpoint are re-run: one row per step
@@ -110,7 +99,6 @@ def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch):
     slots = sampling_slots(evaluators)
     preempted.begin(start, config.total_steps, slots["total"])
 
-    flops_per_image = 3 * 2 * forward_macs(model_cfg)  # forward + backward (2x), MACs -> FLOPs
     peak = config.peak_tflops_per_device * 1e12 or peak_flops(jax.devices()[0])
     metrics, last = {}, {}
     timer, save_clock = StepTimer(), SaveClock(config.checkpoint_every_minutes)
@@ -133,15 +121,7 @@ def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch):
             ckpt.check_writes(manager)
             log_step = done % config.log_every == 0 or done == total
             if log_step:
-                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                window = timer.window()
-                ledger.add(window, step_mark, done)
-                last.update(log_fields(window, done - step_mark, total - done, config.batch_size,
-                                       flops_per_image, peak * jax.device_count()), step=done,
-                            goodput=ledger.update()["goodput"])
-                if "compile_s" in last:
-                    log.print(f"compiled the train step in {last['compile_s']:.1f} s")
-                log.write(done, total, last, eta_s=last["eta_s"])
+                last = _log_step(run, metrics, timer, ledger, log, step_mark, done, peak)
                 step_mark = done
                 watch.check(workdir, manager.latest_step())
             # The one agreement per step, asked by every host: sampling below asks at its own positions.
@@ -154,20 +134,8 @@ def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch):
                     ckpt.save(manager, done, state, cfg_json, force=stop)
                 save_clock.saved()
             t_side = timer.clock()  # time spent below (evaluations, grids) is not training time
-            for ev in evaluators:
-                if stop or preempted.reached or not evaluation.itstime(done, ev.section.every, total):
-                    continue
-                scores = evaluation.evaluate(run, ev, state.ema_params, vae_params,
-                                             _asker(preempted, done, slots[ev.name]),
-                                             progress=evaluation.progress_lines(log, ev))
-                if scores is not None:
-                    log.print(evaluation.describe(ev, scores))
-                    log.scalars(done, scores)
-            if (grid_sampler and evaluation.itstime(done, config.sample.every, total, last=True)
-                    and not preempted.within(done, slots["grid"])):
-                path = grids.sample_grid(run, state.ema_params, done, workdir, grid_sampler, vae_params)
-                if path:
-                    log.print(f"EMA samples: {path}")
+            _sample_after_step(run, state, done, stop, evaluators, slots, preempted, vae_params, grid_sampler,
+                               workdir, log)
             if preempted.reached and not saved:  # signalled during the evaluation
                 with timer.measure("checkpoint"):
                     ckpt.save(manager, done, state, cfg_json, force=True)
@@ -177,27 +145,98 @@ def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch):
                 return last
             if preempted.reached:
                 profiler.stop(state)
-                ckpt.finish_writes(manager)
-                _close_books(ledger, timer, step_mark, done, log)
-                log.print(f"preempted: checkpoint saved at step {done}; rerun with the same workdir to resume")
-                raise Preempted(done)
+                _stop_preempted(manager, lambda: _close_books(ledger, timer, step_mark, done, log), done, log)
     profiler.stop(state)
     ckpt.finish_writes(manager)
     written = final_scores.reuse(workdir, evaluators, start, total, log.print)  # a finished run, rerun
     if written is not None:
         last.update(written)
     elif evaluators:
-        with timer.measure("other"):  # evaluation time, not training time, in the goodput ledger
-            scores = evaluation.final_evaluation(run, evaluators, state.ema_params, workdir, log, vae_params,
-                                                 lambda ev: _asker(preempted, total, slots[ev.name]), step=total)
-        if scores is None:
-            log.print(f"preempted during the final evaluation; the checkpoint of step {total} is saved: "
-                      "`dit-jax evaluate` or a rerun with the same workdir scores it")
-            _close_books(ledger, timer, step_mark, total, log)
-            raise Preempted(total)
-        last.update(scores)
+        last.update(_final_evaluation(run, state, evaluators, slots, preempted, vae_params, workdir, log,
+                                      lambda: _close_books(ledger, timer, step_mark, total, log), timer))
     last["goodput"] = _close_books(ledger, timer, step_mark, total, log, finished=True)["goodput"]
     return last
+
+
+def _initial_params(config, model_cfg, log):
+    """The converted weights config.init_weights names, or None (a random init)."""
+    if not config.get("init_weights", ""):
+        return None
+    from dit_jax.weights import load_weights
+    params, _ = load_weights(config.init_weights, model_cfg)
+    log.print(f"initialised from weights {config.init_weights}")
+    return params
+
+
+def _stop_preempted(manager, close_books, done: int, log) -> None:
+    """A stop agreed at step `done`, whose checkpoint is saved: the writes finished, the books closed."""
+    ckpt.finish_writes(manager)
+    close_books()
+    log.print(f"preempted: checkpoint saved at step {done}; rerun with the same workdir to resume")
+    raise Preempted(done)
+
+
+def _announce(run: Run, program, log):
+    """The mesh, the model and the program's notes, before anything is compiled."""
+    config, mesh, model_cfg = run.config, run.mesh, run.model
+    log.print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on {jax.process_count()} host(s) "
+              f"({describe_mesh(mesh, config.mesh)}); "
+              f"model {config.model.name} ({model_cfg.depth} blocks, hidden {model_cfg.hidden_size})")
+    for line in program.notes:
+        log.print(line)
+    return program
+
+
+def _log_step(run: Run, metrics, timer, ledger: Ledger, log, step_mark: int, done: int, peak: float):
+    """The metrics of the steps since `step_mark`, timed and written (metrics.jsonl, TensorBoard, the screen)."""
+    config, total = run.config, run.config.total_steps
+    last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    window = timer.window()
+    ledger.add(window, step_mark, done)
+    flops_per_image = 3 * 2 * forward_macs(run.model)  # forward + backward (2x), MACs -> FLOPs
+    last.update(log_fields(window, done - step_mark, total - done, config.batch_size,
+                           flops_per_image, peak * jax.device_count()), step=done,
+                goodput=ledger.update()["goodput"])
+    if "compile_s" in last:
+        log.print(f"compiled the train step in {last['compile_s']:.1f} s")
+    log.write(done, total, last, eta_s=last["eta_s"])
+    return last
+
+
+def _sample_after_step(run: Run, state, done: int, stop: bool, evaluators, slots, preempted: Watch, vae_params,
+                       grid_sampler, workdir: str, log) -> None:
+    """The evaluations and the EMA sample grid due after step `done` (none once a stop is agreed)."""
+    config, total = run.config, run.config.total_steps
+    for ev in evaluators:
+        if stop or preempted.reached or not evaluation.itstime(done, ev.section.every, total):
+            continue
+        scores = evaluation.evaluate(run, ev, state.ema_params, vae_params,
+                                     _asker(preempted, done, slots[ev.name]),
+                                     progress=evaluation.progress_lines(log, ev))
+        if scores is not None:
+            log.print(evaluation.describe(ev, scores))
+            log.scalars(done, scores)
+    if (grid_sampler and evaluation.itstime(done, config.sample.every, total, last=True)
+            and not preempted.within(done, slots["grid"])):
+        path = grids.sample_grid(run, state.ema_params, done, workdir, grid_sampler, vae_params)
+        if path:
+            log.print(f"EMA samples: {path}")
+
+
+def _final_evaluation(run: Run, state, evaluators, slots, preempted: Watch, vae_params, workdir: str, log,
+                      close_books, timer) -> dict:
+    """The final EMA weights scored by every evaluator; Preempted (after closing the books) if a stop
+    was agreed during it."""
+    total = run.config.total_steps
+    with timer.measure("other"):  # evaluation time, not training time, in the goodput ledger
+        scores = evaluation.final_evaluation(run, evaluators, state.ema_params, workdir, log, vae_params,
+                                             lambda ev: _asker(preempted, total, slots[ev.name]), step=total)
+    if scores is None:
+        log.print(f"preempted during the final evaluation; the checkpoint of step {total} is saved: "
+                  "`dit-jax evaluate` or a rerun with the same workdir scores it")
+        close_books()
+        raise Preempted(total)
+    return scores
 
 
 def _close_books(ledger: Ledger, timer, step_mark: int, step: int, log, finished: bool = False) -> dict:

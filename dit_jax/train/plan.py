@@ -16,8 +16,8 @@ from dit_jax import storage
 from dit_jax.data.digits import NAME as DIGITS, default_data_dir
 from dit_jax.models.dit import param_count
 from dit_jax.parallel.mesh import mesh_shape
-from dit_jax.train import evaluation
-from dit_jax.train.config_base import to_dit_config
+from dit_jax.train import evaluators as evaluation
+from dit_jax.configs.base import to_dit_config
 from dit_jax.train.validation import config_problems, raise_problems
 
 

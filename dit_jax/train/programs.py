@@ -18,7 +18,7 @@ from jax.sharding import NamedSharding
 
 from dit_jax.models.dit import DiT
 from dit_jax.parallel.sharding import batch_divisor, batch_sharding, replicated, state_shardings
-from dit_jax.train.run import Run
+from dit_jax.run import Run
 from dit_jax.train.state import TrainState, abstract_state, create_state, make_optimizer
 from dit_jax.train.step import train_step
 

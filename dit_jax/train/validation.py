@@ -10,11 +10,11 @@ from __future__ import annotations
 from dit_jax import storage
 from dit_jax.diffusion.gaussian import BETA_SCHEDULES
 from dit_jax.diffusion.respace import space_timesteps
-from dit_jax.sampling.sampler import SamplerSettings
+from dit_jax.sampling.run_sampler import SamplerSettings
 from dit_jax.parallel.mesh import MESH_AXES
-from dit_jax.train import evaluation
-from dit_jax.train.config_base import to_dit_config
-from dit_jax.train.run import objective_of
+from dit_jax.train import evaluators as evaluation
+from dit_jax.configs.base import to_dit_config
+from dit_jax.run import objective_of
 from dit_jax.train.step import INPUT_MODES
 
 

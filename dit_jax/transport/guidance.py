@@ -13,8 +13,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from dit_jax.diffusion.samplers import apply_guidance
-from dit_jax.diffusion.samplers import forward_with_cfg as _doubled_forward_with_cfg
+from dit_jax.diffusion.ancestral import apply_guidance
+from dit_jax.diffusion.ancestral import forward_with_cfg as _doubled_forward_with_cfg
 
 ClassModelFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 

@@ -14,11 +14,11 @@ def main() -> None:
     platforms.choose()  # CPU alone where there is no accelerator (no libtpu probing)
     import jax
 
-    from dit_jax.config_file import load_config, packaged_config
-    from dit_jax.evaluate.digits_classifier import load_classifier, real_digits, score_samples
-    from dit_jax.train import evaluation
+    from dit_jax.configs.files import load_config, packaged_config
+    from dit_jax.metrics.digits_classifier import load_classifier, real_digits, score_samples
+    from dit_jax.train import evaluators as evaluation
     from dit_jax.train.programs import build_train_step
-    from dit_jax.train.run import make_run
+    from dit_jax.run import make_run
 
     classifier = load_classifier()
     print(f"classifier held-out accuracy: {classifier.heldout_accuracy:.3f}")

@@ -65,7 +65,7 @@ def parse_grid(text: str) -> dict[str, tuple[int, ...]]:
 def load(workdir: str):
     """(Run, EMA params, training step, the digits evaluator's section) of a finished run directory."""
     from dit_jax.train.checkpoint import load_run
-    from dit_jax.train.run import make_run
+    from dit_jax.run import make_run
     params, stored, step = load_run(workdir)
     config = ml_collections.ConfigDict(stored)
     return make_run(config), params, step, config.evals.digits
@@ -73,7 +73,7 @@ def load(workdir: str):
 
 def nfe_of(objective: str, sampler: str, steps: int, settings) -> int | None:
     """Model evaluations per sample of a fixed-step sampler (None for dopri5, counted at run time)."""
-    from dit_jax.transport.samplers import model_evaluations
+    from dit_jax.transport.integrators import model_evaluations
     if objective == "ddpm":
         return steps  # respaced DDPM/DDIM: one per respaced step; the solvers: `steps` evaluations
     if sampler == "dopri5":
@@ -87,13 +87,13 @@ def dopri5_counter(run, settings):
     """A jitted fn(params, labels, key) -> (samples, NFE) for SiT's dopri5 with `settings`.
 
     The sampler builder returns only samples; this one builds the same guided network as
-    sampling/sampler.py make_sampler (the demo's all-channel guidance, no interval) and asks
+    sampling/run_sampler.py make_sampler (the demo's all-channel guidance, no interval) and asks
     sample_ode for its evaluation count. The caller checks that its samples equal the builder's,
     which shows the count belongs to the same solve.
     """
-    from dit_jax.diffusion.samplers import guidance_channels, guided_model_fn
+    from dit_jax.diffusion.ancestral import guidance_channels, guided_model_fn
     from dit_jax.models.dit import DiT
-    from dit_jax.transport import samplers as sit
+    from dit_jax.transport import integrators as sit
     from dit_jax.transport.guidance import split_learned_sigma
     if settings.cfg_interval is not None or settings.cfg_scale <= 1.0:
         raise ValueError("the dopri5 counter covers guided sampling without an interval (the demo's evaluation)")
@@ -115,9 +115,9 @@ def dopri5_counter(run, settings):
 
 def measure(run, params, section, sampler: str, steps: int, classifier, repeats: int = 1) -> dict:
     """One row: scores, NFE and timings of `sampler` at `steps` on the evaluator `section`'s samples."""
-    from dit_jax.evaluate.digits_classifier import score_samples
-    from dit_jax.sampling.sampler import SamplerSettings, build_sampler, objective_kind
-    from dit_jax.train.evaluation import Evaluator, ema_samples
+    from dit_jax.metrics.digits_classifier import score_samples
+    from dit_jax.sampling.run_sampler import SamplerSettings, build_sampler, objective_kind
+    from dit_jax.train.evaluators import Evaluator, ema_samples
     objective = objective_kind(run.objective)
     section = ml_collections.ConfigDict(section.to_dict())
     section.update(sampler=sampler, steps=str(steps))
@@ -247,8 +247,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from dit_jax.evaluate.digits_classifier import load_classifier
-    from dit_jax.sampling.sampler import SamplerSettings, objective_kind
+    from dit_jax.metrics.digits_classifier import load_classifier
+    from dit_jax.sampling.run_sampler import SamplerSettings, objective_kind
     run, params, step, section = load(args.workdir)
     objective = objective_kind(run.objective)
     if section.kind != "digits":

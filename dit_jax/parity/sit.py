@@ -4,7 +4,7 @@ of it in tests/sit_reference with the DiT of tests/torch_reference as its networ
 The SiT network is the DiT with learn_sigma=True whose forward drops the variance half; its state dict
 has the DiT's names, so `dit_jax.convert.dit_torch.from_torch` reads it unchanged. Both sides get the
 same weights (random, with the zero-initialised layers randomised, or a given checkpoint), the same
-inputs and the same random draws; rows are `dit_jax.parity.Row` (max abs and max|ours - ref| / max|ref|).
+inputs and the same random draws; rows are `dit_jax.parity.common.Row` (max abs and max|ours - ref| / max|ref|).
 `run_sit_comparison`: the converted forward, the guided forward, the training loss of every path x
 prediction x loss weight, one ODE step and one SDE step per method (the SDE per diffusion form), the
 SDE's last steps, and a whole dopri5 solve against torchdiffeq. `run_sit_training_comparison`: N steps
@@ -28,9 +28,9 @@ import numpy as np
 
 from dit_jax.convert.dit_torch import from_torch
 from dit_jax.models.dit import DiT, DiTConfig
-from dit_jax.parity import (REFERENCE_OPTIM, Row, _flat_official, compare, nchw, nhwc, randomize_zero_layers,
-                            torch_model)
-from dit_jax.transport import samplers as sit_samplers
+from dit_jax.parity.common import Row, compare, nchw, nhwc, randomize_zero_layers, torch_model
+from dit_jax.parity.training import compare_training, flat_torch, force_label_drop, our_program, reference_optimizer
+from dit_jax.transport import integrators as sit_samplers
 from dit_jax.transport.guidance import forward_with_cfg, split_learned_sigma
 from dit_jax.transport.paths import DIFFUSION_FORMS, PATHS
 from dit_jax.transport.transport import LOSS_WEIGHTS, PREDICTIONS, Transport, training_losses, velocity_fn
@@ -300,21 +300,15 @@ def run_sit_training_comparison(ref: SiTReference, config: DiTConfig, *, transpo
                                 steps: int = 5, state_dict: dict | None = None, batch: int = 4, seed: int = 0,
                                 ema_decay: float = 0.9999, loss_tol: float = 1e-5, param_tol: float = 5e-5,
                                 log: Callable[[str], None] = lambda s: None) -> list[Row]:
-    """N steps of SiT's train.py update beside our jitted step (objective "sit"). Returns rows.
+    """N steps of SiT's train.py update beside our jitted step (objective "sit"; parity/training.py).
 
     Reference: `transport.training_losses(model, x, dict(y=y))["loss"].mean()` with the model in train
     mode (label dropout), backward, `torch.optim.AdamW(lr=1e-4, weight_decay=0)`, then its update_ema
     over named_parameters (decay 0.9999). Both sides start from the same weights and get the same
     batches; each step the reference draws x0 and t through its own `Transport.sample` (fed our arrays)
     and its label dropout gets our mask, and ours gets the same x0, t and mask in batch['draws'].
-    Rows: the loss of every step, then the final params and EMA, with the tolerances of the DiT check
-    (`dit_jax.parity.run_training_comparison`).
     """
     import torch
-
-    from dit_jax.parallel.mesh import make_mesh
-    from dit_jax.train.programs import build_train_step
-    from dit_jax.train.run import config_for_model, make_run
 
     cfg = dataclasses.replace(config, scan_blocks=False)
     net, params = _prepare(ref, cfg, state_dict, seed, log)
@@ -323,31 +317,15 @@ def run_sit_training_comparison(ref: SiTReference, config: DiTConfig, *, transpo
     ema.requires_grad_(False)
     net.train()
     backbone = _backbone(net)
-    opt = torch.optim.AdamW(net.parameters(), lr=REFERENCE_OPTIM["lr"], weight_decay=0)
+    opt = reference_optimizer(net)
     theirs = ref.transport.create_transport(transport.path, transport.prediction, transport.loss_weight,
                                             transport.train_eps, transport.sample_eps)
     drawn = {}
     original_sample = theirs.sample
     theirs.sample = lambda a: drawn.__setitem__("draw", original_sample(a)) or drawn["draw"]
-
-    config = config_for_model(cfg)
-    config.optim.update(REFERENCE_OPTIM)
-    config.update(ema_decay=ema_decay, seed=seed, objective="sit")
-    config.transport.update(path=transport.path, prediction=transport.prediction,
-                            loss_weight=transport.loss_weight or "",
-                            train_eps=-1.0 if transport.train_eps is None else transport.train_eps,
-                            sample_eps=-1.0 if transport.sample_eps is None else transport.sample_eps)
-    config.data.latents = ""   # x1 given as it is, as SiT's training_losses takes it
-    run = make_run(config, vae=None, mesh=make_mesh(devices=jax.devices()[:1]))
-    if run.objective != transport:
-        raise AssertionError(f"the run's objective {run.objective} is not the compared {transport}")
-    program = build_train_step(run)
-    state = program.init(jax.tree.map(jnp.asarray, params))
-
-    rng = np.random.default_rng(seed)
     shape = (batch, cfg.input_size, cfg.input_size, cfg.in_channels)
-    rows = []
-    for k in range(steps):
+
+    def reference_step(k: int, rng):
         x1 = np.clip(rng.standard_normal(shape) * 0.5, -1, 1).astype(np.float32)
         y = rng.integers(0, cfg.num_classes, batch).astype(np.int64)
         x0 = rng.standard_normal(shape).astype(np.float32)
@@ -355,33 +333,25 @@ def run_sit_training_comparison(ref: SiTReference, config: DiTConfig, *, transpo
         drop = rng.random(batch) < cfg.class_dropout_prob
         if k == 0:
             drop[-1] = True   # a dropped label is exercised
-
-        mask = torch.from_numpy(drop)
-        backbone.y_embedder.token_drop = lambda labels, force_drop_ids=None: torch.where(
-            mask, backbone.y_embedder.num_classes, labels)
+        force_label_drop(backbone.y_embedder, drop)
         with fixed_draws(randn_like=nchw(x0), rand=torch.from_numpy(u)):
-            ref_loss = theirs.training_losses(net, nchw(x1), dict(y=torch.from_numpy(y)))["loss"].mean()
+            loss = theirs.training_losses(net, nchw(x1), dict(y=torch.from_numpy(y)))["loss"].mean()
         opt.zero_grad()
-        ref_loss.backward()
+        loss.backward()
         opt.step()
         with torch.no_grad():   # SiT's update_ema
             live = dict(backbone.named_parameters())
             for name, p in _backbone(ema).named_parameters():
                 p.mul_(ema_decay).add_(live[name].data, alpha=1 - ema_decay)
+        t = drawn["draw"][0].numpy().astype(np.float32)
+        return loss.detach().numpy(), {"image": x1, "label": y.astype(np.int32),
+                                       "draws": {"t": t, "noise": x0, "drop": drop}}
 
-        t = drawn["draw"][0].numpy()
-        draws = {"t": jnp.asarray(t, jnp.float32), "noise": jnp.asarray(x0), "drop": jnp.asarray(drop)}
-        state, metrics = program.step(state, {"image": jnp.asarray(x1), "label": jnp.asarray(y, jnp.int32),
-                                              "draws": draws}, None)
-        log(f"step {k + 1}: loss ours {float(metrics['loss']):.7f} reference {ref_loss.item():.7f}")
-        rows.append(compare(f"step {k + 1} loss", metrics["loss"], ref_loss.detach().numpy(), loss_tol))
-    rows.append(compare(f"params after {steps} steps", _flat_official(state.params, cfg), _flat_net(net),
-                        param_tol))
-    rows.append(compare(f"EMA after {steps} steps", _flat_official(state.ema_params, cfg), _flat_net(ema),
-                        param_tol))
-    return rows
-
-
-def _flat_net(net) -> np.ndarray:
-    sd = net.state_dict()
-    return np.concatenate([sd[k].detach().numpy().ravel() for k in sorted(sd) if k != "pos_embed"])
+    run, program = our_program(cfg, ema_decay=ema_decay, seed=seed, objective="sit", transport=dict(
+        path=transport.path, prediction=transport.prediction, loss_weight=transport.loss_weight or "",
+        train_eps=-1.0 if transport.train_eps is None else transport.train_eps,
+        sample_eps=-1.0 if transport.sample_eps is None else transport.sample_eps))
+    if run.objective != transport:
+        raise AssertionError(f"the run's objective {run.objective} is not the compared {transport}")
+    return compare_training(program, params, cfg, reference_step, lambda: (flat_torch(net), flat_torch(ema)),
+                            steps=steps, seed=seed, loss_tol=loss_tol, param_tol=param_tol, log=log)

@@ -25,10 +25,8 @@ class ConfigFileError(ValueError):
 
 
 def packaged_config(name: str) -> str:
-    """The path of a config file shipped with the package ('dit.py', 'demo.py')."""
-    # A path beside this module, not an import of dit_jax.configs: the config files import the
-    # training package, which parses configs here (an import circle).
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", name)
+    """The path of a config file shipped with the package ('dit.py', 'demo.py'): beside this module."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
 
 
 def resolve_config_spec(spec: str) -> str:
@@ -147,6 +145,14 @@ def config_from_args(args: list[str], default: str, prog: str) -> ml_collections
     fv = flags.FlagValues()
     _, positional = parse([prog] + list(args), fv, default, "config file, e.g. configs/dit.py:XL/2")
     if positional:
-        raise ValueError(f"unexpected argument(s) {positional}: {prog} takes its own flags, --config=FILE and "
-                         "--config.FIELD=VALUE")
+        raise ValueError(positional_problem(prog, positional))
     return fv.config
+
+
+def positional_problem(prog: str, positional: list[str]) -> str:
+    """The line for arguments that are neither flags nor config overrides (a config file given bare?)."""
+    first = positional[0]
+    if ".py" in first:
+        return f"unexpected argument {first!r}: to use that config file, pass --config={first}"
+    return (f"unexpected argument(s) {positional}: {prog} takes only flags (--config=FILE, --config.FIELD=VALUE "
+            f"and its own); see {prog} --help")

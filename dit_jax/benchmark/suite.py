@@ -101,14 +101,10 @@ def parse_setting(spec: str, defaults: Setting) -> Setting:
     return s
 
 
-def config_and_settings(args, config_args: list[str]):
-    """(training config, settings) that `dit-jax benchmark` times, from its parsed flags and the
-    `--config=FILE` / `--config.FIELD=VALUE` arguments (tools/bench_torch.py takes the same)."""
-    from dit_jax.config_file import config_from_args, packaged_config
-    from dit_jax.train.config_base import model_fields
-    config = config_from_args(config_args, packaged_config("dit.py") + ":XL/2", "dit-jax benchmark")
-    if not any(a == "--config" or a.startswith("--config=") for a in config_args):
-        config.data.latents = "dataset"  # the step alone, as the reference's rows time it
+def config_and_settings(args, config):
+    """(training config, settings) that `dit-jax benchmark` times, from its parsed flags and the config
+    its `--config=FILE` / `--config.FIELD=VALUE` arguments describe (dit_jax.cli.benchmark)."""
+    from dit_jax.configs.base import model_fields
     if args.model:  # replaces config.model, then the size flags below apply
         config.model = model_fields(args.model)
     sizes = dict(input_size=args.input_size, num_classes=args.num_classes, in_channels=args.in_channels,
@@ -119,6 +115,15 @@ def config_and_settings(args, config_args: list[str]):
                   scan=args.scan or None)
     defaults = dataclasses.replace(Setting.of(config, 1), **{k: v for k, v in chosen.items() if v is not None})
     return config, [parse_setting(spec, defaults) for spec in args.setting] or [parse_setting("", defaults)]
+
+
+def torch_reference(given: str) -> str:
+    """The official DiT checkout that --torch times (`given`, else the tests' copy beside the package)."""
+    reference = given or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                      "tests", "torch_reference")
+    if not os.path.isfile(os.path.join(reference, "models.py")):
+        raise FileNotFoundError(f"--torch: no models.py in {reference}: pass --reference DIR (a DiT checkout)")
+    return reference
 
 
 def peak_memory_gib(device) -> float | None:
@@ -137,7 +142,7 @@ def _is_out_of_memory(error: Exception) -> bool:
 def bench_run(config, setting: Setting, mesh):
     """The training run of `config` under `setting` on `mesh`; a step that encodes gets a VAE of random
     weights when the config names none (the time does not depend on the values)."""
-    from dit_jax.train.run import VAE, make_run
+    from dit_jax.run import VAE, make_run
     c = setting.apply(config, mesh.size)
     vae = "load"
     if c.data.latents == "encode" and not c.data.vae:
@@ -302,8 +307,8 @@ def bench_sampler(config, setting: Setting, batch: int, sample_steps: int, cfg_s
     `batch` images of one device, random weights, the latents not decoded."""
     from dit_jax.models.dit import init_params
     from dit_jax.parallel.mesh import make_mesh
-    from dit_jax.sampling.sampler import SamplerSettings, build_sampler
-    from dit_jax.train.run import make_run
+    from dit_jax.sampling.run_sampler import SamplerSettings, build_sampler
+    from dit_jax.run import make_run
 
     mesh = make_mesh(data=1, fsdp=1, tensor=1, devices=jax.devices()[:1])
     run = make_run(setting.apply(config, 1), vae=None, mesh=mesh)
@@ -492,7 +497,7 @@ def run_benchmark(config, settings: list[Setting], *, steps: int = 10,
     """Time the training step of `config` under every setting (its mesh, sharding and input as training
     builds them), its samplers, and the reference with torch_reference; print the table, write JSON."""
     from dit_jax.parallel.mesh import make_mesh_from_config
-    from dit_jax.train.config_base import to_dit_config
+    from dit_jax.configs.base import to_dit_config
     from dit_jax.train.metrics_log import peak_flops
 
     model_name = config.model.name

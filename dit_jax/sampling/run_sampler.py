@@ -11,12 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from dit_jax.diffusion.gaussian import GaussianDiffusion, respace
-from dit_jax.diffusion.samplers import CFG_MODES, guidance_channels, guided_model_fn, sample_loop
+from dit_jax.diffusion.ancestral import CFG_MODES, guidance_channels, guided_model_fn, sample_loop
 from dit_jax.diffusion.solvers import SOLVERS, SPACINGS, solve
 from dit_jax.models.dit import DiT, DiTConfig
-from dit_jax.transport import samplers as sit
+from dit_jax.transport import integrators as sit
 from dit_jax.transport.guidance import split_learned_sigma
 from dit_jax.transport.transport import Transport
+from dit_jax.run import Run
 
 # By objective: the reference's respaced ancestral DDPM and DDIM, the few-step solvers (diffusers'
 # semantics); SiT's ODE (euler, heun, dopri5) and SDE samplers.
@@ -194,10 +195,10 @@ def batch_devices(sharding: jax.sharding.Sharding) -> int:
     return n // sharding.shard_shape((n,))[0]
 
 
-def build_sampler(run, settings: SamplerSettings, *, sharding: jax.sharding.Sharding | None = None,
+def build_sampler(run: Run, settings: SamplerSettings, *, sharding: jax.sharding.Sharding | None = None,
                   uint8: bool = False):
     """`fn(params, labels, key, vae_params=None) -> samples`: the one sampler builder, for a `Run`
-    (train/run.py): its model, its diffusion, its VAE for latent runs, the batch split over its mesh.
+    (dit_jax/run.py): its model, its diffusion, its VAE for latent runs, the batch split over its mesh.
 
     labels: a host array of N labels, the same on every host. The batch is split over `sharding`
     (default: the mesh's data x fsdp) and padded to a multiple of the devices it is split over; the

@@ -3,7 +3,7 @@
 Features come from `dit_jax.models.inception.FIDInceptionV3`: 'pool' (N, 2048), 'spatial'
 (N, 17, 17, 7) flattened in (h, w, c) order to (N, 2023), 'logits' (N, 1008, no fc bias).
 
-* FID / sFID: the Frechet distance (`dit_jax.evaluate.frechet`) between the mean and unbiased
+* FID / sFID: the Frechet distance (`dit_jax.metrics.frechet`) between the mean and unbiased
   covariance of pool / spatial features, or against precomputed (mu, sigma) such as the reference
   batch's `mu`, `sigma` / `mu_s`, `sigma_s`. All float64 (the evaluator keeps its means in float32).
 * Inception score: softmax over the 1008 logits, consecutive chunks of `split_size` = 5,000 samples
@@ -36,7 +36,7 @@ import zlib
 import numpy as np
 from scipy.special import logsumexp
 
-from dit_jax.evaluate.frechet import feature_statistics, frechet_distance
+from dit_jax.metrics.frechet import feature_statistics, frechet_distance
 
 POOL_DIM = 2048
 SPATIAL_DIM = 17 * 17 * 7

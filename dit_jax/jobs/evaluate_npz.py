@@ -1,7 +1,7 @@
 """`dit-jax evaluate`: FID, sFID, IS, precision and recall of a sample batch (.npz) against an ADM
 reference batch, as the ADM evaluator reports them, written as JSON beside the samples.
 
-The metrics themselves are `dit_jax.evaluate.adm_metrics`; this job reads the two batches, runs the FID
+The metrics themselves are `dit_jax.metrics.adm_metrics`; this job reads the two batches, runs the FID
 Inception over both, and prints and writes the report.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from dit_jax import storage
 from dit_jax.convert.inception_torch import load_fid_inception
-from dit_jax.evaluate import adm_metrics
+from dit_jax.metrics import adm_metrics
 from dit_jax.models.inception import FIDInceptionV3, extract_features
 
 # (key in the metrics, column of the printed table)

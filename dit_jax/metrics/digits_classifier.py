@@ -5,7 +5,7 @@ classifier that knows these digits:
 
 * class_accuracy: the fraction of samples generated for class c that the classifier calls c;
 * frechet_distance: the Frechet distance between the classifier's penultimate features of the
-  samples and those of all 1,797 real digits (see `dit_jax.evaluate.frechet`).
+  samples and those of all 1,797 real digits (see `dit_jax.metrics.frechet`).
 
 Image convention (shared with the data pipeline): real images are
 ``u8 = round(images * 255 / 16)`` as uint8 (N, 8, 8, 1), and the model sees ``u8 / 127.5 - 1`` in
@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 from dit_jax.data.preprocess import to_float
-from dit_jax.evaluate.frechet import feature_statistics, frechet_distance
+from dit_jax.metrics.frechet import feature_statistics, frechet_distance
 
 VERSION = 1                # bump when the architecture, data split or training recipe changes
 NUM_CLASSES = 10

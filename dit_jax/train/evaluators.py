@@ -2,11 +2,15 @@
 
 Each entry of config.evals is one evaluator with its own kind, schedule, sample count and sampler
 (as big_vision's `evals`), so the digits score and FID, or two digits evaluators with different
-samplers, run in one run. Kinds: 'digits' (the demo's digit classifier: class accuracy of guided
+samplers, run in one run. Every evaluation samples the same labels and noise, so the numbers form a
+curve over training. Scores are named `eval/NAME/METRIC`.
+
+A kind is a class behind one interface, registered by name (`register_evaluator`): what its config
+section must hold (`check`), the scores of a batch of samples (`score`) and the line that reports
+them (`describe`). Kinds here: 'digits' (the demo's digit classifier: class accuracy of guided
 samples, Frechet distance in its feature space) and 'fid' (FID of decoded samples against an ADM
 reference batch's pool statistics, with the FID Inception of pytorch-fid's weights); '' switches an
-entry off. Every evaluation samples the same labels and noise, so the numbers form a curve over
-training. Scores are named `eval/NAME/METRIC`.
+entry off. A new metric adds a class and `register_evaluator("fd_dinov2", FDDinov2)`.
 """
 
 from __future__ import annotations
@@ -21,10 +25,95 @@ import ml_collections
 import numpy as np
 
 from dit_jax import storage
-from dit_jax.sampling.sampler import SamplerSettings, build_sampler, fetch
+from dit_jax.run import Run
+from dit_jax.sampling.run_sampler import SamplerSettings, build_sampler, fetch
 from dit_jax.train.metrics_log import MetricsLog
 
-KINDS = ("digits", "fid")
+
+
+class EvaluatorKind:
+    """One kind of evaluator. Subclasses set `name`, and override `score` and `describe` (and `check`
+    for the settings and files their section needs)."""
+    name = ""
+    also_writes: tuple[str, ...] = ()   # files written beside eval_scores.json at the end of a run
+
+    def check(self, where: str, section, config, files: bool) -> list[str]:
+        """Problems of the section `where` (e.g. 'evals.fid') beyond the ones every kind has."""
+        return []
+
+    def score(self, images: np.ndarray, labels: np.ndarray, section) -> dict[str, float]:
+        """{metric: value} of samples in [-1, 1] (decoded for latent models) drawn for `labels`."""
+        raise NotImplementedError
+
+    def describe(self, scores: dict[str, float]) -> str:
+        """The metrics of `score`'s result in a few words."""
+        raise NotImplementedError
+
+
+_KINDS: dict[str, EvaluatorKind] = {}
+
+
+def register_evaluator(name: str, kind: type[EvaluatorKind]) -> None:
+    """Make `--config.evals.X.kind=name` evaluate with `kind` (a subclass of EvaluatorKind)."""
+    if name in _KINDS and type(_KINDS[name]) is not kind:
+        raise ValueError(f"an evaluator kind {name!r} is registered already ({type(_KINDS[name]).__name__})")
+    _KINDS[name] = kind()
+
+
+def kinds() -> tuple[str, ...]:
+    return tuple(_KINDS)
+
+
+def evaluator_kind(name: str) -> EvaluatorKind:
+    return _KINDS[name]
+
+
+class DigitsEvaluator(EvaluatorKind):
+    """The demo's digit classifier: class accuracy of the samples, Frechet distance in its features."""
+    name = "digits"
+    also_writes = ("demo_scores.json",)
+
+    def score(self, images, labels, section):
+        from dit_jax.metrics.digits_classifier import load_classifier, score_samples
+        return score_samples(np.clip(images, -1, 1), labels, load_classifier())
+
+    def describe(self, scores):
+        return f"class accuracy {scores['class_accuracy']:.3f}, Frechet distance {scores['frechet_distance']:.2f}"
+
+
+class FIDEvaluator(EvaluatorKind):
+    """FID against an ADM reference batch's pool statistics, with pytorch-fid's Inception weights."""
+    name = "fid"
+
+    def check(self, where, section, config, files):
+        problems = []
+        if not (section.reference and section.inception):
+            problems.append(f"{where}: kind 'fid' needs {where}.reference (an ADM reference batch .npz) and "
+                            f"{where}.inception (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
+        if config.data.latents and not config.data.vae:
+            problems.append(f"{where}: kind 'fid' on a latent model needs data.vae to decode the samples")
+        if files:
+            for key in ("reference", "inception"):
+                if section[key] and not storage.resolve(section[key]).is_file():
+                    problems.append(f"{where}.{key}: no file at {section[key]!r}")
+        return problems
+
+    def score(self, images, labels, section):
+        from dit_jax.convert.inception_torch import load_fid_inception
+        from dit_jax.metrics import adm_metrics
+        from dit_jax.models.inception import extract_features
+        from dit_jax.sampling.grids import to_uint8
+        ref = adm_metrics.load_reference_batch(section.reference, min_images=0)
+        rgb = to_uint8(images if images.shape[-1] == 3 else np.repeat(images, 3, axis=-1))
+        pool = extract_features(load_fid_inception(section.inception), rgb, outputs=("pool",))["pool"]
+        return {"fid": adm_metrics.fid(pool, ref.stats), "num_samples": len(images)}
+
+    def describe(self, scores):
+        return f"FID {scores['fid']:.2f}"
+
+
+register_evaluator("digits", DigitsEvaluator)
+register_evaluator("fid", FIDEvaluator)
 
 
 def itstime(step: int, every: int, total: int, *, last: bool = False) -> bool:
@@ -45,8 +134,8 @@ def check(config, files: bool = True) -> list[str]:
     problems = []
     for name, e in config.evals.items():
         where = f"evals.{name}"
-        if e.kind not in ("",) + KINDS:
-            problems.append(f"{where}.kind must be one of {KINDS} (or '' for off), got {e.kind!r}")
+        if e.kind not in ("",) + kinds():
+            problems.append(f"{where}.kind must be one of {kinds()} (or '' for off), got {e.kind!r}")
             continue
         if not e.kind:
             continue
@@ -56,15 +145,7 @@ def check(config, files: bool = True) -> list[str]:
             problems.append(f"{where}.every must be an integer >= 0 (0: only at the end), got {e.every!r}")
         if not isinstance(e.batch_size, int) or e.batch_size < 1:
             problems.append(f"{where}.batch_size must be an integer >= 1, got {e.batch_size!r}")
-        if e.kind == "fid" and not (e.reference and e.inception):
-            problems.append(f"{where}: kind 'fid' needs {where}.reference (an ADM reference batch .npz) and "
-                            f"{where}.inception (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
-        if e.kind == "fid" and config.data.latents and not config.data.vae:
-            problems.append(f"{where}: kind 'fid' on a latent model needs data.vae to decode the samples")
-        if e.kind == "fid" and files:
-            for key in ("reference", "inception"):
-                if e[key] and not storage.resolve(e[key]).is_file():
-                    problems.append(f"{where}.{key}: no file at {e[key]!r}")
+        problems += evaluator_kind(e.kind).check(where, e, config, files)
     return problems
 
 
@@ -78,11 +159,15 @@ class Evaluator:
     def settings(self) -> SamplerSettings:
         return SamplerSettings.from_config(self.section)
 
+    @property
+    def kind(self) -> EvaluatorKind:
+        return evaluator_kind(self.section.kind)
+
     def describe(self) -> str:
         return f"{self.name} ({self.section.kind}, {self.section.num_samples} samples, {self.settings.describe()})"
 
 
-def make_evaluators(run) -> list[Evaluator]:
+def make_evaluators(run: Run) -> list[Evaluator]:
     """The run's evaluators, each with its jitted sampler over the run's mesh, built once per run."""
     return [Evaluator(name, e, build_sampler(run, SamplerSettings.from_config(e, run.config.transport)))
             for name, e in active(run.config)]
@@ -115,19 +200,7 @@ def evaluate(run, evaluator: Evaluator, ema_params, vae_params=None, stop=lambda
     if sampled is None:
         return None
     images, labels = sampled
-    e = evaluator.section
-    if e.kind == "digits":
-        from dit_jax.evaluate.digits_classifier import load_classifier, score_samples
-        scores = score_samples(np.clip(images, -1, 1), labels, load_classifier())
-    else:
-        from dit_jax.convert.inception_torch import load_fid_inception
-        from dit_jax.evaluate import adm_metrics
-        from dit_jax.models.inception import extract_features
-        from dit_jax.sampling.grids import to_uint8
-        ref = adm_metrics.load_reference_batch(e.reference, min_images=0)
-        rgb = to_uint8(images if images.shape[-1] == 3 else np.repeat(images, 3, axis=-1))
-        pool = extract_features(load_fid_inception(e.inception), rgb, outputs=("pool",))["pool"]
-        scores = {"fid": adm_metrics.fid(pool, ref.stats), "num_samples": len(images)}
+    scores = evaluator.kind.score(images, labels, evaluator.section)
     scores = {f"eval/{evaluator.name}/{k}": float(v) for k, v in scores.items()}
     scores[f"eval/{evaluator.name}/seconds"] = time.time() - t0
     return scores
@@ -135,11 +208,8 @@ def evaluate(run, evaluator: Evaluator, ema_params, vae_params=None, stop=lambda
 
 def describe(evaluator: Evaluator, scores: dict) -> str:
     p = f"eval/{evaluator.name}/"
-    head = f"EMA quality, {evaluator.describe()}, {scores[p + 'seconds']:.0f} s: "
-    if evaluator.section.kind == "digits":
-        return head + (f"class accuracy {scores[p + 'class_accuracy']:.3f}, "
-                       f"Frechet distance {scores[p + 'frechet_distance']:.2f}")
-    return head + f"FID {scores[p + 'fid']:.2f}"
+    mine = {k[len(p):]: v for k, v in scores.items() if k.startswith(p)}
+    return f"EMA quality, {evaluator.describe()}, {mine['seconds']:.0f} s: " + evaluator.kind.describe(mine)
 
 
 def final_evaluation(run, evaluators: list[Evaluator], ema_params, workdir: str, log: MetricsLog, vae_params=None,
@@ -158,8 +228,7 @@ def final_evaluation(run, evaluators: list[Evaluator], ema_params, workdir: str,
         log.print(describe(ev, scores))
         merged.update(scores)
     if jax.process_index() == 0 and evaluators:
-        names = ["eval_scores.json"] + (["demo_scores.json"] if any(ev.section.kind == "digits" for ev in evaluators)
-                                        else [])
+        names = ["eval_scores.json"] + sorted({name for ev in evaluators for name in ev.kind.also_writes})
         for name in names:
             storage.write_bytes_atomic(storage.join(workdir, name), json.dumps(merged, indent=2).encode())
     return merged

@@ -1,6 +1,6 @@
 """A run's parts, built once from its config and passed down: the config, the model, the objective, the
 VAE and the mesh. The train step and the samplers are compiled from a `Run` (`train/programs.py`,
-`sampling/sampler.py build_sampler`), so training, `dit-jax compile`, `dit-jax benchmark`, `sample`,
+`sampling/run_sampler.py build_sampler`), so training, `dit-jax compile`, `dit-jax benchmark`, `sample`,
 grids and evaluations all run the programs the same config describes.
 """
 
@@ -17,7 +17,7 @@ from dit_jax.diffusion.gaussian import GaussianDiffusion, create_diffusion
 from dit_jax.transport.transport import Transport
 from dit_jax.models.dit import DiTConfig
 from dit_jax.parallel.mesh import make_mesh_from_config
-from dit_jax.train.config_base import base_config, to_dit_config
+from dit_jax.configs.base import base_config, to_dit_config
 
 
 @dataclasses.dataclass(frozen=True)

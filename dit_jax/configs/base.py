@@ -84,7 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     # spacing: the fast solvers' timestep spacing (linspace, leading, trailing).
     c.sample = ml_collections.ConfigDict(dict(every=50_000, num=16, steps="250", sampler="", cfg_scale=4.0,
                                               cfg_mode="reference", cfg_interval=(0.0, 1.0), spacing=""))
-    # Quality of EMA samples (train/evaluation.py): named evaluators, each with its own kind ("digits": the
+    # Quality of EMA samples (train/evaluators.py): named evaluators, each with its own kind ("digits": the
     # demo's classifier; "fid": against an ADM reference batch's statistics, with pytorch-fid's Inception
     # weights; "" off), schedule (every N steps, 0: only at the end), sample count and sampler. Switch
     # one on with e.g. --config.evals.fid.kind=fid; a config file may add more entries.

@@ -1,0 +1,10 @@
+"""Side-by-side comparisons with the official PyTorch code, one module per reference, on shared parts.
+
+    common.py    rows (max abs and max|ours - ref| / max|ref|), the reference's DiT, identical noise
+    training.py  the training comparison written once: our jitted train step beside a reference's
+                 update, fed the same batches and draws; a reference plugs in its step (dit.py, sit.py)
+    dit.py       DiT (official models.py + diffusion/): forward, loss terms, sampling steps, training
+    sit.py       SiT (official models.py + transport/): forward, losses, ODE/SDE steps, dopri5, training
+
+Used by tools/compare_torch.py and the parity tests (the PyTorch statements in tests/ standing in).
+"""
