@@ -148,12 +148,9 @@ def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch):
                 _stop_preempted(manager, lambda: _close_books(ledger, timer, step_mark, done, log), done, log)
     profiler.stop(state)
     ckpt.finish_writes(manager)
-    written = final_scores.reuse(workdir, evaluators, start, total, log.print)  # a finished run, rerun
-    if written is not None:
-        last.update(written)
-    elif evaluators:
+    if evaluators:
         last.update(_final_evaluation(run, state, evaluators, slots, preempted, vae_params, workdir, log,
-                                      lambda: _close_books(ledger, timer, step_mark, total, log), timer))
+                                      lambda: _close_books(ledger, timer, step_mark, total, log), timer, start))
     last["goodput"] = _close_books(ledger, timer, step_mark, total, log, finished=True)["goodput"]
     return last
 
@@ -224,10 +221,13 @@ def _sample_after_step(run: Run, state, done: int, stop: bool, evaluators, slots
 
 
 def _final_evaluation(run: Run, state, evaluators, slots, preempted: Watch, vae_params, workdir: str, log,
-                      close_books, timer) -> dict:
+                      close_books, timer, start: int) -> dict:
     """The final EMA weights scored by every evaluator; Preempted (after closing the books) if a stop
-    was agreed during it."""
+    was agreed during it. A finished run rerun (`start` == total_steps) reads back the scores it wrote."""
     total = run.config.total_steps
+    written = final_scores.reuse(workdir, evaluators, start, total, log.print)
+    if written is not None:
+        return written
     with timer.measure("other"):  # evaluation time, not training time, in the goodput ledger
         scores = evaluation.final_evaluation(run, evaluators, state.ema_params, workdir, log, vae_params,
                                              lambda ev: _asker(preempted, total, slots[ev.name]), step=total)
