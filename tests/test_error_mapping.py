@@ -12,7 +12,7 @@ import pytest
 
 from dit_jax import exit_codes, storage
 from dit_jax.cli import main, models, sample
-from test_bad_input import one_error_line
+from helpers import one_error_line
 
 
 def _raising(monkeypatch, module, error):
