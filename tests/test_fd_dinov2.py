@@ -132,3 +132,33 @@ def test_without_weights_is_bad_input(tmp_path):
         fd.preprocess(np.zeros((1, 8, 8, 3), np.uint8), "bilinear")
     with pytest.raises(BadInput, match="uint8 RGB"):
         fd.preprocess(np.zeros((1, 8, 8, 3), np.float32))
+
+
+def test_evaluate_command_fd_dinov2(setup, tmp_path, capsys, monkeypatch):
+    """`dit-jax evaluate REF SAMPLES --metrics fd_dinov2 --dinov2 W` writes the FD_DINOv2 of the samples
+    against the reference's arr_0 (the detector stood in for by the tiny one); a missing --dinov2 or
+    --inception, or an unknown metric, is one error line and exit 2."""
+    import json
+    from dit_jax.cli import main
+    from dit_jax.jobs import evaluate as job
+    _, config, params, samples, reference = setup
+    np.savez(tmp_path / "ref.npz", arr_0=reference)
+    np.savez(tmp_path / "s.npz", arr_0=samples)
+    (tmp_path / "w.pth").write_bytes(b"stand-in")
+    monkeypatch.setattr(job.fd_dinov2, "load_detector", lambda path: (params, config))
+    args = ["evaluate", str(tmp_path / "ref.npz"), str(tmp_path / "s.npz"), "--batch-size", "32"]
+    assert main(args + ["--metrics", "fd_dinov2", "--dinov2", str(tmp_path / "w.pth"),
+                        "--out", str(tmp_path / "m.json")]) == 0
+    got = json.load(open(tmp_path / "m.json"))
+    want = fd.fd_dinov2(fd.statistics(fd.dinov2_features(params, samples, config)),
+                        fd.statistics(fd.dinov2_features(params, reference, config)))
+    assert got["fd_dinov2"] == pytest.approx(want, rel=1e-9) and "fid" not in got
+    assert got["dinov2_resize"] == "torch"
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(args + ["--metrics", "fd_dinov2"]) == 2
+    assert "ViT-L/14 weights: download" in capsys.readouterr().err
+    assert main(args + ["--metrics", "fid"]) == 2
+    assert "--metrics fid needs --inception" in capsys.readouterr().err
+    assert main(args + ["--metrics", "fid,kid"]) == 2
+    assert "choose from fid, fd_dinov2" in capsys.readouterr().err
