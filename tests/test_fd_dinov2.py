@@ -162,3 +162,24 @@ def test_evaluate_command_fd_dinov2(setup, tmp_path, capsys, monkeypatch):
     assert "--metrics fid needs --inception" in capsys.readouterr().err
     assert main(args + ["--metrics", "fid,kid"]) == 2
     assert "choose from fid, fd_dinov2" in capsys.readouterr().err
+
+
+def test_training_evaluator(setup, tmp_path, monkeypatch):
+    """The evaluator class for training: check names what is missing; score of [-1, 1] images equals the
+    metric of their uint8 conversion; describe formats it."""
+    import ml_collections
+    from dit_jax.sampling.grids import to_uint8
+    _, config, params, samples, reference = setup
+    np.savez(tmp_path / "ref.npz", arr_0=reference)
+    section = ml_collections.ConfigDict(dict(kind="fd_dinov2", reference=str(tmp_path / "ref.npz"),
+                                             dinov2=str(tmp_path / "w.pth"), dinov2_resize="torch", batch_size=32))
+    assert fd.FDDinov2Evaluator.check(section, "evals.fd") == ["evals.fd.dinov2: no file at " + repr(section.dinov2)]
+    bad = ml_collections.ConfigDict(dict(kind="fd_dinov2", reference="", dinov2="", dinov2_resize="area"))
+    assert len(fd.FDDinov2Evaluator.check(bad, "evals.fd")) == 2
+    monkeypatch.setattr(fd, "load_detector", lambda path: (params, config))
+    images = samples[:40].astype(np.float32) / 127.5 - 1.0
+    scores = fd.FDDinov2Evaluator(section).score(images)
+    want = fd.fd_dinov2(fd.statistics(fd.dinov2_features(params, to_uint8(images), config)),
+                        fd.statistics(fd.dinov2_features(params, reference, config)))
+    assert scores["fd_dinov2"] == pytest.approx(want, rel=1e-9) and scores["num_samples"] == 40
+    assert fd.FDDinov2Evaluator.describe({"eval/fd/fd_dinov2": 1.234}, "eval/fd/") == "FD_DINOv2 1.23"

@@ -149,3 +149,51 @@ def save_statistics(path: str, mu, sigma, **extra) -> None:
     """Write reference statistics as an .npz that `reference_statistics` reads back."""
     os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
     np.savez(path, **{MU_KEY: np.asarray(mu, np.float64), SIGMA_KEY: np.asarray(sigma, np.float64)}, **extra)
+
+
+class FDDinov2Evaluator:
+    """FD_DINOv2 of samples during training, for the registry of training evaluators (kind 'fd_dinov2').
+
+    Reads from its config section: `reference` (an ADM reference batch .npz with arr_0, or statistics
+    written by `save_statistics`), `dinov2` (dinov2_vitl14_pretrain.pth or its folder), `dinov2_resize`
+    ('torch' or 'pil') and `batch_size`. The detector and the reference statistics are loaded once, at
+    the first score."""
+
+    kind = "fd_dinov2"
+
+    def __init__(self, section):
+        self.section = section
+        self._detector = None
+        self._reference = None
+
+    @staticmethod
+    def check(section, where: str, files: bool = True) -> list[str]:
+        """Config problems of the section (empty when fine); `files`: also that the named files exist."""
+        problems = []
+        if not (section.get("reference") and section.get("dinov2")):
+            problems.append(f"{where}: kind 'fd_dinov2' needs {where}.reference (an ADM reference batch .npz or "
+                            f"saved FD_DINOv2 statistics) and {where}.dinov2 (dinov2_vitl14_pretrain.pth)")
+        if section.get("dinov2_resize", "torch") not in RESIZE_MODES:
+            problems.append(f"{where}.dinov2_resize must be one of {RESIZE_MODES}, got {section.dinov2_resize!r}")
+        if files:
+            for key in ("reference", "dinov2"):
+                if section.get(key) and not os.path.exists(section[key]):
+                    problems.append(f"{where}.{key}: no file at {section[key]!r}")
+        return problems
+
+    def score(self, images, labels=None) -> dict[str, float]:
+        """{'fd_dinov2', 'num_samples'} of images in [-1, 1] (N, H, W, 3; one channel is repeated)."""
+        from dit_jax.sampling.grids import to_uint8
+        s = self.section
+        mode, batch = s.get("dinov2_resize", "torch"), int(s.get("batch_size", 64))
+        if self._detector is None:
+            self._detector = load_detector(s.dinov2)
+            self._reference = reference_statistics(s.reference, *self._detector, resize_mode=mode, batch_size=batch)
+        rgb = to_uint8(images if images.shape[-1] == 3 else np.repeat(images, 3, axis=-1))
+        params, config = self._detector
+        stats = statistics(dinov2_features(params, rgb, config, resize_mode=mode, batch_size=batch))
+        return {"fd_dinov2": fd_dinov2(stats, self._reference), "num_samples": len(rgb)}
+
+    @staticmethod
+    def describe(scores: dict, prefix: str = "") -> str:
+        return f"FD_DINOv2 {scores[prefix + 'fd_dinov2']:.2f}"
