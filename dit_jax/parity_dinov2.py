@@ -73,3 +73,51 @@ def run_dinov2_comparison(model, config: DinoV2Config, sizes=((224, 224), (448, 
                                  f"{label}{h}x{w}")
         log(f"{label}{h}x{w}: done")
     return rows
+
+
+# What `tools/compare_torch.py --reference-dinov2 PATH` compares by default: two hub models at full
+# size (S/14 plain and with registers), and small-depth builds of L/14 and of g/14's SwiGLU (plain and
+# with registers) through the same DinoVisionTransformer class with the hub's arguments.
+DEFAULT_MODELS = ("dinov2-vit-s", "dinov2-vit-s-reg", "dinov2-vit-l:depth=2", "dinov2-vit-g:depth=2",
+                  "dinov2-vit-g-reg:depth=2")
+
+
+def import_official(path: str):
+    """`dinov2.models.vision_transformer` of a facebookresearch/dinov2 checkout (xFormers not needed)."""
+    import importlib
+    import os
+    import sys
+    import warnings
+    root = os.path.abspath(path)
+    if not os.path.isfile(os.path.join(root, "dinov2", "models", "vision_transformer.py")):
+        raise ValueError(f"{path} has no dinov2/models/vision_transformer.py: pass the root of a "
+                         "facebookresearch/dinov2 checkout")
+    sys.path.insert(0, root)
+    os.environ.setdefault("XFORMERS_DISABLED", "1")   # the plain PyTorch attention and SwiGLU paths
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return importlib.import_module("dinov2.models.vision_transformer")
+
+
+def official_model(vits, spec: str):
+    """(the official model, our config) for 'NAME[:field=value,...]', random init: the hub's constructor
+    (`dinov2.hub.backbones.dinov2_vits14(pretrained=False)`, ...) for a bare name, else its
+    DinoVisionTransformer with the arguments the hub passes (img_size 518, patch 14, init_values 1.0,
+    block_chunks 0, the _reg models' registers / antialias / offset) and the fields replaced."""
+    import functools
+    import importlib
+    from dit_jax.models.dinov2 import HUB_NAMES, dinov2_config
+    name, _, extra = spec.partition(":")
+    overrides = {k: int(v) for k, v in (kv.split("=") for kv in extra.split(",") if kv)}
+    config = dinov2_config(name, **overrides)
+    if not overrides:   # the hub's own constructor, without its download
+        hub = importlib.import_module("dinov2.hub.backbones")
+        return getattr(hub, HUB_NAMES[name])(pretrained=False), config
+    model = vits.DinoVisionTransformer(
+        img_size=config.img_size, patch_size=config.patch_size, embed_dim=config.embed_dim, depth=config.depth,
+        num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, init_values=config.layerscale_init,
+        ffn_layer="swiglufused" if config.ffn == "swiglu" else "mlp", block_chunks=0,
+        num_register_tokens=config.num_register_tokens, interpolate_antialias=config.interpolate_antialias,
+        interpolate_offset=config.interpolate_offset,
+        block_fn=functools.partial(vits.Block, attn_class=vits.MemEffAttention))
+    return model, config
