@@ -9,7 +9,9 @@ blocks.N.mlp.fc1/fc2.{weight, bias} (MLP) or blocks.N.mlp.w12/w3.{weight, bias} 
 then norm.{weight, bias}. Our params are the same names as a Flax tree (`blocks_N`, kernels
 transposed); the inner dict, applied as `DinoV2(config).apply({"params": params}, images)`.
 
-The mapping needs no PyTorch; `load_dinov2` reads a .pth file (torch.load, tensors only).
+The mapping needs no PyTorch; `load_dinov2` reads a .pth file (torch.load, tensors only) or its .npz
+export (`python -m dit_jax.convert.dinov2_torch dinov2_vitl14_pretrain.pth dinov2_vitl14_pretrain.npz`),
+which hosts without PyTorch (TPU pods) read with numpy alone.
 """
 
 from __future__ import annotations
@@ -125,17 +127,16 @@ def weight_url(name: str) -> str:
     return f"https://dl.fbaipublicfiles.com/dinov2/{hub.replace('_reg', '')}/{weight_file_name(name)}"
 
 
-def load_dinov2(path_or_dir: str, name: str, **overrides) -> tuple[dict, DinoV2Config]:
-    """(params, config) of the hub model `name` from its official .pth (a file, or a folder holding the
-    released file name). Raises BadInput naming the file and how to get it when it is missing or wrong."""
-    if name not in DINOV2_NAMES:
-        raise BadInput(f"unknown DINOv2 encoder {name!r}: choose one of {', '.join(DINOV2_NAMES)}")
+def _read_state_dict(path: str, name: str) -> Mapping:
+    """A state dict from the official .pth (torch.load, tensors only) or its .npz export (numpy only)."""
     fname = weight_file_name(name)
-    path = os.path.join(path_or_dir, fname) if os.path.isdir(path_or_dir) else path_or_dir
-    if not os.path.isfile(path):
-        raise BadInput(f"DINOv2 weights {path!r} not found: download {weight_url(name)} (the weights of "
-                       f"torch.hub.load('facebookresearch/dinov2', '{HUB_NAMES[name]}')) and pass that file "
-                       "or its folder")
+    if path.endswith(".npz"):
+        try:
+            with np.load(path) as data:
+                return {k: data[k] for k in data.files}
+        except Exception as e:  # noqa: BLE001 -- zipfile / pickle / format errors of a damaged file
+            raise BadInput(f"{path} cannot be read as an .npz state dict ({str(e)[:160]}): export the official "
+                           f"{fname} again (python -m dit_jax.convert.dinov2_torch {fname} OUT.npz)") from None
     from dit_jax.convert.torch_io import _torch
     try:
         sd = _torch().load(path, map_location="cpu", weights_only=True)
@@ -145,5 +146,49 @@ def load_dinov2(path_or_dir: str, name: str, **overrides) -> tuple[dict, DinoV2C
                        f"({weight_url(name)})") from None
     if not isinstance(sd, Mapping):
         raise BadInput(f"{path}: expected a state dict, got {type(sd).__name__}; pass the official {fname}")
+    return sd
+
+
+def load_dinov2(path_or_dir: str, name: str, **overrides) -> tuple[dict, DinoV2Config]:
+    """(params, config) of the hub model `name` from its official .pth or the .npz export of it (a file,
+    or a folder holding the released file name, or that name with .npz). Raises BadInput naming the file
+    and how to get it when it is missing or wrong."""
+    if name not in DINOV2_NAMES:
+        raise BadInput(f"unknown DINOv2 encoder {name!r}: choose one of {', '.join(DINOV2_NAMES)}")
+    fname = weight_file_name(name)
+    path = path_or_dir
+    if os.path.isdir(path_or_dir):
+        candidates = [os.path.join(path_or_dir, f) for f in (fname, fname[:-len(".pth")] + ".npz")]
+        path = next((c for c in candidates if os.path.isfile(c)), candidates[0])
+    if not os.path.isfile(path):
+        raise BadInput(f"DINOv2 weights {path!r} not found: download {weight_url(name)} (the weights of "
+                       f"torch.hub.load('facebookresearch/dinov2', '{HUB_NAMES[name]}')) and pass that file "
+                       "or its folder")
     config = dinov2_config(name, **overrides)
-    return params_from_state_dict(sd, config, source=path), config
+    return params_from_state_dict(_read_state_dict(path, name), config, source=path), config
+
+
+def main(argv=None) -> int:
+    """python -m dit_jax.convert.dinov2_torch IN.pth OUT.npz: the official state dict as an .npz that
+    hosts without PyTorch load (`load_dinov2` reads both); checks it against the config of --name."""
+    import argparse
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("src", help="dinov2_vit*14*_pretrain.pth")
+    ap.add_argument("dst", help="output .npz")
+    ap.add_argument("--name", default="", help="one of DINOV2_NAMES (default: from the file name)")
+    args = ap.parse_args(argv)
+    name = args.name or next((n for n in DINOV2_NAMES if weight_file_name(n) == os.path.basename(args.src)), "")
+    if not name:
+        raise SystemExit(f"error: cannot tell the model from {args.src!r}: pass --name ({', '.join(DINOV2_NAMES)})")
+    try:
+        params, config = load_dinov2(args.src, name)
+    except BadInput as e:
+        raise SystemExit(f"error: {e}") from None
+    sd = state_dict_from_params(params, config)
+    np.savez(args.dst, **sd)
+    print(f"wrote {args.dst}: {name}, {len(sd)} tensors, {sum(v.size for v in sd.values()):,} parameters")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
