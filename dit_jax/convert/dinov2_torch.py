@@ -81,8 +81,10 @@ def _check(sd: Mapping[str, np.ndarray], cfg: DinoV2Config, source: str) -> None
     unexpected = sorted(set(sd) - set(shapes))
     wrong = [f"{k} {tuple(sd[k].shape)} (expected {shapes[k]})" for k in sorted(set(shapes) & set(sd))
              if tuple(sd[k].shape) != shapes[k]]
-    problems = ([f"missing {', '.join(missing[:6])}" + (" ..." if len(missing) > 6 else "")] if missing else []) \
-        + ([f"unexpected {', '.join(unexpected[:6])}" + (" ..." if len(unexpected) > 6 else "")] if unexpected else []) \
+
+    def listed(what, names):
+        return [f"{what} {', '.join(names[:6])}" + (" ..." if len(names) > 6 else "")] if names else []
+    problems = listed("missing", missing) + listed("unexpected", unexpected) \
         + ([f"wrong shapes {', '.join(wrong[:4])}"] if wrong else [])
     if "register_tokens" in unexpected:
         problems.append("a checkpoint with registers: use the -reg name (e.g. dinov2-vit-b-reg)")

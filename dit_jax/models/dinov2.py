@@ -96,7 +96,8 @@ def dinov2_config(name: str, **overrides) -> DinoV2Config:
     fields = {f.name for f in dataclasses.fields(DinoV2Config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise BadInput(f"DINOv2 config has no field(s) {', '.join(unknown)}: the fields are {', '.join(sorted(fields))}")
+        raise BadInput(f"DINOv2 config has no field(s) {', '.join(unknown)}: the fields are "
+                       f"{', '.join(sorted(fields))}")
     cfg = dict(embed_dim=d, depth=depth, num_heads=heads, ffn=ffn, **reg)
     cfg.update(overrides)
     return DinoV2Config(**cfg)
