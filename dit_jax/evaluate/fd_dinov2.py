@@ -87,25 +87,35 @@ def preprocess(images, resize_mode: str = "torch") -> jax.Array:
     return normalise(resize_hw(jnp.asarray(images, jnp.float32), mh, mw))
 
 
-@functools.lru_cache(maxsize=4)
-def _forward(config: DinoV2Config):
+@functools.lru_cache(maxsize=8)
+def _program(config: DinoV2Config, hw: tuple[int, int], resize_mode: str):
+    """One jitted program: uint8 batch (already PIL-resized in 'pil' mode) -> resize -> normalise -> the
+    detector's CLS features."""
     model = DinoV2(config)
-    return jax.jit(lambda params, x: model.apply({"params": params}, x)["x_norm_clstoken"])
+    mats = _torch_resize_matrices(*hw) if resize_mode == "torch" else None
+
+    def run(params, images):
+        x = images.astype(jnp.float32)
+        x = resize_hw(x, *mats) if mats is not None else x
+        return model.apply({"params": params}, normalise(x))["x_norm_clstoken"]
+    return jax.jit(run)
 
 
 def dinov2_features(params, images, config: DinoV2Config, *, resize_mode: str = "torch",
                     batch_size: int = 64) -> np.ndarray:
-    """The detector's features (N, D) float32 of uint8 NHWC `images` (a numpy array or a sequence of
-    batches); the last batch is padded so that one compiled program serves every batch."""
+    """The detector's features (N, D) float32 of uint8 NHWC `images`; the last batch is padded so that
+    one compiled program serves every batch."""
     images = np.asarray(images)
-    forward = _forward(config)
+    preprocess(images[:1], resize_mode)   # checks the mode and the images
     out = []
     for i in range(0, len(images), batch_size):
         chunk = images[i:i + batch_size]
         pad = batch_size - len(chunk) if len(images) > batch_size else 0
         if pad:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        feats = np.asarray(forward(params, preprocess(chunk, resize_mode)))
+        if resize_mode == "pil":
+            chunk = pil_resize(chunk)
+        feats = np.asarray(_program(config, chunk.shape[1:3], resize_mode)(params, chunk))
         out.append(feats[:len(feats) - pad])
     return np.concatenate(out) if out else np.zeros((0, config.embed_dim), np.float32)
 
