@@ -183,3 +183,25 @@ def test_training_evaluator(setup, tmp_path, monkeypatch):
                         fd.statistics(fd.dinov2_features(params, reference, config)))
     assert scores["fd_dinov2"] == pytest.approx(want, rel=1e-9) and scores["num_samples"] == 40
     assert fd.FDDinov2Evaluator.describe({"eval/fd/fd_dinov2": 1.234}, "eval/fd/") == "FD_DINOv2 1.23"
+
+
+def test_edm2_statistics_pickle(setup, tmp_path):
+    """EDM2's reference statistics (a pickle of {'fid': {...}, 'fd_dinov2': {'mu', 'sigma'}}) are read with a
+    numpy-only unpickler; a pickle that would run anything else is refused as bad input."""
+    import collections
+    import pickle
+    _, config, params, _, _ = setup
+    mu, sigma = np.arange(4.0), np.eye(4)
+    with open(tmp_path / "img512.pkl", "wb") as f:
+        pickle.dump({"num_images": 10, "fid": {"mu": mu, "sigma": sigma}, "fd_dinov2": {"mu": mu, "sigma": sigma}}, f)
+    got = fd.reference_statistics(str(tmp_path / "img512.pkl"), params, config)
+    np.testing.assert_array_equal(got[0], mu)
+    np.testing.assert_array_equal(got[1], sigma)
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump({"fd_dinov2": collections.OrderedDict(mu=mu, sigma=sigma)}, f)   # a non-numpy global
+    with pytest.raises(BadInput, match="evil.pkl: not EDM2 reference statistics"):
+        fd.reference_statistics(str(tmp_path / "evil.pkl"), params, config)
+    with open(tmp_path / "fid_only.pkl", "wb") as f:
+        pickle.dump({"fid": {"mu": mu, "sigma": sigma}}, f)
+    with pytest.raises(BadInput, match="fid_only.pkl: not EDM2 reference statistics"):
+        fd.reference_statistics(str(tmp_path / "fid_only.pkl"), params, config)

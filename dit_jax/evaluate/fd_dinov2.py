@@ -137,11 +137,42 @@ def fd_dinov2(stats, ref_stats) -> float:
     return frechet_distance(stats[0], stats[1], ref_stats[0], ref_stats[1])
 
 
+# What an EDM2 statistics pickle (calculate_metrics.py `ref`: a dict of dicts of numpy arrays) may
+# reference; anything else in the pickle is refused rather than run.
+_PICKLE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                   ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                   ("numpy._core.multiarray", "scalar")}
+
+
+def load_edm2_statistics(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of 'fd_dinov2' from EDM2's reference statistics .pkl (e.g. its dataset-refs/img512.pkl),
+    read with an unpickler that accepts numpy arrays only."""
+    import pickle
+
+    class NumpyOnly(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in _PICKLE_GLOBALS:
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a statistics file")
+
+    from dit_jax import storage
+    try:
+        with storage.resolve(path).open("rb") as f:
+            stats = NumpyOnly(f).load()
+        fd = stats["fd_dinov2"]
+        return np.asarray(fd["mu"], np.float64), np.asarray(fd["sigma"], np.float64)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
+        raise BadInput(f"{path}: not EDM2 reference statistics with fd_dinov2 mu and sigma ({str(e)[:160]}): pass "
+                       "a file written by calculate_metrics.py ref, or an .npz reference batch") from None
+
+
 def reference_statistics(path: str, params, config: DinoV2Config, *, resize_mode: str = "torch",
                          batch_size: int = 64, images=None):
-    """(mu, sigma) of a reference batch .npz: its precomputed fd_dinov2_mu / fd_dinov2_sigma when present
-    (see `save_statistics`), else computed from its arr_0 images (or `images`, when given)."""
+    """(mu, sigma) of the reference: an EDM2 statistics .pkl; an .npz with precomputed fd_dinov2_mu /
+    fd_dinov2_sigma (see `save_statistics`); else computed from the .npz's arr_0 images (or `images`)."""
     from dit_jax import storage
+    if str(path).endswith(".pkl"):
+        return load_edm2_statistics(path)
     with storage.resolve(path).open("rb") as f:
         data = np.load(f)
         if MU_KEY in data.files and SIGMA_KEY in data.files:
