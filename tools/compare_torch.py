@@ -12,6 +12,8 @@
     python tools/compare_torch.py --reference-sit /path/to/SiT --model SiT-XL/2 --checkpoint SiT-XL-2-256.pt
     python tools/compare_torch.py --reference-sit /path/to/SiT --train 5          # SiT's train.py update
     python tools/compare_torch.py --reference-sit tests/sit_reference --reference tests/torch_reference
+    git clone https://github.com/facebookresearch/dinov2 /path/to/dinov2          # needs only torch
+    python tools/compare_torch.py --reference-dinov2 /path/to/dinov2              # DINOv2 forward rows
 
 Imports the reference's `models.py` and `diffusion` package from --reference, builds both models
 with the same weights (random, with the zero-initialised layers randomised, or a given .pt),
@@ -30,6 +32,9 @@ weighting with the same x0, x1 and t, one Euler/Heun ODE step, one Euler/Heun SD
 form with identical noise, the SDE's last steps, and a whole dopri5 solve against torchdiffeq (within
 the solver tolerance); with --train N, N steps of SiT's train.py update. The statement of SiT's code in
 tests/sit_reference takes its network from --reference (default: tests/torch_reference).
+With --reference-dinov2 it compares our DINOv2 (dit_jax/models/dinov2.py) with the checkout's
+DinoVisionTransformer built as torch.hub builds it, random weights converted from its state dict, at
+224 and 448 px (interpolated position tables): all four forward_features outputs (--dinov2-models).
 Exits 1 if any row is past its tolerance.
 """
 
@@ -145,8 +150,13 @@ def main(argv=None) -> int:
     ap.add_argument("--spacing", default="linspace", choices=("linspace", "leading", "trailing"),
                     help="timestep spacing of the --solvers rows")
     ap.add_argument("--solver-tol", type=float, default=1e-5, help="relative tolerance of the --solvers rows")
+    ap.add_argument("--reference-dinov2", metavar="PATH", help="root of a facebookresearch/dinov2 checkout")
+    ap.add_argument("--dinov2-models", default="",
+                    help="comma-separated NAME[:depth=N] (default: dit_jax.parity.dinov2.DEFAULT_MODELS)")
     args = ap.parse_args(argv)
 
+    if args.reference_dinov2 and not getattr(args, "reference_repa", None):
+        return dinov2_main(args)
     if not args.reference and not args.reference_sit:
         print("error: pass --reference (a DiT checkout) or --reference-sit (a SiT checkout)", file=sys.stderr)
         return 2
@@ -200,6 +210,32 @@ def main(argv=None) -> int:
         rows = run_comparison(models, diffusion, config, state_dict=state_dict, batch=args.batch,
                               sample_steps=args.steps, respacing=args.respacing, cfg_scale=args.cfg_scale,
                               seed=args.seed, tol=args.tol, log=print)
+    return report(rows)
+
+
+def dinov2_main(args) -> int:
+    """--reference-dinov2: our DINOv2 beside the official DinoVisionTransformer, at 224 and 448 px."""
+    import jax
+    jax.config.update("jax_default_matmul_precision", "highest")  # no TF32/bf16 passes on GPUs
+    import torch
+    from dit_jax.parity.dinov2 import DEFAULT_MODELS, import_official, official_model, run_dinov2_comparison
+    try:
+        vits = import_official(args.reference_dinov2)
+        specs = [s for s in args.dinov2_models.split(",") if s] or list(DEFAULT_MODELS)
+        built = []
+        for spec in specs:
+            torch.manual_seed(args.seed)
+            built.append((spec, *official_model(vits, spec)))
+    except (OSError, ImportError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"comparing DINOv2 with the official code at {args.reference_dinov2} (torch {torch.__version__}, "
+          f"jax {jax.__version__} on {jax.devices()[0].platform})")
+    rows = []
+    for spec, model, config in built:
+        rows += run_dinov2_comparison(model, config, sizes=((224, 224), (448, 448)), tol=args.tol,
+                                      batch=min(args.batch, 2), seed=args.seed, label=f"{spec} ")
+        print(f"{spec}: compared", flush=True)
     return report(rows)
 
 

@@ -26,7 +26,8 @@ def to_dit_config(model: ml_collections.ConfigDict) -> DiTConfig:
 def evaluator_fields(kind: str = "", **overrides) -> ml_collections.ConfigDict:
     """One evaluator's section of config.evals. every: steps between evaluations (0: only at the end)."""
     fields = dict(kind=kind, every=0, num_samples=0, batch_size=100, sampler="", steps="250", cfg_scale=1.5,
-                  cfg_mode="reference", cfg_interval=(0.0, 1.0), spacing="", reference="", inception="")
+                  cfg_mode="reference", cfg_interval=(0.0, 1.0), spacing="", reference="", inception="",
+                  dinov2="", dinov2_resize="torch")  # fd_dinov2: dinov2_vitl14_pretrain.pth, EDM2's resize_mode
     fields.update(overrides)
     return ml_collections.ConfigDict(fields)
 
@@ -86,7 +87,8 @@ def base_config() -> ml_collections.ConfigDict:
                                               cfg_mode="reference", cfg_interval=(0.0, 1.0), spacing=""))
     # Quality of EMA samples (train/evaluators.py): named evaluators, each with its own kind ("digits": the
     # demo's classifier; "fid": against an ADM reference batch's statistics, with pytorch-fid's Inception
-    # weights; "" off), schedule (every N steps, 0: only at the end), sample count and sampler. Switch
+    # weights; "fd_dinov2": EDM2's FD_DINOv2 against a reference batch, with DINOv2 ViT-L/14 weights in
+    # .dinov2; "" off), schedule (every N steps, 0: only at the end), sample count and sampler. Switch
     # one on with e.g. --config.evals.fid.kind=fid; a config file may add more entries.
     c.evals = ml_collections.ConfigDict(dict(fid=evaluator_fields(), digits=evaluator_fields(
         steps="100", cfg_scale=2.0, cfg_mode="all", num_samples=500)))

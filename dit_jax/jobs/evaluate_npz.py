@@ -1,5 +1,6 @@
 """`dit-jax evaluate`: FID, sFID, IS, precision and recall of a sample batch (.npz) against an ADM
-reference batch, as the ADM evaluator reports them, written as JSON beside the samples.
+reference batch, as the ADM evaluator reports them, and/or EDM2's FD_DINOv2 (`--metrics fid,fd_dinov2`),
+written as JSON beside the samples.
 
 The metrics themselves are `dit_jax.metrics.adm_metrics`; this job reads the two batches, runs the FID
 Inception over both, and prints and writes the report.
@@ -15,7 +16,8 @@ import numpy as np
 
 from dit_jax import storage
 from dit_jax.convert.inception_torch import load_fid_inception
-from dit_jax.metrics import adm_metrics
+from dit_jax.metrics import adm_metrics, fd_dinov2
+from dit_jax.exit_codes import BadInput
 from dit_jax.models.inception import FIDInceptionV3, extract_features
 
 # (key in the metrics, column of the printed table)
@@ -67,20 +69,22 @@ def identical_statistics(pool, ref_stats) -> bool:
             and np.allclose(stats.sigma, ref_stats.sigma, rtol=1e-5, atol=1e-6))
 
 
-def evaluate(reference: str, samples: str, inception: str, out: str | None = None, *,
-             preprocess: str = "pytorch_fid", batch_size: int = 100, min_reference_images: int = 10000) -> str:
-    """Evaluate the `arr_0` images of the `samples` .npz against the `reference` batch with the FID
-    Inception weights in `inception`; print the table and write the metrics JSON to `out` (default
-    SAMPLES.metrics.json). Returns the JSON's path."""
-    if same_inputs(reference, samples):
-        print(f"warning: the reference batch and the samples are the same file ({samples}): the distances below "
-              "compare it with itself and say nothing about a model", flush=True)
+METRICS = ("fid", "fd_dinov2")   # "fid": the ADM set (FID, sFID, IS, precision, recall); "fd_dinov2": EDM2's
+
+
+def parse_metrics(metrics) -> tuple[str, ...]:
+    """`--metrics fid,fd_dinov2` as a tuple, each name checked."""
+    names = tuple(m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip())
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise BadInput(f"--metrics {','.join(names) or metrics!r}: choose from {', '.join(METRICS)} "
+                       "(comma-separated, e.g. fid,fd_dinov2)")
+    return names
+
+
+def _adm_metrics(reference, images, inception, preprocess, batch_size, min_reference_images) -> dict:
+    """FID, sFID, IS, precision and recall of `images` against the ADM reference batch, printed as a table."""
     ref = adm_metrics.load_reference_batch(reference, min_images=min_reference_images)
-    images = adm_metrics.load_sample_batch(samples)
-    if len(images) < 2:
-        raise ValueError(f"{samples}: {len(images)} image(s); FID needs at least 2 (the paper uses 50,000)")
-    if len(images) < 50_000:
-        print(f"note: {len(images)} samples; FID and sFID are biased upward below the paper's 50,000")
     variables = load_fid_inception(inception)
     model = FIDInceptionV3(preprocess=preprocess)
     t0 = time.time()
@@ -96,8 +100,47 @@ def evaluate(reference: str, samples: str, inception: str, out: str | None = Non
     note = negative_note(metrics)
     if note:
         print(note)
+    return metrics
+
+
+def _fd_dinov2(reference, images, detector, resize_mode, batch_size) -> float:
+    """EDM2's FD_DINOv2 of `images` against the reference's statistics (precomputed, or of its arr_0)."""
+    params, config = detector
+    t0 = time.time()
+    stats = fd_dinov2.statistics(fd_dinov2.dinov2_features(params, images, config, resize_mode=resize_mode,
+                                                           batch_size=batch_size))
+    ref = fd_dinov2.reference_statistics(reference, params, config, resize_mode=resize_mode, batch_size=batch_size)
+    value = fd_dinov2.fd_dinov2(stats, ref)
+    print(f"FD_DINOv2 {value:.4f} (resize {resize_mode}, {time.time() - t0:.0f} s)")
+    return value
+
+
+def evaluate(reference: str, samples: str, inception: str, out: str | None = None, *,
+             preprocess: str = "pytorch_fid", batch_size: int = 100, min_reference_images: int = 10000,
+             metrics=("fid",), dinov2: str = "", dinov2_resize: str = "torch") -> str:
+    """Evaluate the `arr_0` images of the `samples` .npz against the `reference` batch: "fid" with the FID
+    Inception weights in `inception`, "fd_dinov2" with the DINOv2 ViT-L/14 weights in `dinov2`; print the
+    results and write the metrics JSON to `out` (default SAMPLES.metrics.json). Returns the JSON's path."""
+    wanted = parse_metrics(metrics)
+    if "fid" in wanted and not inception:
+        raise BadInput("--metrics fid needs --inception (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
+    detector = fd_dinov2.load_detector(dinov2) if "fd_dinov2" in wanted else None   # fail before the work
+    if same_inputs(reference, samples):
+        print(f"warning: the reference batch and the samples are the same file ({samples}): the distances below "
+              "compare it with itself and say nothing about a model", flush=True)
+    images = adm_metrics.load_sample_batch(samples)
+    if len(images) < 2:
+        raise ValueError(f"{samples}: {len(images)} image(s); FID needs at least 2 (the paper uses 50,000)")
+    if len(images) < 50_000:
+        print(f"note: {len(images)} samples; FID and sFID are biased upward below the paper's 50,000")
+    results = {}
+    if "fid" in wanted:
+        results.update(_adm_metrics(reference, images, inception, preprocess, batch_size, min_reference_images))
+    if detector is not None:
+        results["fd_dinov2"] = _fd_dinov2(reference, images, detector, dinov2_resize, batch_size)
     out = out or os.path.splitext(samples)[0] + ".metrics.json"
+    extra = {"dinov2_resize": dinov2_resize} if detector is not None else {}
     storage.write_bytes_atomic(out, json.dumps(
-        {**{k: float(v) for k, v in metrics.items()}, "num_samples": int(len(images)),
-         "reference": str(storage.resolve(reference)), "preprocess": preprocess}, indent=2).encode())
+        {**{k: float(v) for k, v in results.items()}, "num_samples": int(len(images)),
+         "reference": str(storage.resolve(reference)), "preprocess": preprocess, **extra}, indent=2).encode())
     return out

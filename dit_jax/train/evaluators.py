@@ -112,8 +112,35 @@ class FIDEvaluator(EvaluatorKind):
         return f"FID {scores['fid']:.2f}"
 
 
+class FDDinov2Kind(EvaluatorKind):
+    """EDM2's FD_DINOv2 (metrics/fd_dinov2.py): the DINOv2 ViT-L/14 detector and its reference statistics
+    are loaded at the first score of a section and kept for its later ones."""
+    name = "fd_dinov2"
+
+    def __init__(self):
+        self._scorers = {}
+
+    def check(self, where, section, config, files):
+        from dit_jax.metrics.fd_dinov2 import FDDinov2Evaluator
+        problems = FDDinov2Evaluator.check(section, where, files)
+        if config.data.latents and not config.data.vae:
+            problems.append(f"{where}: kind 'fd_dinov2' on a latent model needs data.vae to decode the samples")
+        return problems
+
+    def score(self, images, labels, section):
+        from dit_jax.metrics.fd_dinov2 import FDDinov2Evaluator
+        key = (section.reference, section.dinov2, section.dinov2_resize, section.batch_size)
+        if key not in self._scorers:
+            self._scorers[key] = FDDinov2Evaluator(section)
+        return self._scorers[key].score(images, labels)
+
+    def describe(self, scores):
+        return f"FD_DINOv2 {scores['fd_dinov2']:.2f}"
+
+
 register_evaluator("digits", DigitsEvaluator)
 register_evaluator("fid", FIDEvaluator)
+register_evaluator("fd_dinov2", FDDinov2Kind)
 
 
 def itstime(step: int, every: int, total: int, *, last: bool = False) -> bool:
