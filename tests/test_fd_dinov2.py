@@ -140,7 +140,7 @@ def test_evaluate_command_fd_dinov2(setup, tmp_path, capsys, monkeypatch):
     --inception, or an unknown metric, is one error line and exit 2."""
     import json
     from dit_jax.cli import main
-    from dit_jax.jobs import evaluate as job
+    from dit_jax.jobs import evaluate_npz as job
     _, config, params, samples, reference = setup
     np.savez(tmp_path / "ref.npz", arr_0=reference)
     np.savez(tmp_path / "s.npz", arr_0=samples)

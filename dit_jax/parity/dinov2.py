@@ -14,7 +14,7 @@ import numpy as np
 
 from dit_jax.convert.dinov2_torch import params_from_state_dict, state_dict_from_params
 from dit_jax.models.dinov2 import DinoV2, DinoV2Config
-from dit_jax.parity import Row, compare
+from dit_jax.parity.common import Row, compare
 
 OUTPUTS = ("x_norm_clstoken", "x_norm_regtokens", "x_norm_patchtokens", "x_prenorm")
 
