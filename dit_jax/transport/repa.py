@@ -37,9 +37,15 @@ def draw_time(key: jax.Array, batch: int, weighting: str, path: str) -> jax.Arra
     if weighting == "uniform":
         return jax.random.uniform(key, (batch,), jnp.float32)
     if weighting == "lognormal":
-        sigma = jnp.exp(jax.random.normal(key, (batch,), jnp.float32))
-        return sigma / (1 + sigma) if path == "linear" else 2 / math.pi * jnp.arctan(sigma)
+        return lognormal_time(jax.random.normal(key, (batch,), jnp.float32), path)
     raise ValueError(f"REPA weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+
+
+def lognormal_time(n: jax.Array, path: str) -> jax.Array:
+    """t of standard normal draws n: sigma = exp(n) (EDM-style), t = sigma / (1 + sigma) for the linear path,
+    2/pi atan(sigma) for the cosine path (both make sigma_t / alpha_t = sigma)."""
+    sigma = jnp.exp(n)
+    return sigma / (1 + sigma) if path == "linear" else 2 / math.pi * jnp.arctan(sigma)
 
 
 def _bcast(t: jax.Array, x: jax.Array) -> jax.Array:
