@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from dit_jax import storage
+from dit_jax.exit_codes import BadInput
 from dit_jax.data.digits import default_data_dir
 from dit_jax.data.latents import LATENT_KEYS, VERSION, dataset_builder
 from dit_jax.data.pipeline import DecodeCrop, open_source
@@ -60,8 +61,10 @@ def _shard_path(out_dir: str, k: int) -> str:
 
 def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out_name: str,
                     out_data_dir: str = "", split: str = "train", batch_size: int = 64, dtype: str = "float16",
-                    shard_size: int = 1024, log=print) -> str:
-    """Encode a TFDS image dataset into the latent dataset `out_name`; returns its data_dir."""
+                    shard_size: int = 1024, log=print, with_images: bool = False) -> str:
+    """Encode a TFDS image dataset into the latent dataset `out_name`; returns its data_dir. with_images: each
+    record also holds its ADM-cropped uint8 image (not flipped: training flips it with the latents it picks),
+    which REPA's frozen encoders read."""
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
     storage.require_local(data_dir, "--data-dir")
@@ -105,8 +108,9 @@ def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out
             for key, value in zip(LATENT_KEYS, res):
                 outs[key].append(np.asarray(value)[: len(chunk)].astype(dtype))
         shard = io.BytesIO()
+        extra = {"image": images} if with_images else {}
         np.savez(shard, label=np.array([r["label"] for r in records], np.int64),
-                 **{key: np.concatenate(v) for key, v in outs.items()})
+                 **{key: np.concatenate(v) for key, v in outs.items()}, **extra)
         storage.write_bytes_atomic(_shard_path(work, k), shard.getvalue())  # a shard is complete or absent
         done_images += hi - lo
         rate = done_images / (time.time() - t0)
@@ -122,11 +126,15 @@ def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out
         raise FileNotFoundError(f"{len(missing)} shard(s) missing (first {missing[0]}): rerun to finish them")
     with np.load(io.BytesIO(storage.read_bytes(files[0]))) as z:
         latent_shape = z["mean"].shape[1:]
+        image_shape = z["image"].shape[1:] if "image" in z.files else None
+    if (image_shape is not None) != with_images:  # shards of an earlier run with the other choice
+        raise BadInput(f"{work}/{SHARDS} holds shards {'with' if image_shape else 'without'} images: rerun with"
+                       f"{'' if image_shape else 'out'} --with-images, or delete that directory")
     # ArrayRecord writes local files only: a bucket's dataset is built in local temp space.
     remote = storage.is_uri(out_data_dir)
     tmp = tempfile.mkdtemp(prefix=f".{out_name}-build-", dir=None if remote else out_data_dir)
     try:
-        builder = dataset_builder(out_name, files, latent_shape, dtype)(
+        builder = dataset_builder(out_name, files, latent_shape, dtype, image_shape)(
             data_dir=tmp, file_format=tfds.core.FileFormat.ARRAY_RECORD)
         builder.download_and_prepare(download_dir=os.path.join(tmp, "downloads"))
         built = os.path.join(tmp, out_name, VERSION)
@@ -137,8 +145,9 @@ def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     storage.rmtree(storage.join(work, SHARDS))
-    per_image = 4 * int(np.prod(latent_shape)) * np.dtype(dtype).itemsize
-    log(f"built latent dataset {out_name!r} at {target}: {n} images, {per_image / 1024:.1f} KiB of latents per image")
+    per_image = 4 * int(np.prod(latent_shape)) * np.dtype(dtype).itemsize + int(np.prod(image_shape or 0))
+    log(f"built latent dataset {out_name!r} at {target}: {n} images, {per_image / 1024:.1f} KiB of latents"
+        f"{' and image' if image_shape else ''} per image")
     if remote:
         log("training reads ArrayRecord from local paths only: copy it to every host (gsutil -m cp -r "
             f"{storage.join(out_data_dir, out_name)} /data/) or mount the bucket with gcsfuse")

@@ -31,7 +31,7 @@ class VAE:
 class Run:
     config: ml_collections.ConfigDict
     model: DiTConfig
-    objective: GaussianDiffusion | Transport  # the run's whole (unrespaced) diffusion, or SiT's transport
+    objective: Any  # GaussianDiffusion | Transport | RepaFlow: the run's whole (unrespaced) diffusion, or SiT's transport
     vae: VAE | None                  # None: a pixel run, or a latent run without a VAE (latent datasets)
     mesh: Mesh
     # REPA (train/repa.py): its spec and the frozen encoders' params (None: REPA off)
@@ -59,7 +59,11 @@ class Run:
 
 def objective_of(config) -> GaussianDiffusion | Transport:
     """The one way to build a run's objective: config.objective "ddpm" (config.diffusion) or "sit"
-    (config.transport; eps -1 takes SiT's default)."""
+    (config.transport; eps -1 takes SiT's default); with config.repa on, REPA's own flow (t = 0 data),
+    which its samplers (sampling/sampler.py "repa-*") take."""
+    if config.get("repa") and config.repa.encoder:
+        from dit_jax.transport.repa import RepaFlow
+        return RepaFlow(config.repa.path)
     if config.get("objective", "ddpm") == "sit":
         t = config.transport
         return Transport(path=t.path, prediction=t.prediction, loss_weight=t.loss_weight or None,

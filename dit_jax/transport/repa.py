@@ -12,12 +12,20 @@ and batch, summed over encoders and divided by their number; total = mean(denois
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 
 PATHS = ("linear", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class RepaFlow:
+    """A REPA run's objective as the samplers see it: REPA's interpolant (t = 0 data), v prediction."""
+    path: str = "linear"
+
 WEIGHTINGS = ("uniform", "lognormal")
 PREDICTIONS = ("v",)
 

@@ -111,9 +111,11 @@ def _drift(model_fn, x, t, y, guide, cfg_scale, null, path):
 def euler_maruyama_sampler(model_fn: Callable, x_T: jax.Array, y: jax.Array, key: jax.Array | None = None, *,
                            num_steps: int = 20, cfg_scale: float = 1.0, guidance_low: float = 0.0,
                            guidance_high: float = 1.0, path: str = "linear", null_label: int = 1000,
-                           noise: jax.Array | None = None) -> jax.Array:
-    """REPA's euler_maruyama_sampler. Step i's noise is normal(fold_in(key, i)), or noise[i] when given
-    ((num_steps - 1,) + x_T.shape: the same draws as another implementation)."""
+                           noise: jax.Array | None = None, noise_fn: Callable | None = None) -> jax.Array:
+    """REPA's euler_maruyama_sampler. Step i's noise is normal(fold_in(key, i)); noise[i] when `noise` is given
+    ((num_steps - 1,) + x_T.shape: the same draws as another implementation); noise_fn(i, x) when given."""
+    if noise is not None:
+        noise_fn = lambda i, x: noise[i].astype(x.dtype)  # noqa: E731
     dtype = _state_dtype()
     ts = np.concatenate([torch_linspace(1.0, 0.04, num_steps), [0.0]])
     guide = _guide_mask(ts[:-1], cfg_scale, guidance_low, guidance_high)
@@ -121,7 +123,7 @@ def euler_maruyama_sampler(model_fn: Callable, x_T: jax.Array, y: jax.Array, key
     def step(x, k):
         i, t_cur, t_next, g = k
         dt = t_next - t_cur
-        eps = (noise[i].astype(dtype) if noise is not None
+        eps = (noise_fn(i, x).astype(dtype) if noise_fn is not None
                else jax.random.normal(jax.random.fold_in(key, i), x.shape, dtype))
         d = _drift(model_fn, x, t_cur, y, g, cfg_scale, null_label, path)
         return x + d * dt + jnp.sqrt(2 * t_cur) * eps * jnp.sqrt(jnp.abs(dt)), None
