@@ -102,6 +102,10 @@ def cmd_convert(args) -> int:
     if args.from_torch:
         params, config = dit_torch.from_torch(torch_io.load_state_dict(args.from_torch, args.key), config,
                                               args.num_heads)
+    elif args.from_repa_torch:
+        from dit_jax.convert.repa_torch import from_repa_torch
+        params, config, _ = from_repa_torch(torch_io.load_state_dict(args.from_repa_torch, args.key), config,
+                                            args.num_heads)
     else:
         sd = torch_io.load_diffusers_state_dict(args.from_diffusers)
         params, config = dit_torch.from_diffusers(sd, config, args.sample_size, args.num_heads)
@@ -413,10 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "step count (default 50 for grids, 250 with --num-samples)")
     s.add_argument("--sampler", default="",
                    help="ddpm, ddim, dpm++2m, dpm++3m, unipc (DDPM models); euler, heun, dopri5, sde-euler, sde-heun "
-                        "(SiT models); default: ddpm, or heun for SiT")
-    s.add_argument("--objective", choices=("ddpm", "sit"), default=None,
-                   help="what the weights were trained with (converted SiT checkpoints: sit; default: a run's own, "
-                        "else ddpm)")
+                        "(SiT models); repa-sde, repa-euler, repa-heun (REPA models); default: ddpm, heun for SiT, "
+                        "repa-sde for REPA")
+    s.add_argument("--objective", choices=("ddpm", "sit", "repa"), default=None,
+                   help="what the weights were trained with (converted SiT checkpoints: sit; REPA's: repa; default: a "
+                        "run's own, else ddpm)")
     s.add_argument("--spacing", choices=("linspace", "leading", "trailing"), default="",
                    help="timestep spacing of the fast solvers (default linspace)")
     s.add_argument("--cfg-interval", type=_interval, default=None, metavar="LO,HI",
@@ -441,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-torch", metavar="PT", type=existing_file,
                      help="official .pt (released state dict or train.py checkpoint)")
+    src.add_argument("--from-repa-torch", metavar="PT", type=existing_file,
+                     help="REPA train.py checkpoint (its --key weights, projectors kept for resuming; sample with "
+                          "--objective repa)")
     src.add_argument("--from-diffusers", metavar="PATH", type=existing_path,
                      help="diffusers DiTTransformer2DModel folder or file")
     src.add_argument("--to-torch", metavar="WEIGHTS_DIR", type=existing_dir,

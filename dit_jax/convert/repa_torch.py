@@ -34,10 +34,11 @@ def split_projectors(sd: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
     return backbone, proj
 
 
-def from_repa_torch(sd: Mapping[str, np.ndarray], config: DiTConfig | None = None) -> tuple[dict, DiTConfig, tuple]:
+def from_repa_torch(sd: Mapping[str, np.ndarray], config: DiTConfig | None = None,
+                    num_heads: int | None = None) -> tuple[dict, DiTConfig, tuple]:
     """REPA SiT state dict -> (params with PROJECTORS, the backbone's config, z_dims per projector)."""
     backbone, proj = split_projectors(sd)
-    params, cfg = from_torch(backbone, config)
+    params, cfg = from_torch(backbone, config, num_heads)
     if cfg.learn_sigma:
         raise ValueError("REPA's SiT predicts v only: convert its backbone with learn_sigma=False (its final layer "
                          f"has {cfg.out_channels} channels here)")

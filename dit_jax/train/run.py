@@ -61,7 +61,7 @@ def objective_of(config) -> GaussianDiffusion | Transport:
     """The one way to build a run's objective: config.objective "ddpm" (config.diffusion) or "sit"
     (config.transport; eps -1 takes SiT's default); with config.repa on, REPA's own flow (t = 0 data),
     which its samplers (sampling/sampler.py "repa-*") take."""
-    if config.get("repa") and config.repa.encoder:
+    if config.get("objective") == "repa" or (config.get("repa") and config.repa.encoder):
         from dit_jax.transport.repa import RepaFlow
         return RepaFlow(config.repa.path)
     if config.get("objective", "ddpm") == "sit":
