@@ -48,8 +48,9 @@ def names(config) -> tuple[str, ...]:
     return tuple(n.strip() for n in config.repa.encoder.split(",") if n.strip())
 
 
-def problems(config, model: DiTConfig) -> list[str]:
-    """What is wrong with config.repa for this model and data (empty when REPA is off or fine)."""
+def problems(config, model: DiTConfig, files: bool = False) -> list[str]:
+    """What is wrong with config.repa for this model and data (empty when REPA is off or fine); with `files`,
+    the encoders' weight files must exist."""
     if not enabled(config):
         return []
     r, out = config.repa, []
@@ -73,9 +74,20 @@ def problems(config, model: DiTConfig) -> list[str]:
                            ("prediction", objective.PREDICTIONS)):
         if r[field] not in allowed:
             out.append(f"repa.{field} must be one of {allowed}, got {r[field]!r}")
-    weights = [w for w in r.weights.split(",")] if r.weights else []
-    if weights and len(weights) != len(names(config)):
+    weights = [w.strip() for w in r.weights.split(",")] if r.weights else [""] * len(names(config))
+    if len(weights) != len(names(config)):
         out.append(f"repa.weights: {len(weights)} paths for {len(names(config))} encoders (one each, comma-separated)")
+    else:
+        for name, path in zip(names(config), weights):
+            enc = repa_encoders.ENCODERS.get(name)
+            if enc is not None and enc.needs_weights and not path:
+                out.append(f"repa.weights: {name} needs the official DINOv2 checkpoint (.pth), e.g. "
+                           f"--config.repa.weights=weights/dinov2_vit{name.split('-')[2]}14"
+                           f"{'_reg4' if name.endswith('-reg') else ''}_pretrain.pth")
+            elif files and path:
+                from dit_jax import storage
+                if not storage.exists(path):
+                    out.append(f"repa.weights: no file at {path!r} (the {name} checkpoint)")
     if r.projector_dim < 1:
         out.append(f"repa.projector_dim must be >= 1, got {r.projector_dim}")
     return out

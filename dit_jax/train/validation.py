@@ -54,7 +54,7 @@ def config_problems(config, files: bool = True) -> list[str]:
     problems += _sampling(config)
     problems += evaluation.check(config, files)
     from dit_jax.train import repa
-    problems += repa.problems(config, model)
+    problems += repa.problems(config, model, files)
     if files and config.get("init_weights", ""):
         from dit_jax.weights import weights_dir_problem
         problem = weights_dir_problem(config.init_weights)
