@@ -2,7 +2,8 @@
 features, exactly as REPA's train.py, for every SiT size at 256 or 512 px, and the digits demo.
 
     dit-jax train --config configs/repa.py:XL/2 --workdir gs://bucket/repa-sitxl2-256 --config.data.name=imagenet256_repa --config.repa.weights=/data/weights/dinov2_vitb14_pretrain.pth
-    dit-jax train --config configs/repa.py:digits --workdir runs/repa-digits
+
+The digits demo with REPA (2 CPU cores, minutes): --config configs/repa.py:digits --workdir runs/repa-digits
 
 Argument: a SiT size (S, B, L, XL with patch 2, 4 or 8), optionally '-512', or 'digits' (the laptop demo
 with the demo's digit classifier as the frozen encoder). Recipe (REPA's train.py defaults and the paper):
