@@ -88,7 +88,7 @@ class SamplerSettings:
         if self.spacing and self.spacing not in SPACINGS:
             out.append(f"spacing must be one of {SPACINGS} (or '' for linspace), got {self.spacing!r}")
         if kind in ("sit", "repa") or name in SOLVERS:
-            low = 1 if name in SOLVERS else 2
+            low = 1 if kind == "ddpm" else 2
             if not self.steps.isdigit() or int(self.steps) < low:
                 out.append(f"steps must be an integer >= {low} for the {name} sampler, got {self.steps!r}")
             elif kind == "ddpm" and int(self.steps) > objective.num_timesteps:
