@@ -52,6 +52,16 @@ ENCODERS["digits-mlp"] = FrozenEncoder("digits-mlp", 64, False, lambda r: 0,
                                        "classifier reads 8x8 images")
 
 
+def _dinov2():
+    """The DINOv2 model module (dit_jax.models.dinov2), or one clear line when this install lacks it."""
+    try:
+        from dit_jax.models import dinov2
+    except ImportError as e:
+        raise BadInput(f"config.repa.encoder: DINOv2 encoders need dit_jax.models.dinov2, which this install "
+                       f"lacks ({e}); use --config.repa.encoder=digits-mlp or update dit-jax") from None
+    return dinov2
+
+
 def encoder(name: str) -> FrozenEncoder:
     if name not in ENCODERS:
         raise BadInput(f"config.repa.encoder: unknown encoder {name!r}; known: {', '.join(ENCODERS)}")
@@ -67,11 +77,11 @@ def load(name: str, weights: str, resolution: int) -> Any:
         raise BadInput(f"config.repa.weights: {name} needs the official DINOv2 .pth (e.g. "
                        f"dinov2_vit{name.split('-')[2]}14{'_reg4' if name.endswith('-reg') else ''}_pretrain.pth), "
                        "one path per encoder, comma-separated")
+    dinov2 = _dinov2()
     from dit_jax.convert.dinov2_torch import load_dinov2
-    from dit_jax.models.dinov2 import resample_pos_embed
     _, params = load_dinov2(weights, name)
     g = _dinov2_grid(resolution)
-    return resample_pos_embed(params, (g, g))
+    return dinov2.resample_pos_embed(params, (g, g))
 
 
 def random(name: str, resolution: int, key: jax.Array) -> Any:
@@ -79,9 +89,9 @@ def random(name: str, resolution: int, key: jax.Array) -> Any:
     if name == "digits-mlp":
         from dit_jax.evaluate.digits_classifier import DigitsMLP
         return DigitsMLP().init(key, jnp.zeros((1, 8, 8, 1)))["params"]
-    from dit_jax.models.dinov2 import DinoV2, dinov2_config, resample_pos_embed
-    g = _dinov2_grid(resolution)
-    return resample_pos_embed(DinoV2(dinov2_config(name)).init(key, jnp.zeros((1, 224, 224, 3)))["params"], (g, g))
+    d, g = _dinov2(), _dinov2_grid(resolution)
+    return d.resample_pos_embed(d.DinoV2(d.dinov2_config(name)).init(key, jnp.zeros((1, 224, 224, 3)))["params"],
+                                (g, g))
 
 
 def abstract(name: str, resolution: int) -> Any:
@@ -97,8 +107,8 @@ def features(name: str, params: Any, images: jax.Array, resolution: int) -> jax.
         _, feats = DigitsMLP().apply({"params": params}, x, return_features=True)
         z = feats[:, None, :]
     else:
-        from dit_jax.models.dinov2 import DinoV2, dinov2_config
         from dit_jax.models.repa import preprocess_raw_image
-        z = DinoV2(dinov2_config(name)).apply({"params": params}, preprocess_raw_image(images, resolution))[
+        d = _dinov2()
+        z = d.DinoV2(d.dinov2_config(name)).apply({"params": params}, preprocess_raw_image(images, resolution))[
             "x_norm_patchtokens"]
     return jax.lax.stop_gradient(z.astype(jnp.float32))
