@@ -201,3 +201,54 @@ def test_repa_checkpoint_converts_and_samples(tmp_path, capsys):
     assert main(["convert", "--from-repa-torch", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "w2"),
                  "--num-heads", "4"]) == 2
     _one_error(capsys, "projectors.0.6.weight")
+
+
+def test_a_dinov2_encoder_plugs_in_through_the_registry(monkeypatch):
+    """The DINOv2 path of the registry with a stand-in for dit_jax.models.dinov2 (same interface: dinov2_config,
+    DinoV2(config)(NHWC) -> {"x_norm_patchtokens"}, resample_pos_embed): a REPA step at 256 px on stored latents
+    plus the record's image reads 16 x 16 patch tokens of the preprocessed 224 px image."""
+    import sys
+    import types
+
+    import flax.linen as nn
+
+    seen = {}
+
+    class FakeDinoV2(nn.Module):
+        config: dict
+
+        @nn.compact
+        def __call__(self, x):
+            seen["input"] = x.shape
+            b, h, w, c = x.shape
+            patches = x.reshape(b, h // 14, 14, w // 14, 14, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, -1, 14 * 14 * c)
+            pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, 1 + 16 * 16, 768))
+            return {"x_norm_patchtokens": nn.Dense(768)(patches) + pos[:, 1:]}
+
+    fake = types.ModuleType("dit_jax.models.dinov2")
+    fake.DinoV2, fake.dinov2_config = FakeDinoV2, lambda name: {"name": name}
+    fake.resample_pos_embed = lambda params, grid: params
+    monkeypatch.setitem(sys.modules, "dit_jax.models.dinov2", fake)
+    import dit_jax.models
+    monkeypatch.setattr(dit_jax.models, "dinov2", fake, raising=False)
+
+    from dit_jax.parallel.mesh import make_mesh
+    from dit_jax.train.programs import abstract_batch, build_train_step, vae_argument
+    from dit_jax.train.run import config_for_model, make_run
+    cfg = dit_config("S/2", input_size=32, depth=2, hidden_size=32, num_heads=2, num_classes=10, learn_sigma=False)
+    config = config_for_model(cfg)
+    config.data.update(latents="dataset", image_size=256, num_classes=10)
+    config.repa.update(encoder="dinov2-vit-b", encoder_depth=1, projector_dim=64, weights="unused.pth")
+    config.batch_size = 2
+    run = make_run(config, vae=None, mesh=make_mesh(devices=jax.devices()[:1]), encoders="random")
+    program = build_train_step(run)
+    shapes = abstract_batch(run)
+    assert shapes["image"].shape == (2, 256, 256, 3) and shapes["mean"].shape == (2, 32, 32, 4)
+    rng = np.random.default_rng(0)
+    batch = {"mean": jnp.asarray(rng.standard_normal((2, 32, 32, 4)), jnp.float16),
+             "std": jnp.full((2, 32, 32, 4), 0.1, jnp.float16), "label": jnp.array([1, 2], jnp.int32),
+             "image": jnp.asarray(rng.integers(0, 256, (2, 256, 256, 3)), jnp.uint8)}
+    state, metrics = program.step(program.init(None), batch, vae_argument(run))
+    assert seen["input"] == (2, 224, 224, 3)
+    assert np.isfinite(float(metrics["proj_loss"])) and -1 <= float(metrics["proj_loss"]) <= 1
+    assert state.params["repa_projectors"]["projector_0_fc3"]["kernel"].shape == (64, 768)
