@@ -31,9 +31,12 @@ class VAE:
 class Run:
     config: ml_collections.ConfigDict
     model: DiTConfig
-    objective: GaussianDiffusion | Transport  # the run's whole (unrespaced) diffusion, or SiT's transport
+    objective: Any  # GaussianDiffusion | Transport | RepaFlow: the run's whole (unrespaced) diffusion, or SiT's transport
     vae: VAE | None                  # None: a pixel run, or a latent run without a VAE (latent datasets)
     mesh: Mesh
+    # REPA (train/repa.py): its spec and the frozen encoders' params (None: REPA off)
+    repa: Any = None
+    encoder_params: Any = None
 
     @property
     def input_mode(self) -> str:
@@ -56,7 +59,11 @@ class Run:
 
 def objective_of(config) -> GaussianDiffusion | Transport:
     """The one way to build a run's objective: config.objective "ddpm" (config.diffusion) or "sit"
-    (config.transport; eps -1 takes SiT's default)."""
+    (config.transport; eps -1 takes SiT's default); with config.repa on, REPA's own flow (t = 0 data),
+    which its samplers (sampling/sampler.py "repa-*") take."""
+    if config.get("objective") == "repa" or (config.get("repa") and config.repa.encoder):
+        from dit_jax.transport.repa import RepaFlow
+        return RepaFlow(config.repa.path)
     if config.get("objective", "ddpm") == "sit":
         t = config.transport
         return Transport(path=t.path, prediction=t.prediction, loss_weight=t.loss_weight or None,
@@ -79,13 +86,18 @@ def load_vae(config, model: DiTConfig) -> VAE | None:
     return VAE(*loaded) if loaded else None
 
 
-def make_run(config, devices=None, *, vae: VAE | None | str = "load", mesh: Mesh | None = None) -> Run:
+def make_run(config, devices=None, *, vae: VAE | None | str = "load", mesh: Mesh | None = None,
+             encoders: str = "load") -> Run:
     """The run of `config` on `devices` (default: all). vae: "load" reads data.vae; pass a VAE (or None)
-    to use one already loaded, or abstract weights for compiling without files."""
+    to use one already loaded, or abstract weights for compiling without files. encoders (REPA's frozen
+    encoders): "load" reads config.repa.weights, "random" initialises them, "abstract" gives shapes only."""
     model = to_dit_config(config.model)
+    from dit_jax.train import repa
+    spec = repa.spec_of(config, model)
     return Run(config=config, model=model, objective=objective_of(config),
                vae=load_vae(config, model) if isinstance(vae, str) else vae,
-               mesh=mesh if mesh is not None else make_mesh_from_config(config.mesh, devices))
+               mesh=mesh if mesh is not None else make_mesh_from_config(config.mesh, devices), repa=spec,
+               encoder_params=repa.encoders_for(config, spec, encoders))
 
 
 def config_for_model(model: DiTConfig, *, noise_schedule: str = "linear", num_timesteps: int = 1000,

@@ -40,12 +40,12 @@ def test_dry_run_writes_every_group_and_marks_the_one_over_budget(dry_run):
     proc, out, state, groups = dry_run
     assert proc.returncode == 3, proc.stderr[-3000:]  # 3: a group did not finish, the others did
     assert list(groups) == ["train-b32", "torch-train", "sample-ddpm", "torch-sample", "train-b256-remat",
-                            "torch-compile", "sample-fast"]
+                            "torch-compile", "sample-fast", "train-repa-b32"]
     status = {name: g["status"] for name, g in groups.items()}
     fast = device_env.fast_solver()
     assert status == {"train-b32": "ok", "torch-train": "ok", "sample-ddpm": "ok", "torch-sample": "timeout",
                       "train-b256-remat": "ok", "torch-compile": "skipped",
-                      "sample-fast": "ok" if fast else "skipped"}
+                      "sample-fast": "ok" if fast else "skipped", "train-repa-b32": "skipped"}
     # The timed-out group: marked, with its budget, no rows; a group after it still ran.
     timed_out = groups["torch-sample"]
     assert timed_out["budget_s"] == 1 and timed_out["rc"] in (124, 137) and timed_out["report"] is None

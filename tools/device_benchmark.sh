@@ -68,7 +68,7 @@ if [[ $MODE == dry-run ]]; then
     B=2; B_BIG=4; SAMPLE_STEPS=3; FAST_STEPS=2; SAMPLE_BATCH=2
     TRAIN_STEPS=(--steps 2 --warmup 1); BIG_STEPS=(--steps 2 --warmup 1)
     declare -A BUDGET=([train-b32]=300 [torch-train]=300 [sample-ddpm]=300 [torch-sample]=300
-                       [train-b256-remat]=300 [torch-compile]=300 [sample-fast]=300)
+                       [train-b256-remat]=300 [torch-compile]=300 [sample-fast]=300 [train-repa-b32]=300)
 else
     if [[ -z "${OUT:-}" ]]; then
         echo "error: OUT is not set: on the device machine the tool sets it; elsewhere run --dry-run" >&2
@@ -82,7 +82,7 @@ else
     TRAIN_STEPS=(--steps 20 --warmup 3); BIG_STEPS=(--steps 10 --warmup 2)
     # Seconds; guesses until a device run has timed the groups (bench.md lists what each took).
     declare -A BUDGET=([train-b32]=90 [torch-train]=50 [sample-ddpm]=80 [torch-sample]=60
-                       [train-b256-remat]=80 [torch-compile]=100 [sample-fast]=45)
+                       [train-b256-remat]=80 [torch-compile]=100 [sample-fast]=45 [train-repa-b32]=90)
 fi
 WORK=$(mktemp -d /tmp/devbench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
@@ -181,6 +181,14 @@ if [[ -n "$FAST" ]]; then
         --cfg-scale 1.5 --sample-batch "$SAMPLE_BATCH" --out "$WORK/sample-fast.json"
 else
     record sample-fast skipped --reason "no fast solver in dit_jax.diffusion.ancestral.SAMPLERS"
+fi
+
+# SiT-XL/2 + REPA (DINOv2-B, random weights: the cost does not depend on them) beside train-b32's plain step.
+if [[ $MODE == dry-run ]]; then
+    record train-repa-b32 skipped --reason "dry run: DINOv2 reads 256 px images, which the tiny model's data lacks"
+else
+    group train-repa-b32 train "$PY" -m dit_jax.cli benchmark --config configs/repa.py:XL/2 --setting "batch=$B" \
+        "${TRAIN_STEPS[@]}" --no-pipeline --sample-steps 0 --out "$WORK/train-repa-b32.json"
 fi
 
 echo "=== done in $SECONDS s; $OUT: bench.md, bench.json, log.txt" | tee -a "$OUT/log.txt"

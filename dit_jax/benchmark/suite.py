@@ -153,7 +153,7 @@ def bench_run(config, setting: Setting, mesh):
                   vae_config)
     elif not c.data.vae:
         vae = None
-    return make_run(c, vae=vae, mesh=mesh)
+    return make_run(c, vae=vae, mesh=mesh, encoders="load" if c.repa.weights else "random")
 
 
 def synthetic_batch(run, seed: int = 0) -> dict:
@@ -211,7 +211,8 @@ def time_train(config, setting: Setting, mesh, steps: int, warmup: int, loader=N
     global_batch = run.config.batch_size
     base = dict(kind="train", impl="jax", batch=setting.batch, setting=setting.label())
     batch = synthetic_batch(run)
-    vae_params = run.vae.params if run.input_mode == "encode" else None
+    from dit_jax.train.programs import vae_argument
+    vae_params = vae_argument(run)
     t0 = time.perf_counter()
     program, lowered = lowered_step(run, batch, vae_params)
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):

@@ -13,6 +13,9 @@ def add_arguments(c) -> None:
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-torch", metavar="PT", type=existing_file,
                      help="official .pt (released state dict or train.py checkpoint)")
+    src.add_argument("--from-repa-torch", metavar="PT", type=existing_file,
+                     help="REPA train.py checkpoint (its --key weights, projectors kept for resuming; sample with "
+                          "--objective repa)")
     src.add_argument("--from-diffusers", metavar="PATH", type=existing_path,
                      help="diffusers DiTTransformer2DModel folder or file")
     src.add_argument("--to-torch", metavar="WEIGHTS_DIR", type=existing_dir,
@@ -41,6 +44,7 @@ def run(args) -> int:
         print(f"wrote Stable Diffusion VAE weights to {path}")
         return 0
     for line in convert.dit_from_torch(args.out, config, torch_file=args.from_torch, key=args.key,
+                                       repa_file=args.from_repa_torch,
                                        diffusers=args.from_diffusers, sample_size=args.sample_size,
                                        num_heads=args.num_heads, force=args.force):
         print(line)

@@ -20,6 +20,8 @@ def add_arguments(x) -> None:
     x.add_argument("--batch-size", type=count(1), default=64)
     x.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     x.add_argument("--shard-size", type=count(1), default=1024, help="records per resumable shard")
+    x.add_argument("--with-images", "--with_images", dest="with_images", action="store_true",
+                   help="also store each cropped uint8 image (REPA's encoders read it; docs/repa.md)")
 
 
 def run(args) -> int:
@@ -27,7 +29,7 @@ def run(args) -> int:
     from dit_jax.jobs.extract_latents import extract_latents
     path = extract_latents(args.dataset, args.data_dir, args.image_size, args.vae, args.out_name,
                            out_data_dir=args.out_data_dir, split=args.split, batch_size=args.batch_size,
-                           dtype=args.dtype, shard_size=args.shard_size)
+                           dtype=args.dtype, shard_size=args.shard_size, with_images=args.with_images)
     print(f"train on it with --config.data.latents=dataset --config.data.name={args.out_name} "
           f"--config.data.data_dir={path}")
     return 0

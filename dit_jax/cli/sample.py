@@ -31,10 +31,11 @@ def add_arguments(s) -> None:
                         "step count (default 50 for grids, 250 with --num-samples)")
     s.add_argument("--sampler", default="",
                    help="ddpm, ddim, dpm++2m, dpm++3m, unipc (DDPM models); euler, heun, dopri5, sde-euler, sde-heun "
-                        "(SiT models); default: ddpm, or heun for SiT")
-    s.add_argument("--objective", choices=("ddpm", "sit"), default=None,
-                   help="what the weights were trained with (converted SiT checkpoints: sit; default: a run's own, "
-                        "else ddpm)")
+                        "(SiT models); repa-sde, repa-euler, repa-heun (REPA models); default: ddpm, heun for SiT, "
+                        "repa-sde for REPA")
+    s.add_argument("--objective", choices=("ddpm", "sit", "repa"), default=None,
+                   help="what the weights were trained with (converted SiT checkpoints: sit; REPA's: repa; default: a "
+                        "run's own, else ddpm)")
     s.add_argument("--spacing", choices=("linspace", "leading", "trailing"), default="",
                    help="timestep spacing of the fast solvers (default linspace)")
     s.add_argument("--cfg-interval", type=interval, default=None, metavar="LO,HI",

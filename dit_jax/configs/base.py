@@ -53,6 +53,15 @@ def base_config() -> ml_collections.ConfigDict:
         # way, slowest); "dataset": a latent dataset from `dit-jax extract-latents` (fast).
         latents="", vae="", latent_scale=0.18215))  # vae: weights dir from `dit-jax convert --from-diffusers-vae`
 
+    # REPA (representation alignment; train/repa.py): encoder "" is off; one or more frozen encoders by
+    # name, comma-separated (dinov2-vit-s/b/l/g[-reg], digits-mlp), with their official weights in `weights`
+    # (comma-separated, one per encoder; none for digits-mlp). With an encoder the denoising term is REPA's
+    # SILoss (t = 0 is data; path linear/cosine, prediction v, weighting uniform/lognormal) instead of
+    # config.objective's, plus proj_coeff x the negative cosine between each encoder's features and an MLP
+    # projection (hidden -> projector_dim -> projector_dim -> z_dim) of the tokens after block encoder_depth.
+    c.repa = ml_collections.ConfigDict(dict(encoder="", weights="", encoder_depth=8, proj_coeff=0.5,
+                                            projector_dim=2048, path="linear", prediction="v", weighting="uniform"))
+
     # AdamW, constant lr 1e-4, no weight decay, default betas, no warmup, no clipping (the paper).
     c.optim = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
                                              warmup_steps=0, grad_clip=0.0))

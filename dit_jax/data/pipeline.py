@@ -161,8 +161,12 @@ class PickLatent(grain.transforms.RandomMap):
         flipped = self.flip and rng.random() < 0.5
         suffix = "_flip" if flipped else ""
         # In the stored dtype (float16 as extracted): the step converts on the device.
-        return {"mean": np.asarray(element["mean" + suffix]), "std": np.asarray(element["std" + suffix]),
-                "label": np.int32(label)}
+        out = {"mean": np.asarray(element["mean" + suffix]), "std": np.asarray(element["std" + suffix]),
+               "label": np.int32(label)}
+        if "image" in element:  # REPA: the encoders see the flip the latents come from
+            image = np.asarray(element["image"], np.uint8)
+            out["image"] = np.ascontiguousarray(image[:, ::-1]) if flipped else image
+        return out
 
 
 def _field(data: Mapping | Any, name: str, default: Any = dataclasses.MISSING) -> Any:

@@ -97,7 +97,7 @@ def compile_run(config, devices):
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {batch_divisor(mesh)} devices that "
                          f"split the batch (mesh {dict(mesh.shape)})")
     vae = abstract_vae(mesh) if config.data.latents == "encode" else None
-    return make_run(config, vae=vae, mesh=mesh)
+    return make_run(config, vae=vae, mesh=mesh, encoders="abstract")
 
 
 def compile_step(config, devices) -> dict:

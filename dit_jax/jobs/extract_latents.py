@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from dit_jax import storage
+from dit_jax.exit_codes import BadInput
 from dit_jax.data.digits import default_data_dir
 from dit_jax.data.latents import LATENT_KEYS, VERSION, dataset_builder
 from dit_jax.data.pipeline import DecodeCrop, open_source
@@ -60,8 +61,10 @@ def _shard_path(out_dir: str, k: int) -> str:
 
 def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out_name: str,
                     out_data_dir: str = "", split: str = "train", batch_size: int = 64, dtype: str = "float16",
-                    shard_size: int = 1024, log=print) -> str:
-    """Encode a TFDS image dataset into the latent dataset `out_name`; returns its data_dir."""
+                    shard_size: int = 1024, log=print, with_images: bool = False) -> str:
+    """Encode a TFDS image dataset into the latent dataset `out_name`; returns its data_dir. with_images: each
+    record also holds its ADM-cropped uint8 image (not flipped: training flips it with the latents it picks),
+    which REPA's frozen encoders read."""
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
     storage.require_local(data_dir, "--data-dir")
@@ -86,7 +89,7 @@ def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out
     for count, k in enumerate(todo, 1):
         lo, hi = k * shard_size, min((k + 1) * shard_size, n)
         records = [decode.map({**source[i], "_key": i}) for i in range(lo, hi)]
-        shard = _encoded_shard(records, encode, batch_size, dtype)
+        shard = _encoded_shard(records, encode, batch_size, dtype, with_images)
         storage.write_bytes_atomic(_shard_path(work, k), shard)  # a shard is complete or absent
         done_images += hi - lo
         rate = done_images / (time.time() - t0)
@@ -96,11 +99,13 @@ def extract_latents(name: str, data_dir: str, image_size: int, vae_dir: str, out
         multihost_utils.sync_global_devices("dit_jax extract-latents shards")
     if jax.process_index() != 0:
         return out_data_dir
-    latent_shape = _assemble(out_name, out_data_dir, [_shard_path(work, k) for k in range(num_shards)], dtype)
+    latent_shape, image_shape = _assemble(out_name, out_data_dir, [_shard_path(work, k) for k in range(num_shards)],
+                                          dtype, with_images)
     storage.rmtree(storage.join(work, SHARDS))
     remote = storage.is_uri(out_data_dir)
-    per_image = 4 * int(np.prod(latent_shape)) * np.dtype(dtype).itemsize
-    log(f"built latent dataset {out_name!r} at {target}: {n} images, {per_image / 1024:.1f} KiB of latents per image")
+    per_image = 4 * int(np.prod(latent_shape)) * np.dtype(dtype).itemsize + int(np.prod(image_shape or 0))
+    log(f"built latent dataset {out_name!r} at {target}: {n} images, {per_image / 1024:.1f} KiB of latents"
+        f"{' and image' if image_shape else ''} per image")
     if remote:
         log("training reads ArrayRecord from local paths only: copy it to every host (gsutil -m cp -r "
             f"{storage.join(out_data_dir, out_name)} /data/) or mount the bucket with gcsfuse")
@@ -124,8 +129,9 @@ def _built_already(target: str, out_name: str, log) -> bool:
     return False
 
 
-def _encoded_shard(records: list[dict], encode, batch_size: int, dtype: str) -> bytes:
-    """The .npz bytes of one shard: labels and the posterior of every image and of its flip."""
+def _encoded_shard(records: list[dict], encode, batch_size: int, dtype: str, with_images: bool = False) -> bytes:
+    """The .npz bytes of one shard: labels and the posterior of every image and of its flip (and the
+    cropped uint8 images themselves, with_images)."""
     images = np.stack([r["image"] for r in records])
     outs = {key: [] for key in LATENT_KEYS}
     for b in range(0, len(images), batch_size):
@@ -135,24 +141,31 @@ def _encoded_shard(records: list[dict], encode, batch_size: int, dtype: str) -> 
         for key, value in zip(LATENT_KEYS, res):
             outs[key].append(np.asarray(value)[: len(chunk)].astype(dtype))
     shard = io.BytesIO()
+    extra = {"image": images} if with_images else {}
     np.savez(shard, label=np.array([r["label"] for r in records], np.int64),
-             **{key: np.concatenate(v) for key, v in outs.items()})
+             **{key: np.concatenate(v) for key, v in outs.items()}, **extra)
     return shard.getvalue()
 
 
-def _assemble(out_name: str, out_data_dir: str, files: list[str], dtype: str) -> tuple:
-    """The TFDS dataset built from every shard at OUT_DATA_DIR/out_name/VERSION; the latents' shape."""
+def _assemble(out_name: str, out_data_dir: str, files: list[str], dtype: str, with_images: bool = False) -> tuple:
+    """The TFDS dataset built from every shard at OUT_DATA_DIR/out_name/VERSION; the latents' shape and
+    the images' (None without images)."""
     missing = [f for f in files if not storage.exists(f)]
     if missing:
         raise FileNotFoundError(f"{len(missing)} shard(s) missing (first {missing[0]}): rerun to finish them")
     with np.load(io.BytesIO(storage.read_bytes(files[0]))) as z:
         latent_shape = z["mean"].shape[1:]
+        image_shape = z["image"].shape[1:] if "image" in z.files else None
+    if (image_shape is not None) != with_images:  # shards of an earlier run with the other choice
+        shards = os.path.dirname(files[0])
+        raise BadInput(f"{shards} holds shards {'with' if image_shape else 'without'} images: rerun with"
+                       f"{'' if image_shape else 'out'} --with-images, or delete that directory")
     # ArrayRecord writes local files only: a bucket's dataset is built in local temp space.
     remote = storage.is_uri(out_data_dir)
     target = storage.join(out_data_dir, out_name, VERSION)
     tmp = tempfile.mkdtemp(prefix=f".{out_name}-build-", dir=None if remote else out_data_dir)
     try:
-        builder = dataset_builder(out_name, files, latent_shape, dtype)(
+        builder = dataset_builder(out_name, files, latent_shape, dtype, image_shape)(
             data_dir=tmp, file_format=tfds.core.FileFormat.ARRAY_RECORD)
         builder.download_and_prepare(download_dir=os.path.join(tmp, "downloads"))
         built = os.path.join(tmp, out_name, VERSION)
@@ -162,4 +175,4 @@ def _assemble(out_name: str, out_data_dir: str, files: list[str], dtype: str) ->
             os.rename(built, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return latent_shape
+    return latent_shape, image_shape

@@ -30,6 +30,7 @@ def sampling_run(config: DiTConfig, schedule: dict | None, vae: str | None) -> R
                          num_timesteps=schedule.get("diffusion_steps", 1000), vae=vae or "")
     c.objective = schedule.get("objective", "ddpm")
     c.transport.update(schedule.get("transport", {}))
+    c.repa.path = schedule.get("repa_path", "linear")   # objective "repa": REPA's samplers on its path
     return make_run(c, vae=VAE(*load_vae_weights(vae)) if vae else None, mesh=make_mesh(devices=jax.devices()))
 
 
@@ -46,6 +47,8 @@ def load_model(weights: str | None, workdir: str | None, config: DiTConfig | Non
                         diffusion_steps=run["diffusion"]["num_timesteps"], objective=run.get("objective", "ddpm"))
         if schedule["objective"] == "sit":
             schedule["transport"] = run["transport"]
+        if run.get("repa", {}).get("encoder"):   # a REPA run samples with REPA's samplers
+            schedule.update(objective="repa", repa_path=run["repa"]["path"])
         return params, to_dit_config(run["model"]), f"the EMA weights of {workdir} at step {step}", schedule
     if weights:
         params, config = load_weights(weights, config)

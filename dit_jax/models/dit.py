@@ -153,8 +153,11 @@ class DiT(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, *, train: bool = False,
-                 force_drop: jax.Array | None = None) -> jax.Array:
-        """x: (B, H, W, C) NHWC, t: (B,) timesteps (0..999), y: (B,) int labels."""
+                 force_drop: jax.Array | None = None, capture_depth: int = 0):
+        """x: (B, H, W, C) NHWC, t: (B,) timesteps (0..999), y: (B,) int labels.
+
+        capture_depth k > 0 (REPA): also return the tokens (B, N, hidden) right after block k (1-based),
+        before any norm, as `(out, tokens)`."""
         cfg = self.config
         dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
         kw = dict(dtype=dtype, param_dtype=param_dtype)
@@ -181,7 +184,10 @@ class DiT(nn.Module):
 
         block_kwargs = dict(num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, attention=cfg.attention, **kw)
         remat = {} if cfg.remat == "none" else dict(policy=remat_policy(cfg.remat))
-        if cfg.scan_blocks:
+        captured = None
+        if cfg.scan_blocks and capture_depth:
+            tokens, captured = _scan_capturing(block_kwargs, remat, cfg.depth, capture_depth, tokens, c)
+        elif cfg.scan_blocks:
             body = nn.remat(ScanBlock, prevent_cse=False, **remat) if remat else ScanBlock
             tokens, _ = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
                                 in_axes=nn.broadcast, length=cfg.depth,
@@ -193,6 +199,8 @@ class DiT(nn.Module):
                 # CPU; see cotangent_barrier): without it XLA:CPU recomputes it in every later
                 # fusion, quadratic in depth. The scan's carry is materialized already.
                 tokens = cotangent_barrier(block_cls(**block_kwargs, name=f"blocks_{i}")(tokens, c))
+                if i + 1 == capture_depth:
+                    captured = tokens
 
         # Final layer: LN -> adaLN modulate -> zero-initialised linear to p*p*out_channels.
         shift, scale = ada_ln(c, 2, name="final_adaLN", **kw)
@@ -201,7 +209,34 @@ class DiT(nn.Module):
         # Unpatchify in the reference's (h, w, p, q, c) order; float32 out, so the loss and the
         # sampler's arithmetic are float32 whatever the compute dtype.
         out = out.reshape(b, gh, gw, p, p, cfg.out_channels).transpose(0, 1, 3, 2, 4, 5)
-        return out.reshape(b, h, w, cfg.out_channels).astype(jnp.float32)
+        out = out.reshape(b, h, w, cfg.out_channels).astype(jnp.float32)
+        return (out, captured) if capture_depth else out
+
+
+class _CapturingScanBlock(nn.Module):
+    """ScanBlock (same parameter path blocks/block/...) whose carry also holds the tokens after block
+    `capture` (REPA's projector input); the scanned input is the block index."""
+
+    block_kwargs: dict
+    capture: int
+
+    @nn.compact
+    def __call__(self, carry, c, i):
+        x, kept = carry
+        x = DiTBlock(**self.block_kwargs, name="block")(x, c)
+        return (x, jnp.where(i + 1 == self.capture, x, kept)), None
+
+
+def _scan_capturing(block_kwargs, remat: dict, depth: int, capture: int, tokens, c):
+    """The scanned blocks with the tokens after block `capture` carried out: one scan, so the stacked
+    parameters are those of a plain scan (a REPA checkpoint samples with the plain model); the cost is a
+    second residual-stream-sized carry per block."""
+    body = nn.remat(_CapturingScanBlock, prevent_cse=False, **remat) if remat else _CapturingScanBlock
+    (tokens, kept), _ = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
+                                in_axes=(nn.broadcast, 0), length=depth,
+                                metadata_params={nn.PARTITION_NAME: "layers"})(
+        block_kwargs, capture, name="blocks")((tokens, jnp.zeros_like(tokens)), c, jnp.arange(depth))
+    return tokens, kept
 
 
 def init_params(config: DiTConfig, key: jax.Array, batch: int = 1):

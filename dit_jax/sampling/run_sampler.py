@@ -16,6 +16,7 @@ from dit_jax.diffusion.solvers import SOLVERS, SPACINGS, solve
 from dit_jax.models.dit import DiT, DiTConfig
 from dit_jax.transport import integrators as sit
 from dit_jax.transport.guidance import split_learned_sigma
+from dit_jax.transport.repa import RepaFlow
 from dit_jax.transport.transport import Transport
 from dit_jax.run import Run
 
@@ -23,11 +24,13 @@ from dit_jax.run import Run
 # semantics); SiT's ODE (euler, heun, dopri5) and SDE samplers.
 DDPM_SAMPLERS = ("ddpm", "ddim") + tuple(s for s in SOLVERS if s != "ddim")
 SIT_SAMPLERS = ("euler", "heun", "dopri5", "sde-euler", "sde-heun")
-DEFAULT_SAMPLER = {"ddpm": "ddpm", "sit": "heun"}
+# REPA's samplers.py (transport/repa_samplers.py): its runs' time runs the other way (t = 0 data).
+REPA_SAMPLERS = ("repa-sde", "repa-euler", "repa-heun")
+DEFAULT_SAMPLER = {"ddpm": "ddpm", "sit": "heun", "repa": "repa-sde"}
 
 
 def objective_kind(objective) -> str:
-    return "sit" if isinstance(objective, Transport) else "ddpm"
+    return "sit" if isinstance(objective, Transport) else "repa" if isinstance(objective, RepaFlow) else "ddpm"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +73,7 @@ class SamplerSettings:
     def problems(self, objective) -> list[str]:
         """What is wrong with these settings for `objective` (empty when fine)."""
         kind, name = objective_kind(objective), self.resolved(objective)
-        allowed = SIT_SAMPLERS if kind == "sit" else DDPM_SAMPLERS
+        allowed = {"sit": SIT_SAMPLERS, "repa": REPA_SAMPLERS}.get(kind, DDPM_SAMPLERS)
         if name not in allowed:
             other = ("; it is a sampler of SiT models (objective 'sit')" if name in SIT_SAMPLERS else
                      "; it is a sampler of DDPM models (objective 'ddpm')" if name in DDPM_SAMPLERS else "")
@@ -85,8 +88,8 @@ class SamplerSettings:
                 out.append(f"cfg_interval must be (lo, hi) with 0 <= lo <= hi <= 1, got {self.cfg_interval}")
         if self.spacing and self.spacing not in SPACINGS:
             out.append(f"spacing must be one of {SPACINGS} (or '' for linspace), got {self.spacing!r}")
-        if kind == "sit" or name in SOLVERS:
-            low = 2 if kind == "sit" else 1
+        if kind in ("sit", "repa") or name in SOLVERS:
+            low = 1 if kind == "ddpm" else 2
             if not self.steps.isdigit() or int(self.steps) < low:
                 out.append(f"steps must be an integer >= {low} for the {name} sampler, got {self.steps!r}")
             elif kind == "ddpm" and int(self.steps) > objective.num_timesteps:
@@ -141,6 +144,8 @@ def make_sampler(model: DiTConfig, objective: GaussianDiffusion | Transport, set
     problems = settings.problems(objective)
     if problems:
         raise ValueError("; ".join(problems))
+    if isinstance(objective, RepaFlow):
+        return _repa_sampler(model, objective, settings)
     dit = DiT(model)
     channels = guidance_channels(settings.cfg_mode, model.in_channels)
     is_sit = isinstance(objective, Transport)
@@ -180,6 +185,41 @@ def make_sampler(model: DiTConfig, objective: GaussianDiffusion | Transport, set
             noise_fn = None
         x = sample_from(objective, model_fn, x_T, key, settings, noise_fn)
         return x[..., : model.in_channels]
+
+    return run
+
+
+def _repa_sampler(model: DiTConfig, objective: RepaFlow, settings: SamplerSettings):
+    """make_sampler for REPA runs: REPA's samplers exactly (guidance on every channel, only inside
+    settings.cfg_interval, which REPA states in its own t: guidance_low <= t <= guidance_high)."""
+    from dit_jax.transport import repa_samplers
+    dit, name = DiT(model), settings.resolved(objective)
+    lo, hi = settings.cfg_interval or (0.0, 1.0)
+    kw = dict(num_steps=int(settings.steps), cfg_scale=settings.cfg_scale, guidance_low=lo, guidance_high=hi,
+              null_label=model.null_class)
+
+    @jax.jit
+    def run(params, labels, key):
+        def model_fn(x, t, y):
+            return split_learned_sigma(dit.apply({"params": params}, x, t, y), model.in_channels)
+        shape = (labels.shape[0], model.input_size, model.input_size, model.in_channels)
+        if key.ndim == 2:  # per-sample raw keys: sample b depends on its own key only
+            pairs = jax.vmap(jax.random.split)(key)
+            x_T = jax.vmap(lambda k: jax.random.normal(k, shape[1:], jnp.float32))(pairs[:, 0])
+
+            def noise_fn(i, x):
+                return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), x.shape[1:], jnp.float32))(
+                    pairs[:, 1])
+        else:
+            init_key, key = jax.random.split(key)
+            x_T = jax.random.normal(init_key, shape, jnp.float32)
+            noise_fn = None
+        if name == "repa-sde":
+            x = repa_samplers.euler_maruyama_sampler(model_fn, x_T, labels, key, path=objective.path,
+                                                     noise_fn=noise_fn, **kw)
+        else:
+            x = repa_samplers.euler_sampler(model_fn, x_T, labels, heun=name == "repa-heun", **kw)
+        return x.astype(jnp.float32)
 
     return run
 

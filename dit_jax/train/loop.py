@@ -26,7 +26,7 @@ from dit_jax.train.goodput import Ledger
 from dit_jax.train.integrity import NonFiniteWatch
 from dit_jax.train.metrics_log import MetricsLog, peak_flops
 from dit_jax.train.preemption import Watch
-from dit_jax.train.programs import build_train_step, check_batch
+from dit_jax.train.programs import build_train_step, check_batch, vae_argument
 from dit_jax.run import Run, make_run
 from dit_jax.train.timing import SaveClock, StepTimer, log_fields
 from dit_jax.train.validation import validate
@@ -93,7 +93,7 @@ def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch):
                                program.batch_sharding, config.data.prefetch_to_device)
 
     vae_params = jax.device_put(run.vae.params, replicated(mesh)) if run.vae else None  # uploaded once for the run
-    step_vae = vae_params if run.input_mode == "encode" else None  # the step encodes with it
+    step_vae = vae_argument(run, vae_params)  # the step encodes with it (REPA: with the frozen encoders)
     grid_sampler = grids.make_grid_sampler(run) if config.sample.every else None
     evaluators = evaluation.make_evaluators(run)
     slots = sampling_slots(evaluators)

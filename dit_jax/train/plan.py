@@ -35,7 +35,7 @@ def dry_run(config, workdir: str, *, devices: int, hosts: int, files: bool = Tru
     records = _dataset(config.data) if files else None
     lines = [
         f"model {config.model.name}: {model.depth} blocks, hidden {model.hidden_size}, {param_count(model):,} "
-        f"parameters; objective {config.get('objective', 'ddpm')}",
+        f"parameters; objective {config.get('objective', 'ddpm')}" + _repa_note(config),
         f"data {config.data.name} ({config.data.split}) in {config.data.data_dir or default_data_dir()}: "
         + (_records_line(records) if files else "not checked (--nocheck_files)")
         + (f"; latents {config.data.latents!r}" + (f", VAE {config.data.vae}" if config.data.vae else "")
@@ -53,6 +53,15 @@ def dry_run(config, workdir: str, *, devices: int, hosts: int, files: bool = Tru
         _workdir_line(workdir, files),
     ]
     return lines
+
+
+def _repa_note(config) -> str:
+    """REPA replaces the objective's loss by its own (train/repa.py)."""
+    r = config.get("repa")
+    if not r or not r.encoder:
+        return ""
+    return (f" replaced by REPA's (encoder {r.encoder}, projector after block {r.encoder_depth}, proj_coeff "
+            f"{r.proj_coeff}, path {r.path}, weighting {r.weighting})")
 
 
 def _records_line(records: int | None) -> str:

@@ -52,24 +52,39 @@ def build_train_step(run: Run) -> TrainProgram:
     config.mesh says (FSDP, ZeRO-1), the batch split over data x fsdp, the state donated."""
     config, mesh = run.config, run.mesh
     tx = make_optimizer(config.optim)
-    boxed = abstract_state(run.model, tx, config.seed)
+    boxed = abstract_state(run.model, tx, config.seed, run.repa)
     shardings, notes = state_shardings(boxed, mesh, config.mesh)
     placed = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings)
     encoder = run.vae.config if run.input_mode == "encode" and run.vae is not None else None
     step = jax.jit(partial(train_step, model=DiT(run.model), objective=run.objective, tx=tx,
                            ema_decay=config.ema_decay, input_mode=run.input_mode, vae_config=encoder,
-                           latent_scale=config.data.latent_scale),
-                   in_shardings=(shardings, batch_sharding(mesh), replicated(mesh)),
+                           latent_scale=config.data.latent_scale, repa=run.repa),
+                   in_shardings=(shardings, batch_sharding(mesh), frozen_shardings(run)),
                    out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
     with jax.set_mesh(mesh):
-        init = jax.jit(lambda p: nn.unbox(create_state(run.model, tx, config.seed, p)), out_shardings=shardings)
+        init = jax.jit(lambda p: nn.unbox(create_state(run.model, tx, config.seed, p, run.repa)),
+                       out_shardings=shardings)
     return TrainProgram(step=step, init=init, abstract_state=placed, state_shardings=shardings,
                         batch_sharding=batch_sharding(mesh), tx=tx, notes=tuple(notes))
 
 
-def vae_argument(run: Run) -> Any:
-    """The step's third argument: the VAE weights when the step encodes, else None."""
-    return run.vae.params if run.input_mode == "encode" and run.vae is not None else None
+def vae_argument(run: Run, vae_params: Any = None) -> Any:
+    """The step's third argument: the VAE weights when the step encodes, else None; with REPA on,
+    {"vae": that, "encoders": the frozen encoders' params}. `vae_params`: the VAE's weights already on
+    the devices (the run's own otherwise)."""
+    vae = (vae_params if vae_params is not None else run.vae.params) if run.input_mode == "encode" and run.vae else None
+    return {"vae": vae, "encoders": run.encoder_params} if run.repa is not None else vae
+
+
+def frozen_shardings(run: Run) -> Any:
+    """The third argument's shardings: the VAE replicated, the encoders by the model's logical rules
+    (their unannotated params replicated)."""
+    mesh = run.mesh
+    if run.repa is None:
+        return replicated(mesh)
+    from dit_jax.parallel.sharding import logical_shardings
+    encoders, _ = logical_shardings(run.encoder_params, mesh, allow_replicated=True)
+    return {"vae": replicated(mesh), "encoders": encoders}
 
 
 def abstract_batch(run: Run, batch_size: int | None = None) -> dict:
@@ -82,7 +97,11 @@ def abstract_batch(run: Run, batch_size: int | None = None) -> dict:
     if run.input_mode == "dataset":
         latent = jax.ShapeDtypeStruct((b, model.input_size, model.input_size, model.in_channels), jnp.float16,
                                       sharding=sharding)
-        return {"mean": latent, "std": latent, "label": label}
+        batch = {"mean": latent, "std": latent, "label": label}
+        if run.repa is not None:  # REPA's encoders read the record's image too
+            batch["image"] = jax.ShapeDtypeStruct((b, config.data.image_size, config.data.image_size,
+                                                   config.data.channels), jnp.uint8, sharding=sharding)
+        return batch
     size, channels = ((config.data.image_size, config.data.channels) if run.input_mode == "encode"
                       else (model.input_size, model.in_channels))
     return {"image": jax.ShapeDtypeStruct((b, size, size, channels), jnp.uint8, sharding=sharding), "label": label}

@@ -34,11 +34,12 @@ def make_optimizer(optim) -> optax.GradientTransformation:
 
 
 def create_state(model_config: DiTConfig, tx: optax.GradientTransformation, seed: int,
-                 init_params=None) -> TrainState:
+                 init_params=None, repa=None) -> TrainState:
     """A fresh state (boxed with logical axis names when params are initialised here).
 
     EMA starts as a copy of the params, as the reference (update_ema with decay 0).
-    `init_params` (e.g. converted official weights) replaces the random initialisation.
+    `init_params` (e.g. converted official weights) replaces the random initialisation. `repa` (a
+    train.repa.RepaSpec) adds REPA's projectors to the params (trained, EMA'd and checkpointed with them).
     """
     key = jax.random.PRNGKey(seed)
     init_key, rng = jax.random.split(key)
@@ -46,10 +47,13 @@ def create_state(model_config: DiTConfig, tx: optax.GradientTransformation, seed
         params = DiT(model_config).init({"params": init_key}, *example_inputs(model_config))["params"]
     else:
         params = init_params
+    if repa is not None:
+        from dit_jax.train.repa import with_projectors
+        params = with_projectors(params, repa, model_config, init_key)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       ema_params=jax.tree.map(jnp.copy, params), rng=rng)
 
 
-def abstract_state(model_config: DiTConfig, tx, seed: int = 0) -> TrainState:
+def abstract_state(model_config: DiTConfig, tx, seed: int = 0, repa=None) -> TrainState:
     """Shapes of the state with nn.Partitioned boxes kept (for shardings)."""
-    return jax.eval_shape(lambda: create_state(model_config, tx, seed))
+    return jax.eval_shape(lambda: create_state(model_config, tx, seed, repa=repa))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
@@ -71,7 +72,7 @@ def objective_terms(objective: GaussianDiffusion | Transport, model_fn, x0, t, n
 def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model: DiT,
                objective: GaussianDiffusion | Transport,
                tx: optax.GradientTransformation, ema_decay: float, input_mode: str = "", vae_config: Any = None,
-               latent_scale: float = 0.18215):
+               latent_scale: float = 0.18215, repa: Any = None):
     """batch: {'image': (B, H, W, C) uint8, or float in [-1, 1]} or a latent dataset's {'mean', 'std'}
     (float16 or float32), plus 'label' (B,).
 
@@ -80,7 +81,14 @@ def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model:
     batch['draws'] = {'t': (B,) int (float for SiT), 'noise': x0's shape, 'drop': (B,) bool label-drop mask}, when
     present, replaces the step's own random draws (to run the same update as another implementation
     on the same randomness); without it the step draws them from (state.rng, state.step).
+
+    repa (a train.repa.RepaSpec): REPA's loss in place of the objective's; the third argument is then
+    {"vae": VAE params or None, "encoders": the frozen encoders' params}, the batch also holds the uint8
+    'image' the encoders read, and draws may carry 'zs' (the encoders' features).
     """
+    if repa is not None:
+        return _repa_update(state, batch, vae_params, model=model, tx=tx, ema_decay=ema_decay, input_mode=input_mode,
+                            vae_config=vae_config, latent_scale=latent_scale, repa=repa)
     y = batch["label"]
     draws = batch.get("draws")
     t_key, noise_key, drop_key, latent_key = step_keys(state.rng, state.step)
@@ -100,14 +108,43 @@ def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model:
         return jnp.mean(terms["loss"]), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return _apply_update(state, grads, loss, terms, tx, ema_decay)
+
+
+def _apply_update(state: TrainState, grads, loss, terms: dict, tx, ema_decay: float):
+    """AdamW (with its clipping) and the EMA; the step's metrics."""
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # The reference's formula by hand: optax.incremental_update computes the same average but rounds
     # differently (not bit-identical on CPU, even after a single step).
     ema = jax.tree.map(lambda e, p: e * ema_decay + p.astype(e.dtype) * (1 - ema_decay), state.ema_params, params)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-    for k in ("mse", "vb"):
+    for k in ("mse", "vb", "denoise_loss", "proj_loss"):
         if k in terms:
             metrics[k] = jnp.mean(terms[k])
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
     return new_state, metrics
+
+
+def _repa_update(state: TrainState, batch: dict, frozen: dict, *, model: DiT, tx, ema_decay: float,
+                 input_mode: str, vae_config: Any, latent_scale: float, repa: Any):
+    """REPA's train.py update (train/repa.py): draws in REPA's time convention, encoder features of the
+    batch's image, the denoising + projection loss, then the same AdamW/EMA update."""
+    from dit_jax.train import repa as repa_lib
+    from dit_jax.transport.repa import draw_time as repa_time
+    y, draws = batch["label"], batch.get("draws")
+    t_key, noise_key, drop_key, latent_key = step_keys(state.rng, state.step)
+    x0 = model_input(batch, latent_key, input_mode, frozen.get("vae"), vae_config, latent_scale)
+    if draws is None:
+        t = repa_time(t_key, x0.shape[0], repa.weighting, repa.path)
+        noise, force_drop = jax.random.normal(noise_key, x0.shape, jnp.float32), None
+    else:
+        t, noise, force_drop = draws["t"], draws["noise"].astype(jnp.float32), draws["drop"]
+    if draws is not None and "zs" in draws:
+        zs = [jnp.asarray(z, jnp.float32) for z in draws["zs"]]
+    else:
+        zs = repa_lib.encoder_features(repa, frozen["encoders"], batch["image"])
+    loss_fn = partial(repa_lib.loss_fn, model=model, spec=repa, x0=x0, y=y, t=t, noise=noise, zs=zs,
+                      force_drop=force_drop, drop_key=drop_key)
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return _apply_update(state, grads, loss, terms, tx, ema_decay)

@@ -26,7 +26,10 @@ def validate(config) -> int:
     Returns the number of records in the training split."""
     raise_problems(config_problems(config))
     from dit_jax.data.source_check import check_dataset
-    return check_dataset(config.data.name, config.data.data_dir, config.data.split)
+    count = check_dataset(config.data.name, config.data.data_dir, config.data.split)
+    from dit_jax.train import repa
+    repa.check_dataset(config)
+    return count
 
 
 def raise_problems(problems: list[str]) -> None:
@@ -50,6 +53,8 @@ def config_problems(config, files: bool = True) -> list[str]:
     problems += _objective(config)
     problems += _sampling(config)
     problems += evaluation.check(config, files)
+    from dit_jax.train import repa
+    problems += repa.problems(config, model, files)
     if files and config.get("init_weights", ""):
         from dit_jax.weights import weights_dir_problem
         problem = weights_dir_problem(config.init_weights)
