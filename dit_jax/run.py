@@ -34,7 +34,7 @@ class Run:
     objective: Any  # GaussianDiffusion | Transport | RepaFlow: the run's whole (unrespaced) diffusion, or SiT's transport
     vae: VAE | None                  # None: a pixel run, or a latent run without a VAE (latent datasets)
     mesh: Mesh
-    # REPA (train/repa.py): its spec and the frozen encoders' params (None: REPA off)
+    # REPA (train/repa.py, added by train.repa.attach): its spec and the frozen encoders' params (None: off)
     repa: Any = None
     encoder_params: Any = None
 
@@ -86,18 +86,14 @@ def load_vae(config, model: DiTConfig) -> VAE | None:
     return VAE(*loaded) if loaded else None
 
 
-def make_run(config, devices=None, *, vae: VAE | None | str = "load", mesh: Mesh | None = None,
-             encoders: str = "load") -> Run:
+def make_run(config, devices=None, *, vae: VAE | None | str = "load", mesh: Mesh | None = None) -> Run:
     """The run of `config` on `devices` (default: all). vae: "load" reads data.vae; pass a VAE (or None)
-    to use one already loaded, or abstract weights for compiling without files. encoders (REPA's frozen
-    encoders): "load" reads config.repa.weights, "random" initialises them, "abstract" gives shapes only."""
+    to use one already loaded, or abstract weights for compiling without files. REPA's spec and frozen
+    encoders are added by the programs that train (dit_jax.train.repa.attach): sampling needs neither."""
     model = to_dit_config(config.model)
-    from dit_jax.train import repa
-    spec = repa.spec_of(config, model)
     return Run(config=config, model=model, objective=objective_of(config),
                vae=load_vae(config, model) if isinstance(vae, str) else vae,
-               mesh=mesh if mesh is not None else make_mesh_from_config(config.mesh, devices), repa=spec,
-               encoder_params=repa.encoders_for(config, spec, encoders))
+               mesh=mesh if mesh is not None else make_mesh_from_config(config.mesh, devices))
 
 
 def config_for_model(model: DiTConfig, *, noise_schedule: str = "linear", num_timesteps: int = 1000,

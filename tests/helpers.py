@@ -223,3 +223,21 @@ def few_sample_frechet(features, mu, sigma) -> float:
     tr_covmean = np.sqrt(np.clip(eigenvalues, 0, None)).sum()
     diff = x.mean(0) - mu
     return float(diff @ diff + np.sum(a * a) / (n - 1) + np.trace(sigma) - 2 * tr_covmean)
+
+
+def reports(out):
+    """(the scores of each evaluation, the RESULT line) that one process printed."""
+    lines = out.splitlines()
+    scores = [json.loads(x[len("SCORES "):]) for x in lines if x.startswith("SCORES ")]
+    results = [json.loads(x[len("RESULT "):]) for x in lines if x.startswith("RESULT ")]
+    assert len(results) == 1, out[-3000:]
+    return scores, results[0]
+
+
+def every_host_agrees(outs):
+    """Each process's own scores and stopping step, equal across processes; process 0's report."""
+    (scores0, result0), (scores1, result1) = map(reports, outs)
+    assert scores0 == scores1, (scores0, scores1)
+    assert (result0["stopped_at"], result0["preempted"]) == (result1["stopped_at"], result1["preempted"]), \
+        (result0, result1)
+    return scores0, result0

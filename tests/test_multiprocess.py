@@ -14,27 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import Child, PortReservation, gcs_objects
-from helpers import ROOT, TESTS, WITH_SAMPLING, env_without_xla_flags, finish, same_losses, scores, start
+from helpers import (ROOT, TESTS, WITH_SAMPLING, env_without_xla_flags, every_host_agrees, finish, reports, same_losses,
+                     scores, start)
 
 pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
-
-
-def reports(out):
-    """(the scores of each evaluation, the RESULT line) that one process printed."""
-    lines = out.splitlines()
-    scores = [json.loads(x[len("SCORES "):]) for x in lines if x.startswith("SCORES ")]
-    results = [json.loads(x[len("RESULT "):]) for x in lines if x.startswith("RESULT ")]
-    assert len(results) == 1, out[-3000:]
-    return scores, results[0]
-
-
-def every_host_agrees(outs):
-    """Each process's own scores and stopping step, equal across processes; process 0's report."""
-    (scores0, result0), (scores1, result1) = map(reports, outs)
-    assert scores0 == scores1, (scores0, scores1)
-    assert (result0["stopped_at"], result0["preempted"]) == (result1["stopped_at"], result1["preempted"]), \
-        (result0, result1)
-    return scores0, result0
 
 
 def download(url, bucket, prefix, local):

@@ -176,10 +176,10 @@ def test_repa_checkpoint_converts_and_samples(tmp_path, capsys):
     back to REPA's names bit for bit) and samples with REPA's SDE; a corrupted projector name is refused."""
     import argparse
 
-    import test_repa_parity as P
+    import repa_helpers as P
     from dit_jax.convert.repa_torch import to_repa_torch
     from dit_jax.weights import load_weights
-    ref = P.ref.__wrapped__()
+    ref = P.ref()
     model = P._torch_net(ref)
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     ckpt = tmp_path / "0400000.pt"
@@ -235,12 +235,13 @@ def test_a_dinov2_encoder_plugs_in_through_the_registry(monkeypatch):
     from dit_jax.parallel.mesh import make_mesh
     from dit_jax.train.programs import abstract_batch, build_train_step, vae_argument
     from dit_jax.run import config_for_model, make_run
+    from dit_jax.train.repa import attach
     cfg = dit_config("S/2", input_size=32, depth=2, hidden_size=32, num_heads=2, num_classes=10, learn_sigma=False)
     config = config_for_model(cfg)
     config.data.update(latents="dataset", image_size=256, num_classes=10)
     config.repa.update(encoder="dinov2-vit-b", encoder_depth=1, projector_dim=64, weights="unused.pth")
     config.batch_size = 2
-    run = make_run(config, vae=None, mesh=make_mesh(devices=jax.devices()[:1]), encoders="random")
+    run = attach(make_run(config, vae=None, mesh=make_mesh(devices=jax.devices()[:1])), "random")
     program = build_train_step(run)
     shapes = abstract_batch(run)
     assert shapes["image"].shape == (2, 256, 256, 3) and shapes["mean"].shape == (2, 32, 32, 4)

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from test_multiprocess import every_host_agrees, finish, same_losses, scores, start
+from helpers import every_host_agrees, finish, same_losses, scores, start
 
 pytestmark = pytest.mark.slow
 

@@ -23,44 +23,13 @@ from dit_jax.parity import compare, nchw, nhwc, randomize_zero_layers
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CFG = dit_config("S/2", input_size=8, depth=3, hidden_size=64, num_heads=4, num_classes=5, learn_sigma=False)
-DEPTH, Z_DIMS, PROJ_DIM, B = 2, (64, 64), 32, 4
-LOSS_TOL = 5e-6     # relative; measured up to 7.7e-7 (projection loss)
-PARAM_TOL = 5e-6    # relative (the issue asks <= 1e-5); measured 6.4e-7, see docs/repa.md
-
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from repa_helpers import B, CFG, DEPTH, LOSS_TOL, PARAM_TOL, PROJ_DIM, Z_DIMS, _ours, _torch_net  # noqa: E402
+from repa_helpers import ref as _load_reference  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def ref():
-    mods = {k: _load(f"_repa_ref_{k}", os.path.join(HERE, "repa_reference", f"{k}.py"))
-            for k in ("models", "loss", "train", "samplers")}
-    mods["dit"] = _load("_repa_ref_dit", os.path.join(HERE, "torch_reference", "models.py"))
-    return mods
-
-
-def _torch_net(ref, seed=3):
-    torch.manual_seed(seed)
-    net = ref["dit"].DiT(input_size=CFG.input_size, patch_size=CFG.patch_size, in_channels=CFG.in_channels,
-                         hidden_size=CFG.hidden_size, depth=CFG.depth, num_heads=CFG.num_heads,
-                         num_classes=CFG.num_classes, learn_sigma=False)
-    model = ref["models"].RepaSiT(net, DEPTH, Z_DIMS, PROJ_DIM)
-    assert randomize_zero_layers(net, seed, std=0.1) > 0
-    return model
-
-
-def _ours(model):
-    from dit_jax.convert.repa_torch import from_repa_torch
-    params, cfg, z_dims = from_repa_torch({k: v.detach().numpy() for k, v in model.state_dict().items()}, CFG)
-    assert z_dims == Z_DIMS and cfg.learn_sigma is False
-    return jax.tree.map(jnp.asarray, params)
+    return _load_reference()
 
 
 class Draws:
@@ -162,12 +131,13 @@ def _program(capture=DEPTH, clip=1.0):
     from dit_jax.parallel.mesh import make_mesh
     from dit_jax.train.programs import build_train_step, vae_argument
     from dit_jax.run import config_for_model, make_run
+    from dit_jax.train.repa import attach
     config = config_for_model(CFG)
     config.data.update(latents="", image_size=8)
     config.optim.update(lr=1e-4, weight_decay=0.0, grad_clip=clip, b1=0.9, b2=0.999, eps=1e-8)
     config.ema_decay = 0.9999
     config.repa.update(encoder="digits-mlp,digits-mlp", encoder_depth=capture, projector_dim=PROJ_DIM)
-    run = make_run(config, vae=None, mesh=make_mesh(devices=jax.devices()[:1]), encoders="random")
+    run = attach(make_run(config, vae=None, mesh=make_mesh(devices=jax.devices()[:1])), "random")
     return build_train_step(run), vae_argument(run)
 
 

@@ -20,8 +20,8 @@ TOL = 2e-6   # relative; measured up to 2.3e-7 (docs/repa.md)
 
 @pytest.fixture(scope="module")
 def setup():
-    import test_repa_parity as P
-    ref = P.ref.__wrapped__()
+    import repa_helpers as P
+    ref = P.ref()
     model = P._torch_net(ref).eval()
     params = P._ours(model)
     rng = np.random.default_rng(5)

@@ -153,7 +153,8 @@ def bench_run(config, setting: Setting, mesh):
                   vae_config)
     elif not c.data.vae:
         vae = None
-    return make_run(c, vae=vae, mesh=mesh, encoders="load" if c.repa.weights else "random")
+    from dit_jax.train.repa import attach
+    return attach(make_run(c, vae=vae, mesh=mesh), "load" if c.repa.weights else "random")
 
 
 def synthetic_batch(run, seed: int = 0) -> dict:

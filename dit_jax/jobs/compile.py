@@ -97,7 +97,8 @@ def compile_run(config, devices):
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {batch_divisor(mesh)} devices that "
                          f"split the batch (mesh {dict(mesh.shape)})")
     vae = abstract_vae(mesh) if config.data.latents == "encode" else None
-    return make_run(config, vae=vae, mesh=mesh, encoders="abstract")
+    from dit_jax.train.repa import attach
+    return attach(make_run(config, vae=vae, mesh=mesh), "abstract")
 
 
 def compile_step(config, devices) -> dict:

@@ -20,7 +20,7 @@ from dit_jax.models.dit import forward_macs
 from dit_jax.parallel.mesh import describe as describe_mesh
 from dit_jax.parallel.sharding import LOGICAL_RULES, replicated
 from dit_jax.sampling import grids
-from dit_jax.train import checkpoint as ckpt, evaluators as evaluation, final_scores, profile
+from dit_jax.train import checkpoint as ckpt, evaluators as evaluation, final_scores, profile, repa
 from dit_jax.train.compilation_cache import configure as configure_compilation_cache
 from dit_jax.train.goodput import Ledger
 from dit_jax.train.integrity import NonFiniteWatch
@@ -42,7 +42,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     storage.require_local(config.data.data_dir, "data.data_dir")
     configure_compilation_cache(config.compilation_cache_dir)
     workdir = str(storage.resolve(workdir))
-    run = make_run(config)
+    run = repa.attach(make_run(config))
     check_batch(config, run.mesh)
     lock = workdir_lock.take(workdir)
     log = MetricsLog(workdir, enabled=jax.process_index() == 0)

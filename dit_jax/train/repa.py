@@ -120,6 +120,15 @@ def random_encoders(spec: RepaSpec, seed: int = 0) -> tuple:
     return tuple(repa_encoders.random(n, spec.resolution, jax.random.key(seed + i)) for i, n in enumerate(spec.encoders))
 
 
+def attach(run, encoders: str = "load"):
+    """`run` with REPA's spec and frozen encoders when config.repa is on (unchanged otherwise). encoders:
+    "load" reads config.repa.weights, "random" initialises them, "abstract" gives shapes only."""
+    spec = spec_of(run.config, run.model)
+    if spec is None:
+        return run
+    return dataclasses.replace(run, repa=spec, encoder_params=encoders_for(run.config, spec, encoders))
+
+
 def encoders_for(config, spec: RepaSpec | None, how: str):
     """The frozen encoders' params: "load" (config.repa.weights), "random" or "abstract" (shapes only)."""
     if spec is None:
