@@ -16,9 +16,21 @@ TRAIN_EXIT_CODES = """Exit codes: 0 finished, 75 preempted with a checkpoint sav
 2 bad input, 3 diverged, 130 interrupted (Ctrl-C), 1 any other failure."""
 
 
+def _boolean(text: str) -> bool:
+    """absl's values of a boolean flag: --NAME=true/false (1/0, yes/no)."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "t", "y"):
+        return True
+    if value in ("false", "0", "no", "f", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _switch(p, name: str, help: str) -> None:
-    """--NAME and --noNAME (absl's spelling, kept from when train parsed with absl); None when not given."""
-    p.add_argument(f"--{name}", dest=name, action="store_const", const=True, default=None, help=help)
+    """--NAME, --NAME=false and --noNAME (absl's spellings, kept from when train parsed with absl); None
+    when not given."""
+    p.add_argument(f"--{name}", dest=name, nargs="?", type=_boolean, const=True, default=None, metavar="BOOL",
+                   help=help)
     p.add_argument(f"--no{name}", dest=name, action="store_const", const=False, help=argparse.SUPPRESS)
 
 

@@ -8,3 +8,7 @@
 
 Used by tools/compare_torch.py and the parity tests (the PyTorch statements in tests/ standing in).
 """
+
+# The shared parts under the package's name, as `dit_jax.parity` offered them when it was one module.
+from dit_jax.parity.common import (Row, compare, fixed_randn_like, format_table, nchw, nhwc,  # noqa: E402,F401
+                                   randomize_zero_layers, reference_and_ours, torch_model)
