@@ -108,3 +108,18 @@ def test_negative_controls_fail_the_tolerance(ref, monkeypatch, bug):
     rows = rows_of(ref, cfg)
     forward = rows[0]
     assert not forward.ok and forward.rel > 10 * TOL, format_table(rows)
+
+
+@pytest.mark.parametrize("combo", ["all", "release", "qknorm+rope"])
+def test_conversion_reads_the_options_off_the_state_dict(ref, combo):
+    from dit_jax.convert.lightningdit_torch import from_torch, infer_config, lightningdit_kwargs
+    cfg = config(**COMBOS[combo])
+    net = ref.models.LightningDiT(**lightningdit_kwargs(cfg))
+    sd = {k: v.numpy() for k, v in net.state_dict().items()}
+    inferred = infer_config(sd, num_heads=cfg.num_heads)
+    assert inferred.to_dict() == cfg.to_dict()
+    flipped = dict(COMBOS[combo], use_qknorm=not cfg.use_qknorm)
+    with pytest.raises(ValueError, match="use_qknorm: checkpoint"):
+        from_torch(sd, config(**flipped))
+    with pytest.raises(ValueError, match="unexpected names"):
+        from_torch({**sd, "blocks.0.extra.weight": np.zeros(3)}, cfg)
