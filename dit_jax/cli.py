@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -88,7 +89,11 @@ def cmd_convert(args) -> int:
     if args.to_torch:
         _check_file_out(args.out, args.force, "a PyTorch state dict (.pt)")
         params, config = load_weights(args.to_torch, config)
-        torch_io.save_state_dict(dit_torch.to_torch(params, config), args.out)
+        from dit_jax.convert import lightningdit_torch
+        from dit_jax.models.dit import LIGHTNING_OPTIONS
+        # A model with LightningDiT's options exports in LightningDiT's format (its names, its RoPE buffers).
+        writer = lightningdit_torch if any(getattr(config, k) for k in LIGHTNING_OPTIONS) else dit_torch
+        torch_io.save_state_dict(writer.to_torch(params, config), args.out)
         print(f"wrote PyTorch state dict of {config_name(config)} to {args.out}")
         return 0
     if args.from_diffusers_vae:
@@ -102,6 +107,14 @@ def cmd_convert(args) -> int:
     if args.from_torch:
         params, config = dit_torch.from_torch(torch_io.load_state_dict(args.from_torch, args.key), config,
                                               args.num_heads)
+    elif args.from_lightningdit:
+        from dit_jax.convert import lightningdit_torch
+        from dit_jax.models.dit import LIGHTNING_OPTIONS
+        sd = torch_io.load_state_dict(args.from_lightningdit, args.key)
+        if config is not None:   # --model names the size; the options are the checkpoint's
+            found = lightningdit_torch.infer_config(sd, num_heads=config.num_heads)
+            config = dataclasses.replace(config, **{k: getattr(found, k) for k in LIGHTNING_OPTIONS})
+        params, config = lightningdit_torch.from_torch(sd, config, args.num_heads)
     else:
         sd = torch_io.load_diffusers_state_dict(args.from_diffusers)
         params, config = dit_torch.from_diffusers(sd, config, args.sample_size, args.num_heads)
@@ -441,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-torch", metavar="PT", type=existing_file,
                      help="official .pt (released state dict or train.py checkpoint)")
+    src.add_argument("--from-lightningdit", metavar="PT", type=existing_file,
+                     help="hustvl/LightningDiT .pt (released state dict or train.py checkpoint); its options are "
+                          "read off the names")
     src.add_argument("--from-diffusers", metavar="PATH", type=existing_path,
                      help="diffusers DiTTransformer2DModel folder or file")
     src.add_argument("--to-torch", metavar="WEIGHTS_DIR", type=existing_dir,
