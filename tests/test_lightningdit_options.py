@@ -2,7 +2,8 @@
 model: all off is today's DiT (the same parameter tree; outputs against the PyTorch statement in
 test_lightningdit_parity.py); each option adds exactly its parameters; every combination computes the same
 function with scanned and unrolled blocks and under each remat policy, trains in bf16, and runs with the
-splash path; QK-norm and RoPE reach q and k before the attention kernel; the new parameters' PartitionSpecs
+splash path (and lower for a TPU with the Mosaic splash kernel); QK-norm and RoPE reach q and k before
+the attention kernel; the new parameters' PartitionSpecs
 under fsdp and tensor meshes (8 CPU devices, a subprocess)."""
 
 import dataclasses
@@ -214,3 +215,29 @@ def test_new_parameters_partition_specs(specs, mesh, scan):
         assert entry["shard"] == ([2] if scan else []) + want[column], (leaf, entry)
     final = got["final_norm/scale"]
     assert final["spec"] == ["fsdp"] and final["shard"] == ([16] if mesh == "fsdp" else [64])
+
+
+def test_all_options_lower_for_a_tpu_with_the_splash_kernel():
+    """The gradient of the model with every option, attention='splash', bf16, scanned and rematerialised,
+    lowered for v5e-8 chips (libtpu's compile-only topology) from this CPU host: QK-norm and RoPE sit in
+    front of the Mosaic splash kernel, and XLA attention is not used."""
+    pytest.importorskip("libtpu")
+    import flax.linen as nn
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from dit_jax.jobs.compile import parse_topology, target_devices
+    from dit_jax.models.dit import abstract_params
+    from dit_jax.parallel.sharding import LOGICAL_RULES
+    mesh = jax.sharding.Mesh(np.asarray(target_devices(parse_topology("v5e-8"))).reshape(4, 1, 2),
+                             ("data", "fsdp", "tensor"))
+    config = DiTConfig(input_size=32, patch_size=2, in_channels=4, hidden_size=128, depth=2, num_heads=2,
+                       num_classes=10, attention="splash", dtype="bfloat16", scan_blocks=True, remat="full", **ALL)
+    params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, P())),
+                          abstract_params(config))
+    batch = NamedSharding(mesh, P(("data", "fsdp")))
+    x = jax.ShapeDtypeStruct((8, 32, 32, 4), jnp.float32, sharding=batch)
+    t, y = (jax.ShapeDtypeStruct((8,), d, sharding=batch) for d in (jnp.float32, jnp.int32))
+    loss = lambda p, x, t, y: jnp.sum(DiT(config).apply({"params": p}, x, t, y) ** 2)  # noqa: E731
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        text = jax.jit(jax.grad(loss)).lower(params, x, t, y).as_text()
+    assert "tpu_custom_call" in text and "dot_product_attention" not in text
