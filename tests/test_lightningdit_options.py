@@ -1,10 +1,9 @@
 """LightningDiT's model options (DiTConfig.use_qknorm, use_rmsnorm, use_swiglu, use_rope, wo_shift) on a tiny
-model: all off is today's DiT (the same parameter tree; outputs against the PyTorch statement in
-test_lightningdit_parity.py); each option adds exactly its parameters; every combination computes the same
-function with scanned and unrolled blocks and under each remat policy, trains in bf16, and runs with the
-splash path (and lower for a TPU with the Mosaic splash kernel); QK-norm and RoPE reach q and k before
-the attention kernel; the new parameters' PartitionSpecs
-under fsdp and tensor meshes (8 CPU devices, a subprocess)."""
+model: all off is today's DiT parameter tree (its outputs: test_lightningdit_parity.py); each option adds
+exactly its parameters; with all five on, scanned and unrolled blocks and the remat policies give the same
+values and gradients, bf16 runs, the splash path runs (XLA off TPU) and lowers for TPU chips with the Mosaic
+kernel; QK-norm and RoPE reach q and k before the attention call; the new parameters' PartitionSpecs and
+shards on fsdp and tensor meshes (8 CPU devices, in a subprocess)."""
 
 import dataclasses
 import json
