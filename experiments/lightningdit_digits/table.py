@@ -23,6 +23,13 @@ def row(workdir: str) -> str:
                 if k.endswith("class_accuracy") or k.endswith("frechet_distance"):
                     scores[(r["step"], k.rsplit("/", 1)[-1])] = v
 
+    final = os.path.join(workdir, "demo_scores.json")   # the end-of-run evaluation is written here
+    if os.path.isfile(final):
+        with open(final) as f:
+            for k, v in json.load(f).items():
+                if k.endswith("class_accuracy") or k.endswith("frechet_distance"):
+                    scores[(4000, k.rsplit("/", 1)[-1])] = v
+
     def cell(step):
         acc, fd = scores.get((step, "class_accuracy")), scores.get((step, "frechet_distance"))
         return "not reached" if acc is None else f"{acc:.3f} / {fd:.2f}"
