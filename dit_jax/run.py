@@ -68,7 +68,8 @@ def objective_of(config) -> GaussianDiffusion | Transport:
         t = config.transport
         return Transport(path=t.path, prediction=t.prediction, loss_weight=t.loss_weight or None,
                          train_eps=None if t.train_eps < 0 else t.train_eps,
-                         sample_eps=None if t.sample_eps < 0 else t.sample_eps)
+                         sample_eps=None if t.sample_eps < 0 else t.sample_eps,
+                         use_lognorm=t.get("use_lognorm", False), use_cosine_loss=t.get("use_cosine_loss", False))
     return diffusion_of(config)
 
 

@@ -14,6 +14,8 @@
     python tools/compare_torch.py --reference-sit tests/sit_reference --reference tests/torch_reference
     git clone https://github.com/facebookresearch/dinov2 /path/to/dinov2          # needs only torch
     python tools/compare_torch.py --reference-dinov2 /path/to/dinov2              # DINOv2 forward rows
+    TORCHDYNAMO_DISABLE=1 python tools/compare_torch.py --reference-lightningdit /path/to/LightningDiT \
+        --lightningdit-options rmsnorm,swiglu,rope                               # needs timm, einops, torchdiffeq
 
 Imports the reference's `models.py` and `diffusion` package from --reference, builds both models
 with the same weights (random, with the zero-initialised layers randomised, or a given .pt),
@@ -35,6 +37,11 @@ tests/sit_reference takes its network from --reference (default: tests/torch_ref
 With --reference-dinov2 it compares our DINOv2 (dit_jax/models/dinov2.py) with the checkout's
 DinoVisionTransformer built as torch.hub builds it, random weights converted from its state dict, at
 224 and 448 px (interpolated position tables): all four forward_features outputs (--dinov2-models).
+With --reference-lightningdit it compares with hustvl/LightningDiT's models/lightningdit.py and transport/
+(dit_jax/parity/lightningdit.py; or the statement in tests/lightningdit_reference) for the model options
+given: the converted and guided forward, the weights written back, the training terms (mse, cosine, t) with
+injected draws for each use_lognorm x use_cosine_loss, and an Euler ODE solve with a timestep shift. The
+checkout imports fairscale without using it (stubbed when missing) and torch.compile (turned off).
 Exits 1 if any row is past its tolerance.
 """
 
@@ -131,6 +138,11 @@ def main(argv=None) -> int:
                                         "tests/sit_reference: the DiT it wraps, default tests/torch_reference)")
     ap.add_argument("--reference-sit", metavar="PATH",
                     help="root of a willisma/SiT checkout (or tests/sit_reference): compare the SiT rows")
+    ap.add_argument("--reference-lightningdit", metavar="PATH",
+                    help="root of a hustvl/LightningDiT checkout (or tests/lightningdit_reference)")
+    ap.add_argument("--lightningdit-options", default="rmsnorm,swiglu,rope",
+                    help="with --reference-lightningdit: comma-separated of qknorm, rmsnorm, swiglu, rope, wo_shift "
+                         "(default: its release config), or 'none'")
     ap.add_argument("--model", default="DiT-S/2")
     ap.add_argument("--input-size", type=int, default=None, help="latent size (default 32, or the checkpoint's)")
     ap.add_argument("--num-classes", type=int, default=1000)
@@ -157,9 +169,12 @@ def main(argv=None) -> int:
 
     if args.reference_dinov2 and not getattr(args, "reference_repa", None):
         return dinov2_main(args)
-    if not args.reference and not args.reference_sit:
-        print("error: pass --reference (a DiT checkout) or --reference-sit (a SiT checkout)", file=sys.stderr)
+    if not args.reference and not args.reference_sit and not args.reference_lightningdit:
+        print("error: pass --reference (a DiT checkout), --reference-sit (a SiT checkout) or "
+              "--reference-lightningdit (a LightningDiT checkout)", file=sys.stderr)
         return 2
+    if args.reference_lightningdit:
+        return lightningdit_main(args)
     if args.reference_sit:
         return sit_main(args)
 
@@ -282,6 +297,52 @@ def sit_main(args) -> int:
     else:
         rows = run_sit_comparison(ref, config, state_dict=state_dict, batch=args.batch, cfg_scale=args.cfg_scale,
                                   seed=args.seed, tol=args.tol, log=print)
+    return report(rows)
+
+
+LIGHTNING_FLAGS = {"qknorm": "use_qknorm", "rmsnorm": "use_rmsnorm", "swiglu": "use_swiglu", "rope": "use_rope",
+                   "wo_shift": "wo_shift"}
+
+
+def lightningdit_main(args) -> int:
+    """--reference-lightningdit: the forward, loss and shifted-ODE rows against LightningDiT's code."""
+    if args.solvers or args.train:
+        print("error: --solvers and --train are DiT/SiT comparisons: drop them with --reference-lightningdit",
+              file=sys.stderr)
+        return 2
+    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")   # its modules are decorated with torch.compile
+    import jax
+    jax.config.update("jax_default_matmul_precision", "highest")
+    from dit_jax.convert import lightningdit_torch, torch_io
+    from dit_jax.models.dit import dit_config
+    from dit_jax.parity.lightningdit import load_lightningdit_reference, run_lightningdit_comparison
+
+    names = [n for n in args.lightningdit_options.split(",") if n and n != "none"]
+    unknown = sorted(set(names) - set(LIGHTNING_FLAGS))
+    if unknown:
+        print(f"error: --lightningdit-options: unknown {unknown}; choose from {sorted(LIGHTNING_FLAGS)}",
+              file=sys.stderr)
+        return 2
+    try:
+        ref = load_lightningdit_reference(args.reference_lightningdit, log=print)
+        overrides = {"num_classes": args.num_classes, "learn_sigma": False, **{LIGHTNING_FLAGS[n]: True for n in names}}
+        if args.input_size:
+            overrides["input_size"] = args.input_size
+        config = dit_config(args.model.replace("LightningDiT-", "DiT-"), **overrides)
+        state_dict = None
+        if args.checkpoint:
+            state_dict = torch_io.load_state_dict(args.checkpoint, args.key)
+            config = lightningdit_torch.infer_config(state_dict)
+    except (OSError, ImportError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    options = [k for k in LIGHTNING_FLAGS.values() if getattr(config, k)]
+    which = "LightningDiT's official code" if ref.official else "the statement of LightningDiT's code"
+    print(f"comparing a LightningDiT (depth {config.depth}, hidden {config.hidden_size}, patch {config.patch_size}, "
+          f"input {config.input_size}x{config.input_size}x{config.in_channels}, options {options or 'none'}) "
+          f"with {which} at {args.reference_lightningdit}")
+    rows = run_lightningdit_comparison(ref, config, state_dict=state_dict, batch=args.batch,
+                                       cfg_scale=args.cfg_scale, seed=args.seed, tol=args.tol, log=print)
     return report(rows)
 
 

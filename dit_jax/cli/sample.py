@@ -38,6 +38,8 @@ def add_arguments(s) -> None:
                         "run's own, else ddpm)")
     s.add_argument("--spacing", choices=("linspace", "leading", "trailing"), default="",
                    help="timestep spacing of the fast solvers (default linspace)")
+    s.add_argument("--timestep-shift", type=number(0.0), default=0.0, metavar="S",
+                   help="LightningDiT's shift of SiT's euler/heun ODE grid, t -> S t / (1 + (S - 1) t) (0: off)")
     s.add_argument("--cfg-interval", type=interval, default=None, metavar="LO,HI",
                    help="guide only at noise levels in [LO, HI] (1 = pure noise; default: every step)")
     s.add_argument("--eta", type=number(0), default=0.0, help="DDIM eta")
@@ -70,7 +72,8 @@ def run(args) -> int:
     # A run's checkpoint names its own model; converted weights are checked against --model when given.
     config = None if args.workdir else model_config(args, default=None if args.weights else DEMO_MODEL)
     settings = SamplerSettings(sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale, cfg_mode=args.cfg_mode,
-                               eta=args.eta, cfg_interval=args.cfg_interval, spacing=args.spacing)
+                               eta=args.eta, cfg_interval=args.cfg_interval, spacing=args.spacing,
+                               timestep_shift=args.timestep_shift)
     sample(args.out, weights=args.weights, workdir=args.workdir, config=config, vae=args.vae, num=args.num,
            classes=args.classes, num_samples=args.num_samples, settings=settings, objective=args.objective,
            seed=args.seed, batch_per_device=args.batch_per_device, nrow=args.nrow, upscale=args.upscale)

@@ -43,7 +43,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion = ml_collections.ConfigDict(dict(num_timesteps=1000, noise_schedule="linear"))
     c.transport = ml_collections.ConfigDict(dict(
         path="Linear", prediction="velocity", loss_weight="", train_eps=-1.0, sample_eps=-1.0,
-        atol=1e-6, rtol=1e-3, diffusion_form="sigma", diffusion_norm=1.0, last_step="Mean", last_step_size=0.04))
+        atol=1e-6, rtol=1e-3, diffusion_form="sigma", diffusion_norm=1.0, last_step="Mean", last_step_size=0.04,
+        # LightningDiT's options (docs/lightningdit.md): use_lognorm draws training t logit-normal; use_cosine_loss
+        # adds 1 - cos(out, u_t) along channels (velocity prediction only); both change the objective.
+        # timestep_shift s > 0 maps the euler/heun ODE grid t -> s t / (1 + (s - 1) t) (sampling only).
+        use_lognorm=False, use_cosine_loss=False, timestep_shift=0.0))
 
     c.data = ml_collections.ConfigDict(dict(
         name="imagenet2012", data_dir="", split="train", image_size=256, channels=3, num_classes=1000,

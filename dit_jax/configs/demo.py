@@ -20,7 +20,9 @@ def get_config(arg: str = ""):
     c.model = ml_collections.ConfigDict(dict(
         name="demo DiT (8x8x1 digits)", input_size=8, patch_size=2, in_channels=1, hidden_size=128, depth=4,
         num_heads=4, mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=10, learn_sigma=True, dtype="float32",
-        param_dtype="float32", attention="xla", scan_blocks=False, remat="none"))
+        param_dtype="float32", attention="xla", scan_blocks=False, remat="none",
+        # LightningDiT's options (docs/lightningdit.md), off: the DiT.
+        use_qknorm=False, use_rmsnorm=False, use_swiglu=False, use_rope=False, wo_shift=False))
     c.data.update(name="digits", image_size=8, channels=1, num_classes=10, random_flip=False, worker_count=0)
     # A short run: a higher learning rate and a faster EMA than the paper's 1e-4 / 0.9999. Small
     # batches: on 2 CPU cores a batch of 32 runs about 5x more images/s than a batch of 128.

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from dit_jax.models.layers import (DiTBlock, LabelEmbedder, Linear, ScanBlock, TimestepEmbedder, ada_ln,
-                                   cotangent_barrier, layer_norm, modulate, sincos_2d_pos_embed)
+                                   cotangent_barrier, layer_norm, modulate, sincos_2d_pos_embed, swiglu_hidden)
+from dit_jax.models.norms import RMSNorm
 
 # depth, hidden size, heads of the paper's four model sizes.
 SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
@@ -30,7 +31,7 @@ MODEL_NAMES = tuple(f"DiT-{s}/{p}" for s in ("XL", "L", "B", "S") for p in PATCH
 
 # Logical axis names used on parameters and activations (the sharding rules map these).
 LOGICAL_AXES = ("batch", "length", "embed", "embed_in", "heads", "kv", "qkv", "mlp", "classes",
-                "freq", "patch", "patch_h", "patch_w", "in_ch", "layers")
+                "freq", "patch", "patch_h", "patch_w", "in_ch", "layers", "glu")
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ATTENTION = ("xla", "cudnn", "splash")
@@ -66,6 +67,13 @@ class DiTConfig:
     class_dropout_prob: float = 0.1
     num_classes: int = 1000
     learn_sigma: bool = True
+    # LightningDiT's options (hustvl/LightningDiT models/lightningdit.py; docs/lightningdit.md), all off
+    # for the DiT. Each changes the parameters or their meaning: a resume refuses a change.
+    use_qknorm: bool = False   # normalise q and k per head: LayerNorm (eps 1e-5, affine), RMSNorm with use_rmsnorm
+    use_rmsnorm: bool = False  # RMSNorm (eps 1e-6, learned scale) for the blocks' and final norms and the QK-norm
+    use_swiglu: bool = False   # SwiGLU FFN of width int(2/3 * int(hidden * mlp_ratio)) instead of the GELU MLP
+    use_rope: bool = False     # 2D rotary embedding of q and k (rows, then columns), beside the sin-cos table
+    wo_shift: bool = False     # the blocks' adaLN without shifts (4 chunks, not 6); the final layer keeps its shift
     # How it is computed (does not change the parameters):
     # Mixed precision: "bfloat16" runs matmuls and attention in bf16 while LayerNorm statistics,
     # softmax, the timestep/label conditioning and the output (so the loss) stay float32.
@@ -92,6 +100,9 @@ class DiTConfig:
             problems.append(f"attention must be one of {ATTENTION}, got {self.attention!r}")
         if self.remat not in REMAT:
             problems.append(f"remat must be one of {REMAT}, got {self.remat!r}")
+        if self.use_rope and (self.hidden_size // self.num_heads) % 4:
+            problems.append(f"use_rope needs a head dimension (hidden_size / num_heads = "
+                            f"{self.hidden_size // self.num_heads}) divisible by 4")
         if self.attention == "cudnn" and self.dtype == "float32":
             problems.append("attention='cudnn' needs dtype='bfloat16' or 'float16'")
         if not 0 <= self.class_dropout_prob < 1:
@@ -117,7 +128,7 @@ class DiTConfig:
     def architecture(self) -> dict[str, Any]:
         """The fields that fix the parameters' shapes and meaning (what a checkpoint must match)."""
         keep = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads",
-                "mlp_ratio", "class_dropout_prob", "num_classes", "learn_sigma")
+                "mlp_ratio", "class_dropout_prob", "num_classes", "learn_sigma") + LIGHTNING_OPTIONS
         return {k: getattr(self, k) for k in keep}
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +157,10 @@ def dit_config(name: str, **overrides) -> DiTConfig:
     depth, hidden, heads = SIZES[size]
     return DiTConfig(**{"depth": depth, "hidden_size": hidden, "num_heads": heads, "patch_size": patch,
                         **overrides})
+
+
+# The LightningDiT options: DiTConfig fields, DiTBlock fields of the same names.
+LIGHTNING_OPTIONS = ("use_qknorm", "use_rmsnorm", "use_swiglu", "use_rope", "wo_shift")
 
 
 class DiT(nn.Module):
@@ -182,7 +197,8 @@ class DiT(nn.Module):
             y, train, force_drop)
         c = nn.with_logical_constraint(c, ("batch", "embed"))
 
-        block_kwargs = dict(num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, attention=cfg.attention, **kw)
+        block_kwargs = dict(num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, attention=cfg.attention, **kw,
+                            **{k: getattr(cfg, k) for k in LIGHTNING_OPTIONS})
         remat = {} if cfg.remat == "none" else dict(policy=remat_policy(cfg.remat))
         captured = None
         if cfg.scan_blocks and capture_depth:
@@ -204,8 +220,9 @@ class DiT(nn.Module):
 
         # Final layer: LN -> adaLN modulate -> zero-initialised linear to p*p*out_channels.
         shift, scale = ada_ln(c, 2, name="final_adaLN", **kw)
+        final_norm = RMSNorm("embed", name="final_norm", **kw) if cfg.use_rmsnorm else layer_norm
         out = Linear((p * p * cfg.out_channels,), ("embed", "patch"), kernel_init=nn.initializers.zeros_init(),
-                     name="final_linear", **kw)(modulate(layer_norm(tokens), shift, scale))
+                     name="final_linear", **kw)(modulate(final_norm(tokens), shift, scale))
         # Unpatchify in the reference's (h, w, p, q, c) order; float32 out, so the loss and the
         # sampler's arithmetic are float32 whatever the compute dtype.
         out = out.reshape(b, gh, gw, p, p, cfg.out_channels).transpose(0, 1, 3, 2, 4, 5)
@@ -273,11 +290,12 @@ def forward_macs(config: DiTConfig) -> int:
     """Multiply-accumulates of one forward pass for one example (the paper's "Gflops")."""
     d, n, p, c = config.hidden_size, config.num_tokens, config.patch_size, config.in_channels
     mlp = int(d * config.mlp_ratio)
+    ffn = 3 * n * d * swiglu_hidden(d, config.mlp_ratio) if config.use_swiglu else 2 * n * d * mlp
     per_block = (n * d * 3 * d          # qkv
                  + 2 * n * n * d        # q k^T and attn v
                  + n * d * d            # output projection
-                 + 2 * n * d * mlp      # fc1, fc2
-                 + 6 * d * d)           # adaLN modulation (per example)
+                 + ffn                  # fc1, fc2 (SwiGLU: w12, w3)
+                 + (4 if config.wo_shift else 6) * d * d)  # adaLN modulation (per example)
     embed = n * p * p * c * d + 256 * d + d * d
     final = 2 * d * d + n * d * p * p * config.out_channels
     return config.depth * per_block + embed + final

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dit_jax.models.norms import RMSNorm, make_norm
+from dit_jax.models.rope import apply_rope, rope_tables
 from dit_jax.models.splash import splash_attention
 
 Dtype = Any
@@ -89,8 +91,10 @@ def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
-def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
-    """adaLN modulation; shift/scale are per example, broadcast over tokens."""
+def modulate(x: jax.Array, shift: jax.Array | None, scale: jax.Array) -> jax.Array:
+    """adaLN modulation; shift/scale are per example, broadcast over tokens (shift None: scale only)."""
+    if shift is None:
+        return x * (1 + scale[:, None, :])
     return x * (1 + scale[:, None, :]) + shift[:, None, :]
 
 
@@ -200,6 +204,8 @@ class Attention(nn.Module):
     implementation: str = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    qk_norm: str = ""    # LightningDiT's QK-norm over each head's channels: "", "layernorm" or "rmsnorm"
+    rope: bool = False   # LightningDiT's 2D RoPE on q and k (after the QK-norm)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -209,6 +215,13 @@ class Attention(nn.Module):
         qkv = Linear((3, self.num_heads, head_dim), ("embed", "qkv", "heads", "kv"), name="qkv", **kw)(x)
         qkv = nn.with_logical_constraint(qkv, ("batch", "length", "qkv", "heads", "kv"))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, H) each
+        # Both change q and k before the kernel call, so every attention implementation gets them.
+        if self.qk_norm:
+            q = make_norm(self.qk_norm == "rmsnorm", "kv", name="q_norm", **kw)(q)
+            k = make_norm(self.qk_norm == "rmsnorm", "kv", name="k_norm", **kw)(k)
+        if self.rope:
+            cos, sin = rope_tables(head_dim, math.isqrt(q.shape[1]))
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.implementation == "splash":
             out = splash_attention(q, k, v)
         else:
@@ -231,6 +244,26 @@ class Mlp(nn.Module):
         return Linear((dim,), ("mlp", "embed"), name="fc2", **kw)(h)
 
 
+class SwiGLU(nn.Module):
+    """LightningDiT's SwiGLU FFN: w3(silu(x W1) * x W2), with W1 and W2 one fused w12 kernel whose
+    middle axis picks W1 (0) or W2 (1), so a tensor-parallel split of the hidden axis keeps pairs together."""
+    hidden_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = Linear((2, self.hidden_dim), ("embed", "glu", "mlp"), name="w12", **kw)(x)
+        h = nn.with_logical_constraint(jax.nn.silu(h[..., 0, :]) * h[..., 1, :], ("batch", "length", "mlp"))
+        return Linear((x.shape[-1],), ("mlp", "embed"), name="w3", **kw)(h)
+
+
+def swiglu_hidden(hidden_size: int, mlp_ratio: float) -> int:
+    """LightningDiT's SwiGLU width: two thirds of the GELU MLP's, truncated, no rounding to a multiple."""
+    return int(2 / 3 * int(hidden_size * mlp_ratio))
+
+
 def ada_ln(c: jax.Array, n: int, dtype: Dtype, param_dtype: Dtype, name: str = "adaLN") -> list[jax.Array]:
     """SiLU(c) -> zero-initialised Linear(n * hidden), split into n (B, hidden) chunks."""
     hidden = c.shape[-1]
@@ -245,14 +278,31 @@ class DiTBlock(nn.Module):
     attention: str = "xla"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    # LightningDiT's options (dit_jax.models.dit.DiTConfig); all off is the DiT block.
+    use_qknorm: bool = False
+    use_rmsnorm: bool = False
+    use_swiglu: bool = False
+    use_rope: bool = False
+    wo_shift: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ada_ln(c, 6, **kw)
-        h = Attention(self.num_heads, self.attention, name="attn", **kw)(modulate(layer_norm(x), shift_msa, scale_msa))
+        if self.wo_shift:  # no shift in either modulation (the final layer keeps its own)
+            scale_msa, gate_msa, scale_mlp, gate_mlp = ada_ln(c, 4, **kw)
+            shift_msa = shift_mlp = None
+        else:
+            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ada_ln(c, 6, **kw)
+        norm1, norm2 = ((RMSNorm("embed", name="norm1", **kw), RMSNorm("embed", name="norm2", **kw))
+                        if self.use_rmsnorm else (layer_norm, layer_norm))
+        qk_norm = ("rmsnorm" if self.use_rmsnorm else "layernorm") if self.use_qknorm else ""
+        h = Attention(self.num_heads, self.attention, qk_norm=qk_norm, rope=self.use_rope, name="attn", **kw)(
+            modulate(norm1(x), shift_msa, scale_msa))
         x = x + gate_msa[:, None, :] * h
-        h = Mlp(int(x.shape[-1] * self.mlp_ratio), name="mlp", **kw)(modulate(layer_norm(x), shift_mlp, scale_mlp))
+        hidden = int(x.shape[-1] * self.mlp_ratio)
+        ffn = (SwiGLU(swiglu_hidden(x.shape[-1], self.mlp_ratio), name="mlp", **kw) if self.use_swiglu
+               else Mlp(hidden, name="mlp", **kw))
+        h = ffn(modulate(norm2(x), shift_mlp, scale_mlp))
         x = x + gate_mlp[:, None, :] * h
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 

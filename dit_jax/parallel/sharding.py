@@ -24,6 +24,7 @@ LOGICAL_RULES = (
     ("heads", "tensor"),
     ("length", None), ("kv", None), ("qkv", None), ("classes", None), ("freq", None),
     ("embed_in", None), ("patch", None), ("patch_h", None), ("patch_w", None), ("in_ch", None), ("layers", None),
+    ("glu", None),  # SwiGLU's two halves (its hidden axis is 'mlp')
 )
 
 

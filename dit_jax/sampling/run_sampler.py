@@ -50,6 +50,7 @@ class SamplerSettings:
     diffusion_norm: float = 1.0
     last_step: str | None = "Mean"
     last_step_size: float = 0.04
+    timestep_shift: float = 0.0       # LightningDiT's shift of the euler/heun ODE grid (0: off)
 
     @classmethod
     def from_config(cls, section, transport=None) -> "SamplerSettings":
@@ -88,6 +89,9 @@ class SamplerSettings:
                 out.append(f"cfg_interval must be (lo, hi) with 0 <= lo <= hi <= 1, got {self.cfg_interval}")
         if self.spacing and self.spacing not in SPACINGS:
             out.append(f"spacing must be one of {SPACINGS} (or '' for linspace), got {self.spacing!r}")
+        if self.timestep_shift < 0 or (self.timestep_shift and (kind != "sit" or name.startswith("sde-"))):
+            out.append(f"timestep_shift ({self.timestep_shift}) must be >= 0 and shifts the grid of SiT's ODE samplers "
+                       f"(euler, heun; dopri5 ignores it): not used by {name!r}")
         if kind in ("sit", "repa") or name in SOLVERS:
             low = 1 if kind == "ddpm" else 2
             if not self.steps.isdigit() or int(self.steps) < low:
@@ -123,7 +127,7 @@ def sample_from(objective, model_fn, x_T, key, settings: SamplerSettings, noise_
                                   last_step=settings.last_step, last_step_size=settings.last_step_size,
                                   noise_fn=noise_fn)
         return sit.sample_ode(objective, model_fn, x_T, method=name, num_steps=int(settings.steps),
-                              atol=settings.atol, rtol=settings.rtol)
+                              atol=settings.atol, rtol=settings.rtol, timestep_shift=settings.timestep_shift)
     if name in SOLVERS and (name != "ddim" or settings.spacing):
         return solve(objective.alphas_cumprod, model_fn, x_T, sampler=name, steps=int(settings.steps),
                      spacing=settings.spacing or "linspace", eta=settings.eta, key=key)

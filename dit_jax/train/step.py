@@ -12,7 +12,7 @@ import optax
 from dit_jax.data.preprocess import to_float_on_device
 from dit_jax.diffusion.gaussian import GaussianDiffusion
 from dit_jax.transport.guidance import split_learned_sigma
-from dit_jax.transport.transport import Transport, training_losses as transport_losses
+from dit_jax.transport.transport import Transport, sample_time, training_losses as transport_losses
 from dit_jax.models.dit import DiT
 from dit_jax.train.state import TrainState
 
@@ -51,10 +51,10 @@ def model_input(batch: dict, key: jax.Array, mode: str, vae_params: Any = None, 
 
 
 def draw_time(objective: GaussianDiffusion | Transport, key: jax.Array, batch: int) -> jax.Array:
-    """Training times: DDPM's integer timesteps uniform in [0, T); SiT's continuous t ~ U[t0, t1]."""
+    """Training times: DDPM's integer timesteps uniform in [0, T); SiT's continuous t ~ U[t0, t1] (or
+    LightningDiT's logit-normal t with transport.use_lognorm)."""
     if isinstance(objective, Transport):
-        t0, t1 = objective.time_interval(training=True)
-        return jax.random.uniform(key, (batch,), jnp.float32) * (t1 - t0) + t0
+        return sample_time(objective, key, batch)
     return jax.random.randint(key, (batch,), 0, objective.num_timesteps)
 
 

@@ -51,6 +51,17 @@ def time_grid(t0: float, t1: float, num_steps: int) -> np.ndarray:
     return np.linspace(t0, t1, num_steps, dtype=np.float64).astype(np.float32)
 
 
+def shift_grid(grid: np.ndarray, shift: float) -> np.ndarray:
+    """LightningDiT's timestep shift: each t -> s t / (1 + (s - 1) t) for s > 0 (0 leaves the grid), in
+    float32 as it computes it. t = 1 is data, so s < 1 moves the steps towards the noise end."""
+    if shift < 0:
+        raise ValueError(f"timestep_shift must be >= 0 (0: off), got {shift}")
+    if shift == 0:
+        return grid
+    g, s = grid.astype(np.float32), np.float32(shift)
+    return (s * g / (np.float32(1) + np.float32(shift - 1) * g)).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------------------------
 # ODE
 # ---------------------------------------------------------------------------------------------
@@ -105,12 +116,14 @@ def _dopri5(field: ModelFn, x, t0: float, t1: float, atol: float, rtol: float, m
 
 def sample_ode(transport: Transport, model_fn: ModelFn, x_init: jax.Array, *, method: str = "dopri5",
                num_steps: int = 50, atol: float = 1e-6, rtol: float = 1e-3, reverse: bool = False,
-               max_steps: int = 4096, return_nfe: bool = False):
+               max_steps: int = 4096, return_nfe: bool = False, timestep_shift: float = 0.0):
     """SiT's `Sampler.sample_ode(...)(x_init, model)[-1]`: the ODE solution at t1.
 
     reverse=True integrates data -> noise (t from 1 - t0 to 1 - t1). For dopri5, num_steps only sets
     SiT's output grid and does not change the solution at t1; it is ignored here. With return_nfe the
     number of network evaluations comes back too (an int for fixed steps, a traced int for dopri5).
+    timestep_shift (LightningDiT's, `shift_grid`) moves the euler/heun grid; dopri5's solution at t1 does
+    not depend on the output grid, so it ignores it, as torchdiffeq's does.
     """
     _check("ODE method", method, ODE_METHODS)
     t0, t1 = transport.time_interval(training=False, sde=False, reverse=reverse)
@@ -119,7 +132,7 @@ def sample_ode(transport: Transport, model_fn: ModelFn, x_init: jax.Array, *, me
     if method == "dopri5":
         x, nfe = _dopri5(field, x, t0, t1, atol, rtol, max_steps)
     else:
-        grid = jnp.asarray(time_grid(t0, t1, num_steps))
+        grid = jnp.asarray(shift_grid(time_grid(t0, t1, num_steps), timestep_shift))
         step = ode_euler_step if method == "euler" else ode_heun_step
         x = jax.lax.fori_loop(0, num_steps - 1, lambda i, x: step(field, x, grid[i], grid[i + 1]), x)
         nfe = model_evaluations(method, num_steps)

@@ -46,6 +46,9 @@ class Transport:
     loss_weight: str | None = None
     train_eps: float | None = None
     sample_eps: float | None = None
+    # LightningDiT's options (hustvl/LightningDiT transport/; docs/lightningdit.md):
+    use_lognorm: bool = False      # training t = sigmoid(n), n ~ N(0, 1) (logit-normal), instead of U[t0, t1]
+    use_cosine_loss: bool = False  # add the mean over pixels of 1 - cos(out, u_t) along channels, weight 1
 
     def __post_init__(self):
         _check_choice("path", self.path, PATHS)
@@ -55,6 +58,9 @@ class Transport:
             eps = getattr(self, name)
             if eps is not None and not 0 <= eps < 0.5:
                 raise ValueError(f"{name} must be in [0, 0.5), got {eps!r}")
+        if self.use_cosine_loss and self.prediction != "velocity":
+            raise ValueError(f"use_cosine_loss compares velocities: it needs prediction 'velocity', got "
+                             f"{self.prediction!r}")
 
     @property
     def path_sampler(self) -> Linear:
@@ -94,11 +100,35 @@ def mean_flat(x: jax.Array) -> jax.Array:
     return jnp.mean(x, axis=tuple(range(1, x.ndim)))
 
 
-def sample_time_and_noise(transport: Transport, key: jax.Array, x1: jax.Array):
-    """t ~ U[t0, t1) per example and x0 ~ N(0, I) like x1, as SiT's `Transport.sample`."""
-    key_t, key_x0 = jax.random.split(key)
+def logit_normal_time(normal: jax.Array) -> jax.Array:
+    """LightningDiT's lognorm time from standard normal draws: 1 / (1 + exp(-n)), in float32 (the reference
+    draws n with scipy and takes this sigmoid in float64 before casting to float32: within 2.4e-7 of it)."""
+    n = jnp.asarray(normal, jnp.float32)
+    return 1 / (1 + jnp.exp(-n))
+
+
+def sample_time(transport: Transport, key: jax.Array, batch: int) -> jax.Array:
+    """Training times in [t0, t1]: SiT's uniform draw, or LightningDiT's logit-normal one (use_lognorm),
+    scaled to the interval as LightningDiT does."""
     t0, t1 = transport.time_interval(training=True)
-    t = jax.random.uniform(key_t, (x1.shape[0],), jnp.float32) * (t1 - t0) + t0
+    if transport.use_lognorm:
+        u = logit_normal_time(jax.random.normal(key, (batch,), jnp.float32))
+    else:
+        u = jax.random.uniform(key, (batch,), jnp.float32)
+    return u * (t1 - t0) + t0
+
+
+def cosine_similarity(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """torch.nn.functional.cosine_similarity along the last (channel) axis, each squared norm clamped at eps^2."""
+    na = jnp.maximum(jnp.sum(a * a, axis=-1), eps * eps)
+    nb = jnp.maximum(jnp.sum(b * b, axis=-1), eps * eps)
+    return jnp.sum(a * b, axis=-1) * jax.lax.rsqrt(na * nb)
+
+
+def sample_time_and_noise(transport: Transport, key: jax.Array, x1: jax.Array):
+    """t per example (`sample_time`) and x0 ~ N(0, I) like x1, as SiT's `Transport.sample`."""
+    key_t, key_x0 = jax.random.split(key)
+    t = sample_time(transport, key_t, x1.shape[0])
     x0 = jax.random.normal(key_x0, x1.shape, x1.dtype)
     return t.astype(x1.dtype), x0
 
@@ -113,6 +143,9 @@ def training_losses(transport: Transport, model_fn: ModelFn, x1: jax.Array, key:
       velocity: |out - u_t|^2 (no weighting, whatever loss_weight says, as SiT);
       noise:    w |out - x0|^2;   score: w |sigma_t out + x0|^2;
     with w = 1, (drift_var / sigma_t)^2 ("velocity") or drift_var / sigma_t^2 ("likelihood").
+    With use_cosine_loss (LightningDiT) "loss" is the sum mse + cos_loss, both also returned: cos_loss
+    is the mean over pixels of 1 - cos(out, u_t) along channels (LightningDiT's train.py adds the two
+    batch means, which is the batch mean of the sum).
     """
     # The interpolation and the loss run in (at least) float32 whatever the data's dtype: a bfloat16 t
     # would put the interpolant off the path by up to 0.4%.
@@ -145,7 +178,11 @@ def training_losses(transport: Transport, model_fn: ModelFn, x1: jax.Array, key:
             loss = mean_flat(weight * ((out - x0) ** 2))
         else:
             loss = mean_flat(weight * ((out * sigma_t + x0) ** 2))
-    return {"loss": loss, "pred": out, "t": t}
+    terms = {"loss": loss, "pred": out, "t": t}
+    if transport.use_cosine_loss:
+        cos_loss = mean_flat(1 - cosine_similarity(out, ut))
+        terms.update(loss=loss + cos_loss, mse=loss, cos_loss=cos_loss)
+    return terms
 
 
 def velocity_from_output(transport: Transport, out: jax.Array, x: jax.Array, t: jax.Array) -> jax.Array:
