@@ -36,6 +36,14 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = model_fields("XL/2")
+    _objective_fields(c)
+    _data_and_optimizer_fields(c)
+    _schedule_fields(c)
+    return c
+
+
+def _objective_fields(c: ml_collections.ConfigDict) -> None:
+    """What the model is trained to do: the objective and its sections."""
     # The objective: "ddpm" (the paper's Gaussian diffusion, config.diffusion) or "sit" (SiT's stochastic
     # interpolants, config.transport: path Linear/GVP/VP, prediction velocity/score/noise, loss weight
     # ""/velocity/likelihood, eps -1 for SiT's default; the rest are the SiT samplers' options).
@@ -49,14 +57,6 @@ def base_config() -> ml_collections.ConfigDict:
         # timestep_shift s > 0 maps the euler/heun ODE grid t -> s t / (1 + (s - 1) t) (sampling only).
         use_lognorm=False, use_cosine_loss=False, timestep_shift=0.0))
 
-    c.data = ml_collections.ConfigDict(dict(
-        name="imagenet2012", data_dir="", split="train", image_size=256, channels=3, num_classes=1000,
-        random_flip=True, worker_count=4, worker_buffer_size=2,
-        prefetch_to_device=2,  # batches sent to the devices ahead of the step that needs them
-        # "" trains on pixels; "encode": images encoded by the VAE inside the step (the reference's
-        # way, slowest); "dataset": a latent dataset from `dit-jax extract-latents` (fast).
-        latents="", vae="", latent_scale=0.18215))  # vae: weights dir from `dit-jax convert --from-diffusers-vae`
-
     # REPA (representation alignment; train/repa.py): encoder "" is off; one or more frozen encoders by
     # name, comma-separated (dinov2-vit-s/b/l/g[-reg], digits-mlp), with their official weights in `weights`
     # (comma-separated, one per encoder; none for digits-mlp). With an encoder the denoising term is REPA's
@@ -65,6 +65,18 @@ def base_config() -> ml_collections.ConfigDict:
     # projection (hidden -> projector_dim -> projector_dim -> z_dim) of the tokens after block encoder_depth.
     c.repa = ml_collections.ConfigDict(dict(encoder="", weights="", encoder_depth=8, proj_coeff=0.5,
                                             projector_dim=2048, path="linear", prediction="v", weighting="uniform"))
+
+
+
+def _data_and_optimizer_fields(c: ml_collections.ConfigDict) -> None:
+    """The data stream, the optimizer, the run's length and the mesh."""
+    c.data = ml_collections.ConfigDict(dict(
+        name="imagenet2012", data_dir="", split="train", image_size=256, channels=3, num_classes=1000,
+        random_flip=True, worker_count=4, worker_buffer_size=2,
+        prefetch_to_device=2,  # batches sent to the devices ahead of the step that needs them
+        # "" trains on pixels; "encode": images encoded by the VAE inside the step (the reference's
+        # way, slowest); "dataset": a latent dataset from `dit-jax extract-latents` (fast).
+        latents="", vae="", latent_scale=0.18215))  # vae: weights dir from `dit-jax convert --from-diffusers-vae`
 
     # AdamW, constant lr 1e-4, no weight decay, default betas, no warmup, no clipping (the paper).
     c.optim = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
@@ -83,6 +95,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1,
                                             shard_optimizer=False, allow_replicated=False))
 
+
+
+def _schedule_fields(c: ml_collections.ConfigDict) -> None:
+    """What happens along the run: logging, checkpoints, sample grids, evaluations, profiling."""
     c.log_every = 100
     c.checkpoint_every = 10_000
     # Also save when this many minutes passed since the last save (whichever comes first; 0: off),
@@ -115,4 +131,3 @@ def base_config() -> ml_collections.ConfigDict:
     # XProf/TensorBoard trace of num_steps steps into WORKDIR/profile, from start_step steps after
     # this process started (>= 1 keeps compilation out); hosts: 'all' or process indices '0,1'.
     c.profile = ml_collections.ConfigDict(dict(start_step=5, num_steps=0, hosts="0"))
-    return c

@@ -27,7 +27,7 @@ from dit_jax.convert.lightningdit_torch import from_torch, lightningdit_kwargs, 
 from dit_jax.models.dit import DiT, DiTConfig
 from dit_jax.parity import Row, compare, nchw, nhwc
 from dit_jax.parity.sit import fixed_draws
-from dit_jax.transport import integrators as samplers as sit_samplers
+from dit_jax.transport import integrators as sit_samplers
 from dit_jax.transport.guidance import forward_with_cfg, split_learned_sigma
 from dit_jax.transport.transport import Transport, logit_normal_time, training_losses
 
