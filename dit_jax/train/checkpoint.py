@@ -20,7 +20,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from dit_jax import storage
-from dit_jax.train import integrity, orbax_noise
+from dit_jax.exit_codes import BadInput
+from dit_jax.train import integrity, orbax_noise, resume_fields
 
 CONFIG_ITEM, STATE_ITEM, INTEGRITY_ITEM = "config", "state", "integrity"
 # Orbax writes both into a step directory when it commits it; a copy or a half-written one lacks them.
@@ -203,19 +204,16 @@ def _set_aside(directory, path, workdir: str) -> str:
 
 
 def check_compatible(stored: dict, current: dict, workdir: str) -> None:
-    """Refuse to resume a run of another model (or with another data setup), naming each difference."""
-    from dit_jax.train.config_base import to_dit_config
-    stored_model = to_dit_config(stored["model"]).architecture()
-    current_model = to_dit_config(current["model"]).architecture()
-    diffs = [f"model.{k}: checkpoint {stored_model[k]!r}, config {current_model[k]!r}"
-             for k in stored_model if stored_model[k] != current_model[k]]
-    for key in ("image_size", "channels", "num_classes"):
-        a, b = stored.get("data", {}).get(key), current.get("data", {}).get(key)
-        if a != b:
-            diffs.append(f"data.{key}: checkpoint {a!r}, config {b!r}")
-    if diffs:
-        raise ValueError(f"the checkpoint in {workdir} belongs to another model/config: " + "; ".join(diffs)
-                         + ". Use a new --workdir, or set the config back to match.")
+    """Refuse to resume a run whose checkpoint this config would change the meaning of (another model,
+    objective, schedule, data shape: resume_fields.MEANING), or its data stream, naming each difference."""
+    changed = resume_fields.changes(stored, current)
+    meaning = [c for c in changed if c.kind == resume_fields.MEANING]
+    if meaning:
+        fields = "; ".join(f"{c.field}: checkpoint {c.stored!r}, config {c.current!r}" for c in meaning)
+        raise BadInput(f"the checkpoint in {workdir} belongs to another model/config: {fields}. These change what "
+                       "the checkpoint's weights mean (its model, objective or data shape), so the run cannot go on "
+                       "with them: set them back (" + " ".join(resume_fields.as_flag(c) for c in meaning)
+                       + "), or use a new --workdir to train with the new values")
     if "seed" in stored and stored["seed"] != current.get("seed"):
         raise ValueError(f"the run in {workdir} was started with seed {stored['seed']}, this config has seed "
                          f"{current.get('seed')}: a run's data order and noise are fixed by its seed, so resume "
@@ -230,10 +228,9 @@ def check_compatible(stored: dict, current: dict, workdir: str) -> None:
 
 
 # The fields that decide which records a step reads, in which order and how augmented (the data
-# position is the step: batch s holds records [s B, (s + 1) B) of the seeded stream). Every other
-# field may change on resume (the optimizer, the schedule of saves and evaluations, data_dir,
-# worker counts, the mesh, total_steps, ...).
-DATA_STREAM_FIELDS = ("batch_size", "data.name", "data.split", "data.random_flip", "data.latents")
+# position is the step: batch s holds records [s B, (s + 1) B) of the seeded stream).
+# resume_fields.FIELDS classifies every field; the seed has its own refusal above.
+DATA_STREAM_FIELDS = tuple(k for k, kind in resume_fields.FIELDS.items() if kind == resume_fields.DATA and k != "seed")
 
 
 def data_stream_changes(stored: dict, current: dict) -> list[tuple[str, Any, Any]]:

@@ -57,7 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
                                              warmup_steps=0, grad_clip=0.0))
     c.batch_size = 256            # global, over all devices and hosts
     # A resume refuses a change of the data stream (batch_size, data.name/split/random_flip/latents:
-    # checkpoint.DATA_STREAM_FIELDS), which would skip or repeat records; True accepts it.
+    # train/resume_fields.py, which classifies every field), which would skip or repeat records; True accepts it.
     c.accept_data_change = False
     c.total_steps = 400_000
     c.ema_decay = 0.9999
