@@ -151,8 +151,8 @@ def resume(manager: ocp.CheckpointManager, abstract_state, config_json: dict, wo
         manager.reload()
     if damaged:
         raise CheckpointError(f"every checkpoint in {directory} is damaged (steps {sorted(damaged)}), see the "
-                              f"warnings above; they were moved to {storage.join(workdir, SET_ASIDE)}. Rerun to "
-                              f"start this workdir afresh, or use a new --workdir")
+                              f"warnings above; they were moved to {storage.join(workdir, SET_ASIDE)}. Rerun with "
+                              f"--config.start_over=True to start this workdir afresh, or use a new --workdir")
     return None, None
 
 

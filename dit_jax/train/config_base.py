@@ -59,6 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
     # A resume refuses a change of the data stream (batch_size, data.name/split/random_flip/latents:
     # train/resume_fields.py, which classifies every field), which would skip or repeat records; True accepts it.
     c.accept_data_change = False
+    # A workdir with a run's traces (metrics.jsonl, TensorBoard, ...) but no checkpoint is refused
+    # (train/lost_run.py); True starts it over at step 1 on purpose, replacing its metrics rows.
+    c.start_over = False
     c.total_steps = 400_000
     c.ema_decay = 0.9999
 
