@@ -144,3 +144,30 @@ def test_a_full_disk_during_a_dataset_build_leaves_nothing_behind(tmp_path, monk
     assert main(["build-dataset", str(src), "--name", "full_disk_test", "--data-dir", str(data_dir)]) != 0
     assert os.listdir(data_dir) == [], os.listdir(data_dir)
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_weights_directory_is_one_error_line_naming_it(weights, tmp_path, capsys, damage):
+    import shutil
+    wdir = str(tmp_path / "w")
+    shutil.copytree(weights["good"], wdir)
+    files = sorted(glob.glob(os.path.join(wdir, "params", "**", "d", "*"), recursive=True), key=os.path.getsize)
+    with open(files[-1], "r+b") as f:
+        data = f.read()
+        f.seek(0)
+        if damage == "truncate":
+            f.truncate(len(data) // 2)
+        else:  # every bit of the second half inverted
+            f.write(data[: len(data) // 2] + bytes(b ^ 0xFF for b in data[len(data) // 2:]))
+    assert main(["sample", "--weights", wdir, "--out", str(tmp_path / "g.png"), *FAST]) == 2
+    line = _error(capsys)
+    assert f"the weights in {wdir} " in line and ("are damaged" in line or "do not read" in line), line
+    assert not os.path.exists(tmp_path / "g.png")
+
+
+def test_weights_holding_nan_are_not_written(tmp_path):
+    from dit_jax.exit_codes import BadInput
+    params = jax.tree.map(lambda x: x * np.nan, init_params(TINY, jax.random.key(0)))
+    with pytest.raises(BadInput, match="NaN/Inf"):
+        save_weights(str(tmp_path / "w"), params, TINY)
+    assert os.listdir(tmp_path) == []
