@@ -97,6 +97,9 @@ def _read(path, params_key: str):
                                                 CONFIG_ITEM: ocp.JsonCheckpointHandler(),
                                                 INTEGRITY_ITEM: ocp.JsonCheckpointHandler()})
     has_integrity = (path / INTEGRITY_ITEM).exists()
+    # A failed read's tensorstore tasks report "Event loop is closed" as the checkpointer closes, and
+    # Orbax logs the failure with its traceback: this function reports it in one line instead.
+    orbax_noise.quiet_after_failure()
     try:
         with ocp.Checkpointer(handler) as ckptr:
             items = {CONFIG_ITEM: ocp.args.JsonRestore()}
@@ -106,7 +109,6 @@ def _read(path, params_key: str):
             config = dict(meta[CONFIG_ITEM])
             state = ckptr.restore(path, ocp.args.Composite(**{STATE_ITEM: _partial(ckptr, path, params_key)}))
     except Exception as e:  # noqa: BLE001 - whatever the library raises, this step cannot be used
-        orbax_noise.quiet_after_failure()  # the failed read's tensorstore tasks complain on their way out
         return None, None, f"it does not read: {_one_line(e)}"
     params = state[STATE_ITEM][params_key]
     try:
