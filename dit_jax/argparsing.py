@@ -10,6 +10,7 @@ before any model is loaded, any dataset opened or anything compiled.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 
@@ -58,7 +59,7 @@ def number(low: float = 0.0, strict: bool = False):
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (value > low if strict else value >= low) or value != value:
+        if not (value > low if strict else value >= low) or not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {text}")
         return value
     parse.__name__ = "number"

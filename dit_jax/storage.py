@@ -117,8 +117,15 @@ def write_bytes_atomic(path, data: bytes) -> None:
         p.write_bytes(data)
         return
     tmp = p.parent / f".{p.name}.tmp-{os.getpid()}"
-    tmp.write_bytes(data)
-    os.replace(tmp, p)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, p)
+    except BaseException as e:  # a full disk, an interrupt: no partial temporary file stays behind
+        if tmp.exists():
+            tmp.unlink()
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(p)) from e  # the message names the file
+        raise
 
 
 def exists(path) -> bool:

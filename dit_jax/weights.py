@@ -13,6 +13,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dit_jax import storage
+from dit_jax.checksum import fingerprint, mismatches
+from dit_jax.exit_codes import BadInput
 from dit_jax.models.dit import DiTConfig
 from dit_jax.models.params import check_config_matches, stack_blocks, unstack_blocks
 
@@ -25,7 +27,7 @@ def save_weights(directory: str, params, config: DiTConfig, force: bool = False)
 
 
 # What Orbax puts at the top of a weights directory; a directory holding anything else is not one.
-WEIGHTS_ENTRIES = {"params", "config", "_CHECKPOINT_METADATA", "commit_success.txt"}
+WEIGHTS_ENTRIES = {"params", "config", "integrity", "_CHECKPOINT_METADATA", "commit_success.txt"}
 
 
 def replace_problem(directory) -> str | None:
@@ -56,12 +58,17 @@ def _save(directory: str, params, config_dict: dict, force: bool) -> str:
         if problem:
             raise FileExistsError(f"{problem}: choose another output path")
     params = jax.tree.map(np.asarray, params)
+    checksums, finite = fingerprint(params)
+    if not finite:
+        raise BadInput(f"the weights to write to {directory} hold NaN/Inf values: nothing written (they cannot "
+                       "make an image; export another step, or weights from an intact run)")
     token = uuid.uuid4().hex[:8]
     tmp = directory.parent / f".{directory.name}.tmp-{token}"
     try:
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
             ckptr.save(tmp, ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                               config=ocp.args.JsonSave(config_dict)))
+                                               config=ocp.args.JsonSave(config_dict),
+                                               integrity=ocp.args.JsonSave({"checksums": checksums})))
     except BaseException:
         for left in directory.parent.glob(f"{tmp.name}*"):  # with Orbax's own temporary directory
             storage.rmtree(left)
@@ -119,8 +126,22 @@ def _load_config_dict(directory: str) -> dict:
 
 
 def _load_params(directory: str):
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        restored = ckptr.restore(storage.resolve(directory), ocp.args.Composite(params=ocp.args.StandardRestore()))
+    """The params of a weights directory, checked against the checksums stored with them (directories
+    written before checksums were stored are read unchecked); BadInput naming the directory otherwise."""
+    path = storage.resolve(directory)
+    has_sums = (path / "integrity").exists()
+    items = dict(params=ocp.args.StandardRestore(), **({"integrity": ocp.args.JsonRestore()} if has_sums else {}))
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            restored = ckptr.restore(path, ocp.args.Composite(**items))
+        bad = mismatches(dict(restored["integrity"])["checksums"], fingerprint(restored["params"])[0]) \
+            if has_sums else []
+    except Exception as e:  # noqa: BLE001 - whatever the library raises: the directory is damaged
+        raise BadInput(f"the weights in {directory} do not read ({' '.join(str(e).split())[:300]}): export or "
+                       "convert them again") from None
+    if bad:
+        raise BadInput(f"the weights in {directory} are damaged (checksum mismatch in {len(bad)} array(s), e.g. "
+                       f"{bad[0]}): export or convert them again")
     return restored["params"]
 
 

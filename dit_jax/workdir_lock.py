@@ -26,6 +26,9 @@ from dit_jax import storage
 LOCK_NAME = "train.lock"
 HEARTBEAT_S = 60.0
 STALE_AFTER_S = 10 * 60.0
+# A holder writes its record in the same call that creates the lock (and rewrites it atomically), so a
+# lock still unreadable after this many seconds was damaged (a crash, a full disk), not being written.
+UNREADABLE_GRACE_S = 5.0
 
 
 class WorkdirLocked(ValueError):
@@ -84,19 +87,24 @@ class WorkdirLock:
 
     def _read(self) -> dict | None:
         try:
-            return json.loads(self.path.read_bytes())
+            record = json.loads(self.path.read_bytes())
         except FileNotFoundError:
             return None
         except (ValueError, OSError):
             return {}  # half-written by a holder that died while creating it: judged by its age below
+        try:  # a damaged record that still parses is as unreadable as one that does not
+            return record if isinstance(record["host"], str) and int(record["pid"]) and float(record["heartbeat"]) \
+                else {}
+        except (TypeError, KeyError, ValueError, OverflowError):
+            return {}
 
     def _stale(self, holder: dict) -> bool:
         if not holder:
             try:
-                age = time.time() - self.path.stat().st_mtime
+                age = time.time() - self.path.stat().mtime
             except (FileNotFoundError, AttributeError):
                 return True
-            return age > self.stale_after_s
+            return age > min(UNREADABLE_GRACE_S, self.stale_after_s)
         if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
             return True
         return time.time() - float(holder.get("heartbeat", 0)) > self.stale_after_s
@@ -138,6 +146,9 @@ class WorkdirLock:
             holder = self._read()
             if holder is None:
                 continue  # released meanwhile
+            if not holder and not self._stale(holder):
+                raise WorkdirLocked(f"the lock {self.path} of {self.workdir} is unreadable and only seconds old "
+                                    f"(another {self.holder} starting?): rerun in a few seconds, or {self.advice}")
             if not self._stale(holder):
                 raise WorkdirLocked(
                     f"{self.workdir} is in use by another {self.holder} (pid {holder.get('pid')} on "

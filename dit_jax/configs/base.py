@@ -83,8 +83,11 @@ def _data_and_optimizer_fields(c: ml_collections.ConfigDict) -> None:
                                              warmup_steps=0, grad_clip=0.0))
     c.batch_size = 256            # global, over all devices and hosts
     # A resume refuses a change of the data stream (batch_size, data.name/split/random_flip/latents:
-    # checkpoint.DATA_STREAM_FIELDS), which would skip or repeat records; True accepts it.
+    # train/resume_fields.py, which classifies every field), which would skip or repeat records; True accepts it.
     c.accept_data_change = False
+    # A workdir with a run's traces (metrics.jsonl, TensorBoard, ...) but no checkpoint is refused
+    # (train/lost_run.py); True starts it over at step 1 on purpose, replacing its metrics rows.
+    c.start_over = False
     c.total_steps = 400_000
     c.ema_decay = 0.9999
 

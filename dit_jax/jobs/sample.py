@@ -6,12 +6,14 @@ model (which shows the sampling path works before any weights exist).
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import time
 
 import jax
 import numpy as np
 
+from dit_jax import storage
 from dit_jax.models.dit import DiTConfig, init_params
 from dit_jax.parallel.mesh import make_mesh
 from dit_jax.sampling.grids import save_grid, to_uint8
@@ -80,7 +82,7 @@ def write_grid(params, config: DiTConfig, source: str, out: str, settings: Sampl
     print(f"sampling {num} images from {source}", flush=True)
     labels = grid_labels(classes, num, config.num_classes, seed)
     run = sampling_run(config, schedule, vae)
-    sample = build_sampler(run, settings)
+    sample = build_sampler(run, settings, finite_check=True)
     t0 = time.time()
     samples = fetch(sample(params, np.asarray(labels), jax.random.PRNGKey(seed), run.vae.params if run.vae else None),
                     num)
@@ -96,7 +98,9 @@ def write_grid(params, config: DiTConfig, source: str, out: str, settings: Sampl
         print(f"wrote {out} (classes {labels})")
         return out
     path = os.path.splitext(out)[0] + ".npz"
-    np.savez(path, latents=np.asarray(samples), labels=np.asarray(labels))
+    buf = io.BytesIO()  # written whole or not at all
+    np.savez(buf, latents=np.asarray(samples), labels=np.asarray(labels))
+    storage.write_bytes_atomic(path, buf.getvalue())
     print(f"wrote latents to {path}: to decode {config.in_channels}-channel latents to images, pass --vae DIR "
           "(converted with `dit-jax convert --from-diffusers-vae`)")
     return path
@@ -112,7 +116,7 @@ def write_npz(params, config: DiTConfig, source: str, out: str, num_samples: int
         raise ValueError(f"the ADM .npz holds images: decoding {config.in_channels}-channel latents needs --vae DIR")
     print(f"sampling {num_samples} images from {source}: {settings.describe()}, seed {seed}", flush=True)
     sample_run = sampling_run(config, schedule, vae)
-    run = build_sampler(sample_run, settings, uint8=True)
+    run = build_sampler(sample_run, settings, uint8=True, finite_check=True)
     vae_weights = (sample_run.vae.params, sample_run.vae.config) if sample_run.vae else None
     # What made the images, recorded in the shards' manifest: a rerun with other settings starts over.
     made_by = dict(weights=source, vae=vae, **_manifest_settings(settings, sample_run.objective), **(schedule or {}))

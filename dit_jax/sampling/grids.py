@@ -51,7 +51,8 @@ def save_grid(images: np.ndarray, path: str, nrow: int | None = None, upscale: i
 def make_grid_sampler(run: Run):
     """The sample grids' jitted sampler over the run's mesh (config.sample), built once per run."""
     from dit_jax.sampling.run_sampler import SamplerSettings, build_sampler
-    return build_sampler(run, SamplerSettings.from_config(run.config.sample, run.config.transport), uint8=True)
+    return build_sampler(run, SamplerSettings.from_config(run.config.sample, run.config.transport), uint8=True,
+                         finite_check=True)
 
 
 def sample_grid(run: Run, ema_params, step: int, workdir: str, sampler, vae_params=None) -> str | None:
@@ -62,7 +63,13 @@ def sample_grid(run: Run, ema_params, step: int, workdir: str, sampler, vae_para
         return None
     s, num_classes = run.config.sample, run.model.num_classes
     labels = np.arange(s.num) % num_classes
-    images = fetch(sampler(ema_params, labels, jax.random.PRNGKey(run.config.seed + 1), vae_params), s.num)
+    from dit_jax.sampling.run_sampler import NonFiniteSamples
+    try:
+        images = fetch(sampler(ema_params, labels, jax.random.PRNGKey(run.config.seed + 1), vae_params), s.num)
+    except NonFiniteSamples as e:  # reported, not drawn as a black grid; training goes on (its loss is watched)
+        if jax.process_index() == 0:
+            print(f"warning: no sample grid at step {step}: {e}", flush=True)
+        return None
     if jax.process_index() != 0:
         return None
     path = storage.join(workdir, "samples", f"step_{step:07d}.png")

@@ -13,6 +13,7 @@ import numpy as np
 from dit_jax.diffusion.gaussian import GaussianDiffusion, respace
 from dit_jax.diffusion.ancestral import CFG_MODES, guidance_channels, guided_model_fn, sample_loop
 from dit_jax.diffusion.solvers import SOLVERS, SPACINGS, solve
+from dit_jax.exit_codes import BadInput
 from dit_jax.models.dit import DiT, DiTConfig
 from dit_jax.transport import integrators as sit
 from dit_jax.transport.guidance import split_learned_sigma
@@ -239,8 +240,12 @@ def batch_devices(sharding: jax.sharding.Sharding) -> int:
     return n // sharding.shard_shape((n,))[0]
 
 
+class NonFiniteSamples(BadInput):
+    """Samples held NaN/Inf values: the weights or the settings cannot make an image (exit 2)."""
+
+
 def build_sampler(run: Run, settings: SamplerSettings, *, sharding: jax.sharding.Sharding | None = None,
-                  uint8: bool = False):
+                  uint8: bool = False, finite_check: bool = False):
     """`fn(params, labels, key, vae_params=None) -> samples`: the one sampler builder, for a `Run`
     (dit_jax/run.py): its model, its diffusion, its VAE for latent runs, the batch split over its mesh.
 
@@ -249,7 +254,8 @@ def build_sampler(run: Run, settings: SamplerSettings, *, sharding: jax.sharding
     result is a global jax.Array of N' >= N samples (drop the padding after fetching it with `fetch`).
     `key`: one key, or per-sample raw keys (N, 2) as `make_sampler`. Latent samples are decoded with
     the run's VAE (pass its params as vae_params), and converted to uint8 on device with `uint8`.
-    Built once, it compiles once per batch size however often it is called.
+    Built once, it compiles once per batch size however often it is called. With `finite_check`, a
+    call whose samples hold NaN/Inf raises NonFiniteSamples (uint8 would silently turn them into black).
     """
     from dit_jax.models.vae import decode_latents
     from dit_jax.parallel.sharding import batch_sharding
@@ -258,23 +264,30 @@ def build_sampler(run: Run, settings: SamplerSettings, *, sharding: jax.sharding
     decoder = run.decoder
     divisor = batch_devices(sharding)
 
-    @partial(jax.jit, out_shardings=sharding)
+    whole = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+
+    @partial(jax.jit, out_shardings=(sharding, whole))
     def produce(params, vae_params, labels, key):
         x = sample_one(params, labels, key)
         if decoder is not None:
             x = decode_latents(vae_params, x, decoder.config)
-        return to_uint8_device(x) if uint8 else x
+        bad = jnp.sum(~jnp.all(jnp.isfinite(x).reshape(x.shape[0], -1), axis=1)) if finite_check else 0
+        return (to_uint8_device(x) if uint8 else x), bad
 
     def put(a: np.ndarray) -> jax.Array:
         a = np.concatenate([a, np.repeat(a[-1:], -len(a) % divisor, axis=0)])
         return jax.make_array_from_callback(a.shape, sharding, lambda i: a[i])
 
-    whole = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-
     def sample(params, labels: np.ndarray, key, vae_params=None) -> jax.Array:
         key = np.asarray(key)  # the same on every host: placed as one global array
         key = put(key) if key.ndim == 2 else jax.make_array_from_callback(key.shape, whole, lambda i: key[i])
-        return produce(params, vae_params, put(np.asarray(labels, np.int32)), key)
+        x, bad = produce(params, vae_params, put(np.asarray(labels, np.int32)), key)
+        if finite_check and int(bad):  # one integer, fetched where the samples are fetched anyway
+            raise NonFiniteSamples(
+                f"{int(bad)} of {x.shape[0]} samples hold NaN/Inf values, so no image can be made of them and "
+                f"none is written ({settings.describe()}): the weights are damaged or diverged, or the settings "
+                "(e.g. --cfg-scale) are out of range; check the weights, or lower --cfg-scale")
+        return x
 
     return sample
 

@@ -20,7 +20,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from dit_jax import storage
-from dit_jax.train import integrity, orbax_noise
+from dit_jax.exit_codes import BadInput
+from dit_jax.train import integrity, orbax_noise, resume_fields, verified_restore
 
 CONFIG_ITEM, STATE_ITEM, INTEGRITY_ITEM = "config", "state", "integrity"
 # Orbax writes both into a step directory when it commits it; a copy or a half-written one lacks them.
@@ -49,7 +50,8 @@ def save(manager: ocp.CheckpointManager, step: int, state, config_json: dict, fo
             f"the train state at step {step} holds NaN/Inf values", str(storage.resolve(manager.directory).parent),
             manager.latest_step()))
     items = {STATE_ITEM: ocp.args.StandardSave(state), CONFIG_ITEM: ocp.args.JsonSave(config_json),
-             INTEGRITY_ITEM: ocp.args.JsonSave({"checksums": checksums})}
+             INTEGRITY_ITEM: ocp.args.JsonSave({"checksums": checksums,
+                                                 "config_sha256": verified_restore.config_digest(config_json)})}
     if not manager.save(step, args=ocp.args.Composite(**items), force=force):
         raise CheckpointError(f"the checkpoint of step {step} was not written to {manager.directory} (Orbax "
                               f"declined it; its latest step is {manager.latest_step()}): use a new --workdir")
@@ -149,8 +151,8 @@ def resume(manager: ocp.CheckpointManager, abstract_state, config_json: dict, wo
         manager.reload()
     if damaged:
         raise CheckpointError(f"every checkpoint in {directory} is damaged (steps {sorted(damaged)}), see the "
-                              f"warnings above; they were moved to {storage.join(workdir, SET_ASIDE)}. Rerun to "
-                              f"start this workdir afresh, or use a new --workdir")
+                              f"warnings above; they were moved to {storage.join(workdir, SET_ASIDE)}. Rerun with "
+                              f"--config.start_over=True to start this workdir afresh, or use a new --workdir")
     return None, None
 
 
@@ -163,27 +165,29 @@ def uncommitted_step_dirs(directory) -> list:
 
 
 def _try_restore(manager, step, abstract_state, config_json, workdir):
-    """(None, state) for a sound checkpoint, else (what is wrong, None)."""
+    """(None, state) for a sound checkpoint, else (what is wrong, None). The stored config is checked
+    against its checksum before it is compared with this run's: a damaged one is not a refusal."""
+    has_integrity = (storage.resolve(manager.directory) / str(step) / INTEGRITY_ITEM).exists()
     try:
         stored = stored_config(manager, step)
+        sums = dict(manager.restore(step, args=ocp.args.Composite(
+            **{INTEGRITY_ITEM: ocp.args.JsonRestore()}))[INTEGRITY_ITEM]) if has_integrity else None
     except Exception as e:  # noqa: BLE001 - any read failure means this step cannot be used
-        return f"its config does not read: {_one_line(e)}", None
+        return f"its config or checksums do not read: {_one_line(e)}", None
+    if sums and "config_sha256" in sums and sums["config_sha256"] != verified_restore.config_digest(stored):
+        return "its config does not match the checksum stored with it", None
     check_compatible(stored, config_json, workdir)
     try:
         state = restore(manager, step, abstract_state)
     except Exception as e:  # noqa: BLE001
         return f"it does not restore: {_one_line(e)}", None
-    if not (storage.resolve(manager.directory) / str(step) / INTEGRITY_ITEM).exists():
+    if sums is None:
         return None, state  # written before checksums were stored: nothing to verify against
     try:
-        stored_sums = manager.restore(step, args=ocp.args.Composite(
-            **{INTEGRITY_ITEM: ocp.args.JsonRestore()}))[INTEGRITY_ITEM]["checksums"]
-    except Exception as e:  # noqa: BLE001
-        return f"its checksum does not read: {_one_line(e)}", None
-    bad = integrity.mismatches(stored_sums, integrity.fingerprint(state)[0])
-    if bad:
-        return f"checksum mismatch in {len(bad)} array(s), e.g. {bad[0]}", None
-    return None, state
+        problem = verified_restore.checksum_problem(sums, "", state, None)
+    except Exception as e:  # noqa: BLE001 - a damaged checksum record
+        return f"its checksums are damaged: {_one_line(e)}", None
+    return (problem, None) if problem else (None, state)
 
 
 def _set_aside(directory, path, workdir: str) -> str:
@@ -203,19 +207,16 @@ def _set_aside(directory, path, workdir: str) -> str:
 
 
 def check_compatible(stored: dict, current: dict, workdir: str) -> None:
-    """Refuse to resume a run of another model (or with another data setup), naming each difference."""
-    from dit_jax.configs.base import to_dit_config
-    stored_model = to_dit_config(stored["model"]).architecture()
-    current_model = to_dit_config(current["model"]).architecture()
-    diffs = [f"model.{k}: checkpoint {stored_model[k]!r}, config {current_model[k]!r}"
-             for k in stored_model if stored_model[k] != current_model[k]]
-    for key in ("image_size", "channels", "num_classes"):
-        a, b = stored.get("data", {}).get(key), current.get("data", {}).get(key)
-        if a != b:
-            diffs.append(f"data.{key}: checkpoint {a!r}, config {b!r}")
-    if diffs:
-        raise ValueError(f"the checkpoint in {workdir} belongs to another model/config: " + "; ".join(diffs)
-                         + ". Use a new --workdir, or set the config back to match.")
+    """Refuse to resume a run whose checkpoint this config would change the meaning of (another model,
+    objective, schedule, data shape: resume_fields.MEANING), or its data stream, naming each difference."""
+    changed = resume_fields.changes(stored, current)
+    meaning = [c for c in changed if c.kind == resume_fields.MEANING]
+    if meaning:
+        fields = "; ".join(f"{c.field}: checkpoint {c.stored!r}, config {c.current!r}" for c in meaning)
+        raise BadInput(f"the checkpoint in {workdir} belongs to another model/config: {fields}. These change what "
+                       "the checkpoint's weights mean (its model, objective or data shape), so the run cannot go on "
+                       "with them: set them back (" + " ".join(resume_fields.as_flag(c) for c in meaning)
+                       + "), or use a new --workdir to train with the new values")
     if "seed" in stored and stored["seed"] != current.get("seed"):
         raise ValueError(f"the run in {workdir} was started with seed {stored['seed']}, this config has seed "
                          f"{current.get('seed')}: a run's data order and noise are fixed by its seed, so resume "
@@ -230,10 +231,9 @@ def check_compatible(stored: dict, current: dict, workdir: str) -> None:
 
 
 # The fields that decide which records a step reads, in which order and how augmented (the data
-# position is the step: batch s holds records [s B, (s + 1) B) of the seeded stream). Every other
-# field may change on resume (the optimizer, the schedule of saves and evaluations, data_dir,
-# worker counts, the mesh, total_steps, ...).
-DATA_STREAM_FIELDS = ("batch_size", "data.name", "data.split", "data.random_flip", "data.latents")
+# position is the step: batch s holds records [s B, (s + 1) B) of the seeded stream).
+# resume_fields.FIELDS classifies every field; the seed has its own refusal above.
+DATA_STREAM_FIELDS = tuple(k for k, kind in resume_fields.FIELDS.items() if kind == resume_fields.DATA and k != "seed")
 
 
 def data_stream_changes(stored: dict, current: dict) -> list[tuple[str, Any, Any]]:
@@ -274,26 +274,7 @@ def load_ema(workdir: str, step: int | None = None, params_key: str = "ema_param
 
 def load_run(workdir: str, step: int | None = None, params_key: str = "ema_params"):
     """(EMA params, the run's whole config as stored (a dict), step): `load_ema` for callers that
-    need more of the run than its model, e.g. its diffusion schedule."""
-    import jax
-
-    # Every item a run's checkpoint holds has its handler (else Orbax warns, once per restore, that
-    # "integrity" could not be restored), and the manager only reads (its notice that it does is noise).
-    with orbax_noise.quiet_read_only():
-        manager = ocp.CheckpointManager(
-            storage.join(workdir, "checkpoints"),
-            options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0),
-            item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler(), CONFIG_ITEM: ocp.JsonCheckpointHandler(),
-                           INTEGRITY_ITEM: ocp.JsonCheckpointHandler()})
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (dit-jax train --workdir ...)")
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    # Only the EMA params, read straight onto one device (partial restore skips the optimizer).
-    target = {params_key: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                                       manager.item_metadata(step)[STATE_ITEM][params_key])}
-    state = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                   partial_restore=True)
-    restored = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: state,
-                                                                 CONFIG_ITEM: ocp.args.JsonRestore()}))
-    return restored[STATE_ITEM][params_key], dict(restored[CONFIG_ITEM]), step
+    need more of the run than its model, e.g. its diffusion schedule. The newest intact checkpoint,
+    verified (train/verified_restore.py: every reader of a run goes through it)."""
+    from dit_jax.train.verified_restore import load_run as verified
+    return verified(workdir, step, params_key)

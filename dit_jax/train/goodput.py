@@ -45,6 +45,29 @@ def summarize(sessions: list[dict]) -> dict:
             "sessions": len(sessions)}
 
 
+def _read_sessions(path) -> list[dict]:
+    """The sessions of a ledger file; none (a ledger starts afresh, with a warning) if it is torn,
+    damaged or foreign."""
+    try:
+        sessions = json.loads(storage.read_bytes(path))["sessions"]
+        for s in sessions:
+            _check_session(s)
+        return sessions
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+        print(f"warning: the goodput ledger {path} is damaged: it starts afresh from this session", flush=True)
+        return []
+
+
+def _check_session(s: dict) -> None:
+    """Raise ValueError/TypeError/KeyError unless `s` has the fields `summarize` and `begin` read."""
+    if not set(s["seconds"]) <= set(CATEGORIES):
+        raise ValueError(f"unknown categories {sorted(set(s['seconds']) - set(CATEGORIES))}")
+    float(s["started"]), float(s["updated"]), int(s.get("rerun_steps", 0))
+    [float(v) for v in s["seconds"].values()]
+    if not (s["last_step"] is None or isinstance(s["last_step"], int)):
+        raise TypeError("last_step")
+
+
 class Ledger:
     """This session's entry in the run's ledger; only process 0 writes (`enabled`)."""
 
@@ -53,10 +76,7 @@ class Ledger:
         self.enabled, self.clock = enabled, clock
         self.sessions: list[dict] = []
         if enabled and storage.exists(self.path):
-            try:
-                self.sessions = json.loads(storage.read_bytes(self.path))["sessions"]
-            except (ValueError, KeyError, TypeError):  # a torn or foreign file: a ledger starts afresh
-                self.sessions = []
+            self.sessions = _read_sessions(self.path)
         now = clock()
         self.session = {"started": now, "updated": now, "start_step": None, "last_step": None, "rerun_steps": 0,
                         "seconds": _zero()}

@@ -20,7 +20,7 @@ from dit_jax.models.dit import forward_macs
 from dit_jax.parallel.mesh import describe as describe_mesh
 from dit_jax.parallel.sharding import LOGICAL_RULES, replicated
 from dit_jax.sampling import grids
-from dit_jax.train import checkpoint as ckpt, evaluators as evaluation, final_scores, profile, repa
+from dit_jax.train import checkpoint as ckpt, evaluators as evaluation, final_scores, lost_run, profile, repa
 from dit_jax.train.compilation_cache import configure as configure_compilation_cache
 from dit_jax.train.goodput import Ledger
 from dit_jax.train.integrity import NonFiniteWatch
@@ -45,6 +45,11 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     run = repa.attach(make_run(config))
     check_batch(config, run.mesh)
     lock = workdir_lock.take(workdir)
+    try:  # before the metrics log and the checkpoint manager create their files
+        lost_run.check(workdir, config.get("start_over", False))
+    except BaseException:
+        lock.release()
+        raise
     log = MetricsLog(workdir, enabled=jax.process_index() == 0)
     manager = ckpt.make_manager(workdir, config.keep_checkpoints, 1, config.async_checkpointing)
     preempted = Watch(manager)

@@ -125,8 +125,14 @@ class MetricsLog:
             return
         self.jsonl.close()
         path = self.jsonl.path
-        lines = path.read_text().splitlines() if path.exists() else []
+        data = path.read_bytes() if path.exists() else b""
+        lines = data.decode("utf-8", errors="replace").splitlines()
         kept = [line for line in lines if (s := _step_of(line)) is not None and s <= step]
+        unreadable = [line for line in lines[:-1] if _step_of(line) is None]  # the last may be torn by a crash
+        if unreadable:  # damaged, not torn: kept aside for whoever wants the old rows
+            storage.write_bytes_atomic(f"{path}.damaged", data)
+            print(f"warning: {len(unreadable)} unreadable line(s) of {path} dropped (the file as it was is kept "
+                  f"as {path}.damaged)", flush=True)
         if len(kept) != len(lines):
             storage.write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
         self.jsonl = storage.TextAppender(path)

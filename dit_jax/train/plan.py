@@ -50,7 +50,7 @@ def dry_run(config, workdir: str, *, devices: int, hosts: int, files: bool = Tru
           + (f"every {section.every:,} steps and " if section.every else "") + "at the end"
           for name, section in evaluation.active(config)],
         f"sample grids every {config.sample.every:,} steps" if config.sample.every else "sample grids off",
-        _workdir_line(workdir, files),
+        _workdir_line(workdir, files, config.get("start_over", False)),
     ]
     return lines
 
@@ -87,7 +87,7 @@ def _steps_line(config, records: int | None) -> str:
     return line
 
 
-def _workdir_line(workdir: str, files: bool) -> str:
+def _workdir_line(workdir: str, files: bool, start_over: bool = False) -> str:
     """Where the run writes; a ValueError if a local workdir cannot be written."""
     from dit_jax.workdir_lock import workdir_problem
     problem = workdir_problem(workdir)
@@ -102,6 +102,12 @@ def _workdir_line(workdir: str, files: bool) -> str:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"--workdir {workdir}: {existing} is not writable by this user; choose another directory")
     steps = _committed_steps(path)
+    from dit_jax.train import lost_run
+    lost = None if steps else lost_run.problem(path)
+    if lost and not start_over:
+        raise ValueError(lost)
+    if lost:
+        return f"workdir {path}: no checkpoint; starts over at step 0 (--config.start_over=True)"
     if steps:
         return f"workdir {path}: resumes from step {steps[-1]:,} (committed checkpoints {steps})"
     return f"workdir {path}: " + ("exists, no checkpoint: starts at step 0" if os.path.isdir(path)
