@@ -13,8 +13,9 @@ from dit_jax.train.checkpoint import DATA_STREAM_FIELDS, check_compatible, confi
 from dit_jax.configs.base import base_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")) + glob.glob(
-    os.path.join(ROOT, "dit_jax", "configs", "*.py")))
+# configs/ is dit_jax/configs (a link): its config files are the modules that define get_config.
+CONFIG_FILES = sorted({os.path.realpath(p) for p in glob.glob(os.path.join(ROOT, "configs", "*.py")) + glob.glob(
+    os.path.join(ROOT, "dit_jax", "configs", "*.py")) if "def get_config(" in open(p).read()})
 
 
 def _unclassified(config) -> list[str]:

@@ -27,6 +27,8 @@ FIELDS: dict[str, str] = {
     **{f"model.{k}": MEANING for k in ("input_size", "patch_size", "in_channels", "hidden_size", "depth",
                                        "num_heads", "mlp_ratio", "class_dropout_prob", "num_classes",
                                        "learn_sigma", "param_dtype", "scan_blocks")},
+    # LightningDiT's block options (docs/lightningdit.md): other parameters, or the same ones used otherwise.
+    **{f"model.{k}": MEANING for k in ("use_qknorm", "use_rmsnorm", "use_swiglu", "use_rope", "wo_shift")},
     # How it is computed, not what it computes (a label, precision of the matmuls, kernels, remat).
     **{f"model.{k}": FREE for k in ("name", "dtype", "attention", "remat")},
     "objective": MEANING,
@@ -35,7 +37,14 @@ FIELDS: dict[str, str] = {
     # SiT's training objective; the rest of config.transport are its samplers' options.
     **{f"transport.{k}": MEANING for k in ("path", "prediction", "loss_weight", "train_eps")},
     **{f"transport.{k}": FREE for k in ("sample_eps", "atol", "rtol", "diffusion_form", "diffusion_norm",
-                                        "last_step", "last_step_size")},
+                                        "last_step", "last_step_size", "timestep_shift")},
+    # LightningDiT's objective options: the time distribution and an extra loss term.
+    **{f"transport.{k}": MEANING for k in ("use_lognorm", "use_cosine_loss")},
+    # REPA (docs/repa.md): the encoders, where the projectors read, and the loss they train. Only where the
+    # encoders' weights are read from may change (the encoder names fix which weights they are).
+    **{f"repa.{k}": MEANING for k in ("encoder", "encoder_depth", "proj_coeff", "projector_dim", "path",
+                                      "prediction", "weighting")},
+    "repa.weights": FREE,
     # The data's shape and latent space are part of what the model learned.
     **{f"data.{k}": MEANING for k in ("image_size", "channels", "num_classes", "latent_scale")},
     **{f"data.{k}": DATA for k in ("name", "split", "random_flip", "latents")},
