@@ -413,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "step count (default 50 for grids, 250 with --num-samples)")
     s.add_argument("--sampler", default="",
                    help="ddpm, ddim, dpm++2m, dpm++3m, unipc (DDPM models); euler, heun, dopri5, sde-euler, sde-heun "
-                        "(SiT models); default: ddpm, or heun for SiT")
-    s.add_argument("--objective", choices=("ddpm", "sit"), default=None,
+                        "(SiT models); meanflow (MeanFlow models, --steps = NFE); default: ddpm, heun for SiT, meanflow")
+    s.add_argument("--objective", choices=("ddpm", "sit", "meanflow"), default=None,
                    help="what the weights were trained with (converted SiT checkpoints: sit; default: a run's own, "
                         "else ddpm)")
     s.add_argument("--spacing", choices=("linspace", "leading", "trailing"), default="",

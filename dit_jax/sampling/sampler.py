@@ -13,6 +13,9 @@ import numpy as np
 from dit_jax.diffusion.gaussian import GaussianDiffusion, respace
 from dit_jax.diffusion.samplers import CFG_MODES, guidance_channels, guided_model_fn, sample_loop
 from dit_jax.diffusion.solvers import SOLVERS, SPACINGS, solve
+from dit_jax.exit_codes import BadInput
+from dit_jax.meanflow.objective import MeanFlow
+from dit_jax.meanflow.sampler import sample as meanflow_sample
 from dit_jax.models.dit import DiT, DiTConfig
 from dit_jax.transport import samplers as sit
 from dit_jax.transport.guidance import split_learned_sigma
@@ -22,10 +25,14 @@ from dit_jax.transport.transport import Transport
 # semantics); SiT's ODE (euler, heun, dopri5) and SDE samplers.
 DDPM_SAMPLERS = ("ddpm", "ddim") + tuple(s for s in SOLVERS if s != "ddim")
 SIT_SAMPLERS = ("euler", "heun", "dopri5", "sde-euler", "sde-heun")
-DEFAULT_SAMPLER = {"ddpm": "ddpm", "sit": "heun"}
+MEANFLOW_SAMPLERS = ("meanflow",)  # 1-NFE or k steps of the average velocity (steps: the NFE)
+DEFAULT_SAMPLER = {"ddpm": "ddpm", "sit": "heun", "meanflow": "meanflow"}
+SAMPLERS = {"ddpm": DDPM_SAMPLERS, "sit": SIT_SAMPLERS, "meanflow": MEANFLOW_SAMPLERS}
 
 
 def objective_kind(objective) -> str:
+    if isinstance(objective, MeanFlow):
+        return "meanflow"
     return "sit" if isinstance(objective, Transport) else "ddpm"
 
 
@@ -69,10 +76,10 @@ class SamplerSettings:
     def problems(self, objective) -> list[str]:
         """What is wrong with these settings for `objective` (empty when fine)."""
         kind, name = objective_kind(objective), self.resolved(objective)
-        allowed = SIT_SAMPLERS if kind == "sit" else DDPM_SAMPLERS
+        allowed = SAMPLERS[kind]
         if name not in allowed:
-            other = ("; it is a sampler of SiT models (objective 'sit')" if name in SIT_SAMPLERS else
-                     "; it is a sampler of DDPM models (objective 'ddpm')" if name in DDPM_SAMPLERS else "")
+            owner = [k for k, names in SAMPLERS.items() if name in names]
+            other = f"; it is a sampler of models trained with objective {owner[0]!r}" if owner else ""
             return [f"sampler must be one of {allowed} for objective {kind!r} (or '' for {DEFAULT_SAMPLER[kind]}), "
                     f"got {name!r}{other}"]
         out = []
@@ -84,7 +91,7 @@ class SamplerSettings:
                 out.append(f"cfg_interval must be (lo, hi) with 0 <= lo <= hi <= 1, got {self.cfg_interval}")
         if self.spacing and self.spacing not in SPACINGS:
             out.append(f"spacing must be one of {SPACINGS} (or '' for linspace), got {self.spacing!r}")
-        if kind == "sit" or name in SOLVERS:
+        if kind in ("sit", "meanflow") or name in SOLVERS:
             low = 2 if kind == "sit" else 1
             if not self.steps.isdigit() or int(self.steps) < low:
                 out.append(f"steps must be an integer >= {low} for the {name} sampler, got {self.steps!r}")
@@ -95,6 +102,8 @@ class SamplerSettings:
 
     def describe(self) -> str:
         interval = f", interval {self.cfg_interval}" if self.cfg_interval else ""
+        if self.sampler == "meanflow":
+            return f"{self.steps} meanflow steps (NFE {self.steps}; guidance trained in, no cfg applied)"
         return f"{self.steps} {self.sampler or 'default'} steps, cfg {self.cfg_scale} ({self.cfg_mode}{interval})"
 
 
@@ -112,6 +121,8 @@ def _sit_interval_fn(guided, plain, interval):
 def sample_from(objective, model_fn, x_T, key, settings: SamplerSettings, noise_fn=None) -> jax.Array:
     """Run the sampler `settings` name on `objective` from x_T; model_fn(x, t) is the (guided) network."""
     name = settings.resolved(objective)
+    if isinstance(objective, MeanFlow):  # model_fn(x, t, h): the average velocity over [t - h, t]
+        return meanflow_sample(lambda z, t, h, _: model_fn(z, t, h), x_T, None, int(settings.steps))
     if isinstance(objective, Transport):
         if name.startswith("sde-"):
             return sit.sample_sde(objective, model_fn, x_T, key, method=name[4:], num_steps=int(settings.steps),
@@ -140,6 +151,11 @@ def make_sampler(model: DiTConfig, objective: GaussianDiffusion | Transport, set
     problems = settings.problems(objective)
     if problems:
         raise ValueError("; ".join(problems))
+    is_meanflow = isinstance(objective, MeanFlow)
+    if model.second_time_input != is_meanflow:
+        raise BadInput(f"a model {'with' if model.second_time_input else 'without'} MeanFlow's second time input "
+                       f"cannot sample with objective {objective_kind(objective)!r}: MeanFlow's samplers need a "
+                       "MeanFlow model (second_time_input=True), and it only samples with them")
     dit = DiT(model)
     channels = guidance_channels(settings.cfg_mode, model.in_channels)
     is_sit = isinstance(objective, Transport)
@@ -154,7 +170,10 @@ def make_sampler(model: DiTConfig, objective: GaussianDiffusion | Transport, set
 
         def plain(x, t):
             return class_model_fn(x, t, labels)
-        if settings.cfg_scale > 1.0:
+        if is_meanflow:  # u(x, t, h): MeanFlow trains its guidance in, sampling applies none
+            def model_fn(x, t, h):
+                return dit.apply({"params": params}, x, t, labels, h=h)
+        elif settings.cfg_scale > 1.0:
             if is_sit:
                 model_fn = guided_model_fn(class_model_fn, labels, model.null_class, settings.cfg_scale, channels)
                 if settings.cfg_interval is not None:

@@ -35,14 +35,22 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = model_fields("XL/2")
-    # The objective: "ddpm" (the paper's Gaussian diffusion, config.diffusion) or "sit" (SiT's stochastic
-    # interpolants, config.transport: path Linear/GVP/VP, prediction velocity/score/noise, loss weight
-    # ""/velocity/likelihood, eps -1 for SiT's default; the rest are the SiT samplers' options).
+    # The objective: "ddpm" (the paper's Gaussian diffusion, config.diffusion), "meanflow" (config.meanflow) or
+    # "sit" (SiT's stochastic interpolants, config.transport: path Linear/GVP/VP, prediction velocity/score/noise,
+    # loss weight ""/velocity/likelihood, eps -1 for SiT's default; the rest are the SiT samplers' options).
     c.objective = "ddpm"
     c.diffusion = ml_collections.ConfigDict(dict(num_timesteps=1000, noise_schedule="linear"))
     c.transport = ml_collections.ConfigDict(dict(
         path="Linear", prediction="velocity", loss_weight="", train_eps=-1.0, sample_eps=-1.0,
         atol=1e-6, rtol=1e-3, diffusion_form="sigma", diffusion_norm=1.0, last_step="Mean", last_step_size=0.04))
+    # MeanFlow (objective "meanflow", dit_jax/meanflow; the official default.py's values): the (t, r) sampler
+    # (time_dist logit_normal/uniform, p_mean/p_std), the data_proportion of rows with r = t, training-time
+    # guidance (guidance cfg/none, omega, kappa, only for t in [t_start, t_end]), class_dropout_prob (MeanFlow
+    # drops the first rows itself; model.class_dropout_prob > 0 only gives the null row), the adaptive loss
+    # weight (norm_p, norm_eps). The model needs model.second_time_input=True and learn_sigma=False.
+    c.meanflow = ml_collections.ConfigDict(dict(
+        time_dist="logit_normal", p_mean=-0.4, p_std=1.0, data_proportion=0.75, guidance="cfg", omega=1.0,
+        kappa=0.5, t_start=0.0, t_end=1.0, class_dropout_prob=0.1, norm_p=1.0, norm_eps=0.01))
 
     c.data = ml_collections.ConfigDict(dict(
         name="imagenet2012", data_dir="", split="train", image_size=256, channels=3, num_classes=1000,

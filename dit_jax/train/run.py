@@ -31,7 +31,7 @@ class VAE:
 class Run:
     config: ml_collections.ConfigDict
     model: DiTConfig
-    objective: GaussianDiffusion | Transport  # the run's whole (unrespaced) diffusion, or SiT's transport
+    objective: GaussianDiffusion | Transport  # the run's whole (unrespaced) diffusion, SiT's transport, or MeanFlow
     vae: VAE | None                  # None: a pixel run, or a latent run without a VAE (latent datasets)
     mesh: Mesh
 
@@ -57,6 +57,9 @@ class Run:
 def objective_of(config) -> GaussianDiffusion | Transport:
     """The one way to build a run's objective: config.objective "ddpm" (config.diffusion) or "sit"
     (config.transport; eps -1 takes SiT's default)."""
+    if config.get("objective", "ddpm") == "meanflow":
+        from dit_jax.meanflow.objective import from_config
+        return from_config(config.meanflow)
     if config.get("objective", "ddpm") == "sit":
         t = config.transport
         return Transport(path=t.path, prediction=t.prediction, loss_weight=t.loss_weight or None,
