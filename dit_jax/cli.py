@@ -99,7 +99,11 @@ def cmd_convert(args) -> int:
                                 force=args.force)
         print(f"wrote Stable Diffusion VAE weights to {path}")
         return 0
-    if args.from_torch:
+    if args.from_meanflow:
+        from dit_jax.convert.meanflow_flax import convert, load_checkpoint
+        params, config = convert(load_checkpoint(args.from_meanflow), args.sample_size or 32, args.num_heads,
+                                 ema=args.key == "ema")
+    elif args.from_torch:
         params, config = dit_torch.from_torch(torch_io.load_state_dict(args.from_torch, args.key), config,
                                               args.num_heads)
     else:
@@ -443,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="official .pt (released state dict or train.py checkpoint)")
     src.add_argument("--from-diffusers", metavar="PATH", type=existing_path,
                      help="diffusers DiTTransformer2DModel folder or file")
+    src.add_argument("--from-meanflow", metavar="CKPT_DIR", type=existing_dir,
+                     help="official MeanFlow (Gsunshine/meanflow) Flax checkpoint directory (EMA; --key model: raw)")
     src.add_argument("--to-torch", metavar="WEIGHTS_DIR", type=existing_dir,
                      help="export dit-jax weights to an official .pt")
     src.add_argument("--from-diffusers-vae", metavar="PATH", type=existing_path,
