@@ -159,7 +159,7 @@ def make_sampler(model: DiTConfig, objective: GaussianDiffusion | Transport, set
     dit = DiT(model)
     channels = guidance_channels(settings.cfg_mode, model.in_channels)
     is_sit = isinstance(objective, Transport)
-    num_timesteps = None if is_sit else objective.num_timesteps
+    num_timesteps = None if is_sit or is_meanflow else objective.num_timesteps
 
     @jax.jit
     def run(params, labels, key):

@@ -101,8 +101,9 @@ def network(tree, x, t, h, y, heads):
     return out.reshape(b, hh, ww, ch)
 
 
-def official_tree(key, *, depth, hidden, heads, patch, channels, classes, scale=0.3):
-    """Random parameters in the official layout (every layer random, the zero-initialised ones too)."""
+def official_tree(key, *, depth, hidden, heads, patch, channels, classes, scale=0.3, time_scale=1.0):
+    """Random parameters in the official layout (every layer random, the zero-initialised ones too);
+    time_scale multiplies the t and h embedders' weights (a network that depends more on its times)."""
     keys = iter(jax.random.split(key, 64 + 16 * depth))
 
     def w(*shape):
@@ -112,7 +113,8 @@ def official_tree(key, *, depth, hidden, heads, patch, channels, classes, scale=
         return {"_flax_linear": {"kernel": w(i, o), "bias": w(o) * 0.3}}
 
     def temb():
-        return {"mlp": {"layers_0": linear(256, hidden), "layers_2": linear(hidden, hidden)}}
+        mlp = {"layers_0": linear(256, hidden), "layers_2": linear(hidden, hidden)}
+        return {"mlp": jax.tree.map(lambda a: a * time_scale, mlp)}
     d = hidden
     blocks = {f"layers_{i}": {"adaLN_modulation": {"layers_1": linear(d, 6 * d)},
                               "attn": {"qkv": linear(d, 3 * d), "proj": linear(d, d)},
