@@ -31,7 +31,7 @@ TOL = 1e-5   # relative to the largest sample magnitude; measured ~3e-7
 
 @pytest.fixture(scope="module")
 def model():
-    tree = statement.official_tree(jax.random.key(1), **SHAPE, time_scale=4.0)
+    tree = statement.official_tree(1, **SHAPE, time_scale=4.0)
     params, config = convert(tree, input_size=8, num_heads=SHAPE["heads"])
     return tree, params, config
 

@@ -101,13 +101,14 @@ def network(tree, x, t, h, y, heads):
     return out.reshape(b, hh, ww, ch)
 
 
-def official_tree(key, *, depth, hidden, heads, patch, channels, classes, scale=0.3, time_scale=1.0):
+def official_tree(seed, *, depth, hidden, heads, patch, channels, classes, scale=0.3, time_scale=1.0):
     """Random parameters in the official layout (every layer random, the zero-initialised ones too);
     time_scale multiplies the t and h embedders' weights (a network that depends more on its times)."""
-    keys = iter(jax.random.split(key, 64 + 16 * depth))
+    rng = np.random.default_rng(seed)
 
     def w(*shape):
-        return np.asarray(jax.random.normal(next(keys), shape, jnp.float32)) * scale / math.sqrt(shape[-2] if len(shape) > 1 else 4)
+        fan_in = shape[-2] if len(shape) > 1 else 4
+        return (rng.standard_normal(shape) * scale / math.sqrt(fan_in)).astype(np.float32)
 
     def linear(i, o):
         return {"_flax_linear": {"kernel": w(i, o), "bias": w(o) * 0.3}}
