@@ -48,7 +48,7 @@ def _mf_dict(mf: MeanFlow) -> dict:
 
 @pytest.fixture(scope="module")
 def model():
-    tree = statement.official_tree(0, **SHAPE)
+    tree = statement.official_tree(0, **SHAPE, time_scale=4.0)
     params, config = convert(tree, input_size=SIZE, num_heads=SHAPE["heads"])
     return tree, params, config
 

@@ -37,6 +37,8 @@ def meanflow_fields(c):
     c.model.learn_sigma = False
     c.model.second_time_input = True
     c.model.class_dropout_prob = 0.1     # the null row; MeanFlow drops classes itself (meanflow.class_dropout_prob)
+    # The JVP needs forward-mode autodiff through attention: cuDNN's and splash's kernels are custom_vjp only.
+    c.model.attention = "xla"
     c.objective = "meanflow"
     c.optim.b2 = 0.95
     c.sample.update(sampler="meanflow", steps="1", cfg_scale=1.0)

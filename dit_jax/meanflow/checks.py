@@ -18,6 +18,9 @@ def config_problems(config) -> list[str]:
     if m.learn_sigma:
         problems.append("objective 'meanflow' regresses a velocity, not a learned variance: set "
                         "--config.model.learn_sigma=False")
+    if m.get("attention", "xla") != "xla":
+        problems.append(f"objective 'meanflow' differentiates the network forward (jax.jvp), which attention="
+                        f"{m.attention!r} (a custom_vjp kernel) does not support: set --config.model.attention=xla")
     if not m.class_dropout_prob > 0:
         problems.append("objective 'meanflow' needs the null class row (guidance, class dropout): set "
                         "--config.model.class_dropout_prob > 0 (MeanFlow drops classes itself, with "

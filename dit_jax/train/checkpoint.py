@@ -213,6 +213,7 @@ def check_compatible(stored: dict, current: dict, workdir: str) -> None:
         a, b = stored.get("data", {}).get(key), current.get("data", {}).get(key)
         if a != b:
             diffs.append(f"data.{key}: checkpoint {a!r}, config {b!r}")
+    diffs += objective_changes(stored, current)
     if diffs:
         raise ValueError(f"the checkpoint in {workdir} belongs to another model/config: " + "; ".join(diffs)
                          + ". Use a new --workdir, or set the config back to match.")
@@ -227,6 +228,18 @@ def check_compatible(stored: dict, current: dict, workdir: str) -> None:
                          "position is the step, so the resumed run would skip or repeat records of the epoch. "
                          "Set the value(s) back (" + " ".join(f"--config.{key}={a}" for key, a, _ in changed)
                          + "), or pass --config.accept_data_change=True to go on with the new ones")
+
+
+def objective_changes(stored: dict, current: dict) -> list[str]:
+    """A resume may not change what the weights are trained to predict: the objective, and MeanFlow's
+    fields (its guidance is trained into the weights)."""
+    a, b = stored.get("objective", "ddpm"), current.get("objective", "ddpm")
+    if a != b:
+        return [f"objective: checkpoint {a!r}, config {b!r}"]
+    if a != "meanflow":
+        return []
+    old, new = stored.get("meanflow", {}), current.get("meanflow", {})
+    return [f"meanflow.{k}: checkpoint {old[k]!r}, config {new.get(k)!r}" for k in old if old[k] != new.get(k)]
 
 
 # The fields that decide which records a step reads, in which order and how augmented (the data
