@@ -88,13 +88,14 @@ def test_sampler_bad_input(model):
 def run_dir(tmp_path_factory):
     """A 4-step MeanFlow demo run on the digits: sample grids at steps 2 and 4, the digits evaluator at the end."""
     workdir = str(tmp_path_factory.mktemp("mf") / "run")
-    code = main(["train", "--config", "configs/meanflow.py:demo", "--workdir", workdir, "--config.total_steps=4",
-                 "--config.model.hidden_size=32", "--config.model.depth=1", "--config.model.num_heads=2",
-                 "--config.evals.digits.num_samples=20", "--config.evals.digits.every=0", "--config.sample.every=2",
-                 "--config.sample.num=4", "--config.checkpoint_every=2", "--config.log_every=1",
-                 "--config.batch_size=16"])
-    assert code == 0
+    assert main(["train", "--workdir", workdir, *RUN_ARGS]) == 0
     return workdir
+
+
+RUN_ARGS = ["--config", "configs/meanflow.py:demo", "--config.total_steps=4", "--config.model.hidden_size=32",
+            "--config.model.depth=1", "--config.model.num_heads=2", "--config.evals.digits.num_samples=20",
+            "--config.evals.digits.every=0", "--config.sample.every=2", "--config.sample.num=4",
+            "--config.checkpoint_every=2", "--config.log_every=1", "--config.batch_size=16"]
 
 
 def test_training_run_sampled_its_grids_and_evaluated_with_meanflow(run_dir):
@@ -126,3 +127,14 @@ def test_cli_meanflow_sampler_on_a_ddpm_model_is_bad_input(tmp_path, capsys):
                  "--out", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err
     assert "it is a sampler of models trained with objective 'meanflow'" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("change,message", [
+    ("--config.meanflow.omega=2.0", "meanflow.omega: checkpoint 1.0, config 2.0"),
+    ("--config.objective=sit", "objective: checkpoint 'meanflow', config 'sit'"),
+])
+def test_resume_refuses_a_changed_objective(run_dir, capsys, change, message):
+    assert main(["train", "--workdir", run_dir, *RUN_ARGS, "--config.total_steps=6", "--config.sample.every=0",
+                 "--config.evals.digits.kind=", change]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
