@@ -77,7 +77,7 @@ def test_sampler_bad_input(model):
     with pytest.raises(BadInput, match="second time input"):
         make_sampler(plain, MeanFlow(), SamplerSettings(sampler="meanflow", steps="1"))
     problems = SamplerSettings(sampler="meanflow", steps="1").problems(ddpm)
-    assert problems and "objective 'meanflow'" in problems[0]
+    assert problems and "it is a sampler of MeanFlow models (objective 'meanflow')" in problems[0]
     problems = SamplerSettings(sampler="heun", steps="4").problems(MeanFlow())
     assert problems and "for objective 'meanflow'" in problems[0]
     assert SamplerSettings(sampler="meanflow", steps="0").problems(MeanFlow())
@@ -126,7 +126,7 @@ def test_cli_meanflow_sampler_on_a_ddpm_model_is_bad_input(tmp_path, capsys):
     assert main(["sample", "--sampler", "meanflow", "--steps", "1", "--num", "4",
                  "--out", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err
-    assert "it is a sampler of models trained with objective 'meanflow'" in err and err.count("\n") == 1
+    assert "it is a sampler of MeanFlow models (objective 'meanflow')" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("change,message", [

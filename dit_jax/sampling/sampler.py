@@ -79,7 +79,8 @@ class SamplerSettings:
         allowed = SAMPLERS[kind]
         if name not in allowed:
             owner = [k for k, names in SAMPLERS.items() if name in names]
-            other = f"; it is a sampler of models trained with objective {owner[0]!r}" if owner else ""
+            label = {"ddpm": "DDPM", "sit": "SiT", "meanflow": "MeanFlow"}
+            other = f"; it is a sampler of {label[owner[0]]} models (objective {owner[0]!r})" if owner else ""
             return [f"sampler must be one of {allowed} for objective {kind!r} (or '' for {DEFAULT_SAMPLER[kind]}), "
                     f"got {name!r}{other}"]
         out = []
