@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 SHAPE = dict(depth=2, hidden=32, heads=2, patch=2, channels=4, classes=10)
 B, SIZE = 8, 8
 TOL = 1e-5   # relative to the largest magnitude of each compared array; measured (see TOL_NOTE)
-TOL_NOTE = "measured: errors ~2e-7, gradients ~1e-6 relative (float32 vs float64)"
+TOL_NOTE = "measured: errors 2-3e-7, gradients 7-9e-7, five steps 1.3e-6 relative (float32 vs float64)"
 
 SETTINGS = {
     "paper": MeanFlow(),                                   # logit-normal, cfg omega 1 kappa 0.5, norm_p 1
@@ -118,7 +118,7 @@ def test_negative_controls_fail(model, paper_case, variant):
     ref_grad, _ = convert(ref_grad, input_size=SIZE, num_heads=SHAPE["heads"])
     worst = max(rel(terms["error"], error), rel(grad, ref_grad))
     print(variant, f"{worst:.1e}")
-    assert worst > 10 * TOL   # measured: (v_g,0,0) 3e-4, see docs/meanflow.md for the rest
+    assert worst > 100 * TOL   # measured: (v_g,0,0) 3.0e-3, (v_g,1,1) 1.7e-3, no stop-gradient 4.1e-1
 
 
 def _without_key_bias(params):
