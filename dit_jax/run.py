@@ -31,7 +31,7 @@ class VAE:
 class Run:
     config: ml_collections.ConfigDict
     model: DiTConfig
-    objective: Any  # GaussianDiffusion | Transport | RepaFlow: the run's whole (unrespaced) diffusion, or SiT's transport
+    objective: Any  # GaussianDiffusion | Transport | RepaFlow | MeanFlow: the run's whole (unrespaced) diffusion, ...
     vae: VAE | None                  # None: a pixel run, or a latent run without a VAE (latent datasets)
     mesh: Mesh
     # REPA (train/repa.py, added by train.repa.attach): its spec and the frozen encoders' params (None: off)
@@ -59,8 +59,11 @@ class Run:
 
 def objective_of(config) -> GaussianDiffusion | Transport:
     """The one way to build a run's objective: config.objective "ddpm" (config.diffusion) or "sit"
-    (config.transport; eps -1 takes SiT's default); with config.repa on, REPA's own flow (t = 0 data),
-    which its samplers (sampling/sampler.py "repa-*") take."""
+    (config.transport; eps -1 takes SiT's default); "meanflow" (config.meanflow); with config.repa on, REPA's
+    own flow (t = 0 data), which its samplers (sampling/run_sampler.py "repa-*") take."""
+    if config.get("objective", "ddpm") == "meanflow":
+        from dit_jax.meanflow.objective import from_config
+        return from_config(config.meanflow)
     if config.get("objective") == "repa" or (config.get("repa") and config.repa.encoder):
         from dit_jax.transport.repa import RepaFlow
         return RepaFlow(config.repa.path)

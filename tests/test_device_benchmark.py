@@ -39,11 +39,12 @@ def _rows(group):
 def test_dry_run_writes_every_group_and_marks_the_one_over_budget(dry_run):
     proc, out, state, groups = dry_run
     assert proc.returncode == 3, proc.stderr[-3000:]  # 3: a group did not finish, the others did
-    assert list(groups) == ["train-b32", "torch-train", "sample-ddpm", "torch-sample", "train-b256-remat",
-                            "torch-compile", "sample-fast", "train-repa-b32"]
+    assert list(groups) == ["train-b32", "torch-train", "sample-ddpm", "torch-sample", "meanflow-b32",
+                            "train-b256-remat", "torch-compile", "sample-fast", "train-repa-b32"]
     status = {name: g["status"] for name, g in groups.items()}
     fast = device_env.fast_solver()
     assert status == {"train-b32": "ok", "torch-train": "ok", "sample-ddpm": "ok", "torch-sample": "timeout",
+                      "meanflow-b32": "ok",
                       "train-b256-remat": "ok", "torch-compile": "skipped",
                       "sample-fast": "ok" if fast else "skipped", "train-repa-b32": "skipped"}
     # The timed-out group: marked, with its budget, no rows; a group after it still ran.
@@ -62,6 +63,11 @@ def test_dry_run_writes_every_group_and_marks_the_one_over_budget(dry_run):
     sample = _rows(groups["sample-ddpm"])
     assert [(r["kind"], r["input"]) for r in sample] == [("sample", "3 ddpm steps, cfg 1.5")] and sample[0]["img_s"] > 0
     assert {r["kind"] for r in groups["sample-ddpm"]["report"]["rows"]} == {"train", "save", "sample"}
+    # MeanFlow's group: its step (a MeanFlow model: the h embedder's parameters counted) and its 1-NFE sampler.
+    mf = {r["kind"]: r for r in _rows(groups["meanflow-b32"])}
+    assert set(mf) == {"train", "sample"} and mf["train"]["img_s"] > 0 and mf["sample"]["img_s"] > 0
+    assert mf["sample"]["input"] == "1 meanflow steps, cfg 1.0"
+    assert groups["meanflow-b32"]["report"]["model_config"]["second_time_input"] is True
     # The reference: float32 eager on CPU, bf16 unavailable, no compile row; the same model as the JAX rows.
     torch_rows = _rows(groups["torch-train"])
     assert [(r["setting"], r.get("error")) for r in torch_rows] == [("b2 float32 (CPU)", None),

@@ -14,6 +14,7 @@
 #   torch-train       the PyTorch reference's train step at batch 32 in TF32 and bf16 autocast
 #   sample-ddpm       the sampler: 250 DDPM steps, guidance 1.5, 32 images
 #   torch-sample      the reference's sample.py loop: 250 steps, TF32 and bf16
+#   meanflow-b32      MF-XL/2 (configs/meanflow.py, XLA attention: the JVP) step at batch 32, and 1-NFE sampling
 #   train-b256-remat  batch 256 with remat=full
 #   torch-compile     the reference's train step in bf16 + torch.compile
 #   sample-fast       25 steps of the fast solver, if dit_jax's sampler registry lists one
@@ -67,8 +68,10 @@ if [[ $MODE == dry-run ]]; then
            --hidden-size 32 --num-heads 2 --num-classes 10 --dtype float32)
     B=2; B_BIG=4; SAMPLE_STEPS=3; FAST_STEPS=2; SAMPLE_BATCH=2
     TRAIN_STEPS=(--steps 2 --warmup 1); BIG_STEPS=(--steps 2 --warmup 1)
+    MF_MODEL=(--config configs/meanflow.py:XL/2 --config.data.latents=dataset --input-size 8 --depth 1
+              --hidden-size 32 --num-heads 2 --num-classes 10 --dtype float32)
     declare -A BUDGET=([train-b32]=300 [torch-train]=300 [sample-ddpm]=300 [torch-sample]=300
-                       [train-b256-remat]=300 [torch-compile]=300 [sample-fast]=300 [train-repa-b32]=300)
+                       [train-b256-remat]=300 [torch-compile]=300 [sample-fast]=300 [meanflow-b32]=300 [train-repa-b32]=300)
 else
     if [[ -z "${OUT:-}" ]]; then
         echo "error: OUT is not set: on the device machine the tool sets it; elsewhere run --dry-run" >&2
@@ -78,11 +81,12 @@ else
     EXPECT=gpu
     TOTAL=${BENCH_TOTAL_S:-450}
     MODEL=(--config configs/dit.py:XL/2 --config.data.latents=dataset)
+    MF_MODEL=(--config configs/meanflow.py:XL/2 --config.data.latents=dataset)
     B=32; B_BIG=256; SAMPLE_STEPS=250; FAST_STEPS=25; SAMPLE_BATCH=32
     TRAIN_STEPS=(--steps 20 --warmup 3); BIG_STEPS=(--steps 10 --warmup 2)
     # Seconds; guesses until a device run has timed the groups (bench.md lists what each took).
     declare -A BUDGET=([train-b32]=90 [torch-train]=50 [sample-ddpm]=80 [torch-sample]=60
-                       [train-b256-remat]=80 [torch-compile]=100 [sample-fast]=45 [train-repa-b32]=90)
+                       [train-b256-remat]=80 [torch-compile]=100 [sample-fast]=45 [meanflow-b32]=100 [train-repa-b32]=90)
 fi
 WORK=$(mktemp -d /tmp/devbench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
@@ -168,6 +172,10 @@ group sample-ddpm sample "${BENCH[@]}" "${SAMPLER_TRAIN[@]}" --sample-steps "$SA
     --cfg-scale 1.5 --sample-batch "$SAMPLE_BATCH" --out "$WORK/sample-ddpm.json"
 group torch-sample "" "${TORCH[@]}" --sample-modes tf32,bf16 --sample-steps "$SAMPLE_STEPS" --cfg-scale 1.5 \
     --sample-batch "$SAMPLE_BATCH" --out "$WORK/torch-sample.json"
+# MeanFlow: its own step (two guidance forwards, the JVP, the backward through both) and its 1-NFE sampler.
+group meanflow-b32 train,sample "$PY" -m dit_jax.cli benchmark "${MF_MODEL[@]}" --setting "batch=$B" "${TRAIN_STEPS[@]}" \
+    --no-pipeline --sample-steps 1 --sampler meanflow --cfg-scale 1.0 --sample-batch "$SAMPLE_BATCH" \
+    --out "$WORK/meanflow-b32.json"
 group train-b256-remat train,save "${BENCH[@]}" --setting "batch=$B_BIG,remat=full" "${BIG_STEPS[@]}" \
     --no-pipeline --sample-steps 0 --out "$WORK/train-b256-remat.json"
 if [[ $MODE == dry-run ]]; then

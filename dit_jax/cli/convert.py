@@ -13,6 +13,8 @@ def add_arguments(c) -> None:
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-torch", metavar="PT", type=existing_file,
                      help="official .pt (released state dict or train.py checkpoint)")
+    src.add_argument("--from-meanflow", metavar="CKPT_DIR", type=existing_dir,
+                     help="official MeanFlow (Gsunshine/meanflow) Flax checkpoint directory (EMA; --key model: raw)")
     src.add_argument("--from-lightningdit", metavar="PT", type=existing_file,
                      help="hustvl/LightningDiT .pt (released state dict or train.py checkpoint); its options are "
                           "read off the names")
@@ -48,6 +50,7 @@ def run(args) -> int:
         return 0
     for line in convert.dit_from_torch(args.out, config, torch_file=args.from_torch, key=args.key,
                                        repa_file=args.from_repa_torch, lightningdit_file=args.from_lightningdit,
+                                       meanflow_dir=args.from_meanflow,
                                        diffusers=args.from_diffusers, sample_size=args.sample_size,
                                        num_heads=args.num_heads, force=args.force):
         print(line)

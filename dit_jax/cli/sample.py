@@ -31,9 +31,9 @@ def add_arguments(s) -> None:
                         "step count (default 50 for grids, 250 with --num-samples)")
     s.add_argument("--sampler", default="",
                    help="ddpm, ddim, dpm++2m, dpm++3m, unipc (DDPM models); euler, heun, dopri5, sde-euler, sde-heun "
-                        "(SiT models); repa-sde, repa-euler, repa-heun (REPA models); default: ddpm, heun for SiT, "
-                        "repa-sde for REPA")
-    s.add_argument("--objective", choices=("ddpm", "sit", "repa"), default=None,
+                        "(SiT models); repa-sde, repa-euler, repa-heun (REPA models); meanflow (MeanFlow models, "
+                        "--steps = NFE); default: ddpm, heun for SiT, repa-sde for REPA, meanflow for MeanFlow")
+    s.add_argument("--objective", choices=("ddpm", "sit", "repa", "meanflow"), default=None,
                    help="what the weights were trained with (converted SiT checkpoints: sit; REPA's: repa; default: a "
                         "run's own, else ddpm)")
     s.add_argument("--spacing", choices=("linspace", "leading", "trailing"), default="",

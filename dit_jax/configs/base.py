@@ -44,9 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
 
 def _objective_fields(c: ml_collections.ConfigDict) -> None:
     """What the model is trained to do: the objective and its sections."""
-    # The objective: "ddpm" (the paper's Gaussian diffusion, config.diffusion) or "sit" (SiT's stochastic
-    # interpolants, config.transport: path Linear/GVP/VP, prediction velocity/score/noise, loss weight
-    # ""/velocity/likelihood, eps -1 for SiT's default; the rest are the SiT samplers' options).
+    # The objective: "ddpm" (the paper's Gaussian diffusion, config.diffusion), "meanflow" (config.meanflow) or
+    # "sit" (SiT's stochastic interpolants, config.transport: path Linear/GVP/VP, prediction velocity/score/noise,
+    # loss weight ""/velocity/likelihood, eps -1 for SiT's default; the rest are the SiT samplers' options).
     c.objective = "ddpm"
     c.diffusion = ml_collections.ConfigDict(dict(num_timesteps=1000, noise_schedule="linear"))
     c.transport = ml_collections.ConfigDict(dict(
@@ -56,6 +56,14 @@ def _objective_fields(c: ml_collections.ConfigDict) -> None:
         # adds 1 - cos(out, u_t) along channels (velocity prediction only); both change the objective.
         # timestep_shift s > 0 maps the euler/heun ODE grid t -> s t / (1 + (s - 1) t) (sampling only).
         use_lognorm=False, use_cosine_loss=False, timestep_shift=0.0))
+    # MeanFlow (objective "meanflow", dit_jax/meanflow; the official default.py's values): the (t, r) sampler
+    # (time_dist logit_normal/uniform, p_mean/p_std), the data_proportion of rows with r = t, training-time
+    # guidance (guidance cfg/none, omega, kappa, only for t in [t_start, t_end]), class_dropout_prob (MeanFlow
+    # drops the first rows itself; model.class_dropout_prob > 0 only gives the null row), the adaptive loss
+    # weight (norm_p, norm_eps). The model needs model.second_time_input=True and learn_sigma=False.
+    c.meanflow = ml_collections.ConfigDict(dict(
+        time_dist="logit_normal", p_mean=-0.4, p_std=1.0, data_proportion=0.75, guidance="cfg", omega=1.0,
+        kappa=0.5, t_start=0.0, t_end=1.0, class_dropout_prob=0.1, norm_p=1.0, norm_eps=0.01))
 
     # REPA (representation alignment; train/repa.py): encoder "" is off; one or more frozen encoders by
     # name, comma-separated (dinov2-vit-s/b/l/g[-reg], digits-mlp), with their official weights in `weights`
@@ -65,7 +73,6 @@ def _objective_fields(c: ml_collections.ConfigDict) -> None:
     # projection (hidden -> projector_dim -> projector_dim -> z_dim) of the tokens after block encoder_depth.
     c.repa = ml_collections.ConfigDict(dict(encoder="", weights="", encoder_depth=8, proj_coeff=0.5,
                                             projector_dim=2048, path="linear", prediction="v", weighting="uniform"))
-
 
 
 def _data_and_optimizer_fields(c: ml_collections.ConfigDict) -> None:

@@ -28,7 +28,7 @@ def vae_from_diffusers(source: str, out: str, force: bool) -> str:
 
 
 def dit_from_torch(out: str, config, *, torch_file: str = "", key: str = "ema", diffusers: str = "", repa_file: str = "",
-                   lightningdit_file: str = "",
+                   lightningdit_file: str = "", meanflow_dir: str = "",
                    sample_size: int | None = None, num_heads: int | None = None, force: bool = False) -> list[str]:
     """An official .pt (or a diffusers DiT) -> a weights directory; returns the lines to print."""
     from dit_jax.convert import dit_torch, torch_io
@@ -36,7 +36,10 @@ def dit_from_torch(out: str, config, *, torch_file: str = "", key: str = "ema", 
     from dit_jax.weights import save_weights
     from dit_jax.exit_codes import BadInput
     try:
-        if torch_file:
+        if meanflow_dir:
+            from dit_jax.convert.meanflow_flax import convert, load_checkpoint
+            params, config = convert(load_checkpoint(meanflow_dir), sample_size or 32, num_heads, ema=key == "ema")
+        elif torch_file:
             params, config = dit_torch.from_torch(torch_io.load_state_dict(torch_file, key), config, num_heads)
         elif lightningdit_file:
             params, config = _from_lightningdit(torch_io.load_state_dict(lightningdit_file, key), config, num_heads)
@@ -48,7 +51,7 @@ def dit_from_torch(out: str, config, *, torch_file: str = "", key: str = "ema", 
             params, config = dit_torch.from_diffusers(sd, config, sample_size, num_heads)
     except (ValueError, KeyError) as e:  # what the state dict holds does not convert: say which file
         text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        source = torch_file or lightningdit_file or repa_file or diffusers
+        source = meanflow_dir or torch_file or lightningdit_file or repa_file or diffusers
         raise BadInput(text if source in text else f"{source}: {text}") from None
     path = save_weights(out, params, config, force=force)
     return [f"wrote {config_name(config)} weights to {path}", json.dumps(config.architecture())]

@@ -30,7 +30,8 @@ def sampling_run(config: DiTConfig, schedule: dict | None, vae: str | None) -> R
     schedule = schedule or {}
     c = config_for_model(config, noise_schedule=schedule.get("noise_schedule", "linear"),
                          num_timesteps=schedule.get("diffusion_steps", 1000), vae=vae or "")
-    c.objective = schedule.get("objective", "ddpm")
+    # Weights that do not say: a MeanFlow network (second time input) was trained with MeanFlow.
+    c.objective = schedule.get("objective") or ("meanflow" if config.second_time_input else "ddpm")
     c.transport.update(schedule.get("transport", {}))
     c.repa.path = schedule.get("repa_path", "linear")   # objective "repa": REPA's samplers on its path
     return make_run(c, vae=VAE(*load_vae_weights(vae)) if vae else None, mesh=make_mesh(devices=jax.devices()))
@@ -149,6 +150,8 @@ def sample(out: str, *, weights: str | None = None, workdir: str | None = None, 
                          f"{schedule.get('objective', 'ddpm')!r}; drop --objective")
     settings = settings or SamplerSettings(steps=None, cfg_scale=None)
     defaults = dict(steps="250", cfg_scale=1.5) if num_samples else dict(steps="50", cfg_scale=4.0)
+    if config.second_time_input:  # MeanFlow: one network evaluation (its paper's protocol); cfg is trained in
+        defaults["steps"] = "1"
     settings = dataclasses.replace(settings, **{k: v for k, v in defaults.items() if getattr(settings, k) is None})
     if num_samples:
         return write_npz(params, config, source, out, num_samples, settings, seed=seed, vae=vae,

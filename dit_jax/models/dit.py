@@ -74,6 +74,9 @@ class DiTConfig:
     use_swiglu: bool = False   # SwiGLU FFN of width int(2/3 * int(hidden * mlp_ratio)) instead of the GELU MLP
     use_rope: bool = False     # 2D rotary embedding of q and k (rows, then columns), beside the sin-cos table
     wo_shift: bool = False     # the blocks' adaLN without shifts (4 chunks, not 6); the final layer keeps its shift
+    # MeanFlow's u(z, t, h, y): a second timestep embedder ("h_embedder") for the interval h = t - r, its
+    # embedding summed with t's and the label's. Off: the plain DiT, its parameters and outputs unchanged.
+    second_time_input: bool = False
     # How it is computed (does not change the parameters):
     # Mixed precision: "bfloat16" runs matmuls and attention in bf16 while LayerNorm statistics,
     # softmax, the timestep/label conditioning and the output (so the loss) stay float32.
@@ -128,7 +131,7 @@ class DiTConfig:
     def architecture(self) -> dict[str, Any]:
         """The fields that fix the parameters' shapes and meaning (what a checkpoint must match)."""
         keep = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads",
-                "mlp_ratio", "class_dropout_prob", "num_classes", "learn_sigma") + LIGHTNING_OPTIONS
+                "mlp_ratio", "class_dropout_prob", "num_classes", "learn_sigma", "second_time_input") + LIGHTNING_OPTIONS
         return {k: getattr(self, k) for k in keep}
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,12 +171,15 @@ class DiT(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, *, train: bool = False,
-                 force_drop: jax.Array | None = None, capture_depth: int = 0):
+                 force_drop: jax.Array | None = None, h: jax.Array | None = None, capture_depth: int = 0):
         """x: (B, H, W, C) NHWC, t: (B,) timesteps (0..999), y: (B,) int labels.
 
+        h: (B,) MeanFlow's interval t - r, read only with config.second_time_input; None there means
+        h = 0 (the instantaneous velocity, and what init traces).
         capture_depth k > 0 (REPA): also return the tokens (B, N, hidden) right after block k (1-based),
         before any norm, as `(out, tokens)`."""
         cfg = self.config
+        interval = h  # the name h is the image height below
         dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         b, h, w, ch = x.shape
@@ -193,6 +199,9 @@ class DiT(nn.Module):
         # bf16's 8 bits of mantissa, and at (B, hidden) it costs nothing.
         cond_kw = dict(dtype=jnp.float32, param_dtype=param_dtype)
         c = TimestepEmbedder(d, name="t_embedder", **cond_kw)(t)
+        if cfg.second_time_input:  # MeanFlow: t and h unscaled, each through its own embedder
+            c = c + TimestepEmbedder(d, name="h_embedder", **cond_kw)(
+                jnp.zeros_like(t) if interval is None else interval)
         c = c + LabelEmbedder(cfg.num_classes, d, cfg.class_dropout_prob, name="y_embedder", **cond_kw)(
             y, train, force_drop)
         c = nn.with_logical_constraint(c, ("batch", "embed"))

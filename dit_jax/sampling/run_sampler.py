@@ -14,6 +14,8 @@ from dit_jax.diffusion.gaussian import GaussianDiffusion, respace
 from dit_jax.diffusion.ancestral import CFG_MODES, guidance_channels, guided_model_fn, sample_loop
 from dit_jax.diffusion.solvers import SOLVERS, SPACINGS, solve
 from dit_jax.exit_codes import BadInput
+from dit_jax.meanflow.objective import MeanFlow
+from dit_jax.meanflow.sampler import sample as meanflow_sample
 from dit_jax.models.dit import DiT, DiTConfig
 from dit_jax.transport import integrators as sit
 from dit_jax.transport.guidance import split_learned_sigma
@@ -27,10 +29,14 @@ DDPM_SAMPLERS = ("ddpm", "ddim") + tuple(s for s in SOLVERS if s != "ddim")
 SIT_SAMPLERS = ("euler", "heun", "dopri5", "sde-euler", "sde-heun")
 # REPA's samplers.py (transport/repa_samplers.py): its runs' time runs the other way (t = 0 data).
 REPA_SAMPLERS = ("repa-sde", "repa-euler", "repa-heun")
-DEFAULT_SAMPLER = {"ddpm": "ddpm", "sit": "heun", "repa": "repa-sde"}
+MEANFLOW_SAMPLERS = ("meanflow",)  # 1-NFE or k steps of the average velocity (steps: the NFE)
+DEFAULT_SAMPLER = {"ddpm": "ddpm", "sit": "heun", "repa": "repa-sde", "meanflow": "meanflow"}
+SAMPLERS = {"ddpm": DDPM_SAMPLERS, "sit": SIT_SAMPLERS, "repa": REPA_SAMPLERS, "meanflow": MEANFLOW_SAMPLERS}
 
 
 def objective_kind(objective) -> str:
+    if isinstance(objective, MeanFlow):
+        return "meanflow"
     return "sit" if isinstance(objective, Transport) else "repa" if isinstance(objective, RepaFlow) else "ddpm"
 
 
@@ -75,10 +81,11 @@ class SamplerSettings:
     def problems(self, objective) -> list[str]:
         """What is wrong with these settings for `objective` (empty when fine)."""
         kind, name = objective_kind(objective), self.resolved(objective)
-        allowed = {"sit": SIT_SAMPLERS, "repa": REPA_SAMPLERS}.get(kind, DDPM_SAMPLERS)
+        allowed = SAMPLERS[kind]
         if name not in allowed:
-            other = ("; it is a sampler of SiT models (objective 'sit')" if name in SIT_SAMPLERS else
-                     "; it is a sampler of DDPM models (objective 'ddpm')" if name in DDPM_SAMPLERS else "")
+            owner = [k for k, names in SAMPLERS.items() if name in names]
+            label = {"ddpm": "DDPM", "sit": "SiT", "repa": "REPA", "meanflow": "MeanFlow"}
+            other = f"; it is a sampler of {label[owner[0]]} models (objective {owner[0]!r})" if owner else ""
             return [f"sampler must be one of {allowed} for objective {kind!r} (or '' for {DEFAULT_SAMPLER[kind]}), "
                     f"got {name!r}{other}"]
         out = []
@@ -93,8 +100,8 @@ class SamplerSettings:
         if self.timestep_shift < 0 or (self.timestep_shift and (kind != "sit" or name.startswith("sde-"))):
             out.append(f"timestep_shift ({self.timestep_shift}) must be >= 0 and shifts the grid of SiT's ODE samplers "
                        f"(euler, heun; dopri5 ignores it): not used by {name!r}")
-        if kind in ("sit", "repa") or name in SOLVERS:
-            low = 1 if kind == "ddpm" else 2
+        if kind in ("sit", "repa", "meanflow") or name in SOLVERS:
+            low = 2 if kind in ("sit", "repa") else 1
             if not self.steps.isdigit() or int(self.steps) < low:
                 out.append(f"steps must be an integer >= {low} for the {name} sampler, got {self.steps!r}")
             elif kind == "ddpm" and int(self.steps) > objective.num_timesteps:
@@ -104,6 +111,8 @@ class SamplerSettings:
 
     def describe(self) -> str:
         interval = f", interval {self.cfg_interval}" if self.cfg_interval else ""
+        if self.sampler == "meanflow":
+            return f"{self.steps} meanflow steps (NFE {self.steps}; guidance trained in, no cfg applied)"
         return f"{self.steps} {self.sampler or 'default'} steps, cfg {self.cfg_scale} ({self.cfg_mode}{interval})"
 
 
@@ -121,6 +130,8 @@ def _sit_interval_fn(guided, plain, interval):
 def sample_from(objective, model_fn, x_T, key, settings: SamplerSettings, noise_fn=None) -> jax.Array:
     """Run the sampler `settings` name on `objective` from x_T; model_fn(x, t) is the (guided) network."""
     name = settings.resolved(objective)
+    if isinstance(objective, MeanFlow):  # model_fn(x, t, h): the average velocity over [t - h, t]
+        return meanflow_sample(lambda z, t, h, _: model_fn(z, t, h), x_T, None, int(settings.steps))
     if isinstance(objective, Transport):
         if name.startswith("sde-"):
             return sit.sample_sde(objective, model_fn, x_T, key, method=name[4:], num_steps=int(settings.steps),
@@ -149,12 +160,17 @@ def make_sampler(model: DiTConfig, objective: GaussianDiffusion | Transport, set
     problems = settings.problems(objective)
     if problems:
         raise ValueError("; ".join(problems))
+    is_meanflow = isinstance(objective, MeanFlow)
+    if model.second_time_input != is_meanflow:
+        raise BadInput(f"a model {'with' if model.second_time_input else 'without'} MeanFlow's second time input "
+                       f"cannot sample with objective {objective_kind(objective)!r}: MeanFlow's samplers need a "
+                       "MeanFlow model (second_time_input=True), and it only samples with them")
     if isinstance(objective, RepaFlow):
         return _repa_sampler(model, objective, settings)
     dit = DiT(model)
     channels = guidance_channels(settings.cfg_mode, model.in_channels)
     is_sit = isinstance(objective, Transport)
-    num_timesteps = None if is_sit else objective.num_timesteps
+    num_timesteps = None if is_sit or is_meanflow else objective.num_timesteps
 
     @jax.jit
     def run(params, labels, key):
@@ -165,7 +181,10 @@ def make_sampler(model: DiTConfig, objective: GaussianDiffusion | Transport, set
 
         def plain(x, t):
             return class_model_fn(x, t, labels)
-        if settings.cfg_scale > 1.0:
+        if is_meanflow:  # u(x, t, h): MeanFlow trains its guidance in, sampling applies none
+            def model_fn(x, t, h):
+                return dit.apply({"params": params}, x, t, labels, h=h)
+        elif settings.cfg_scale > 1.0:
             if is_sit:
                 model_fn = guided_model_fn(class_model_fn, labels, model.null_class, settings.cfg_scale, channels)
                 if settings.cfg_interval is not None:

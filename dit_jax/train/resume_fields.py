@@ -29,6 +29,7 @@ FIELDS: dict[str, str] = {
                                        "learn_sigma", "param_dtype", "scan_blocks")},
     # LightningDiT's block options (docs/lightningdit.md): other parameters, or the same ones used otherwise.
     **{f"model.{k}": MEANING for k in ("use_qknorm", "use_rmsnorm", "use_swiglu", "use_rope", "wo_shift")},
+    "model.second_time_input": MEANING,  # MeanFlow's h embedder
     # How it is computed, not what it computes (a label, precision of the matmuls, kernels, remat).
     **{f"model.{k}": FREE for k in ("name", "dtype", "attention", "remat")},
     "objective": MEANING,
@@ -45,6 +46,9 @@ FIELDS: dict[str, str] = {
     **{f"repa.{k}": MEANING for k in ("encoder", "encoder_depth", "proj_coeff", "projector_dim", "path",
                                       "prediction", "weighting")},
     "repa.weights": FREE,
+    # MeanFlow (docs/meanflow.md): its time draws, loss weight and training-time guidance are trained into
+    # the weights (a 1-NFE model samples what it was trained with).
+    "meanflow.*": MEANING,
     # The data's shape and latent space are part of what the model learned.
     **{f"data.{k}": MEANING for k in ("image_size", "channels", "num_classes", "latent_scale")},
     **{f"data.{k}": DATA for k in ("name", "split", "random_flip", "latents")},

@@ -11,6 +11,7 @@ import optax
 
 from dit_jax.data.preprocess import to_float_on_device
 from dit_jax.diffusion.gaussian import GaussianDiffusion
+from dit_jax.meanflow import objective as meanflow
 from dit_jax.transport.guidance import split_learned_sigma
 from dit_jax.transport.transport import Transport, sample_time, training_losses as transport_losses
 from dit_jax.models.dit import DiT
@@ -69,6 +70,16 @@ def objective_terms(objective: GaussianDiffusion | Transport, model_fn, x0, t, n
     return objective.training_losses(model_fn, x0, t, noise)
 
 
+def _meanflow_loss_fn(objective, model: DiT, x0, y, draws: dict):
+    """MeanFlow's loss of the params. Its network calls take train=False: MeanFlow drops classes itself."""
+    def loss_fn(params):
+        def u_fn(z, t, h, labels):
+            return model.apply({"params": params}, z, t, labels, h=h)
+        terms = meanflow.loss_terms(objective, u_fn, x0, y, draws, model.config.null_class)
+        return jnp.mean(terms["loss"]), terms
+    return loss_fn
+
+
 def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model: DiT,
                objective: GaussianDiffusion | Transport,
                tx: optax.GradientTransformation, ema_decay: float, input_mode: str = "", vae_config: Any = None,
@@ -76,7 +87,8 @@ def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model:
     """batch: {'image': (B, H, W, C) uint8, or float in [-1, 1]} or a latent dataset's {'mean', 'std'}
     (float16 or float32), plus 'label' (B,).
 
-    objective: the run's Gaussian diffusion (the paper's hybrid loss) or SiT's transport.
+    objective: the run's Gaussian diffusion (the paper's hybrid loss), SiT's transport or MeanFlow
+    (whose draws are {'t', 'r', 'noise', 'drop'}: dit_jax.meanflow.objective.draw).
 
     batch['draws'] = {'t': (B,) int (float for SiT), 'noise': x0's shape, 'drop': (B,) bool label-drop mask}, when
     present, replaces the step's own random draws (to run the same update as another implementation
@@ -93,6 +105,9 @@ def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model:
     draws = batch.get("draws")
     t_key, noise_key, drop_key, latent_key = step_keys(state.rng, state.step)
     x0 = model_input(batch, latent_key, input_mode, vae_params, vae_config, latent_scale)
+    is_meanflow = isinstance(objective, meanflow.MeanFlow)
+    if is_meanflow and draws is None:  # MeanFlow's draws {'t', 'r', 'noise', 'drop'}; its loss_fn below
+        draws = meanflow.draw(objective, t_key, noise_key, drop_key, x0.shape)
     if draws is None:  # label dropout is then drawn inside the model, from drop_key
         t = draw_time(objective, t_key, x0.shape[0])
         noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
@@ -106,6 +121,8 @@ def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model:
                                rngs={"dropout": drop_key})
         terms = objective_terms(objective, model_fn, x0, t, noise)
         return jnp.mean(terms["loss"]), terms
+    if is_meanflow:
+        loss_fn = _meanflow_loss_fn(objective, model, x0, y, draws)
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return _apply_update(state, grads, loss, terms, tx, ema_decay)
@@ -119,7 +136,7 @@ def _apply_update(state: TrainState, grads, loss, terms: dict, tx, ema_decay: fl
     # differently (not bit-identical on CPU, even after a single step).
     ema = jax.tree.map(lambda e, p: e * ema_decay + p.astype(e.dtype) * (1 - ema_decay), state.ema_params, params)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-    for k in ("mse", "vb", "denoise_loss", "proj_loss"):
+    for k in ("mse", "vb", "denoise_loss", "proj_loss", "v_loss"):
         if k in terms:
             metrics[k] = jnp.mean(terms[k])
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)

@@ -18,7 +18,7 @@ from dit_jax.run import objective_of
 from dit_jax.train.step import INPUT_MODES
 
 
-OBJECTIVES = ("ddpm", "sit")
+OBJECTIVES = ("ddpm", "sit", "meanflow")
 
 
 def validate(config) -> int:
@@ -176,6 +176,9 @@ def _objective(config) -> list[str]:
             objective_of(config)
         except ValueError as e:
             return [f"transport: {e}"]
+    if config.objective == "meanflow":
+        from dit_jax.meanflow.checks import config_problems
+        return config_problems(config)
     return []
 
 

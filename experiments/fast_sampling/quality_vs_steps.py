@@ -45,6 +45,7 @@ DDPM_STEPS = (5, 10, 15, 20, 25, 50, 100, 250)
 DEFAULT_GRID = {
     "ddpm": {name: DDPM_STEPS for name in ("ddpm", "ddim", "dpm++2m", "dpm++3m", "unipc")},
     "sit": {"euler": (5, 10, 25, 50, 125), "heun": (5, 10, 25, 50, 125), "dopri5": (2,), "sde-euler": (25, 125)},
+    "meanflow": {"meanflow": (1, 2, 4)},  # steps = NFE; guidance is trained in (cfg_scale not applied)
 }
 
 
@@ -74,7 +75,7 @@ def load(workdir: str):
 def nfe_of(objective: str, sampler: str, steps: int, settings) -> int | None:
     """Model evaluations per sample of a fixed-step sampler (None for dopri5, counted at run time)."""
     from dit_jax.transport.integrators import model_evaluations
-    if objective == "ddpm":
+    if objective in ("ddpm", "meanflow"):
         return steps  # respaced DDPM/DDIM: one per respaced step; the solvers: `steps` evaluations
     if sampler == "dopri5":
         return None
