@@ -241,3 +241,27 @@ def every_host_agrees(outs):
     assert (result0["stopped_at"], result0["preempted"]) == (result1["stopped_at"], result1["preempted"]), \
         (result0, result1)
     return scores0, result0
+
+
+# The same tiny run as tiny_config(), through the CLI.
+TINY_FLAGS = ["--config.model.hidden_size=32", "--config.model.depth=2", "--config.model.num_heads=2",
+              "--config.batch_size=8", "--config.log_every=1", "--config.checkpoint_every=3",
+              "--config.sample.every=0", "--config.evals.digits.kind=", "--config.optim.warmup_steps=0"]
+
+
+def cli_env():
+    """The environment of a `dit-jax` child process: this checkout first on its path."""
+    return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def losing_config(**changes):
+    """The tiny run, checkpointing every 2 steps and keeping them all."""
+    return tiny_config(**{"total_steps": 10, "checkpoint_every": 2, "keep_checkpoints": 10, **changes})
+
+
+def flip_block(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        block = f.read(4096)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in block))

@@ -25,7 +25,7 @@ import pytest
 
 from dit_jax.cli import main
 from dit_jax.train.checkpoint import load_ema
-from test_losing_data import TINY_FLAGS
+from helpers import TINY_FLAGS
 
 pytestmark = pytest.mark.slow
 

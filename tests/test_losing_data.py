@@ -18,19 +18,9 @@ from dit_jax.train.integrity import NonFiniteLoss
 from dit_jax.train.loop import train_and_evaluate
 from dit_jax.workdir_lock import WorkdirLocked
 from conftest import Child
-from helpers import ROOT, tiny_config
+from helpers import ROOT, TINY_FLAGS, cli_env as _env, flip_block as _flip_block, losing_config as _config, tiny_config
 
 pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
-
-# The same tiny run as tiny_config(), through the CLI.
-TINY_FLAGS = ["--config.model.hidden_size=32", "--config.model.depth=2", "--config.model.num_heads=2",
-              "--config.batch_size=8", "--config.log_every=1", "--config.checkpoint_every=3",
-              "--config.sample.every=0", "--config.evals.digits.kind=", "--config.optim.warmup_steps=0"]
-
-
-def _env():
-    return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-
 
 def _cli(script_lines, args, timeout=300):
     """`dit-jax train ARGS` in a fresh process after SCRIPT_LINES (e.g. resource limits)."""
@@ -53,11 +43,6 @@ def _steps(workdir):
 def _ema(workdir, step):
     from dit_jax.train.checkpoint import load_ema
     return jax.tree.leaves(load_ema(workdir, step)[0])
-
-
-def _config(**changes):
-    """The tiny run, checkpointing every 2 steps and keeping them all."""
-    return tiny_config(**{"total_steps": 10, "checkpoint_every": 2, "keep_checkpoints": 10, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +80,6 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 
 def _data_file(step_dir):
     return max(glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True), key=os.path.getsize)
-
-
-def _flip_block(path, offset):
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        block = f.read(4096)
-        f.seek(offset)
-        f.write(bytes(b ^ 0xFF for b in block))
 
 
 def _flip_4k(step_dir):

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from test_multiprocess import WITH_SAMPLING, finish, losses, scores, start
+from helpers import WITH_SAMPLING, finish, losses, scores, start
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,7 @@ import pytest
 
 from dit_jax.cli import main
 from dit_jax.train.loop import train_and_evaluate
-from test_losing_data import TINY_FLAGS
-from test_train import tiny_config
+from helpers import TINY_FLAGS, tiny_config
 
 pytestmark = pytest.mark.slow
 

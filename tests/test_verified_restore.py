@@ -13,7 +13,7 @@ import pytest
 from dit_jax.cli import main
 from dit_jax.train.loop import train_and_evaluate
 from dit_jax.weights import load_weights
-from test_losing_data import _config, _flip_block
+from helpers import flip_block as _flip_block, losing_config as _config
 
 pytestmark = pytest.mark.slow
 
@@ -152,7 +152,7 @@ def test_a_failed_read_leaves_no_traceback_at_exit(run, tmp_path):
     """tensorstore's tasks of a failed read report "Event loop is closed" as the process ends: not shown."""
     import subprocess
     import sys
-    from test_losing_data import ROOT, _env
+    from helpers import ROOT, cli_env as _env
     wd = _copy(run, tmp_path)
     _truncate_all(os.path.join(wd, "checkpoints", "4"))
     res = subprocess.run([sys.executable, "-m", "dit_jax.cli", "export-weights", "--workdir", wd, "--out",
