@@ -37,7 +37,8 @@ def cmd_sample(args) -> int:
                                eta=args.eta, cfg_interval=args.cfg_interval, spacing=args.spacing)
     sample(args.out, weights=args.weights, workdir=args.workdir, config=config, vae=args.vae, num=args.num,
            classes=classes, num_samples=args.num_samples, settings=settings, objective=args.objective,
-           seed=args.seed, batch_per_device=args.batch_per_device, nrow=args.nrow, upscale=args.upscale)
+           seed=args.seed, batch_per_device=args.batch_per_device, nrow=args.nrow, upscale=args.upscale,
+           labels=args.labels)
     return 0
 
 
@@ -60,6 +61,8 @@ def _check_sample_args(args) -> None:
         raise ValueError(f"--num-samples must be >= 1 (or 0 for a grid), got {args.num_samples}")
     if args.weights and args.workdir:
         raise ValueError("give --weights or --workdir, not both")
+    if args.labels != "random" and not args.num_samples:
+        raise ValueError(f"--labels {args.labels} chooses the labels of --num-samples N; a grid takes --classes")
     if args.num_samples:
         if args.classes:
             raise ValueError("--num-samples draws uniform random labels (the evaluation protocol); drop --classes")
@@ -428,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation run: this many samples into the ADM .npz given by --out (sharded over all "
                         "devices and hosts, resumable)")
     s.add_argument("--batch-per-device", type=count(1), default=32, help="with --num-samples")
+    s.add_argument("--labels", choices=("random", "balanced"), default="random",
+                   help="with --num-samples: uniform random labels (DiT's protocol, the default), or balanced: exactly "
+                        "N / num_classes of each class, sample i of class i mod num_classes (RAE/REPA-E's protocol)")
     s.add_argument("--cfg-mode", choices=("reference", "all"), default="reference",
                    help="reference: guide the first 3 channels (the reference's quirk); all: every eps channel")
     s.add_argument("--seed", type=count(0), default=0, help="noise and random labels (sample i depends on seed and i only)")

@@ -15,6 +15,7 @@ import numpy as np
 from dit_jax.models.dit import DiTConfig, init_params
 from dit_jax.parallel.mesh import make_mesh
 from dit_jax.sampling.grids import save_grid, to_uint8
+from dit_jax.sampling.labels import check_labels
 from dit_jax.sampling.npz import sample_npz
 from dit_jax.sampling.sampler import SamplerSettings, build_sampler, fetch
 from dit_jax.train.run import VAE, Run, config_for_model, make_run
@@ -100,11 +101,14 @@ def write_grid(params, config: DiTConfig, source: str, out: str, settings: Sampl
 
 
 def write_npz(params, config: DiTConfig, source: str, out: str, num_samples: int, settings: SamplerSettings, *,
-              seed: int = 0, vae: str | None = None, batch_per_device: int = 32, schedule: dict | None = None) -> str:
+              seed: int = 0, vae: str | None = None, batch_per_device: int = 32, schedule: dict | None = None,
+              labels: str = "random") -> str:
     """`num_samples` images into the ADM .npz at `out` (`sample_npz`: every device of every host,
     resumable shards). The defaults are the reference's evaluation protocol: 250 DDPM steps, cfg 1.5
     (3 channels, only if > 1), uniform random labels, VAE decode, uint8 as the reference. `schedule`:
-    create_diffusion's noise_schedule / diffusion_steps (a run's, from `load_model`); none: linear 1000."""
+    create_diffusion's noise_schedule / diffusion_steps (a run's, from `load_model`); none: linear 1000.
+    labels: "random" (the reference's) or "balanced" (num_samples / num_classes of each class)."""
+    check_labels(labels, num_samples, config.num_classes)
     if config.in_channels not in (1, 3) and not vae:
         raise ValueError(f"the ADM .npz holds images: decoding {config.in_channels}-channel latents needs --vae DIR")
     print(f"sampling {num_samples} images from {source}: {settings.describe()}, seed {seed}", flush=True)
@@ -114,7 +118,7 @@ def write_npz(params, config: DiTConfig, source: str, out: str, num_samples: int
     # What made the images, recorded in the shards' manifest: a rerun with other settings starts over.
     made_by = dict(weights=source, vae=vae, **_manifest_settings(settings, sample_run.objective), **(schedule or {}))
     return sample_npz(run, params, num_samples, config.num_classes, seed, out, batch_per_device, vae_weights,
-                      made_by)
+                      made_by, labels=labels)
 
 
 def _manifest_settings(settings: SamplerSettings, objective) -> dict:
@@ -128,7 +132,7 @@ def _manifest_settings(settings: SamplerSettings, objective) -> dict:
 def sample(out: str, *, weights: str | None = None, workdir: str | None = None, config: DiTConfig | None = None,
            vae: str | None = None, num: int = 16, classes: list[int] | None = None, num_samples: int = 0,
            settings: SamplerSettings | None = None, objective: str | None = None, seed: int = 0,
-           batch_per_device: int = 32, nrow: int | None = None, upscale: int = 4) -> str:
+           batch_per_device: int = 32, nrow: int | None = None, upscale: int = 4, labels: str = "random") -> str:
     """Load the model (`load_model`), then sample a grid of `num` images (`write_grid`), or with
     `num_samples` the ADM .npz (`write_npz`); returns the path written. Steps and guidance left unset
     (None in `settings`) take the defaults of each: a quick look for a grid (50 steps, cfg 4), the
@@ -145,6 +149,6 @@ def sample(out: str, *, weights: str | None = None, workdir: str | None = None, 
     settings = dataclasses.replace(settings, **{k: v for k, v in defaults.items() if getattr(settings, k) is None})
     if num_samples:
         return write_npz(params, config, source, out, num_samples, settings, seed=seed, vae=vae,
-                         batch_per_device=batch_per_device, schedule=schedule)
+                         batch_per_device=batch_per_device, schedule=schedule, labels=labels)
     return write_grid(params, config, source, out, settings, num=num, classes=classes, seed=seed, vae=vae,
                       nrow=nrow, upscale=upscale, schedule=schedule)
