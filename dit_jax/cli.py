@@ -1,4 +1,4 @@
-"""`dit-jax` command line: train | sample | evaluate | convert | export-weights | benchmark | compile | ..."""
+"""`dit-jax` command line: train | sample | evaluate | convert | export-weights | phema | benchmark | compile | ..."""
 
 from __future__ import annotations
 
@@ -366,6 +366,14 @@ def cmd_export_weights(args) -> int:
     return 0
 
 
+def cmd_phema(args) -> int:
+    """Post-hoc EMA: the weights of any EMA length from a run's snapshots (EDM2's reconstruct_phema.py)."""
+    from dit_jax.jobs.phema import reconstruct
+    reconstruct(args.workdir, args.std, args.out, step=args.step, max_fit_error=args.max_fit_error,
+                force=args.force)
+    return 0
+
+
 def _class_ids(text: str) -> list[int]:
     """--classes: '1,2,3' -> [1, 2, 3]."""
     parts = text.split(",")
@@ -564,6 +572,19 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "tests/torch_reference)")
     bm.add_argument("--out", default="", type=output_file, help="write the rows as JSON here")
     bm.set_defaults(func=cmd_benchmark)
+
+    ph = sub.add_parser("phema", help="post-hoc EMA: reconstruct the weights of any EMA length (relative std) from "
+                                      "the snapshots of a run trained with config.phema (EDM2)")
+    ph.add_argument("--workdir", required=True, type=existing_dir, help="the training run (its phema/ snapshots)")
+    ph.add_argument("--std", required=True, type=float, help="relative standard deviation of the EMA profile, "
+                                                              "in (0, 0.289), e.g. 0.05")
+    ph.add_argument("--out", required=True, type=output_path, help="output weights directory (for sample --weights)")
+    ph.add_argument("--step", type=count(1), default=None, help="reconstruct at this snapshot's step (default: the last)")
+    ph.add_argument("--max-fit-error", type=number(0), default=0.1,
+                    help="refuse a std whose reconstructed EMA response is further than this (relative L2) from the "
+                         "exact one (default 0.1)")
+    ph.add_argument("--force", action="store_true", help="replace an existing weights directory")
+    ph.set_defaults(func=cmd_phema)
 
     e = sub.add_parser("evaluate", help="FID / sFID / IS / precision / recall as the ADM evaluator")
     e.add_argument("reference", type=existing_file, help="ADM reference batch .npz (arr_0, mu, sigma, mu_s, sigma_s)")

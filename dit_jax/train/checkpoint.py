@@ -213,6 +213,9 @@ def check_compatible(stored: dict, current: dict, workdir: str) -> None:
         a, b = stored.get("data", {}).get(key), current.get("data", {}).get(key)
         if a != b:
             diffs.append(f"data.{key}: checkpoint {a!r}, config {b!r}")
+    a, b = (tuple(c.get("phema", {}).get("stds", ())) for c in (stored, current))
+    if a != b:  # the tracked profiles are part of the state
+        diffs.append(f"phema.stds: checkpoint {a!r}, config {b!r}")
     if diffs:
         raise ValueError(f"the checkpoint in {workdir} belongs to another model/config: " + "; ".join(diffs)
                          + ". Use a new --workdir, or set the config back to match.")

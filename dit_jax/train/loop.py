@@ -20,7 +20,7 @@ from dit_jax.models.dit import forward_macs
 from dit_jax.parallel.mesh import describe as describe_mesh
 from dit_jax.parallel.sharding import LOGICAL_RULES, replicated
 from dit_jax.sampling import grids
-from dit_jax.train import checkpoint as ckpt, evaluation, profile
+from dit_jax.train import checkpoint as ckpt, evaluation, phema_snapshots, profile
 from dit_jax.train.compilation_cache import configure as configure_compilation_cache
 from dit_jax.train.goodput import Ledger
 from dit_jax.train.integrity import NonFiniteWatch
@@ -48,9 +48,10 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     log = MetricsLog(workdir, enabled=jax.process_index() == 0)
     manager = ckpt.make_manager(workdir, config.keep_checkpoints, 1, config.async_checkpointing)
     preempted = Watch(manager)
+    snapshots = phema_snapshots.make_writer(workdir, config)  # post-hoc EMA snapshots, None when off
     ok = False
     try:
-        last = _train(run, workdir, log, stop_after, manager, preempted)
+        last = _train(run, workdir, log, stop_after, manager, preempted, snapshots)
         ok = True
         return last
     except Preempted:
@@ -58,6 +59,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
         raise
     finally:  # on any error too: no save left running, no temporary checkpoint left behind
         preempted.close()
+        phema_snapshots.close(snapshots)
         ckpt.close(manager, failed=not ok)
         log.close()
         lock.release()
@@ -75,7 +77,7 @@ def sampling_slots(evaluators) -> dict[str, int]:
     return first
 
 
-def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch):
+def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch, snapshots=None):
     config, mesh, model_cfg = run.config, run.mesh, run.model
     ledger = Ledger(workdir, enabled=jax.process_index() == 0)  # from here, this session's wall time
     log.print(f"mesh {dict(mesh.shape)} over {jax.device_count()} devices on {jax.process_count()} host(s) "
@@ -153,6 +155,9 @@ def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch):
                 with timer.measure("checkpoint"):
                     ckpt.save(manager, done, state, cfg_json, force=stop)
                 save_clock.saved()
+            if snapshots is not None and phema_snapshots.due(config, done):
+                with timer.measure("checkpoint"):
+                    phema_snapshots.save(snapshots, done, state.phema, config)
             t_side = timer.clock()  # time spent below (evaluations, grids) is not training time
             for ev in evaluators:
                 if stop or preempted.reached or not evaluation.itstime(done, ev.section.every, total):

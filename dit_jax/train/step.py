@@ -13,6 +13,7 @@ from dit_jax.diffusion.gaussian import GaussianDiffusion
 from dit_jax.transport.guidance import split_learned_sigma
 from dit_jax.transport.transport import Transport, training_losses as transport_losses
 from dit_jax.models.dit import DiT
+from dit_jax.train import phema
 from dit_jax.train.state import TrainState
 
 INPUT_MODES = ("", "encode", "dataset")
@@ -71,7 +72,7 @@ def objective_terms(objective: GaussianDiffusion | Transport, model_fn, x0, t, n
 def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model: DiT,
                objective: GaussianDiffusion | Transport,
                tx: optax.GradientTransformation, ema_decay: float, input_mode: str = "", vae_config: Any = None,
-               latent_scale: float = 0.18215):
+               latent_scale: float = 0.18215, phema_exps: tuple[float, ...] = ()):
     """batch: {'image': (B, H, W, C) uint8, or float in [-1, 1]} or a latent dataset's {'mean', 'std'}
     (float16 or float32), plus 'label' (B,).
 
@@ -80,6 +81,8 @@ def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model:
     batch['draws'] = {'t': (B,) int (float for SiT), 'noise': x0's shape, 'drop': (B,) bool label-drop mask}, when
     present, replaces the step's own random draws (to run the same update as another implementation
     on the same randomness); without it the step draws them from (state.rng, state.step).
+
+    phema_exps: the power-function exponents of the post-hoc EMA profiles in state.phema.
     """
     y = batch["label"]
     draws = batch.get("draws")
@@ -109,5 +112,6 @@ def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model:
     for k in ("mse", "vb"):
         if k in terms:
             metrics[k] = jnp.mean(terms[k])
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
+                              phema=phema.update(state.phema, params, state.step, phema_exps))
     return new_state, metrics
