@@ -38,7 +38,7 @@ def cmd_sample(args) -> int:
     sample(args.out, weights=args.weights, workdir=args.workdir, config=config, vae=args.vae, num=args.num,
            classes=classes, num_samples=args.num_samples, settings=settings, objective=args.objective,
            seed=args.seed, batch_per_device=args.batch_per_device, nrow=args.nrow, upscale=args.upscale,
-           labels=args.labels)
+           labels=args.labels, guide=args.guide)
     return 0
 
 
@@ -442,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", choices=("random", "balanced"), default="random",
                    help="with --num-samples: uniform random labels (DiT's protocol, the default), or balanced: exactly "
                         "N / num_classes of each class, sample i of class i mod num_classes (RAE/REPA-E's protocol)")
+    s.add_argument("--guide", default=None, metavar="WEIGHTS_OR_WORKDIR[:STEP]",
+                   help="autoguidance (EDM2): guide with this weaker model of the same kind (a weights directory, or a "
+                        "training run's EMA weights at its latest or a given checkpoint step): D = g + W (D_main - g) "
+                        "with W = --cfg-scale, applied when W != 1, on every channel")
     s.add_argument("--cfg-mode", choices=("reference", "all"), default="reference",
                    help="reference: guide the first 3 channels (the reference's quirk); all: every eps channel")
     s.add_argument("--seed", type=count(0), default=0, help="noise and random labels (sample i depends on seed and i only)")

@@ -87,7 +87,7 @@ def _npz_bytes(**arrays) -> bytes:
 
 def sample_npz(run, params, num_samples: int, num_classes: int, seed: int, out_path: str,
                batch_per_device: int = 32, vae=None, settings: dict | None = None, log=print,
-               labels: str = "random") -> str:
+               labels: str = "random", guide_params=None) -> str:
     """Sample `num_samples` images into the ADM .npz (`arr_0` uint8 NHWC, exactly N; their labels as
     `arr_1`, as ADM's sampling scripts write them, and as `labels`).
 
@@ -99,6 +99,7 @@ def sample_npz(run, params, num_samples: int, num_classes: int, seed: int, out_p
     `build_sampler(..., uint8=True)` function over all devices; `vae` is its (VAE params, VAEConfig)
     for latent models, uploaded once. Process 0 writes OUT.
     labels: "random" (DiT's uniform labels) or "balanced" (sample i of class i mod num_classes).
+    guide_params: the autoguidance model's params for a `run` built with a guide (placed as `params`).
     """
     from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -108,6 +109,9 @@ def sample_npz(run, params, num_samples: int, num_classes: int, seed: int, out_p
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("batch",))
     params = jax.device_put(params, NamedSharding(mesh, P()))
     vae_params = jax.device_put(vae[0], NamedSharding(mesh, P())) if vae is not None else None
+    if guide_params is not None:  # the guide sharded as the main model: both whole on every device
+        guide_params = jax.device_put(guide_params, NamedSharding(mesh, P()))
+        settings = dict(settings or {}, guide_checksums=fingerprint(guide_params)[0])
     batch = batch_per_device * jax.device_count()
     shard_dir = out_path + ".shards"
     num_shards = -(-num_samples // batch)
@@ -117,13 +121,14 @@ def sample_npz(run, params, num_samples: int, num_classes: int, seed: int, out_p
     # A second writer on this output would delete these shards (its settings differ) or mix its own in.
     lock = workdir_lock.take(shard_dir, name=LOCK, holder="`dit-jax sample`", advice="choose another --out")
     try:
-        return _sample(run, params, vae_params, num_samples, num_classes, seed, out_path, shard_dir, batch,
+        model = (params, guide_params)
+        return _sample(run, model, vae_params, num_samples, num_classes, seed, out_path, shard_dir, batch,
                        num_shards, manifest, log, labels)
     finally:
         lock.release()
 
 
-def _sample(run, params, vae_params, num_samples, num_classes, seed, out_path, shard_dir, batch, num_shards,
+def _sample(run, model, vae_params, num_samples, num_classes, seed, out_path, shard_dir, batch, num_shards,
             manifest, log, label_mode="random") -> str:
     from jax.experimental import multihost_utils
 
@@ -135,7 +140,9 @@ def _sample(run, params, vae_params, num_samples, num_classes, seed, out_path, s
     for count, s in enumerate(todo, 1):
         idx = np.arange(s * batch, (s + 1) * batch)
         labels = labels_for(label_mode, seed, idx, num_classes)
-        out = run(params, labels, sample_keys(seed, idx), vae_params)
+        params, guide_params = model
+        guided = {} if guide_params is None else {"guide_params": guide_params}
+        out = run(params, labels, sample_keys(seed, idx), vae_params, **guided)
         # Each host writes the rows its own devices hold: nothing crosses hosts.
         rows = {}
         for piece in out.addressable_shards:

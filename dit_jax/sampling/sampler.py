@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from dit_jax.diffusion.gaussian import GaussianDiffusion, respace
-from dit_jax.diffusion.samplers import CFG_MODES, guidance_channels, guided_model_fn, sample_loop
+from dit_jax.diffusion.samplers import CFG_MODES, guidance_channels, guided_model_fn, interval_mask, sample_loop
 from dit_jax.diffusion.solvers import SOLVERS, SPACINGS, solve
 from dit_jax.models.dit import DiT, DiTConfig
+from dit_jax.sampling.autoguidance import autoguided_fn
 from dit_jax.transport import samplers as sit
 from dit_jax.transport.guidance import split_learned_sigma
 from dit_jax.transport.transport import Transport
@@ -127,12 +128,62 @@ def sample_from(objective, model_fn, x_T, key, settings: SamplerSettings, noise_
                        noise_fn=noise_fn, clip_denoised=False)
 
 
-def make_sampler(model: DiTConfig, objective: GaussianDiffusion | Transport, settings: SamplerSettings):
-    """A jitted `fn(params, labels, key) -> samples (B, H, W, C)` in the model's data space, on whatever
-    devices its arguments are. `objective`: the run's whole (training) diffusion, respaced here, or
-    SiT's transport.
+def _network(config: DiTConfig, params, is_sit: bool, channels: int):
+    """class_model_fn(x, t, y) of one DiT: SiT's forward drops the learned-sigma half; DDPM's samplers
+    read it (or drop it themselves)."""
+    dit = DiT(config)
 
-    Guidance is applied only when cfg_scale > 1, as the reference's sample_ddp.py. `key` is one key
+    def class_model_fn(x, t, y):
+        out = dit.apply({"params": params}, x, t, y)
+        return split_learned_sigma(out, channels) if is_sit else out
+    return class_model_fn
+
+
+def guided_network(model: DiTConfig, objective, settings: SamplerSettings, params, labels,
+                   guide: DiTConfig | None = None, guide_params=None):
+    """The model_fn(x, t) a sampler integrates: the network on `labels`; with classifier-free guidance
+    when cfg_scale > 1 (the reference's rule); or, with a `guide` model, autoguidance when cfg_scale != 1
+    (EDM2's rule). cfg_interval limits either to noise levels in [lo, hi]."""
+    is_sit = isinstance(objective, Transport)
+    class_model_fn = _network(model, params, is_sit, model.in_channels)
+    interval = settings.cfg_interval
+
+    def plain(x, t):
+        return class_model_fn(x, t, labels)
+    if guide is not None:
+        if settings.cfg_scale == 1.0:
+            return plain
+        guide_fn = _network(guide, guide_params, is_sit, model.in_channels)
+        inside = None
+        if interval is not None:
+            mask = _sit_inside(interval) if is_sit else interval_mask(interval, objective.num_timesteps)
+            inside = lambda x, t: mask(t)  # noqa: E731
+        return autoguided_fn(plain, lambda x, t: guide_fn(x, t, labels), settings.cfg_scale, model.in_channels,
+                             inside=inside)
+    if settings.cfg_scale <= 1.0:
+        return plain
+    channels = guidance_channels(settings.cfg_mode, model.in_channels)
+    if is_sit:
+        model_fn = guided_model_fn(class_model_fn, labels, model.null_class, settings.cfg_scale, channels)
+        return model_fn if interval is None else _sit_interval_fn(model_fn, plain, interval)
+    return guided_model_fn(class_model_fn, labels, model.null_class, settings.cfg_scale, channels,
+                           interval=interval, num_timesteps=objective.num_timesteps)
+
+
+def _sit_inside(interval):
+    lo, hi = interval
+    return lambda t: (lo <= 1.0 - t) & (1.0 - t <= hi)
+
+
+def make_sampler(model: DiTConfig, objective: GaussianDiffusion | Transport, settings: SamplerSettings,
+                 guide: DiTConfig | None = None):
+    """A jitted `fn(params, labels, key, guide_params=None) -> samples (B, H, W, C)` in the model's data
+    space, on whatever devices its arguments are. `objective`: the run's whole (training) diffusion,
+    respaced here, or SiT's transport. `guide`: the config of an autoguidance model (its params are
+    `guide_params`), in the same program as the main model.
+
+    Guidance is applied only when cfg_scale > 1, as the reference's sample_ddp.py (autoguidance: when
+    cfg_scale != 1, as EDM2). `key` is one key
     (split into the key of x_T and the key of the per-step noise), or one key per sample (shape
     (B, 2) raw keys): then sample b's x_T and step noise come from its own key only, so a sample is
     the same whatever batch or device count computes it.
@@ -140,30 +191,10 @@ def make_sampler(model: DiTConfig, objective: GaussianDiffusion | Transport, set
     problems = settings.problems(objective)
     if problems:
         raise ValueError("; ".join(problems))
-    dit = DiT(model)
-    channels = guidance_channels(settings.cfg_mode, model.in_channels)
-    is_sit = isinstance(objective, Transport)
-    num_timesteps = None if is_sit else objective.num_timesteps
 
     @jax.jit
-    def run(params, labels, key):
-        def class_model_fn(x, t, y):
-            out = dit.apply({"params": params}, x, t, y)
-            # SiT's forward drops the learned-sigma half; DDPM's samplers read it (or drop it themselves).
-            return split_learned_sigma(out, model.in_channels) if is_sit else out
-
-        def plain(x, t):
-            return class_model_fn(x, t, labels)
-        if settings.cfg_scale > 1.0:
-            if is_sit:
-                model_fn = guided_model_fn(class_model_fn, labels, model.null_class, settings.cfg_scale, channels)
-                if settings.cfg_interval is not None:
-                    model_fn = _sit_interval_fn(model_fn, plain, settings.cfg_interval)
-            else:
-                model_fn = guided_model_fn(class_model_fn, labels, model.null_class, settings.cfg_scale, channels,
-                                           interval=settings.cfg_interval, num_timesteps=num_timesteps)
-        else:
-            model_fn = plain
+    def run(params, labels, key, guide_params=None):
+        model_fn = guided_network(model, objective, settings, params, labels, guide, guide_params)
         shape = (labels.shape[0], model.input_size, model.input_size, model.in_channels)
         if key.ndim == 2:  # per-sample raw keys
             pairs = jax.vmap(jax.random.split)(key)  # (B, 2, 2): x_T key, step-noise key
@@ -195,7 +226,7 @@ def batch_devices(sharding: jax.sharding.Sharding) -> int:
 
 
 def build_sampler(run, settings: SamplerSettings, *, sharding: jax.sharding.Sharding | None = None,
-                  uint8: bool = False):
+                  uint8: bool = False, guide: DiTConfig | None = None):
     """`fn(params, labels, key, vae_params=None) -> samples`: the one sampler builder, for a `Run`
     (train/run.py): its model, its diffusion, its VAE for latent runs, the batch split over its mesh.
 
@@ -204,18 +235,19 @@ def build_sampler(run, settings: SamplerSettings, *, sharding: jax.sharding.Shar
     result is a global jax.Array of N' >= N samples (drop the padding after fetching it with `fetch`).
     `key`: one key, or per-sample raw keys (N, 2) as `make_sampler`. Latent samples are decoded with
     the run's VAE (pass its params as vae_params), and converted to uint8 on device with `uint8`.
-    Built once, it compiles once per batch size however often it is called.
+    Built once, it compiles once per batch size however often it is called. `guide`: an autoguidance
+    model's config; pass its params to `fn` as guide_params (placed as the main params are).
     """
     from dit_jax.models.vae import decode_latents
     from dit_jax.parallel.sharding import batch_sharding
     sharding = sharding or batch_sharding(run.mesh)
-    sample_one = make_sampler(run.model, run.objective, settings)  # checks settings against the objective
+    sample_one = make_sampler(run.model, run.objective, settings, guide)  # checks settings against the objective
     decoder = run.decoder
     divisor = batch_devices(sharding)
 
     @partial(jax.jit, out_shardings=sharding)
-    def produce(params, vae_params, labels, key):
-        x = sample_one(params, labels, key)
+    def produce(params, vae_params, labels, key, guide_params):
+        x = sample_one(params, labels, key, guide_params)
         if decoder is not None:
             x = decode_latents(vae_params, x, decoder.config)
         return to_uint8_device(x) if uint8 else x
@@ -226,10 +258,12 @@ def build_sampler(run, settings: SamplerSettings, *, sharding: jax.sharding.Shar
 
     whole = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
 
-    def sample(params, labels: np.ndarray, key, vae_params=None) -> jax.Array:
+    def sample(params, labels: np.ndarray, key, vae_params=None, guide_params=None) -> jax.Array:
+        if (guide is None) != (guide_params is None):
+            raise ValueError("guide_params go with a sampler built with a guide model, and only with one")
         key = np.asarray(key)  # the same on every host: placed as one global array
         key = put(key) if key.ndim == 2 else jax.make_array_from_callback(key.shape, whole, lambda i: key[i])
-        return produce(params, vae_params, put(np.asarray(labels, np.int32)), key)
+        return produce(params, vae_params, put(np.asarray(labels, np.int32)), key, guide_params)
 
     return sample
 

@@ -27,8 +27,12 @@ def make_writer(workdir: str, config) -> ocp.CheckpointManager | None:
     """The snapshot writer of a run that tracks profiles (None when config.phema.stds is empty)."""
     if not tuple(config.phema.stds):
         return None
-    options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, cleanup_tmp_directories=True,
-                                           enable_async_checkpointing=config.async_checkpointing)
+    # Its own barrier names: a snapshot and a checkpoint of the same step are written at the same time,
+    # and two managers' barriers of one step would otherwise meet (the hosts of a pod then hang).
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None, create=True, cleanup_tmp_directories=True,
+        enable_async_checkpointing=config.async_checkpointing,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix="phema"))
     return ocp.CheckpointManager(storage.join(workdir, DIRECTORY), options=options)
 
 
