@@ -83,7 +83,7 @@ def test_guided_network_on_random_params(kind):
     np.testing.assert_allclose(got[1], m[1, ..., : got.shape[-1]], atol=1e-6)
 
 
-SAMPLERS = [("ddpm", "ddpm", "6"), ("ddpm", "ddim", "ddim6"), ("ddpm", "dpm++2m", "4"), ("ddpm", "unipc", "4"),
+SAMPLERS = [("ddpm", "ddpm", "6"), ("ddpm", "ddim", "6"), ("ddpm", "dpm++2m", "4"), ("ddpm", "unipc", "4"),
             ("sit", "euler", "4"), ("sit", "heun", "4"), ("sit", "dopri5", "4"), ("sit", "sde-euler", "4"),
             ("sit", "sde-heun", "4")]
 
