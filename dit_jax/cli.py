@@ -580,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     ph = sub.add_parser("phema", help="post-hoc EMA: reconstruct the weights of any EMA length (relative std) from "
                                       "the snapshots of a run trained with config.phema (EDM2)")
     ph.add_argument("--workdir", required=True, type=existing_dir, help="the training run (its phema/ snapshots)")
-    ph.add_argument("--std", required=True, type=float, help="relative standard deviation of the EMA profile, "
+    ph.add_argument("--std", required=True, type=number(0, strict=True), help="relative standard deviation of the EMA profile, "
                                                               "in (0, 0.289), e.g. 0.05")
     ph.add_argument("--out", required=True, type=output_path, help="output weights directory (for sample --weights)")
     ph.add_argument("--step", type=count(1), default=None, help="reconstruct at this snapshot's step (default: the last)")
