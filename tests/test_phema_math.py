@@ -108,3 +108,16 @@ def test_update_matches_edm2s_tracker():
         off = max(np.max(np.abs(w - t)) / np.max(np.abs(t)) for w, t in zip(wrong, theirs))
         # Measured: 4.2e-8 and 9.9e-8 (float32 state); the off-by-one variant differs by 1.3e-2 and 2.2e-2.
         assert err < 3e-7 and off > 1e-3, (std, err, off)
+
+
+def test_config_problems():
+    import ml_collections
+    c = ml_collections.ConfigDict({"phema": {"stds": (0.05, 0.1), "snapshot_every": 100}})
+    assert phema.config_problems(c) == []
+    c.phema.snapshot_every = 0
+    assert phema.config_problems(c) == ["phema.snapshot_every must be > 0 when phema.stds is set: the reconstruction "
+                                        "reads the snapshots (e.g. --config.phema.snapshot_every=total_steps/16 or "
+                                        "more often)"]
+    c.phema.update(stds=(0.3, 0.3), snapshot_every=1)
+    assert phema.config_problems(c) == [f"phema.stds: each std must be in (0, {phema.MAX_STD}) (EDM2's range), got 0.3"] * 2 \
+        + ["phema.stds must be distinct, got (0.3, 0.3)"]
