@@ -167,7 +167,7 @@ def main():
                     *autoguidance_part(args.workdir, 2500, tmp, args.num_samples, (1.25,), False)]
             elif part == "phema":
                 results["phema"] = phema_part(args.workdir, tmp, args.num_samples,
-                                              (0.03, 0.05, 0.1, 0.15, 0.2))
+                                              (0.03, 0.05, 0.1, 0.15, 0.2, 0.25))
                 if results["phema"]:
                     plot(results["phema"], os.path.join(args.out, "ema_length.png"))
             save()
