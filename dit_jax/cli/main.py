@@ -22,7 +22,7 @@ import sys
 from dit_jax.argparsing import OneLineParser
 
 # In the order `dit-jax --help` lists them.
-COMMANDS = ("sample", "convert", "build_dataset", "reference_batch", "extract_latents", "export_weights", "models",
+COMMANDS = ("sample", "convert", "build_dataset", "reference_batch", "extract_latents", "export_weights", "phema", "models",
             "train", "compile", "benchmark", "evaluate")
 
 

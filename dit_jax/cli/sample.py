@@ -38,6 +38,13 @@ def add_arguments(s) -> None:
                         "run's own, else ddpm)")
     s.add_argument("--spacing", choices=("linspace", "leading", "trailing"), default="",
                    help="timestep spacing of the fast solvers (default linspace)")
+    s.add_argument("--labels", choices=("random", "balanced"), default="random",
+                   help="with --num-samples: uniform random labels (DiT's protocol, the default), or balanced: exactly "
+                        "N / num_classes of each class, sample i of class i mod num_classes (RAE/REPA-E's protocol)")
+    s.add_argument("--guide", default=None, metavar="WEIGHTS_OR_WORKDIR[:STEP]",
+                   help="autoguidance (EDM2): guide with this weaker model of the same kind (a weights directory, or a "
+                        "training run's EMA weights at its latest or a given checkpoint step): D = g + W (D_main - g) "
+                        "with W = --cfg-scale, applied when W != 1, on every channel")
     s.add_argument("--timestep-shift", type=number(0.0), default=0.0, metavar="S",
                    help="LightningDiT's shift of SiT's euler/heun ODE grid, t -> S t / (1 + (S - 1) t) (0: off)")
     s.add_argument("--cfg-interval", type=interval, default=None, metavar="LO,HI",
@@ -76,7 +83,8 @@ def run(args) -> int:
                                timestep_shift=args.timestep_shift)
     sample(args.out, weights=args.weights, workdir=args.workdir, config=config, vae=args.vae, num=args.num,
            classes=args.classes, num_samples=args.num_samples, settings=settings, objective=args.objective,
-           seed=args.seed, batch_per_device=args.batch_per_device, nrow=args.nrow, upscale=args.upscale)
+           seed=args.seed, batch_per_device=args.batch_per_device, nrow=args.nrow, upscale=args.upscale,
+           labels=args.labels, guide=args.guide)
     return 0
 
 
@@ -88,6 +96,8 @@ def check_args(args) -> None:
         raise ValueError(f"--num-samples must be >= 1 (or 0 for a grid), got {args.num_samples}")
     if args.weights and args.workdir:
         raise ValueError("give --weights or --workdir, not both")
+    if args.labels != "random" and not args.num_samples:
+        raise ValueError(f"--labels {args.labels} chooses the labels of --num-samples N; a grid takes --classes")
     if args.num_samples:
         if args.classes:
             raise ValueError("--num-samples draws uniform random labels (the evaluation protocol); drop --classes")

@@ -97,6 +97,11 @@ def _data_and_optimizer_fields(c: ml_collections.ConfigDict) -> None:
     c.start_over = False
     c.total_steps = 400_000
     c.ema_decay = 0.9999
+    # Post-hoc EMA (EDM2): power-function EMA profiles tracked beside ema_decay's, one per relative
+    # std in `stds` (EDM2 tracks (0.05, 0.1); () off), part of the train state; every `snapshot_every`
+    # steps all of them are written to WORKDIR/phema/<step>/, from which `dit-jax phema` reconstructs
+    # any other std after training.
+    c.phema = ml_collections.ConfigDict(dict(stds=(), snapshot_every=0))
 
     # Mesh: pure data parallel by default; set mesh.fsdp > 1 to shard params/optimizer/EMA.
     # data/fsdp/tensor are per slice; dcn_data/dcn_fsdp multiply them across slices (multi-slice TPU,

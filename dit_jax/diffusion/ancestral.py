@@ -59,14 +59,7 @@ def guided_model_fn(class_model_fn: Callable, labels: jax.Array, null_class: int
     batch is run either way, so shapes and the compiled program do not depend on t. None (the
     default, the reference's behaviour) guides every step.
     """
-    if interval is not None:
-        lo, hi = check_interval(interval)
-        if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 1:
-            raise ValueError(f"num_timesteps must be a positive integer (the training T), got {num_timesteps!r}")
-        # s = t / T decided once per timestep in float64 (as Python computes it), so that t = 700 of
-        # 1000 is inside (0.3, 0.7) on every backend: XLA may turn a float32 t / T into t * (1 / T).
-        steps = np.arange(num_timesteps)
-        inside_table = (lo <= steps / num_timesteps) & (steps / num_timesteps <= hi)
+    inside = None if interval is None else interval_mask(interval, num_timesteps)
 
     def model_fn(x, t):
         out = class_model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
@@ -74,9 +67,21 @@ def guided_model_fn(class_model_fn: Callable, labels: jax.Array, null_class: int
         guided = apply_guidance(out, scale, channels)[: x.shape[0]]
         if interval is None:
             return guided
-        inside = jnp.asarray(inside_table)[jnp.clip(t, 0, num_timesteps - 1)]
-        return jnp.where(inside.reshape((-1,) + (1,) * (guided.ndim - 1)), guided, out[: x.shape[0]])
+        return jnp.where(inside(t).reshape((-1,) + (1,) * (guided.ndim - 1)), guided, out[: x.shape[0]])
     return model_fn
+
+
+def interval_mask(interval, num_timesteps: int) -> Callable[[jax.Array], jax.Array]:
+    """`inside(t)`: per row, whether the original timestep t has its noise level t / T in [lo, hi]
+    (t outside [0, T) counts as its nearest end); every guidance of a DDPM model uses it."""
+    lo, hi = check_interval(interval)
+    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 1:
+        raise ValueError(f"num_timesteps must be a positive integer (the training T), got {num_timesteps!r}")
+    # s = t / T decided once per timestep in float64 (as Python computes it), so that t = 700 of
+    # 1000 is inside (0.3, 0.7) on every backend: XLA may turn a float32 t / T into t * (1 / T).
+    steps = np.arange(num_timesteps)
+    inside_table = (lo <= steps / num_timesteps) & (steps / num_timesteps <= hi)
+    return lambda t: jnp.asarray(inside_table)[jnp.clip(t, 0, num_timesteps - 1)]
 
 
 def check_interval(interval) -> tuple[float, float]:

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 
 from dit_jax import storage
-from dit_jax.sampling.run_sampler import sample_keys, sample_labels
+from dit_jax.sampling.labels import check_labels, labels_for
+from dit_jax.sampling.run_sampler import sample_keys
 from dit_jax import workdir_lock
 from dit_jax.checksum import fingerprint
 from dit_jax.exit_codes import RunStopped
@@ -86,8 +87,10 @@ def _npz_bytes(**arrays) -> bytes:
 
 
 def sample_npz(run: Run, params, num_samples: int, num_classes: int, seed: int, out_path: str,
-               batch_per_device: int = 32, vae=None, settings: dict | None = None, log=print) -> str:
-    """Sample `num_samples` images into the ADM .npz (`arr_0` uint8 NHWC, exactly N; `labels`).
+               batch_per_device: int = 32, vae=None, settings: dict | None = None, log=print,
+               labels: str = "random", guide_params=None) -> str:
+    """Sample `num_samples` images into the ADM .npz (`arr_0` uint8 NHWC, exactly N; their labels as
+    `arr_1`, as ADM's sampling scripts write them, and as `labels`).
 
     The work is split into shards of one global batch (batch_per_device x all devices of all
     hosts); each host writes the rows its devices hold as soon as a batch finishes, under
@@ -96,31 +99,38 @@ def sample_npz(run: Run, params, num_samples: int, num_classes: int, seed: int, 
     the seed and the shard layout): a rerun with anything else starts over. `run` is a
     `build_sampler(..., uint8=True)` function over all devices; `vae` is its (VAE params, VAEConfig)
     for latent models, uploaded once. Process 0 writes OUT.
+    labels: "random" (DiT's uniform labels) or "balanced" (sample i of class i mod num_classes).
+    guide_params: the autoguidance model's params for a `run` built with a guide (placed as `params`).
     """
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    check_labels(labels, num_samples, num_classes)
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("batch",))
     params = jax.device_put(params, NamedSharding(mesh, P()))
     vae_params = jax.device_put(vae[0], NamedSharding(mesh, P())) if vae is not None else None
+    if guide_params is not None:  # the guide sharded as the main model: both whole on every device
+        guide_params = jax.device_put(guide_params, NamedSharding(mesh, P()))
+        settings = dict(settings or {}, guide_checksums=fingerprint(guide_params)[0])
     batch = batch_per_device * jax.device_count()
     shard_dir = out_path + ".shards"
     num_shards = -(-num_samples // batch)
     manifest = dict(settings or {}, seed=seed, num_classes=num_classes, weights_checksums=fingerprint(params)[0],
-                    batch_per_device=batch_per_device, device_count=jax.device_count(),
+                    labels=labels, batch_per_device=batch_per_device, device_count=jax.device_count(),
                     process_count=jax.process_count(), shard_format=SHARD_FORMAT)
     # A second writer on this output would delete these shards (its settings differ) or mix its own in.
     lock = workdir_lock.take(shard_dir, name=LOCK, holder="`dit-jax sample`", advice="choose another --out")
     try:
-        return _sample(run, params, vae_params, num_samples, num_classes, seed, out_path, shard_dir, batch,
-                       num_shards, manifest, log)
+        model = (params, guide_params)
+        return _sample(run, model, vae_params, num_samples, num_classes, seed, out_path, shard_dir, batch,
+                       num_shards, manifest, log, labels)
     finally:
         lock.release()
 
 
-def _sample(run: Run, params, vae_params, num_samples, num_classes, seed, out_path, shard_dir, batch, num_shards,
-            manifest, log) -> str:
+def _sample(run: Run, model, vae_params, num_samples, num_classes, seed, out_path, shard_dir, batch, num_shards,
+            manifest, log, label_mode="random") -> str:
     from jax.experimental import multihost_utils
 
     todo = _plan_shards(shard_dir, manifest, num_shards, log)
@@ -130,8 +140,10 @@ def _sample(run: Run, params, vae_params, num_samples, num_classes, seed, out_pa
     t0 = time.time()
     for count, s in enumerate(todo, 1):
         idx = np.arange(s * batch, (s + 1) * batch)
-        labels = sample_labels(seed, idx, num_classes)
-        out = run(params, labels, sample_keys(seed, idx), vae_params)
+        labels = labels_for(label_mode, seed, idx, num_classes)
+        params, guide_params = model
+        guided = {} if guide_params is None else {"guide_params": guide_params}
+        out = run(params, labels, sample_keys(seed, idx), vae_params, **guided)
         # Each host writes the rows its own devices hold: nothing crosses hosts.
         rows = {}
         for piece in out.addressable_shards:
@@ -149,8 +161,8 @@ def _sample(run: Run, params, vae_params, num_samples, num_classes, seed, out_pa
         multihost_utils.sync_global_devices("dit_jax sample_npz shards")
     if jax.process_index() == 0:
         images, labels = _assemble(shard_dir, num_shards, num_samples, manifest, out_path)
-        storage.write_bytes_atomic(out_path, _npz_bytes(arr_0=images, labels=labels))
-        log(f"wrote {out_path}: arr_0 {images.shape} uint8, labels {labels.shape}")
+        storage.write_bytes_atomic(out_path, _npz_bytes(arr_0=images, arr_1=labels, labels=labels))
+        log(f"wrote {out_path}: arr_0 {images.shape} uint8, arr_1 (= labels) {labels.shape} ({label_mode})")
     return out_path
 
 

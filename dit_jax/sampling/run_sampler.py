@@ -11,12 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from dit_jax.diffusion.gaussian import GaussianDiffusion, respace
-from dit_jax.diffusion.ancestral import CFG_MODES, guidance_channels, guided_model_fn, sample_loop
+from dit_jax.diffusion.ancestral import CFG_MODES, guidance_channels, guided_model_fn, interval_mask, sample_loop
 from dit_jax.diffusion.solvers import SOLVERS, SPACINGS, solve
 from dit_jax.exit_codes import BadInput
 from dit_jax.meanflow.objective import MeanFlow
 from dit_jax.meanflow.sampler import sample as meanflow_sample
 from dit_jax.models.dit import DiT, DiTConfig
+from dit_jax.sampling.autoguidance import autoguided_fn
 from dit_jax.transport import integrators as sit
 from dit_jax.transport.guidance import split_learned_sigma
 from dit_jax.transport.repa import RepaFlow
@@ -147,12 +148,76 @@ def sample_from(objective, model_fn, x_T, key, settings: SamplerSettings, noise_
                        noise_fn=noise_fn, clip_denoised=False)
 
 
-def make_sampler(model: DiTConfig, objective: GaussianDiffusion | Transport, settings: SamplerSettings):
-    """A jitted `fn(params, labels, key) -> samples (B, H, W, C)` in the model's data space, on whatever
-    devices its arguments are. `objective`: the run's whole (training) diffusion, respaced here, or
-    SiT's transport.
+def _network(config: DiTConfig, params, is_sit: bool, channels: int):
+    """class_model_fn(x, t, y) of one DiT: SiT's forward drops the learned-sigma half; DDPM's samplers
+    read it (or drop it themselves)."""
+    dit = DiT(config)
 
-    Guidance is applied only when cfg_scale > 1, as the reference's sample_ddp.py. `key` is one key
+    def class_model_fn(x, t, y):
+        out = dit.apply({"params": params}, x, t, y)
+        return split_learned_sigma(out, channels) if is_sit else out
+    return class_model_fn
+
+
+def guided_network(model: DiTConfig, objective, settings: SamplerSettings, params, labels,
+                   guide: DiTConfig | None = None, guide_params=None):
+    """The model_fn(x, t) a sampler integrates: the network on `labels`; with classifier-free guidance
+    when cfg_scale > 1 (the reference's rule); or, with a `guide` model, autoguidance when cfg_scale != 1
+    (EDM2's rule). cfg_interval limits either to noise levels in [lo, hi]."""
+    if isinstance(objective, MeanFlow):
+        return _meanflow_network(model, settings, params, labels, guide, guide_params)
+    is_sit = isinstance(objective, Transport)
+    class_model_fn = _network(model, params, is_sit, model.in_channels)
+    interval = settings.cfg_interval
+
+    def plain(x, t):
+        return class_model_fn(x, t, labels)
+    if guide is not None:
+        if settings.cfg_scale == 1.0:
+            return plain
+        guide_fn = _network(guide, guide_params, is_sit, model.in_channels)
+        inside = None
+        if interval is not None:
+            mask = _sit_inside(interval) if is_sit else interval_mask(interval, objective.num_timesteps)
+            inside = lambda x, t: mask(t)  # noqa: E731
+        return autoguided_fn(plain, lambda x, t: guide_fn(x, t, labels), settings.cfg_scale, model.in_channels,
+                             inside=inside)
+    if settings.cfg_scale <= 1.0:
+        return plain
+    channels = guidance_channels(settings.cfg_mode, model.in_channels)
+    if is_sit:
+        model_fn = guided_model_fn(class_model_fn, labels, model.null_class, settings.cfg_scale, channels)
+        return model_fn if interval is None else _sit_interval_fn(model_fn, plain, interval)
+    return guided_model_fn(class_model_fn, labels, model.null_class, settings.cfg_scale, channels,
+                           interval=interval, num_timesteps=objective.num_timesteps)
+
+
+def _meanflow_network(model: DiTConfig, settings: SamplerSettings, params, labels, guide, guide_params):
+    """MeanFlow's u(x, t, h) on `labels`: its classifier-free guidance is trained in, so sampling applies
+    none; with a `guide` model, autoguidance on u when cfg_scale != 1."""
+    def network(config, p):
+        dit = DiT(config)
+        return lambda x, t, h: dit.apply({"params": p}, x, t, labels, h=h)
+    main = network(model, params)
+    if guide is None or settings.cfg_scale == 1.0:
+        return main
+    return autoguided_fn(main, network(guide, guide_params), settings.cfg_scale, model.in_channels)
+
+
+def _sit_inside(interval):
+    lo, hi = interval
+    return lambda t: (lo <= 1.0 - t) & (1.0 - t <= hi)
+
+
+def make_sampler(model: DiTConfig, objective: GaussianDiffusion | Transport, settings: SamplerSettings,
+                 guide: DiTConfig | None = None):
+    """A jitted `fn(params, labels, key, guide_params=None) -> samples (B, H, W, C)` in the model's data
+    space, on whatever devices its arguments are. `objective`: the run's whole (training) diffusion,
+    respaced here, or SiT's transport. `guide`: the config of an autoguidance model (its params are
+    `guide_params`), in the same program as the main model.
+
+    Guidance is applied only when cfg_scale > 1, as the reference's sample_ddp.py (autoguidance: when
+    cfg_scale != 1, as EDM2). `key` is one key
     (split into the key of x_T and the key of the per-step noise), or one key per sample (shape
     (B, 2) raw keys): then sample b's x_T and step noise come from its own key only, so a sample is
     the same whatever batch or device count computes it.
@@ -166,34 +231,14 @@ def make_sampler(model: DiTConfig, objective: GaussianDiffusion | Transport, set
                        f"cannot sample with objective {objective_kind(objective)!r}: MeanFlow's samplers need a "
                        "MeanFlow model (second_time_input=True), and it only samples with them")
     if isinstance(objective, RepaFlow):
+        if guide is not None:
+            raise BadInput("--guide: REPA's samplers (repa-sde, repa-euler, repa-heun) take no autoguidance model; "
+                           "drop --guide, or sample the run with --objective sit")
         return _repa_sampler(model, objective, settings)
-    dit = DiT(model)
-    channels = guidance_channels(settings.cfg_mode, model.in_channels)
-    is_sit = isinstance(objective, Transport)
-    num_timesteps = None if is_sit or is_meanflow else objective.num_timesteps
 
     @jax.jit
-    def run(params, labels, key):
-        def class_model_fn(x, t, y):
-            out = dit.apply({"params": params}, x, t, y)
-            # SiT's forward drops the learned-sigma half; DDPM's samplers read it (or drop it themselves).
-            return split_learned_sigma(out, model.in_channels) if is_sit else out
-
-        def plain(x, t):
-            return class_model_fn(x, t, labels)
-        if is_meanflow:  # u(x, t, h): MeanFlow trains its guidance in, sampling applies none
-            def model_fn(x, t, h):
-                return dit.apply({"params": params}, x, t, labels, h=h)
-        elif settings.cfg_scale > 1.0:
-            if is_sit:
-                model_fn = guided_model_fn(class_model_fn, labels, model.null_class, settings.cfg_scale, channels)
-                if settings.cfg_interval is not None:
-                    model_fn = _sit_interval_fn(model_fn, plain, settings.cfg_interval)
-            else:
-                model_fn = guided_model_fn(class_model_fn, labels, model.null_class, settings.cfg_scale, channels,
-                                           interval=settings.cfg_interval, num_timesteps=num_timesteps)
-        else:
-            model_fn = plain
+    def run(params, labels, key, guide_params=None):
+        model_fn = guided_network(model, objective, settings, params, labels, guide, guide_params)
         shape = (labels.shape[0], model.input_size, model.input_size, model.in_channels)
         if key.ndim == 2:  # per-sample raw keys
             pairs = jax.vmap(jax.random.split)(key)  # (B, 2, 2): x_T key, step-noise key
@@ -223,7 +268,7 @@ def _repa_sampler(model: DiTConfig, objective: RepaFlow, settings: SamplerSettin
               null_label=model.null_class)
 
     @jax.jit
-    def run(params, labels, key):
+    def run(params, labels, key, guide_params=None):  # no guide: make_sampler refuses one for REPA
         def model_fn(x, t, y):
             return split_learned_sigma(dit.apply({"params": params}, x, t, y), model.in_channels)
         shape = (labels.shape[0], model.input_size, model.input_size, model.in_channels)
@@ -264,9 +309,10 @@ class NonFiniteSamples(BadInput):
 
 
 def build_sampler(run: Run, settings: SamplerSettings, *, sharding: jax.sharding.Sharding | None = None,
-                  uint8: bool = False, finite_check: bool = False):
-    """`fn(params, labels, key, vae_params=None) -> samples`: the one sampler builder, for a `Run`
-    (dit_jax/run.py): its model, its diffusion, its VAE for latent runs, the batch split over its mesh.
+                  uint8: bool = False, finite_check: bool = False, guide: DiTConfig | None = None):
+    """`fn(params, labels, key, vae_params=None, guide_params=None) -> samples`: the one sampler builder,
+    for a `Run` (dit_jax/run.py): its model, its diffusion, its VAE for latent runs, the batch split over
+    its mesh.
 
     labels: a host array of N labels, the same on every host. The batch is split over `sharding`
     (default: the mesh's data x fsdp) and padded to a multiple of the devices it is split over; the
@@ -275,19 +321,20 @@ def build_sampler(run: Run, settings: SamplerSettings, *, sharding: jax.sharding
     the run's VAE (pass its params as vae_params), and converted to uint8 on device with `uint8`.
     Built once, it compiles once per batch size however often it is called. With `finite_check`, a
     call whose samples hold NaN/Inf raises NonFiniteSamples (uint8 would silently turn them into black).
+    `guide`: an autoguidance model's config; pass its params to `fn` as guide_params (placed as the main
+    params are).
     """
     from dit_jax.models.vae import decode_latents
     from dit_jax.parallel.sharding import batch_sharding
     sharding = sharding or batch_sharding(run.mesh)
-    sample_one = make_sampler(run.model, run.objective, settings)  # checks settings against the objective
+    sample_one = make_sampler(run.model, run.objective, settings, guide)  # checks settings against the objective
     decoder = run.decoder
     divisor = batch_devices(sharding)
-
     whole = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
 
     @partial(jax.jit, out_shardings=(sharding, whole))
-    def produce(params, vae_params, labels, key):
-        x = sample_one(params, labels, key)
+    def produce(params, vae_params, labels, key, guide_params):
+        x = sample_one(params, labels, key, guide_params)
         if decoder is not None:
             x = decode_latents(vae_params, x, decoder.config)
         bad = jnp.sum(~jnp.all(jnp.isfinite(x).reshape(x.shape[0], -1), axis=1)) if finite_check else 0
@@ -297,10 +344,12 @@ def build_sampler(run: Run, settings: SamplerSettings, *, sharding: jax.sharding
         a = np.concatenate([a, np.repeat(a[-1:], -len(a) % divisor, axis=0)])
         return jax.make_array_from_callback(a.shape, sharding, lambda i: a[i])
 
-    def sample(params, labels: np.ndarray, key, vae_params=None) -> jax.Array:
+    def sample(params, labels: np.ndarray, key, vae_params=None, guide_params=None) -> jax.Array:
+        if (guide is None) != (guide_params is None):
+            raise ValueError("guide_params go with a sampler built with a guide model, and only with one")
         key = np.asarray(key)  # the same on every host: placed as one global array
         key = put(key) if key.ndim == 2 else jax.make_array_from_callback(key.shape, whole, lambda i: key[i])
-        x, bad = produce(params, vae_params, put(np.asarray(labels, np.int32)), key)
+        x, bad = produce(params, vae_params, put(np.asarray(labels, np.int32)), key, guide_params)
         if finite_check and int(bad):  # one integer, fetched where the samples are fetched anyway
             raise NonFiniteSamples(
                 f"{int(bad)} of {x.shape[0]} samples hold NaN/Inf values, so no image can be made of them and "

@@ -272,6 +272,15 @@ def load_ema(workdir: str, step: int | None = None, params_key: str = "ema_param
     return params, to_dit_config(config["model"]), step
 
 
+def available_steps(workdir: str) -> list[int]:
+    """The committed checkpoint steps of the run in `workdir`."""
+    directory = storage.resolve(storage.join(workdir, "checkpoints"))
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir()
+                  if p.name.isdigit() and all((p / m).exists() for m in COMMIT_MARKERS))
+
+
 def load_run(workdir: str, step: int | None = None, params_key: str = "ema_params"):
     """(EMA params, the run's whole config as stored (a dict), step): `load_ema` for callers that
     need more of the run than its model, e.g. its diffusion schedule. The newest intact checkpoint,

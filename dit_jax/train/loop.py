@@ -20,7 +20,8 @@ from dit_jax.models.dit import forward_macs
 from dit_jax.parallel.mesh import describe as describe_mesh
 from dit_jax.parallel.sharding import LOGICAL_RULES, replicated
 from dit_jax.sampling import grids
-from dit_jax.train import checkpoint as ckpt, evaluators as evaluation, final_scores, lost_run, profile, repa
+from dit_jax.train import (checkpoint as ckpt, evaluators as evaluation, final_scores, lost_run, phema_snapshots,
+                           profile, repa)
 from dit_jax.train.compilation_cache import configure as configure_compilation_cache
 from dit_jax.train.goodput import Ledger
 from dit_jax.train.integrity import NonFiniteWatch
@@ -53,9 +54,10 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
     log = MetricsLog(workdir, enabled=jax.process_index() == 0)
     manager = ckpt.make_manager(workdir, config.keep_checkpoints, 1, config.async_checkpointing)
     preempted = Watch(manager)
+    snapshots = phema_snapshots.make_writer(workdir, config)  # post-hoc EMA snapshots, None when off
     ok = False
     try:
-        last = _train(run, workdir, log, stop_after, manager, preempted)
+        last = _train(run, workdir, log, stop_after, manager, preempted, snapshots)
         ok = True
         return last
     except Preempted:
@@ -63,6 +65,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after: int | None = None) -
         raise
     finally:  # on any error too: no save left running, no temporary checkpoint left behind
         preempted.close()
+        phema_snapshots.close(snapshots)
         ckpt.close(manager, failed=not ok)
         log.close()
         lock.release()
@@ -80,17 +83,13 @@ def sampling_slots(evaluators) -> dict[str, int]:
     return first
 
 
-def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch):
+def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch, snapshots=None):
     config, mesh, model_cfg = run.config, run.mesh, run.model
     ledger = Ledger(workdir, enabled=jax.process_index() == 0)  # from here, this session's wall time
     program = _announce(run, build_train_step(run), log)
 
     cfg_json = ckpt.config_json(config)
-    state, latest = ckpt.resume(manager, program.abstract_state, cfg_json, workdir, say=log.print)
-    if latest is not None:
-        log.print(f"resumed from step {latest} in {workdir}/checkpoints")
-    else:
-        state = program.init(_initial_params(config, model_cfg, log))
+    state = _start_state(program, manager, cfg_json, workdir, log, config, model_cfg)
     start = int(jax.device_get(state.step))
     ledger.begin(start)
     log.truncate_after(start)  # rows past the checkpoint are re-run: one row per step
@@ -138,6 +137,9 @@ def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch):
                 with timer.measure("checkpoint"):
                     ckpt.save(manager, done, state, cfg_json, force=stop)
                 save_clock.saved()
+            if snapshots is not None and phema_snapshots.due(config, done):
+                with timer.measure("checkpoint"):
+                    phema_snapshots.save(snapshots, done, state.phema, config)
             t_side = timer.clock()  # time spent below (evaluations, grids) is not training time
             _sample_after_step(run, state, done, stop, evaluators, slots, preempted, vae_params, grid_sampler,
                                workdir, log)
@@ -158,6 +160,15 @@ def _train(run: Run, workdir, log, stop_after, manager, preempted: Watch):
                                       lambda: _close_books(ledger, timer, step_mark, total, log), timer, start))
     last["goodput"] = _close_books(ledger, timer, step_mark, total, log, finished=True)["goodput"]
     return last
+
+
+def _start_state(program, manager, cfg_json: str, workdir: str, log, config, model_cfg):
+    """The state to train from: the newest good checkpoint's, or a fresh one (config.init_weights or random)."""
+    state, latest = ckpt.resume(manager, program.abstract_state, cfg_json, workdir, say=log.print)
+    if latest is not None:
+        log.print(f"resumed from step {latest} in {workdir}/checkpoints")
+        return state
+    return program.init(_initial_params(config, model_cfg, log))
 
 
 def _initial_params(config, model_cfg, log):

@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding
 from dit_jax.models.dit import DiT
 from dit_jax.parallel.sharding import batch_divisor, batch_sharding, replicated, state_shardings
 from dit_jax.run import Run
+from dit_jax.train import phema
 from dit_jax.train.state import TrainState, abstract_state, create_state, make_optimizer
 from dit_jax.train.step import train_step
 
@@ -52,17 +53,19 @@ def build_train_step(run: Run) -> TrainProgram:
     config.mesh says (FSDP, ZeRO-1), the batch split over data x fsdp, the state donated."""
     config, mesh = run.config, run.mesh
     tx = make_optimizer(config.optim)
-    boxed = abstract_state(run.model, tx, config.seed, run.repa)
+    stds = tuple(config.phema.stds) if "phema" in config else ()
+    boxed = abstract_state(run.model, tx, config.seed, run.repa, len(stds))
     shardings, notes = state_shardings(boxed, mesh, config.mesh)
     placed = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings)
     encoder = run.vae.config if run.input_mode == "encode" and run.vae is not None else None
     step = jax.jit(partial(train_step, model=DiT(run.model), objective=run.objective, tx=tx,
                            ema_decay=config.ema_decay, input_mode=run.input_mode, vae_config=encoder,
-                           latent_scale=config.data.latent_scale, repa=run.repa),
+                           latent_scale=config.data.latent_scale, repa=run.repa,
+                           phema_exps=tuple(float(e) for e in phema.std_to_exp(stds))),
                    in_shardings=(shardings, batch_sharding(mesh), frozen_shardings(run)),
                    out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
     with jax.set_mesh(mesh):
-        init = jax.jit(lambda p: nn.unbox(create_state(run.model, tx, config.seed, p, run.repa)),
+        init = jax.jit(lambda p: nn.unbox(create_state(run.model, tx, config.seed, p, run.repa, len(stds))),
                        out_shardings=shardings)
     return TrainProgram(step=step, init=init, abstract_state=placed, state_shardings=shardings,
                         batch_sharding=batch_sharding(mesh), tx=tx, notes=tuple(notes))

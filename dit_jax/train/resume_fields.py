@@ -49,6 +49,10 @@ FIELDS: dict[str, str] = {
     # MeanFlow (docs/meanflow.md): its time draws, loss weight and training-time guidance are trained into
     # the weights (a 1-NFE model samples what it was trained with).
     "meanflow.*": MEANING,
+    # Post-hoc EMA (docs/evaluation_2025.md): the tracked profiles are part of the train state; when
+    # snapshots are written may change.
+    "phema.stds": MEANING,
+    "phema.snapshot_every": FREE,
     # The data's shape and latent space are part of what the model learned.
     **{f"data.{k}": MEANING for k in ("image_size", "channels", "num_classes", "latent_scale")},
     **{f"data.{k}": DATA for k in ("name", "split", "random_flip", "latents")},

@@ -19,6 +19,8 @@ class TrainState:
     opt_state: Any
     ema_params: Any
     rng: jax.Array  # raw uint32[2] key data: plain arrays checkpoint everywhere
+    # Post-hoc EMA: one params-shaped tree per config.phema.stds (train/phema.py); () when off.
+    phema: Any = ()
 
 
 def make_optimizer(optim) -> optax.GradientTransformation:
@@ -34,12 +36,13 @@ def make_optimizer(optim) -> optax.GradientTransformation:
 
 
 def create_state(model_config: DiTConfig, tx: optax.GradientTransformation, seed: int,
-                 init_params=None, repa=None) -> TrainState:
+                 init_params=None, repa=None, phema_profiles: int = 0) -> TrainState:
     """A fresh state (boxed with logical axis names when params are initialised here).
 
     EMA starts as a copy of the params, as the reference (update_ema with decay 0).
     `init_params` (e.g. converted official weights) replaces the random initialisation. `repa` (a
     train.repa.RepaSpec) adds REPA's projectors to the params (trained, EMA'd and checkpointed with them).
+    `phema_profiles` power-function EMAs start as copies too (EDM2's PowerFunctionEMA).
     """
     key = jax.random.PRNGKey(seed)
     init_key, rng = jax.random.split(key)
@@ -51,9 +54,10 @@ def create_state(model_config: DiTConfig, tx: optax.GradientTransformation, seed
         from dit_jax.train.repa import with_projectors
         params = with_projectors(params, repa, model_config, init_key)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      ema_params=jax.tree.map(jnp.copy, params), rng=rng)
+                      ema_params=jax.tree.map(jnp.copy, params), rng=rng,
+                      phema=tuple(jax.tree.map(jnp.copy, params) for _ in range(phema_profiles)))
 
 
-def abstract_state(model_config: DiTConfig, tx, seed: int = 0, repa=None) -> TrainState:
+def abstract_state(model_config: DiTConfig, tx, seed: int = 0, repa=None, phema_profiles: int = 0) -> TrainState:
     """Shapes of the state with nn.Partitioned boxes kept (for shardings)."""
-    return jax.eval_shape(lambda: create_state(model_config, tx, seed, repa=repa))
+    return jax.eval_shape(lambda: create_state(model_config, tx, seed, repa=repa, phema_profiles=phema_profiles))

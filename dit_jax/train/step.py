@@ -15,6 +15,7 @@ from dit_jax.meanflow import objective as meanflow
 from dit_jax.transport.guidance import split_learned_sigma
 from dit_jax.transport.transport import Transport, sample_time, training_losses as transport_losses
 from dit_jax.models.dit import DiT
+from dit_jax.train import phema
 from dit_jax.train.state import TrainState
 
 INPUT_MODES = ("", "encode", "dataset")
@@ -83,7 +84,7 @@ def _meanflow_loss_fn(objective, model: DiT, x0, y, draws: dict):
 def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model: DiT,
                objective: GaussianDiffusion | Transport,
                tx: optax.GradientTransformation, ema_decay: float, input_mode: str = "", vae_config: Any = None,
-               latent_scale: float = 0.18215, repa: Any = None):
+               latent_scale: float = 0.18215, repa: Any = None, phema_exps: tuple[float, ...] = ()):
     """batch: {'image': (B, H, W, C) uint8, or float in [-1, 1]} or a latent dataset's {'mean', 'std'}
     (float16 or float32), plus 'label' (B,).
 
@@ -97,10 +98,11 @@ def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model:
     repa (a train.repa.RepaSpec): REPA's loss in place of the objective's; the third argument is then
     {"vae": VAE params or None, "encoders": the frozen encoders' params}, the batch also holds the uint8
     'image' the encoders read, and draws may carry 'zs' (the encoders' features).
+    phema_exps: the power-function exponents of the post-hoc EMA profiles in state.phema.
     """
     if repa is not None:
         return _repa_update(state, batch, vae_params, model=model, tx=tx, ema_decay=ema_decay, input_mode=input_mode,
-                            vae_config=vae_config, latent_scale=latent_scale, repa=repa)
+                            vae_config=vae_config, latent_scale=latent_scale, repa=repa, phema_exps=phema_exps)
     y = batch["label"]
     draws = batch.get("draws")
     t_key, noise_key, drop_key, latent_key = step_keys(state.rng, state.step)
@@ -125,10 +127,10 @@ def train_step(state: TrainState, batch: dict, vae_params: Any = None, *, model:
         loss_fn = _meanflow_loss_fn(objective, model, x0, y, draws)
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return _apply_update(state, grads, loss, terms, tx, ema_decay)
+    return _apply_update(state, grads, loss, terms, tx, ema_decay, phema_exps)
 
 
-def _apply_update(state: TrainState, grads, loss, terms: dict, tx, ema_decay: float):
+def _apply_update(state: TrainState, grads, loss, terms: dict, tx, ema_decay: float, phema_exps=()):
     """AdamW (with its clipping) and the EMA; the step's metrics."""
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -139,12 +141,13 @@ def _apply_update(state: TrainState, grads, loss, terms: dict, tx, ema_decay: fl
     for k in ("mse", "vb", "denoise_loss", "proj_loss", "v_loss"):
         if k in terms:
             metrics[k] = jnp.mean(terms[k])
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
+                              phema=phema.update(state.phema, params, state.step, phema_exps))
     return new_state, metrics
 
 
 def _repa_update(state: TrainState, batch: dict, frozen: dict, *, model: DiT, tx, ema_decay: float,
-                 input_mode: str, vae_config: Any, latent_scale: float, repa: Any):
+                 input_mode: str, vae_config: Any, latent_scale: float, repa: Any, phema_exps=()):
     """REPA's train.py update (train/repa.py): draws in REPA's time convention, encoder features of the
     batch's image, the denoising + projection loss, then the same AdamW/EMA update."""
     from dit_jax.train import repa as repa_lib
@@ -164,4 +167,4 @@ def _repa_update(state: TrainState, batch: dict, frozen: dict, *, model: DiT, tx
     loss_fn = partial(repa_lib.loss_fn, model=model, spec=repa, x0=x0, y=y, t=t, noise=noise, zs=zs,
                       force_drop=force_drop, drop_key=drop_key)
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return _apply_update(state, grads, loss, terms, tx, ema_decay)
+    return _apply_update(state, grads, loss, terms, tx, ema_decay, phema_exps)

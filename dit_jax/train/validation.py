@@ -109,6 +109,8 @@ def _training(config) -> list[str]:
         problems.append(f"checkpoint_every_minutes must be >= 0 (0: off), got {config.checkpoint_every_minutes}")
     from dit_jax.train import profile
     problems += profile.check(config)
+    from dit_jax.train import phema
+    problems += phema.config_problems(config)
     if config.get("peak_tflops_per_device", 0.0) < 0:
         problems.append(f"peak_tflops_per_device must be >= 0 (0: from the device kind), "
                         f"got {config.peak_tflops_per_device}")
