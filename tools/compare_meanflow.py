@@ -16,7 +16,6 @@ magnitude), 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import os
 import sys
