@@ -14,6 +14,7 @@
     python tools/compare_torch.py --reference-sit tests/sit_reference --reference tests/torch_reference
     git clone https://github.com/facebookresearch/dinov2 /path/to/dinov2          # needs only torch
     python tools/compare_torch.py --reference-dinov2 /path/to/dinov2              # DINOv2 forward rows
+    python tools/compare_torch.py --reference-meanflow /path/to/meanflow         # MeanFlow's JAX step and sampler
     TORCHDYNAMO_DISABLE=1 python tools/compare_torch.py --reference-lightningdit /path/to/LightningDiT \
         --lightningdit-options rmsnorm,swiglu,rope                               # needs timm, einops, torchdiffeq
 
@@ -165,8 +166,14 @@ def main(argv=None) -> int:
     ap.add_argument("--reference-dinov2", metavar="PATH", help="root of a facebookresearch/dinov2 checkout")
     ap.add_argument("--dinov2-models", default="",
                     help="comma-separated NAME[:depth=N] (default: dit_jax.parity.dinov2.DEFAULT_MODELS)")
+    ap.add_argument("--reference-meanflow", metavar="PATH",
+                    help="a Gsunshine/meanflow checkout (a JAX code): tools/compare_meanflow.py's rows")
     args = ap.parse_args(argv)
 
+    if args.reference_meanflow:  # the official MeanFlow is JAX, not PyTorch: its own tool, reached from here too
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import compare_meanflow
+        return compare_meanflow.main(["--reference-meanflow", args.reference_meanflow, "--tol", str(args.tol)])
     if args.reference_dinov2 and not getattr(args, "reference_repa", None):
         return dinov2_main(args)
     if not args.reference and not args.reference_sit and not args.reference_lightningdit:
