@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import Child, PortReservation, gcs_objects
+from conftest import Child, PortReservation, finish_all, gcs_objects
 from helpers import ROOT, TESTS, WITH_SAMPLING, env_without_xla_flags, finish, same_losses, scores, start
 
 pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
