@@ -56,13 +56,14 @@ def final_params(workdir):
 
 
 def scores(workdir):
-    """(the final scores of eval_scores.json, {step: the digits Frechet distance logged at that step})."""
+    """(the final scores of eval_scores.json, less their timing and the file's step and evaluator
+    descriptions, {step: the digits Frechet distance logged at that step})."""
     with open(os.path.join(workdir, "eval_scores.json")) as f:
         final = json.load(f)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         periodic = {row["step"]: row["eval/digits/frechet_distance"] for row in map(json.loads, f)
                     if "eval/digits/frechet_distance" in row}
-    return {k: v for k, v in final.items() if k != "eval/digits/seconds"}, periodic
+    return {k: v for k, v in final.items() if k.startswith("eval/") and not k.endswith("/seconds")}, periodic
 
 
 def same_losses(a, b):
