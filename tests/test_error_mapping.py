@@ -12,7 +12,11 @@ import pytest
 
 from dit_jax import exit_codes, storage
 from dit_jax.cli import main, models, sample
+from dit_jax.models.dit import DiTConfig
 from helpers import one_error_line
+
+
+TINY = DiTConfig(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=10)
 
 
 def _raising(monkeypatch, module, error):
@@ -93,6 +97,15 @@ def test_any_other_exception_is_a_crash_with_its_traceback(monkeypatch):
 
 # ------------------------------------------------------------------ library errors from user files
 
+def _tiny_params():
+    """Random parameters of TINY, made without compiling the model's init."""
+    import jax
+
+    from dit_jax.models.dit import abstract_params
+    rng = np.random.default_rng(0)
+    return jax.tree.map(lambda a: rng.normal(size=a.shape).astype(a.dtype) * 0.02, abstract_params(TINY))
+
+
 @pytest.mark.parametrize("content, kind", [
     (b"PK\x03\x04" + b"\x00" * 40, "BadZipFile"),  # a zip (npz) cut short
     (b"\x80\x04\x95 not a pickle at all", "UnpicklingError|pickled"),
@@ -111,13 +124,9 @@ def test_a_damaged_npz_names_the_file(tmp_path, capsys, content, kind):
 def test_a_library_error_from_an_unwrapped_reader_names_what_was_read(tmp_path, capsys):
     """Orbax reading a weights directory whose JSON is damaged: the raw JSONDecodeError, mapped to one
     line that names the directory."""
-    import jax
-
-    from dit_jax.models.dit import DiTConfig, init_params
     from dit_jax.weights import save_weights
-    cfg = DiTConfig(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=10)
     weights = tmp_path / "w"
-    save_weights(str(weights), init_params(cfg, jax.random.key(0)), cfg)
+    save_weights(str(weights), _tiny_params(), TINY)
     (weights / "config" / "metadata").write_text("{not json")
     assert main(["sample", "--weights", str(weights), "--num", "1", "--steps", "1",
                  "--out", str(tmp_path / "g.png")]) == 2
@@ -136,12 +145,8 @@ def test_a_damaged_safetensors_file_names_the_file(tmp_path, capsys):
 
 def test_a_converter_fed_a_tensor_of_the_wrong_shape_names_the_tensor_and_the_file(tmp_path, capsys):
     pytest.importorskip("torch")
-    import jax
-
     from dit_jax.convert import dit_torch, torch_io
-    from dit_jax.models.dit import DiTConfig, init_params
-    cfg = DiTConfig(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=10)
-    sd = dit_torch.to_torch(init_params(cfg, jax.random.key(0)), cfg)
+    sd = dit_torch.to_torch(_tiny_params(), TINY)
     good, bad = tmp_path / "good.pt", tmp_path / "bad.pt"
     torch_io.save_state_dict(sd, str(good))
     sd["blocks.0.attn.qkv.weight"] = sd["blocks.0.attn.qkv.weight"][:-1]  # one row short: 95 x 32
