@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 
+import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -57,7 +58,9 @@ def _save(directory: str, params, config_dict: dict, force: bool) -> str:
         problem = replace_problem(directory)
         if problem:
             raise FileExistsError(f"{problem}: choose another output path")
-    params = jax.tree.map(np.asarray, params)
+    # Plain arrays: a freshly initialised model's params come boxed (nn.Partitioned), whose checksums
+    # would be keyed by `.value` while the restored tree has none.
+    params = jax.tree.map(np.asarray, nn.unbox(params))
     checksums, finite = fingerprint(params)
     if not finite:
         raise BadInput(f"the weights to write to {directory} hold NaN/Inf values: nothing written (they cannot "

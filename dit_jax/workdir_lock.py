@@ -93,8 +93,8 @@ class WorkdirLock:
         except (ValueError, OSError):
             return {}  # half-written by a holder that died while creating it: judged by its age below
         try:  # a damaged record that still parses is as unreadable as one that does not
-            return record if isinstance(record["host"], str) and int(record["pid"]) and float(record["heartbeat"]) \
-                else {}
+            int(record["pid"]), float(record["heartbeat"])  # values, not truth: a heartbeat may be 0.0
+            return record if isinstance(record["host"], str) else {}
         except (TypeError, KeyError, ValueError, OverflowError):
             return {}
 

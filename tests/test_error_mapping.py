@@ -176,9 +176,23 @@ def test_an_unreachable_store_is_one_line_naming_the_endpoint_and_the_cause_quic
     argv = ["train", "--config", "configs/dit.py:XL/2", "--workdir", str(tmp_path / "run"), "--dry_run",
             "--config.data.latents=encode", "--config.data.vae=gs://bucket/sd-vae-ft-ema"]
     assert main(argv) == 2
-    one_error_line(capsys, "gs://bucket/sd-vae-ft-ema", f"cannot reach the store at {closed_store}", "refuses")
+    out = capsys.readouterr()
+    # The dry run makes every other check, prints the plan, and says which checks it could not make and why.
+    assert "mesh data=" in out.out and "DiT-XL/2" in out.out, out.out
+    [unchecked] = [line for line in out.out.splitlines() if line.startswith("not checked:")]
+    assert "gs://bucket/sd-vae-ft-ema" in unchecked and f"cannot reach the store at {closed_store}" in unchecked
+    assert "refuses" in unchecked, unchecked
+    errors = [line for line in out.err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in out.err and len(errors) == 1 and "could not make every check" in errors[0], out.err
     assert time.monotonic() - start < 30
     assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_config_is_refused_before_the_unreachable_store_is_mentioned(closed_store, tmp_path, capsys):
+    argv = ["train", "--config", "configs/dit.py:XL/2", "--workdir", str(tmp_path / "run"), "--dry_run",
+            "--config.data.latents=encode", "--config.data.vae=gs://bucket/sd-vae-ft-ema", "--config.optim.lr=-1"]
+    assert main(argv) == 2
+    one_error_line(capsys, "optim.lr")
 
 
 def test_the_control_a_reachable_store_is_not_refused(monkeypatch):

@@ -71,7 +71,7 @@ def test_snapshots_are_written_and_resume_exactly(run, tmp_path):
             for a, b in zip(snapshot(run, step, i), snapshot(wd, step, i)):
                 assert np.array_equal(a, b), (step, i)
     # The profiles are part of the state: a resume with other stds is refused.
-    with pytest.raises(ValueError, match=r"phema.stds: checkpoint \(0.05, 0.1\), config \(0.05, 0.2\)"):
+    with pytest.raises(ValueError, match=r"phema.stds: checkpoint \[0.05, 0.1\], config \[0.05, 0.2\]"):
         train_and_evaluate(tiny_config(**{**PHEMA, "phema.stds": (0.05, 0.2), "total_steps": 8}), wd)
 
 

@@ -89,8 +89,11 @@ SUBCOMMAND = re.compile(r"^(?:\S*/)?dit-jax ([a-z][a-z-]*)\b")
 
 def test_every_documented_subcommand_exists(capsys):
     """`dit-jax NAME ...` lines of every page's code blocks name a command that `dit-jax --help` lists."""
-    with pytest.raises(SystemExit):
-        main(["--help"])
+    try:
+        code = main(["--help"])
+    except SystemExit as e:  # argparse's own --help exits
+        code = e.code
+    assert code in (0, None)
     listed = capsys.readouterr().out
     named = {}
     for path in documentation_pages():
@@ -115,7 +118,9 @@ def _train_args(command: str) -> list[str]:
 def _is_demo(args: list[str]) -> bool:
     config = next((a.split("=", 1)[1] if "=" in a else args[i + 1] for i, a in enumerate(args)
                    if a == "--config" or a.startswith("--config=")), "configs/demo.py")
-    return config.startswith("configs/demo.py")
+    # The demo, and the laptop variants of the other recipes on the same digits (configs/meanflow.py:demo,
+    # configs/repa.py:digits): checked in full on this machine, as the demo is.
+    return config.startswith("configs/demo.py") or config.endswith((":demo", ":digits"))
 
 
 def test_the_files_hold_the_commands_this_test_is_about():

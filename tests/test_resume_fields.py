@@ -82,8 +82,10 @@ def test_free_fields_may_change():
     check_compatible(stored, current, "runs/x")
 
 
-def test_a_field_the_checkpoint_does_not_record_is_not_compared():
+def test_a_field_the_checkpoint_does_not_record_held_its_default():
     stored, current = config_json(base_config()), config_json(base_config())
-    del stored["objective"]  # a checkpoint from before the field existed
-    current["objective"] = "sit"
+    del stored["objective"]  # a checkpoint from before the field existed: it trained with the default
     check_compatible(stored, current, "runs/x")
+    current["objective"] = "sit"
+    with pytest.raises(ValueError, match=r"objective: checkpoint 'ddpm', config 'sit'"):
+        check_compatible(stored, current, "runs/x")

@@ -4,4 +4,5 @@ import sys
 
 from dit_jax.cli.main import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing the module (e.g. a walk over the package) runs nothing
+    sys.exit(main())

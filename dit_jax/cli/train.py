@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from dit_jax.argparsing import count
+from dit_jax.exit_codes import BadInput
 
 NAME = "train"
 HELP = "train (default: the laptop demo); --config configs/dit.py:XL/2 --workdir DIR --config.batch_size=..."
@@ -114,8 +115,13 @@ def _dry_run(args, config) -> int:
     from dit_jax.train.plan import dry_run
     devices = args.devices or jax.device_count()
     hosts = args.num_processes or jax.process_count()
-    for line in dry_run(config, args.workdir, devices=devices, hosts=hosts, files=args.check_files is not False):
+    from dit_jax.train.plan import UNCHECKED
+    lines = dry_run(config, args.workdir, devices=devices, hosts=hosts, files=args.check_files is not False)
+    for line in lines:
         print(line)
+    if any(line.startswith(UNCHECKED) for line in lines):
+        raise BadInput("the dry run could not make every check (the 'not checked:' line above): run it where the "
+                       "store is reachable, or pass --nocheck_files to check the rest only; nothing was written")
     print("dry run: every check passed; nothing was written")
     return 0
 

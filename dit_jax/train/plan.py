@@ -22,8 +22,15 @@ from dit_jax.train.validation import config_problems, raise_problems
 
 
 def dry_run(config, workdir: str, *, devices: int, hosts: int, files: bool = True) -> list[str]:
-    """The plan's lines; a ValueError naming what a real run would fail on."""
-    raise_problems(config_problems(config, files=files))
+    """The plan's lines; a ValueError naming what a real run would fail on. When a store the config names
+    cannot be reached from here, every other check is made and the last line says which were not, and why
+    (`UNCHECKED`)."""
+    unreachable = None
+    try:
+        raise_problems(config_problems(config, files=files))
+    except storage.StoreUnreachable as e:
+        unreachable, files = str(e), False
+        raise_problems(config_problems(config, files=False))
     model = to_dit_config(config.model)
     mesh = mesh_shape(config.mesh, devices)
     split = mesh["data"] * mesh["fsdp"]  # the batch is split over data x fsdp; tensor shares examples
@@ -52,7 +59,12 @@ def dry_run(config, workdir: str, *, devices: int, hosts: int, files: bool = Tru
         f"sample grids every {config.sample.every:,} steps" if config.sample.every else "sample grids off",
         _workdir_line(workdir, files, config.get("start_over", False)),
     ]
+    if unreachable:
+        lines.append(f"{UNCHECKED} the dataset, the files the config names and the workdir ({unreachable})")
     return lines
+
+
+UNCHECKED = "not checked:"
 
 
 def _repa_note(config) -> str:

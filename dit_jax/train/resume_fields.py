@@ -111,9 +111,13 @@ class Change(NamedTuple):
 
 def changes(stored: dict, current: dict) -> list[Change]:
     """Each field whose value differs between a checkpoint's config and this run's (both as JSON dicts),
-    with its class (an unclassified field counts as MEANING). A field only one side has (a config of
-    an older or newer version) is not compared."""
+    with its class (an unclassified field counts as MEANING). A field the checkpoint's config lacks (it
+    was written before the field existed) held the field's default then: a checkpoint from before
+    LightningDiT's options was trained with them off. A field only the checkpoint has is not compared."""
+    from dit_jax.configs.base import base_config
+    defaults = leaves(base_config().to_dict())
     a, b = leaves(stored), leaves(current)
+    a = {**{k: defaults[k] for k in b.keys() - a.keys() if k in defaults}, **a}
     out = []
     for key in sorted(a.keys() & b.keys()):
         if _normal(a[key]) != _normal(b[key]):
