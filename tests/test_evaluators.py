@@ -69,3 +69,16 @@ def test_a_registered_kind_scores_and_describes_samples(registered):
     scores = evaluators.evaluate(run, ev, ema_params=None)
     assert scores["eval/mine/mean"] == 0.5 and scores["eval/mine/num_samples"] == 6
     assert evaluators.describe(ev, scores).endswith(": mean pixel 0.50")
+
+
+def test_samples_holding_nan_are_reported_not_scored(registered):
+    """NaN/Inf samples make no image: the evaluation says how many, and no metric is computed on them."""
+    section = evaluator_fields(kind="mean_pixel", num_samples=6, batch_size=4)
+
+    def sample(params, labels, key, vae):
+        return jnp.full((len(labels), 2), 0.5).at[0, 1].set(jnp.nan)  # one NaN sample per batch
+    ev = evaluators.Evaluator("mine", section, sample=sample)
+    run = types.SimpleNamespace(model=types.SimpleNamespace(num_classes=10), config=types.SimpleNamespace(seed=0))
+    scores = evaluators.evaluate(run, ev, ema_params=None)
+    assert scores["eval/mine/nonfinite_samples"] == 2 and "eval/mine/mean" not in scores
+    assert "not scored: 2 samples hold NaN/Inf values" in evaluators.describe(ev, scores)

@@ -227,7 +227,9 @@ def evaluate(run, evaluator: Evaluator, ema_params, vae_params=None, stop=lambda
     if sampled is None:
         return None
     images, labels = sampled
-    scores = evaluator.kind.score(images, labels, evaluator.section)
+    bad = int(np.sum(~np.isfinite(images.reshape(len(images), -1)).all(axis=1)))
+    # NaN/Inf samples make no image: reported as such, never scored as if they were images.
+    scores = {NONFINITE: bad} if bad else evaluator.kind.score(images, labels, evaluator.section)
     scores = {f"eval/{evaluator.name}/{k}": float(v) for k, v in scores.items()}
     scores[f"eval/{evaluator.name}/seconds"] = time.time() - t0
     return scores
@@ -236,7 +238,14 @@ def evaluate(run, evaluator: Evaluator, ema_params, vae_params=None, stop=lambda
 def describe(evaluator: Evaluator, scores: dict) -> str:
     p = f"eval/{evaluator.name}/"
     mine = {k[len(p):]: v for k, v in scores.items() if k.startswith(p)}
-    return f"EMA quality, {evaluator.describe()}, {mine['seconds']:.0f} s: " + evaluator.kind.describe(mine)
+    head = f"EMA quality, {evaluator.describe()}, {mine['seconds']:.0f} s: "
+    if NONFINITE in mine:
+        return (head + f"not scored: {mine[NONFINITE]:.0f} samples hold NaN/Inf values (the EMA weights or the "
+                "sampler settings, e.g. cfg_scale, cannot make images)")
+    return head + evaluator.kind.describe(mine)
+
+
+NONFINITE = "nonfinite_samples"  # the one score of an evaluation whose samples hold NaN/Inf values
 
 
 def final_evaluation(run, evaluators: list[Evaluator], ema_params, workdir: str, log: MetricsLog, vae_params=None,
