@@ -104,3 +104,38 @@ def reference_and_ours(models, config: DiTConfig, state_dict: dict | None, seed:
         log(f"random weights; {randomize_zero_layers(ref, seed)} zero-initialised tensors randomised")
     params, _ = from_torch({k: v.detach().numpy() for k, v in ref.state_dict().items()}, config)
     return ref, DiT(dataclasses.replace(config, scan_blocks=False)), params
+
+
+@dataclasses.dataclass
+class FlowSides:
+    """Both sides of a flow-matching comparison on the same random inputs: `apply(x, t, y)` our jitted
+    forward; `model_fn(x, t)` it on the labels, its variance half dropped as SiT's forward drops it;
+    `ref_fn(x, t)` the reference network (NCHW torch tensors) on the same labels."""
+    apply: Callable
+    model_fn: Callable
+    ref_fn: Callable
+    x: np.ndarray     # (B, H, W, C) standard normal
+    t: np.ndarray     # (B,) in [0.05, 0.95]
+    y: np.ndarray     # (B,) int64 labels
+    shape: tuple
+
+
+def flow_sides(net, params, config: DiTConfig, batch: int, seed: int) -> FlowSides:
+    """The inputs and functions SiT's and LightningDiT's comparisons share (unrolled blocks: the
+    converted weights' layout)."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from dit_jax.transport.guidance import split_learned_sigma
+    dit = DiT(dataclasses.replace(config, scan_blocks=False))
+    c = config.in_channels
+    apply = jax.jit(lambda x, t, y: dit.apply({"params": params}, x, t, y))
+    rng = np.random.default_rng(seed)
+    shape = (batch, config.input_size, config.input_size, c)
+    x = rng.standard_normal(shape).astype(np.float32)
+    t = rng.uniform(0.05, 0.95, batch).astype(np.float32)
+    y = rng.integers(0, config.num_classes, batch).astype(np.int64)
+    ty, yj = torch.from_numpy(y), jnp.asarray(y, jnp.int32)
+    return FlowSides(apply=apply, model_fn=lambda xt, tm: split_learned_sigma(apply(xt, tm, yj), c),
+                     ref_fn=lambda xt, tm: net(xt, tm, ty), x=x, t=t, y=y, shape=shape)

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dit_jax.convert.lightningdit_torch import from_torch, lightningdit_kwargs, to_torch
-from dit_jax.models.dit import DiT, DiTConfig
-from dit_jax.parity import Row, compare, nchw, nhwc
+from dit_jax.models.dit import DiTConfig
+from dit_jax.parity.common import Row, compare, flow_sides, nchw, nhwc
 from dit_jax.parity.sit import fixed_draws
 from dit_jax.transport import integrators as sit_samplers
 from dit_jax.transport.guidance import forward_with_cfg, split_learned_sigma
@@ -156,21 +156,9 @@ def run_lightningdit_comparison(ref: LightningReference, config: DiTConfig, *, s
     """The rows of `parts` (see the module docstring) for `config` (its LightningDiT options included)."""
     import torch
     net, params = prepare(ref, config, state_dict, seed, log)
-    dit = DiT(dataclasses.replace(config, scan_blocks=False))
-    c = config.in_channels
-    apply = jax.jit(lambda x, t, y: dit.apply({"params": params}, x, t, y))
-    rng = np.random.default_rng(seed)
-    shape = (batch, config.input_size, config.input_size, c)
-    x = rng.standard_normal(shape).astype(np.float32)
-    t = rng.uniform(0.05, 0.95, batch).astype(np.float32)
-    y = rng.integers(0, config.num_classes, batch).astype(np.int64)
-    ty, yj = torch.from_numpy(y), jnp.asarray(y, jnp.int32)
-
-    def model_fn(xt, tm):
-        return split_learned_sigma(apply(xt, tm, yj), c)
-
-    def ref_fn(xt, tm):
-        return net(xt, tm, ty)
+    sides = flow_sides(net, params, config, batch, seed)
+    apply, model_fn, ref_fn, x, t, y, shape = (sides.apply, sides.model_fn, sides.ref_fn, sides.x, sides.t, sides.y,
+                                               sides.shape)
 
     rows = []
     with torch.no_grad():

@@ -27,11 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from dit_jax.convert.dit_torch import from_torch
-from dit_jax.models.dit import DiT, DiTConfig
-from dit_jax.parity.common import Row, compare, nchw, nhwc, randomize_zero_layers, torch_model
+from dit_jax.models.dit import DiTConfig
+from dit_jax.parity.common import Row, compare, flow_sides, nchw, nhwc, randomize_zero_layers, torch_model
 from dit_jax.parity.training import compare_training, flat_torch, force_label_drop, our_program, reference_optimizer
 from dit_jax.transport import integrators as sit_samplers
-from dit_jax.transport.guidance import forward_with_cfg, split_learned_sigma
+from dit_jax.transport.guidance import forward_with_cfg
 from dit_jax.transport.paths import DIFFUSION_FORMS, PATHS
 from dit_jax.transport.transport import LOSS_WEIGHTS, PREDICTIONS, Transport, training_losses, velocity_fn
 
@@ -183,22 +183,10 @@ def run_sit_comparison(ref: SiTReference, config: DiTConfig, *, state_dict: dict
         raise ValueError("SiT's network has learn_sigma=True (its forward drops the variance half)")
     net, params = _prepare(ref, config, state_dict, seed, log)
     net.eval()
-    dit = DiT(dataclasses.replace(config, scan_blocks=False))
-    c = config.in_channels
-    apply = jax.jit(lambda x, t, y: dit.apply({"params": params}, x, t, y))
-
-    rng = np.random.default_rng(seed)
-    shape = (batch, config.input_size, config.input_size, c)
-    x = rng.standard_normal(shape).astype(np.float32)
-    t = rng.uniform(0.05, 0.95, batch).astype(np.float32)
-    y = rng.integers(0, config.num_classes, batch).astype(np.int64)
-    ty, yj = torch.from_numpy(y), jnp.asarray(y, jnp.int32)
-
-    def model_fn(xt, tm):   # our SiT forward: the converted DiT with the variance half dropped
-        return split_learned_sigma(apply(xt, tm, yj), c)
-
-    def ref_fn(xt, tm):
-        return net(xt, tm, ty)
+    sides = flow_sides(net, params, config, batch, seed)
+    apply, model_fn, ref_fn, x, t, y, shape = (sides.apply, sides.model_fn, sides.ref_fn, sides.x, sides.t, sides.y,
+                                               sides.shape)
+    c, ty = config.in_channels, torch.from_numpy(y)
 
     rows = []
     with torch.no_grad():
