@@ -13,7 +13,6 @@ WORKDIR/checkpoints_set_aside/ with a warning, and the newest intact checkpoint 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import jax
@@ -21,11 +20,10 @@ import orbax.checkpoint as ocp
 
 from dit_jax import storage
 from dit_jax.exit_codes import BadInput
-from dit_jax.train import integrity, orbax_noise, resume_fields, verified_restore
-
-CONFIG_ITEM, STATE_ITEM, INTEGRITY_ITEM = "config", "state", "integrity"
-# Orbax writes both into a step directory when it commits it; a copy or a half-written one lacks them.
-COMMIT_MARKERS = ("commit_success.txt", "_CHECKPOINT_METADATA")
+from dit_jax.train import integrity, orbax_noise, resume_fields
+from dit_jax.train.checkpoint_layout import (COMMIT_MARKERS, CONFIG_ITEM, INTEGRITY_ITEM, STATE_ITEM,  # noqa: F401
+                                             checksum_problem, committed_steps as available_steps, config_digest,
+                                             one_line as _one_line)
 SET_ASIDE = "checkpoints_set_aside"
 
 
@@ -51,7 +49,7 @@ def save(manager: ocp.CheckpointManager, step: int, state, config_json: dict, fo
             manager.latest_step()))
     items = {STATE_ITEM: ocp.args.StandardSave(state), CONFIG_ITEM: ocp.args.JsonSave(config_json),
              INTEGRITY_ITEM: ocp.args.JsonSave({"checksums": checksums,
-                                                 "config_sha256": verified_restore.config_digest(config_json)})}
+                                                 "config_sha256": config_digest(config_json)})}
     if not manager.save(step, args=ocp.args.Composite(**items), force=force):
         raise CheckpointError(f"the checkpoint of step {step} was not written to {manager.directory} (Orbax "
                               f"declined it; its latest step is {manager.latest_step()}): use a new --workdir")
@@ -93,17 +91,6 @@ def close(manager: ocp.CheckpointManager, failed: bool) -> None:
     if failed and jax.process_index() == 0:
         for tmp in storage.resolve(manager.directory).glob("*.orbax-checkpoint-tmp*"):
             tmp.rmtree() if tmp.is_dir() else tmp.unlink()
-
-
-# tensorstore appends the whole spec of the store it was writing (hundreds of characters of JSON)
-# after the OS error; without it the reason ("File too large", "No space left") fits in the line.
-_TENSORSTORE_SPEC = re.compile(r"\s*\[tensorstore_spec='.*?'\]")
-
-
-def _one_line(e: BaseException) -> str:
-    text = _TENSORSTORE_SPEC.sub("", " ".join(str(e).split())) or type(e).__name__
-    # Orbax's messages start with the file and end with the OS error: keep both ends.
-    return text if len(text) < 400 else text[:150] + " ... " + text[-240:]
 
 
 def stored_config(manager: ocp.CheckpointManager, step: int) -> dict:
@@ -174,7 +161,7 @@ def _try_restore(manager, step, abstract_state, config_json, workdir):
             **{INTEGRITY_ITEM: ocp.args.JsonRestore()}))[INTEGRITY_ITEM]) if has_integrity else None
     except Exception as e:  # noqa: BLE001 - any read failure means this step cannot be used
         return f"its config or checksums do not read: {_one_line(e)}", None
-    if sums and "config_sha256" in sums and sums["config_sha256"] != verified_restore.config_digest(stored):
+    if sums and "config_sha256" in sums and sums["config_sha256"] != config_digest(stored):
         return "its config does not match the checksum stored with it", None
     check_compatible(stored, config_json, workdir)
     try:
@@ -184,7 +171,7 @@ def _try_restore(manager, step, abstract_state, config_json, workdir):
     if sums is None:
         return None, state  # written before checksums were stored: nothing to verify against
     try:
-        problem = verified_restore.checksum_problem(sums, "", state, None)
+        problem = checksum_problem(sums, "", state, None)
     except Exception as e:  # noqa: BLE001 - a damaged checksum record
         return f"its checksums are damaged: {_one_line(e)}", None
     return (problem, None) if problem else (None, state)
@@ -270,15 +257,6 @@ def load_ema(workdir: str, step: int | None = None, params_key: str = "ema_param
     from dit_jax.configs.base import to_dit_config
     params, config, step = load_run(workdir, step, params_key)
     return params, to_dit_config(config["model"]), step
-
-
-def available_steps(workdir: str) -> list[int]:
-    """The committed checkpoint steps of the run in `workdir`."""
-    directory = storage.resolve(storage.join(workdir, "checkpoints"))
-    if not directory.is_dir():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir()
-                  if p.name.isdigit() and all((p / m).exists() for m in COMMIT_MARKERS))
 
 
 def load_run(workdir: str, step: int | None = None, params_key: str = "ema_params"):

@@ -11,16 +11,7 @@ import jax
 
 from dit_jax import storage
 from dit_jax.exit_codes import BadInput
-
-COMMIT_MARKERS = ("commit_success.txt", "_CHECKPOINT_METADATA")  # as train/checkpoint.py
-
-
-def committed_steps(workdir: str) -> list[int]:
-    directory = storage.resolve(storage.join(workdir, "checkpoints"))
-    if not directory.is_dir():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir()
-                  if p.name.isdigit() and all((p / m).exists() for m in COMMIT_MARKERS))
+from dit_jax.train.checkpoint_layout import committed_steps
 
 
 def traces(workdir: str) -> list[str]:

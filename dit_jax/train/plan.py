@@ -113,7 +113,8 @@ def _workdir_line(workdir: str, files: bool, start_over: bool = False) -> str:
         existing = os.path.dirname(existing)
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"--workdir {workdir}: {existing} is not writable by this user; choose another directory")
-    steps = _committed_steps(path)
+    from dit_jax.train.checkpoint_layout import committed_steps
+    steps = committed_steps(path)
     from dit_jax.train import lost_run
     lost = None if steps else lost_run.problem(path)
     if lost and not start_over:
@@ -126,10 +127,3 @@ def _workdir_line(workdir: str, files: bool, start_over: bool = False) -> str:
                                   else f"made under {existing}: starts at step 0")
 
 
-def _committed_steps(workdir: str) -> list[int]:
-    from dit_jax.train.checkpoint import COMMIT_MARKERS
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(name) for name in os.listdir(directory) if name.isdigit()
-                  and all(os.path.exists(os.path.join(directory, name, m)) for m in COMMIT_MARKERS))

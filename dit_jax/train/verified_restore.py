@@ -11,39 +11,16 @@ no step is intact, or the step asked for is not, one BadInput line names the run
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import sys
 
 import jax
 import orbax.checkpoint as ocp
 
 from dit_jax import storage
-from dit_jax.checksum import fingerprint, mismatches
 from dit_jax.exit_codes import BadInput
 from dit_jax.train import orbax_noise
-
-STATE_ITEM, CONFIG_ITEM, INTEGRITY_ITEM = "state", "config", "integrity"
-COMMIT_MARKERS = ("commit_success.txt", "_CHECKPOINT_METADATA")
-
-
-def config_digest(config: dict) -> str:
-    """The checksum of a run's config as stored beside its state (key order does not matter)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-
-
-def checksum_problem(integrity: dict, prefix: str, arrays, config: dict | None) -> str | None:
-    """What the stored checksums say is wrong with `arrays` (the state, or its subtree at `prefix`,
-    e.g. ".ema_params") and `config`, or None. Arrays that were saved are always finite."""
-    sums, finite = fingerprint(arrays)
-    if config is not None and "config_sha256" in integrity and integrity["config_sha256"] != config_digest(config):
-        return "its config does not match the checksum stored with it"
-    stored = {k[len(prefix):]: v for k, v in integrity["checksums"].items() if k.startswith(prefix)}
-    bad = mismatches(stored, sums)
-    if bad:
-        return f"checksum mismatch in {len(bad)} array(s), e.g. {prefix}{bad[0]}"
-    return None if finite else "it holds NaN/Inf values, which no save writes"
-
+from dit_jax.train.checkpoint_layout import (COMMIT_MARKERS, CONFIG_ITEM, INTEGRITY_ITEM, STATE_ITEM,  # noqa: F401
+                                             checksum_problem, config_digest, one_line as _one_line)
 
 def step_dirs(workdir: str) -> list:
     """The run's step directories, newest first; BadInput if `workdir` is not a training run."""
@@ -150,8 +127,3 @@ def _unbox(tree):
     import flax.linen as nn
     return jax.tree.map(lambda x: x.unbox() if isinstance(x, nn.Partitioned) else x, tree,
                         is_leaf=lambda x: isinstance(x, nn.Partitioned))
-
-
-def _one_line(e: BaseException) -> str:
-    from dit_jax.train.checkpoint import _one_line as one_line
-    return one_line(e)
