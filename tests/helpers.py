@@ -266,3 +266,11 @@ def flip_block(path, offset):
         block = f.read(4096)
         f.seek(offset)
         f.write(bytes(b ^ 0xFF for b in block))
+
+
+def run_script_on_8_devices(script: str, *args: str) -> None:
+    """Run `script` (a `python -c` text) in a child process that gives itself 8 CPU devices; fails the
+    test with the child's output when it does not exit 0."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    res = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]

@@ -3,7 +3,6 @@ kind, in the one jitted sampler of every objective, with the guidance interval, 
 
 import dataclasses
 import os
-import subprocess
 import sys
 
 import jax
@@ -24,7 +23,7 @@ from dit_jax.weights import save_weights
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from autoguidance_helpers import GUIDE, guide_params, guided_npz  # noqa: E402
-from helpers import TINY, tiny_params  # noqa: E402
+from helpers import TINY, run_script_on_8_devices, tiny_params  # noqa: E402
 
 pytestmark = pytest.mark.slow  # compiles a sampler per sampler kind, one 8-device subprocess
 
@@ -155,9 +154,6 @@ def test_guided_npz_on_1_and_8_devices(tmp_path):
     one = str(tmp_path / "one.npz")
     guided_npz(one, 4)
     eight = str(tmp_path / "eight.npz")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    res = subprocess.run([sys.executable, "-c", EIGHT.format(tests=os.path.dirname(os.path.abspath(__file__))), eight],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    run_script_on_8_devices(EIGHT.format(tests=os.path.dirname(os.path.abspath(__file__))), eight)
     with np.load(one) as a, np.load(eight) as b:
         assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])

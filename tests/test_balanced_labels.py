@@ -2,7 +2,6 @@
 only (the same on any host or device count), recorded as arr_1; bad counts refused with exit 2."""
 
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -16,7 +15,7 @@ from dit_jax.sampling.npz import sample_npz
 pytestmark = pytest.mark.slow  # one sampling run in a subprocess with 8 fake devices
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from helpers import run_fn, tiny_params  # noqa: E402
+from helpers import run_fn, run_script_on_8_devices, tiny_params  # noqa: E402
 
 
 def shard_labels(mode, n, num_classes, batch_per_device, devices, processes):
@@ -90,10 +89,7 @@ def test_balanced_npz_on_1_and_8_devices(tmp_path):
     one = str(tmp_path / "one.npz")
     sample_npz(run_fn(), tiny_params(), 10, 5, 7, one, batch_per_device=4, log=lambda s: None, labels="balanced")
     eight = str(tmp_path / "eight.npz")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    res = subprocess.run([sys.executable, "-c", EIGHT.format(tests=os.path.dirname(os.path.abspath(__file__))), eight],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    run_script_on_8_devices(EIGHT.format(tests=os.path.dirname(os.path.abspath(__file__))), eight)
     with np.load(one) as a, np.load(eight) as b:
         assert np.array_equal(a["arr_1"], np.arange(10) % 5) and np.array_equal(a["arr_1"], a["labels"])
         assert np.array_equal(b["arr_1"], a["arr_1"]) and np.array_equal(a["arr_0"], b["arr_0"])

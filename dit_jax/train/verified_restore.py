@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
+import flax.linen as nn
 import jax
 import orbax.checkpoint as ocp
 
@@ -115,15 +116,9 @@ def _shape_problem(config: dict, params) -> str | None:
     expected = jax.eval_shape(lambda: DiT(plain).init(jax.random.key(0), *example_inputs(plain)))["params"]
     shapes = lambda tree: {jax.tree_util.keystr(p): tuple(x.shape) for p, x in  # noqa: E731
                            jax.tree_util.tree_flatten_with_path(tree)[0]}
-    want, got = shapes(_unbox(expected)), shapes(params)
+    want, got = shapes(nn.unbox(expected)), shapes(params)
     if want != got:
         diff = sorted(set(want.items()) ^ set(got.items()))[0][0]
         return f"its config's model ({model.depth} blocks, hidden {model.hidden_size}) does not match its arrays " \
                f"(e.g. {diff})"
     return None
-
-
-def _unbox(tree):
-    import flax.linen as nn
-    return jax.tree.map(lambda x: x.unbox() if isinstance(x, nn.Partitioned) else x, tree,
-                        is_leaf=lambda x: isinstance(x, nn.Partitioned))
