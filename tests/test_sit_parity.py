@@ -138,7 +138,7 @@ def test_sit_comparison_rows(comparison_rows):
 
 def test_sit_comparison_detects_a_difference(sit_ref, monkeypatch):
     """A conversion off in one bias fails the forward rows (the check is not vacuous; the loss and step
-    functions have their own negative controls in tests/test_transport.py)."""
+    functions have their own negative controls in tests/test_transport_*.py)."""
     import dit_jax.parity.sit as parity_sit
     from dit_jax.parity.sit import run_sit_comparison
     real = parity_sit.from_torch

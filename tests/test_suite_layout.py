@@ -1,5 +1,5 @@
 """The suite's own layout (docs/testing.md): slow files mark themselves, markers are strict, `-m "not slow"`
-leaves out the slow files' tests, and no test file imports another."""
+leaves out the slow files' tests, no test file imports another, and none is over 500 lines."""
 
 import ast
 import configparser
@@ -16,6 +16,8 @@ SLOW_MARK = "pytestmark = pytest.mark.slow"
 # What a test does that makes its file slow: trains, or starts multi-device / multi-process jax programs.
 SLOW_SIGNS = re.compile(r"train_and_evaluate\(|run_8_devices\(|\bstart\(|Child\(|jax\.distributed|"
                         r"xla_force_host_platform_device_count")
+# A longer test file (or helper module) is split by the dit_jax module its tests cover.
+MAX_LINES = 500
 
 
 def _test_files() -> list[str]:
@@ -76,10 +78,10 @@ def test_not_slow_deselects_the_slow_files_and_keeps_the_others():
 
 
 def test_no_test_file_imports_another():
-    """Shared helpers live in tests/helpers.py (or conftest.py's fixtures): importing a test file
-    would run its module code, and its marks and fixtures would leak into the importer."""
+    """Shared helpers live in tests/helpers.py or tests/<topic>_helpers.py (or conftest.py's fixtures):
+    importing a test file would run its module code, and its marks and fixtures would leak into the importer."""
     offenders = []
-    for path in _test_files() + [os.path.join(HERE, "helpers.py")]:
+    for path in _test_files() + sorted(glob.glob(os.path.join(HERE, "*helpers.py"))):
         with open(path) as f:
             source = f.read()
         modules = {n.module for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom) and n.module}
@@ -88,3 +90,29 @@ def test_no_test_file_imports_another():
         modules |= set(re.findall(r"^from (test_\w+) import", source, flags=re.M))
         offenders += [f"{os.path.basename(path)} imports {m}" for m in sorted(modules) if m.startswith("test_")]
     assert offenders == [], offenders
+
+
+def _over_max_lines(paths) -> list[str]:
+    long = []
+    for path in paths:
+        with open(path) as f:
+            lines = sum(1 for _ in f)
+        if lines > MAX_LINES:
+            long.append(f"{os.path.basename(path)}: {lines} lines")
+    return long
+
+
+def test_no_test_file_is_over_500_lines():
+    """The test files and the helper modules beside them (tests/*.py; not the reference statements in
+    tests/*_reference/, which follow the layout of the code they state)."""
+    paths = sorted(glob.glob(os.path.join(HERE, "*.py")))
+    assert os.path.abspath(__file__) in paths and len(paths) > 50  # the control that the glob finds the files
+    assert _over_max_lines(paths) == [], f"split these by the dit_jax module their tests cover (<= {MAX_LINES} lines)"
+
+
+def test_the_length_check_sees_a_long_file(tmp_path):
+    """The control on the check above: a file of 501 lines is caught, one of 500 passes."""
+    for lines, caught in ((MAX_LINES + 1, True), (MAX_LINES, False)):
+        path = tmp_path / "test_long.py"
+        path.write_text("pass\n" * lines)
+        assert _over_max_lines([str(path)]) == ([f"test_long.py: {lines} lines"] if caught else [])

@@ -176,7 +176,7 @@ def run_sit_comparison(ref: SiTReference, config: DiTConfig, *, state_dict: dict
 
     dopri5_tol: both solvers are adaptive with rtol 1e-3 and take different steps (diffrax stops at t1,
     torchdiffeq steps past it and interpolates back), so they agree to the solver tolerance, not to
-    rounding: 2 rtol, as tests/test_transport.py measures them against a float64 solution.
+    rounding: 2 rtol, as tests/test_transport_integrators.py measures them against a float64 solution.
     """
     import torch
     if not config.learn_sigma:
