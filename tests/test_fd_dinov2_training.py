@@ -98,8 +98,9 @@ def trained(files):
     scored.mkdir()
     evals = {"kind": "fd_dinov2", "reference": files["ref"], "dinov2": files["npz_dir"], "every": 3,
              "num_samples": NUM_SAMPLES, "batch_size": BATCH, "steps": "4"}
-    argv = ["train", f"--workdir={workdir}", *TINY_FLAGS, "--config.total_steps=6", "--config.mesh.data=2",
-            "--config.mesh.fsdp=2", *[f"--config.evals.fid.{k}={v}" for k, v in evals.items()]]
+    # ema_decay 0: the EMA is the weights, so the evaluations of steps 3 and 6 score different samples
+    argv = ["train", f"--workdir={workdir}", *TINY_FLAGS, "--config.total_steps=6", "--config.ema_decay=0.0",
+            "--config.mesh.data=2", "--config.mesh.fsdp=2", *[f"--config.evals.fid.{k}={v}" for k, v in evals.items()]]
     outs = finish_all(cli_on_two_processes(argv, prelude=PRELUDE.format(small=SMALL_L, scored=str(scored))),
                       timeout=300)
     got = {}
