@@ -274,3 +274,24 @@ def run_script_on_8_devices(script: str, *args: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     res = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+
+
+# --- `dit-jax` commands on two hosts --------------------------------------------------------------
+
+# What a `python -c` prelude ends with: the command line, as `dit-jax` runs it.
+CLI_MAIN = "\nimport sys\nfrom dit_jax.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
+def cli_on_two_processes(argv, prelude: str = "", devices: int = 2):
+    """`dit-jax COMMAND --coordinator=127.0.0.1:PORT --num_processes=2 --process_id=I ARGS...` (argv =
+    [COMMAND, *ARGS]) as two processes with `devices` CPU devices each, as the same command typed on two
+    hosts. `prelude`: Python that each process runs first (a test's stand-in, said where it is used);
+    without one the process is `python -m dit_jax.cli`."""
+    port = PortReservation()
+    environment = {**env_without_xla_flags(), "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+                   "JAX_PLATFORMS": "cpu"}
+    launch = [sys.executable, "-c", prelude + CLI_MAIN] if prelude else [sys.executable, "-m", "dit_jax.cli"]
+    return [Child([*launch, argv[0], f"--coordinator=127.0.0.1:{port.port}", "--num_processes=2",
+                   f"--process_id={i}", "--distributed_timeout=120", *argv[1:]], env=environment, cwd=ROOT,
+                  holds=[port] if i == 0 else [])
+            for i in range(2)]

@@ -6,6 +6,7 @@ import os
 
 from dit_jax.argparsing import count, existing_dir, number, output_file
 from dit_jax.cli.common import DEMO_MODEL, add_model_args, class_ids, interval, model_config
+from dit_jax.cli.distributed_args import add_distributed_arguments, join_if_asked, multi_host
 
 NAME = "sample"
 HELP = ("a class-conditional sample grid (PNG, JPEG, ...), or with --num-samples N the ADM .npz of N samples "
@@ -64,6 +65,9 @@ def add_arguments(s) -> None:
     s.add_argument("--out", type=output_file, default="samples/sample_grid.png",
                    help="the grid's image file (its extension picks the format; default: samples/sample_grid.png "
                         "in the current directory), or the .npz with --num-samples")
+    # With --num-samples, every host samples its share of each batch and writes its own shards: run the same
+    # command on every host with these (as `dit-jax train`).
+    add_distributed_arguments(s)
 
 
 def interrupted_message(args) -> str | None:
@@ -76,6 +80,7 @@ def run(args) -> int:
     from dit_jax.jobs.sample import sample
     from dit_jax.sampling.run_sampler import SamplerSettings
     check_args(args)
+    join_if_asked(args)   # before anything starts a backend
     # A run's checkpoint names its own model; converted weights are checked against --model when given.
     config = None if args.workdir else model_config(args, default=None if args.weights else DEMO_MODEL)
     settings = SamplerSettings(sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale, cfg_mode=args.cfg_mode,
@@ -96,6 +101,9 @@ def check_args(args) -> None:
         raise ValueError(f"--num-samples must be >= 1 (or 0 for a grid), got {args.num_samples}")
     if args.weights and args.workdir:
         raise ValueError("give --weights or --workdir, not both")
+    if multi_host(args) and not args.num_samples:
+        raise ValueError("--distributed/--coordinator: several hosts sample --num-samples N into one .npz; a grid "
+                         "is drawn on one host (drop the multi-host flags)")
     if args.labels != "random" and not args.num_samples:
         raise ValueError(f"--labels {args.labels} chooses the labels of --num-samples N; a grid takes --classes")
     if args.num_samples:

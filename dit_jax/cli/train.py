@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from dit_jax.argparsing import count
+from dit_jax.cli.distributed_args import add_distributed_arguments, join_if_asked, switch
 from dit_jax.exit_codes import BadInput
 
 NAME = "train"
@@ -17,43 +18,17 @@ TRAIN_EXIT_CODES = """Exit codes: 0 finished, 75 preempted with a checkpoint sav
 2 bad input, 3 diverged, 130 interrupted (Ctrl-C), 1 any other failure."""
 
 
-def _boolean(text: str) -> bool:
-    """absl's values of a boolean flag: --NAME=true/false (1/0, yes/no)."""
-    value = text.strip().lower()
-    if value in ("true", "1", "yes", "t", "y"):
-        return True
-    if value in ("false", "0", "no", "f", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _switch(p, name: str, help: str) -> None:
-    """--NAME, --NAME=false and --noNAME (absl's spellings, kept from when train parsed with absl); None
-    when not given."""
-    p.add_argument(f"--{name}", dest=name, nargs="?", type=_boolean, const=True, default=None, metavar="BOOL",
-                   help=help)
-    p.add_argument(f"--no{name}", dest=name, action="store_const", const=False, help=argparse.SUPPRESS)
-
-
 def add_arguments(p) -> None:
     p.add_argument("--workdir", default="workdir/demo",
                    help="run directory: checkpoints, samples, metrics (resumed if present)")
-    _switch(p, "distributed", "call jax.distributed.initialize() (multi-host; auto-detects TPU pods and SLURM, "
-            "else set --coordinator/--num_processes/--process_id)")
-    p.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-host without auto-detection)")
-    p.add_argument("--num_processes", type=count(1), default=None, help="number of processes (multi-host)")
-    p.add_argument("--process_id", type=count(0), default=None, help="this process's index (multi-host)")
-    p.add_argument("--distributed_timeout", type=count(1), default=None, help="seconds to wait for all processes to "
-                   "join jax.distributed.initialize before failing (default 300)")
-    p.add_argument("--local_device_ids", default=None, help="the accelerators this process drives, e.g. 0,1,2,3 "
-                   "(one process per node driving all its GPUs; SLURM detection alone gives one GPU per task)")
-    _switch(p, "dry_run", "check everything a run checks before its first step and print its plan (mesh, batch per "
-            "device and host, steps, epochs, checkpoints, evaluations); writes nothing and joins no other process. "
-            "Also spelled --dry-run")
+    add_distributed_arguments(p)
+    switch(p, "dry_run", "check everything a run checks before its first step and print its plan (mesh, batch per "
+           "device and host, steps, epochs, checkpoints, evaluations); writes nothing and joins no other process. "
+           "Also spelled --dry-run")
     p.add_argument("--dry-run", dest="dry_run", action="store_const", const=True, help=argparse.SUPPRESS)
-    _switch(p, "check_files", "with --dry_run: check the dataset, the files the config names and the workdir "
-            "(default); --nocheck_files checks the config, mesh and batch only (a launch machine that does not "
-            "hold the hosts' disks)")
+    switch(p, "check_files", "with --dry_run: check the dataset, the files the config names and the workdir "
+           "(default); --nocheck_files checks the config, mesh and batch only (a launch machine that does not "
+           "hold the hosts' disks)")
     p.add_argument("--devices", type=count(1), default=None, help="with --dry_run: plan for this many devices (all "
                    "hosts, all slices); default: this machine's")
 
@@ -72,16 +47,6 @@ def _help(parser, config) -> str:
     return "\n".join(lines + config_args.describe(config))
 
 
-def _device_ids(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        pass
-    raise ValueError(f"--local_device_ids takes comma-separated integers like 0,1,2,3, got {text!r}")
-
-
 def run(args) -> int:
     from dit_jax.cli import config_args
     show_help = any(a in HELP_FLAGS for a in args.config_args)
@@ -98,12 +63,7 @@ def run(args) -> int:
     problem = workdir_problem(args.workdir)
     if problem:
         raise ValueError(problem)
-    local_ids = _device_ids(args.local_device_ids)
-    if args.distributed or args.coordinator:
-        from dit_jax.train.distributed import join
-        join(args.coordinator, args.num_processes, args.process_id, local_ids, args.distributed_timeout or 300)
-    elif local_ids is not None or args.distributed_timeout is not None:
-        raise ValueError("--local_device_ids and --distributed_timeout apply to multi-host runs: add --distributed")
+    join_if_asked(args)
     from dit_jax.train.loop import train_and_evaluate
     train_and_evaluate(config, args.workdir)  # a run that stops early raises (dit_jax.cli.main maps it)
     return 0

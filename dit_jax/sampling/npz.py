@@ -86,6 +86,15 @@ def _npz_bytes(**arrays) -> bytes:
     return buf.getvalue()
 
 
+def _whole_on_every_device(tree, mesh):
+    """`tree` replicated on every device of every host, placed from this host's memory: a run's weights
+    are read onto this process's first device (verified_restore), and a device_put from there to the
+    other hosts' devices is a cross-host transfer that backends refuse (the CPU one; DCN transfers
+    need flags of their own)."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    return jax.device_put(jax.device_get(tree), NamedSharding(mesh, P()))
+
+
 def sample_npz(run: Run, params, num_samples: int, num_classes: int, seed: int, out_path: str,
                batch_per_device: int = 32, vae=None, settings: dict | None = None, log=print,
                labels: str = "random", guide_params=None) -> str:
@@ -102,16 +111,14 @@ def sample_npz(run: Run, params, num_samples: int, num_classes: int, seed: int, 
     labels: "random" (DiT's uniform labels) or "balanced" (sample i of class i mod num_classes).
     guide_params: the autoguidance model's params for a `run` built with a guide (placed as `params`).
     """
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     check_labels(labels, num_samples, num_classes)
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("batch",))
-    params = jax.device_put(params, NamedSharding(mesh, P()))
-    vae_params = jax.device_put(vae[0], NamedSharding(mesh, P())) if vae is not None else None
+    params = _whole_on_every_device(params, mesh)
+    vae_params = _whole_on_every_device(vae[0], mesh) if vae is not None else None
     if guide_params is not None:  # the guide sharded as the main model: both whole on every device
-        guide_params = jax.device_put(guide_params, NamedSharding(mesh, P()))
+        guide_params = _whole_on_every_device(guide_params, mesh)
         settings = dict(settings or {}, guide_checksums=fingerprint(guide_params)[0])
     batch = batch_per_device * jax.device_count()
     shard_dir = out_path + ".shards"
