@@ -48,9 +48,10 @@ def names(config) -> tuple[str, ...]:
     return tuple(n.strip() for n in config.repa.encoder.split(",") if n.strip())
 
 
-def problems(config, model: DiTConfig, files: bool = False) -> list[str]:
+def problems(config, model: DiTConfig, files: bool = False, need_weights: bool = True) -> list[str]:
     """What is wrong with config.repa for this model and data (empty when REPA is off or fine); with `files`,
-    the encoders' weight files must exist."""
+    the encoders' weight files must exist; without `need_weights`, no weight file need be named (a step compiled
+    or timed with abstract or random encoders reads none)."""
     if not enabled(config):
         return []
     r, out = config.repa, []
@@ -80,7 +81,7 @@ def problems(config, model: DiTConfig, files: bool = False) -> list[str]:
     else:
         for name, path in zip(names(config), weights):
             enc = repa_encoders.ENCODERS.get(name)
-            if enc is not None and enc.needs_weights and not path:
+            if enc is not None and enc.needs_weights and not path and need_weights:
                 out.append(f"repa.weights: {name} needs the official DINOv2 checkpoint (.pth), e.g. "
                            f"--config.repa.weights=weights/dinov2_vit{name.split('-')[2]}14"
                            f"{'_reg4' if name.endswith('-reg') else ''}_pretrain.pth")
@@ -93,11 +94,11 @@ def problems(config, model: DiTConfig, files: bool = False) -> list[str]:
     return out
 
 
-def spec_of(config, model: DiTConfig) -> RepaSpec | None:
-    """The run's REPA spec (None when off); BadInput on a bad config.repa."""
+def spec_of(config, model: DiTConfig, need_weights: bool = True) -> RepaSpec | None:
+    """The run's REPA spec (None when off); BadInput on a bad config.repa (`need_weights`: as in `problems`)."""
     if not enabled(config):
         return None
-    bad = problems(config, model)
+    bad = problems(config, model, need_weights=need_weights)
     if bad:
         raise BadInput("bad config: " + "; ".join(bad))
     r, encs = config.repa, names(config)
@@ -123,7 +124,7 @@ def random_encoders(spec: RepaSpec, seed: int = 0) -> tuple:
 def attach(run, encoders: str = "load"):
     """`run` with REPA's spec and frozen encoders when config.repa is on (unchanged otherwise). encoders:
     "load" reads config.repa.weights, "random" initialises them, "abstract" gives shapes only."""
-    spec = spec_of(run.config, run.model)
+    spec = spec_of(run.config, run.model, need_weights=encoders == "load")
     if spec is None:
         return run
     return dataclasses.replace(run, repa=spec, encoder_params=encoders_for(run.config, spec, encoders))
