@@ -371,13 +371,15 @@ def test_reference_batch_command_from_a_tfds_dataset(tmp_path, capsys):
     save_npz(variables, str(tmp_path / "inception.npz"))
     out = str(tmp_path / "ref.npz")
     assert main(["reference-batch", "--dataset", "ref_images", "--data-dir", str(tmp_path / "tfds"), "--image-size",
-                 "32", "--inception", str(tmp_path / "inception.npz"), "--num-images", "4", "--chunk", "4",
-                 "--out", out]) == 0
+                 "32", "--inception", str(tmp_path / "inception.npz"), "--num-images", "4", "--chunk", "3",
+                 "--batch-size", "3", "--out", out]) == 0
     ref = am.load_reference_batch(out, min_images=4)
     assert ref.images.shape == (4, 32, 32, 3)
     source = open_source("ref_images", str(tmp_path / "tfds"))
     crop = DecodeCrop(32, 3, 2)
     every = np.stack([crop.map({**source[i], "_key": i})["image"] for i in range(6)])
-    pool = extract_features(variables, every, outputs=("pool",))["pool"]
+    # Batches of 3 here and in the command: one compiled 299 px network for the chunks of 3 and this
+    # check (the default batch gave chunks of 4 and 2 and these 6 images three programs).
+    pool = extract_features(variables, every, batch_size=3, outputs=("pool",))["pool"]
     np.testing.assert_allclose(ref.stats.mu, pool.mean(0), rtol=1e-5, atol=1e-6)  # all 6 images, in any order
     assert any(np.array_equal(ref.images[0], img) for img in every)

@@ -54,11 +54,18 @@ def test_guided_network_on_random_params(kind):
     t = jnp.asarray([900, 100]) if kind == "ddpm" else jnp.asarray([0.1, 0.9])
     w = 1.7
     params, gparams = tiny_params(), guide_params()
-    fn = guided_network(TINY, obj, SamplerSettings(cfg_scale=w), params, labels, GUIDE, gparams)
-    m = np.asarray(DiT(TINY).apply({"params": params}, x, t, labels))
-    g = np.asarray(DiT(GUIDE).apply({"params": gparams}, x, t, labels))
+
+    # Both networks and both guided functions in one program (run op by op, the two models' hundreds
+    # of eager operations each compiled on their own made this the file's slowest test).
+    @jax.jit
+    def outputs(params, gparams):
+        fn = guided_network(TINY, obj, SamplerSettings(cfg_scale=w), params, labels, GUIDE, gparams)
+        in_interval = guided_network(TINY, obj, SamplerSettings(cfg_scale=w, cfg_interval=(0.5, 1.0)), params,
+                                     labels, GUIDE, gparams)
+        return (DiT(TINY).apply({"params": params}, x, t, labels), DiT(GUIDE).apply({"params": gparams}, x, t, labels),
+                fn(x, t), in_interval(x, t))
+    m, g, got, got_interval = map(np.asarray, outputs(params, gparams))
     expected = g + w * (m[..., :3] - g)
-    got = np.asarray(fn(x, t))
     assert got.shape == ((2, 8, 8, 6) if kind == "ddpm" else (2, 8, 8, 3))
     err = np.max(np.abs(got[..., :3] - expected))
     assert err < 1e-6, err   # measured: 1.3e-7 (ddpm), 1.4e-7 (sit), outputs of size ~2
@@ -67,11 +74,14 @@ def test_guided_network_on_random_params(kind):
     # Negative control: w applied the other way round (main + w (guide - main)) is far off.
     assert np.max(np.abs(got[..., :3] - (m[..., :3] + w * (g - m[..., :3])))) > 1e-2
     # The interval: noise levels in [0.5, 1] only; DDPM's t = 900 and SiT's t = 0.1 (s = 0.9) are inside.
-    fn = guided_network(TINY, obj, SamplerSettings(cfg_scale=w, cfg_interval=(0.5, 1.0)), params, labels, GUIDE,
-                        gparams)
-    got = np.asarray(fn(x, t))
+    got = got_interval
     np.testing.assert_allclose(got[0, ..., :3], expected[0], atol=1e-5)
     np.testing.assert_allclose(got[1], m[1, ..., : got.shape[-1]], atol=1e-6)
+
+
+def other_tiny_params():
+    """Other weights of TINY's shape, to guide TINY with."""
+    return jax.tree.map(lambda a: a + 0.05 * jax.random.normal(jax.random.key(9), a.shape), tiny_params())
 
 
 SAMPLERS = [("ddpm", "ddpm", "6"), ("ddpm", "ddim", "6"), ("ddpm", "dpm++2m", "4"), ("ddpm", "unipc", "4"),
@@ -87,10 +97,13 @@ def test_every_sampler_guided_by_itself_is_the_main_model(kind, sampler, steps):
     params = tiny_params()
     settings = SamplerSettings(sampler=sampler, steps=steps, cfg_scale=3.7, cfg_interval=(0.0, 0.8))
     plain = make_sampler(TINY, obj, dataclasses.replace(settings, cfg_scale=1.0))(params, labels, key)
-    selfguided = make_sampler(TINY, obj, settings, guide=TINY)(params, labels, key, params)
+    guided_by_a_tiny = make_sampler(TINY, obj, settings, guide=TINY)
+    selfguided = guided_by_a_tiny(params, labels, key, params)
     np.testing.assert_allclose(np.asarray(selfguided), np.asarray(plain), rtol=0, atol=1e-5)
-    # Control: another guide moves the samples.
-    other = make_sampler(TINY, obj, settings, guide=GUIDE)(params, labels, key, guide_params())
+    # Control: another guide moves the samples. The same program with other guide weights (a third
+    # program, with the smaller GUIDE, cost a compile per sampler; the smaller guide in a sampler:
+    # test_sample_command_guides and test_guided_npz_on_1_and_8_devices).
+    other = guided_by_a_tiny(params, labels, key, other_tiny_params())
     assert np.max(np.abs(np.asarray(other) - np.asarray(plain))) > 1e-2
 
 

@@ -1,6 +1,7 @@
 """The DiT model zoo: counts, FLOPs, initialisation, layouts, logical axes, input checks."""
 
 import dataclasses
+import functools
 from functools import partial
 
 import flax.linen as nn
@@ -82,6 +83,17 @@ def test_names_parse_and_reject():
 SMALL = dit_config("S/2", input_size=8, depth=3, num_classes=10)
 
 
+@functools.cache
+def small_params():
+    """SMALL's initial parameters, made once for the file (init runs op by op, about a hundred operations,
+    each compiled on its first use)."""
+    return init_params(SMALL, jax.random.key(0))
+
+
+# SMALL's jitted forward, shared by the tests that compare against it (one compiled program).
+APPLY_SMALL = jax.jit(DiT(SMALL).apply)
+
+
 def _random_inputs(cfg, batch=3, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, cfg.input_size, cfg.input_size, cfg.in_channels)).astype(np.float32)
@@ -89,7 +101,7 @@ def _random_inputs(cfg, batch=3, seed=0):
 
 
 def test_wrong_input_shape_is_clear():
-    params = init_params(SMALL, jax.random.key(0))
+    params = small_params()
     x = jnp.zeros((1, 16, 16, 4))
     with pytest.raises(ValueError, match=r"expects inputs of shape \(B, 8, 8, 4\) NHWC"):
         DiT(SMALL).apply({"params": params}, x, jnp.zeros(1, int), jnp.zeros(1, int))
@@ -121,7 +133,7 @@ def test_pos_embed_is_fixed_sincos():
     omega = 1.0 / 10000 ** (np.arange(2) / 2.0)
     np.testing.assert_allclose(emb[5], np.concatenate([np.sin(2 * omega), np.cos(2 * omega),
                                                        np.sin(1 * omega), np.cos(1 * omega)]), rtol=1e-6)
-    assert "pos_embed" not in init_params(SMALL, jax.random.key(0))
+    assert "pos_embed" not in small_params()
 
 
 def test_timestep_sinusoid_cos_first():
@@ -138,9 +150,9 @@ def _randomise(params, seed=0):
 
 
 def test_scan_and_remat_layouts_compute_the_same():
-    params = _randomise(init_params(SMALL, jax.random.key(0)))
+    params = _randomise(small_params())
     x, t, y = _random_inputs(SMALL)
-    base = jax.jit(DiT(SMALL).apply)({"params": params}, x, t, y)  # jitted: eager dispatch is slower here
+    base = APPLY_SMALL({"params": params}, x, t, y)  # jitted: eager dispatch is slower here
     for scan, remat in ((True, "none"), (True, "full"), (False, "dots_saveable")):
         cfg = dataclasses.replace(SMALL, scan_blocks=scan, remat=remat)
         p = stack_blocks(params, cfg.depth) if scan else params
@@ -159,7 +171,7 @@ def test_every_parameter_has_logical_axis_names():
 
 
 def test_label_dropout_uses_only_explicit_keys():
-    params = _randomise(init_params(SMALL, jax.random.key(0)))
+    params = _randomise(small_params())
     x, t, y = _random_inputs(SMALL, batch=64)
     cfg = dataclasses.replace(SMALL, class_dropout_prob=0.5)
     model = DiT(cfg)
@@ -181,10 +193,10 @@ def test_label_dropout_uses_only_explicit_keys():
 
 def test_bfloat16_compute_with_float32_params():
     cfg = dataclasses.replace(SMALL, dtype="bfloat16")
-    params = _randomise(init_params(SMALL, jax.random.key(0)))
+    params = _randomise(small_params())
     x, t, y = _random_inputs(SMALL)
     out16 = jax.jit(DiT(cfg).apply)({"params": params}, x, t, y)
-    out32 = jax.jit(DiT(SMALL).apply)({"params": params}, x, t, y)
+    out32 = APPLY_SMALL({"params": params}, x, t, y)
     assert out16.dtype == jnp.float32  # bf16 inside, float32 out for the loss and the sampler
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(init_params(cfg, jax.random.key(0))))
     rel = float(jnp.abs(out16.astype(jnp.float32) - out32).max() / jnp.abs(out32).max())

@@ -13,6 +13,7 @@ classifier-free guidance does.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any
 
@@ -285,8 +286,10 @@ def abstract_params(config: DiTConfig, boxed: bool = False):
     return shapes if boxed else nn.unbox(shapes)
 
 
+@functools.lru_cache(maxsize=64)
 def param_count(config: DiTConfig) -> int:
-    """Trainable parameters (the fixed position embedding is a constant, not counted)."""
+    """Trainable parameters (the fixed position embedding is a constant, not counted). Cached per config:
+    tracing an XL model's init takes about a second, and `dit-jax models` asks for twelve."""
     return sum(int(x.size) for x in jax.tree.leaves(abstract_params(config)))
 
 
