@@ -36,15 +36,71 @@ def download(url, bucket, prefix, local):
     return names
 
 
+# tiny_config() as `dit-jax train` flags; with TINY_SAMPLING, the config of the `runs` fixture.
+TINY_FLAGS = ["--config.model.hidden_size=32", "--config.model.depth=2", "--config.model.num_heads=2",
+              "--config.batch_size=8", "--config.total_steps=6", "--config.log_every=1",
+              "--config.checkpoint_every=3", "--config.optim.warmup_steps=0", "--config.mesh.data=2",
+              "--config.mesh.fsdp=2"]
+TINY_SAMPLING = [f"--config.{k}={v}" for k, v in WITH_SAMPLING.items()]
+
+
+# `dit-jax train ARGS` (dit_jax.cli.main, the command line's own entry) in a process that, like
+# helpers.TRAIN_PROCESS, also reports what this host computed: "SCORES {...}" for each evaluation it
+# finished and "RESULT {...}" with the step it stopped at (only process 0 prints the run's log).
+CLI_REPORTING = r"""
+import json, sys
+import dit_jax.train.evaluators as evaluation
+import dit_jax.train.loop as loop
+own_evaluate, own_train = evaluation.evaluate, loop.train_and_evaluate
+def evaluate(*args, **kwargs):
+    scores = own_evaluate(*args, **kwargs)
+    if scores is not None:
+        print("SCORES " + json.dumps({k: v for k, v in scores.items() if not k.endswith("/seconds")}), flush=True)
+    return scores
+def report(step, preempted):
+    import jax
+    print("RESULT " + json.dumps({"process": jax.process_index(), "stopped_at": step, "preempted": preempted}),
+          flush=True)
+def train_and_evaluate(*args, **kwargs):
+    try:
+        last = own_train(*args, **kwargs)
+    except loop.Preempted as e:
+        report(e.args[0], True)
+        raise
+    report(last["step"], False)
+    return last
+evaluation.evaluate, loop.train_and_evaluate = evaluate, train_and_evaluate
+from dit_jax.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def cli_train(workdir, flags, reporting=False):
+    """`dit-jax train --coordinator=127.0.0.1:PORT --num_processes=2 --process_id=I` as two processes
+    with 2 CPU devices each, as on two hosts; `reporting`: through CLI_REPORTING, so that every host
+    reports its own scores and stopping step."""
+    port = PortReservation()
+    environment = {**env_without_xla_flags(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    entry = ["-c", CLI_REPORTING] if reporting else ["-m", "dit_jax.cli"]
+    return [Child([sys.executable, *entry, "train", f"--coordinator=127.0.0.1:{port.port}",
+                   "--num_processes=2", f"--process_id={i}", "--distributed_timeout=120", f"--workdir={workdir}",
+                   *TINY_FLAGS, *flags], env=environment, cwd=ROOT, holds=[port] if i == 0 else [])
+            for i in range(2)]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, gcs_bucket):
-    """One 6-step run with grids and evaluations on 2 processes, its workdir in a bucket (a GCS-protocol
-    server on 127.0.0.1), and the same run on 1 process in a local workdir (4 devices each). The
-    bucket's run is copied down for the comparisons."""
+    """One 6-step run with grids and evaluations on 2 processes, started as a user starts it on each of
+    two hosts (`dit-jax train --coordinator=... --process_id=I`, see cli_train) with its workdir in a
+    bucket (a GCS-protocol server on 127.0.0.1), and the same run on 1 process in a local workdir (4
+    devices each). The bucket's run is copied down for the comparisons. The 2-process run serves both
+    test_two_processes_sample_and_evaluate_as_one and test_the_cli_on_two_processes_samples_and_evaluates_as_one
+    (one run instead of two: the same config, once through the command line)."""
     bucket, url = gcs_bucket
     base = tmp_path_factory.mktemp("runs")
     two, one = str(base / "two"), str(base / "one")
-    procs = start(f"gs://{bucket}/multiprocess/two", WITH_SAMPLING) + start(one, WITH_SAMPLING, processes=1)
+    procs = cli_train(f"gs://{bucket}/multiprocess/two", TINY_SAMPLING, reporting=True) + \
+        start(one, WITH_SAMPLING, processes=1)
     outs = finish(procs)
     names = download(url, bucket, "multiprocess/two", two)
     return two, one, outs, names
@@ -124,41 +180,15 @@ def test_sigterm_to_one_then_to_all_processes_saves_the_same_step(tmp_path):
     assert f"resumed from step {saved[-1]}" in outs[0]
 
 
-# tiny_config() as `dit-jax train` flags; with TINY_SAMPLING, the config of the `runs` fixture.
-TINY_FLAGS = ["--config.model.hidden_size=32", "--config.model.depth=2", "--config.model.num_heads=2",
-              "--config.batch_size=8", "--config.total_steps=6", "--config.log_every=1",
-              "--config.checkpoint_every=3", "--config.optim.warmup_steps=0", "--config.mesh.data=2",
-              "--config.mesh.fsdp=2"]
-TINY_SAMPLING = [f"--config.{k}={v}" for k, v in WITH_SAMPLING.items()]
-
-
-def cli_train(workdir, flags):
-    """`dit-jax train --coordinator=127.0.0.1:PORT --num_processes=2 --process_id=I` as two processes
-    with 2 CPU devices each, as on two hosts."""
-    port = PortReservation()
-    environment = {**env_without_xla_flags(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
-    return [Child([sys.executable, "-m", "dit_jax.cli", "train", f"--coordinator=127.0.0.1:{port.port}",
-                   "--num_processes=2", f"--process_id={i}", "--distributed_timeout=120", f"--workdir={workdir}",
-                   *TINY_FLAGS, *flags], env=environment, cwd=ROOT, holds=[port] if i == 0 else [])
-            for i in range(2)]
-
-
-def test_the_cli_on_two_processes_samples_and_evaluates_as_one(runs, tmp_path):
-    """The command a user types on each of two hosts, with sample grids and evaluations on: the grids,
-    losses and scores of one process over the same 4 devices (the `runs` fixture's)."""
-    _, one, _, _ = runs
-    wd = str(tmp_path / "cli")
-    outs = finish(cli_train(wd, TINY_SAMPLING))
-    assert "over 4 devices on 2 host(s)" in outs[0] and "EMA quality" not in outs[1]  # process 0 speaks
-    for step in (3, 6):
-        name = os.path.join("samples", f"step_{step:07d}.png")
-        with open(os.path.join(wd, name), "rb") as a, open(os.path.join(one, name), "rb") as b:
-            assert a.read() == b.read()
-    final_cli, periodic_cli = scores(wd)
-    final_one, periodic_one = scores(one)
-    assert sorted(periodic_cli) == [3] and periodic_cli == periodic_one and final_cli == final_one
-    assert same_losses(wd, one)
-    assert checkpoints(wd) == [3, 6]
+def test_the_cli_on_two_processes_samples_and_evaluates_as_one(runs):
+    """The command a user types on each of two hosts, with sample grids and evaluations on (the `runs`
+    fixture's 2-process run): only process 0 speaks, it saves the checkpoints of steps 3 and 6, and its
+    grids, losses and scores are those of one process over the same 4 devices (the fixture's 1-process
+    run; test_two_processes_sample_and_evaluate_as_one compares them)."""
+    two, _, outs, _ = runs
+    assert "over 4 devices on 2 host(s)" in outs[0] and "EMA quality" in outs[0]
+    assert "EMA quality" not in outs[1] and "step 6/6" not in outs[1]  # process 0 speaks
+    assert checkpoints(two) == [3, 6]
 
 
 def test_sigterm_to_one_process_during_an_evaluation_stops_both_at_that_step(tmp_path):

@@ -157,8 +157,15 @@ def slurm_port() -> PortReservation:
     return PortReservation(range(start, 65536))
 
 
+@pytest.fixture(scope="module")
+def slurm_cache(tmp_path_factory):
+    """One compilation cache for both runs of the SLURM test: the second one's process 0 loads the
+    programs the first one's compiled (the same config but for which process's clock runs fast)."""
+    return str(tmp_path_factory.mktemp("slurm_cache"))
+
+
 @pytest.mark.parametrize("fast, saved", [(0, [2, 4]), (1, [4])])
-def test_two_slurm_tasks_train_through_the_cli_and_save_on_process_0s_clock(tmp_path, fast, saved):
+def test_two_slurm_tasks_train_through_the_cli_and_save_on_process_0s_clock(tmp_path, slurm_cache, fast, saved):
     """`dit-jax train --distributed` with jax's SLURM detection, and a checkpoint every 60 minutes
     with the save clock of process `fast` alone running a million times as fast (60 minutes in
     3.6 ms, so that process is due at every log step and the other never). A save between the last
@@ -167,7 +174,7 @@ def test_two_slurm_tasks_train_through_the_cli_and_save_on_process_0s_clock(tmp_
     cmd = [sys.executable, "-m", "dit_jax.cli", "train", "--distributed", "--distributed_timeout=120",
            "--local_device_ids=0,1", f"--workdir={wd}", *TINY, "--config.total_steps=4", "--config.log_every=2",
            "--config.checkpoint_every=1000", "--config.checkpoint_every_minutes=60",
-           f"--config.compilation_cache_dir={tmp_path / 'cache'}"]
+           f"--config.compilation_cache_dir={slurm_cache}"]
     procs = [Child(cmd, env={**slurm_env(port.port, 2, i), **({TEST_CLOCK_RATE: "1e6"} if i == fast else {})},
                    cwd=str(tmp_path), holds=[port] if i == 0 else []) for i in range(2)]
     outs = finish_all(procs, timeout=600)

@@ -112,15 +112,16 @@ def test_profiles_on_an_8_device_fsdp_mesh_match_one_device(run, tmp_path):
             np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
-def test_two_processes_write_the_snapshots_of_one(tmp_path):
+def test_two_processes_write_the_snapshots_of_one(run, tmp_path):
+    """Two jax.distributed processes (mesh data 2 x fsdp 2 over 4 devices) write the snapshots of one:
+    those of the module's one-device run, within the tolerance that the 8-device mesh meets above (the
+    reference is the run the file trains anyway, not a third one-process run of its own)."""
     from helpers import finish, start
-    one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    changes = {"phema.stds": [0.05, 0.1], "phema.snapshot_every": 3}
-    finish(start(one, changes, processes=1))
-    finish(start(two, changes))
-    assert [m["step"] for m in phema_snapshots.list_snapshots(two)] == [3, 6]
-    for step in (3, 6):
+    two = str(tmp_path / "two")
+    finish(start(two, {"phema.stds": [0.05, 0.1], "phema.snapshot_every": 2}))
+    assert [m["step"] for m in phema_snapshots.list_snapshots(two)] == [2, 4, 6]
+    for step in (2, 4, 6):
         for i in (0, 1):
-            for a, b in zip(snapshot(one, step, i), snapshot(two, step, i)):
+            for a, b in zip(snapshot(run, step, i), snapshot(two, step, i)):
                 np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
-    shutil.rmtree(one), shutil.rmtree(two)
+    shutil.rmtree(two)
