@@ -1,5 +1,5 @@
 """MeanFlow at 1, 2 and 4 network evaluations (NFE) on the digits demo, against SiT (Euler, Heun) and DDPM
-(ancestral, DDIM) at the same NFE, each scored at 2,000 and 4,000 training steps with the demo's digits
+(ancestral, DDIM, DPM-Solver++(2M)) at the same NFE, each scored at 2,000 and 4,000 training steps with the demo's digits
 evaluator (500 EMA samples, the same labels and noise for every sampler; class accuracy and Frechet
 distance in the digit classifier's features).
 
@@ -8,12 +8,13 @@ distance in the digit classifier's features).
 
 The three runs are the demo recipe (configs/demo.py: 4,000 steps, batch 32, lr 1e-3, EMA 0.999) with
 three objectives; only the checkpoints kept differ from the plain demo (every 500 steps, all kept, so
-that step 2,000 can be scored), and SiT's run has its own evaluation off (Heun at 100 steps, 198 NFE per
-sample, was the costliest part of the run on a shared 2-core machine; this script scores it instead):
+that step 2,000 can be scored), and SiT's and DDPM's runs have their own evaluation off (SiT's Heun at
+100 steps, 198 NFE per sample, and DDPM's 100 steps were the costliest part of a run on a shared 2-core
+machine; this script scores their checkpoints instead):
 
     meanflow  dit-jax train --config configs/meanflow.py:demo --workdir WORKDIR/meanflow --config.keep_checkpoints=10
     sit       dit-jax train --config.objective=sit --config.evals.digits.kind= --workdir WORKDIR/sit --config.keep_checkpoints=10
-    ddpm      dit-jax train --workdir WORKDIR/ddpm --config.keep_checkpoints=10
+    ddpm      dit-jax train --config.evals.digits.kind= --workdir WORKDIR/ddpm --config.keep_checkpoints=10
 
 --train trains the runs that are missing (one after another); --run NAME=DIR scores a run trained
 elsewhere with the same command (e.g. the REPA comparison's plain demo). Guidance: SiT and DDPM sample
@@ -21,7 +22,8 @@ with the demo evaluation's guidance (scale 2.0 on all channels; a guided evaluat
 the conditional and the null row together and counts as one NFE, as experiments/fast_sampling does);
 MeanFlow's guidance is trained in (omega 1.0, kappa 0.5: an effective scale omega / (1 - kappa) = 2.0)
 and its sampler applies none. SiT's Euler with `steps` grid points makes steps - 1 evaluations, Heun
-2 (steps - 1); DDPM's ancestral sampler and DDIM respaced to k steps make k.
+2 (steps - 1); DDPM's ancestral sampler and DDIM respaced to k steps make k (k >= 2: a respaced diffusion
+needs two steps), DPM-Solver++(2M) with k steps makes k.
 
 Writes OUT/results.json (after every row: a rerun continues), OUT/table.md and OUT/quality_vs_nfe.png.
 The median training step time of each run comes from its metrics.jsonl (batch / img_per_s over the
@@ -44,14 +46,15 @@ RUNS = {  # name: the `dit-jax train` arguments besides --workdir
     # SiT's own evaluation (Heun, 100 steps: 198 NFE a sample) was the costliest part of the run on the
     # shared 2-core machine: off, as this script scores the checkpoints itself.
     "sit": ["--config.objective=sit", "--config.evals.digits.kind="],
-    "ddpm": [],
+    "ddpm": ["--config.evals.digits.kind="],   # off too, for time: the demo's DDPM scores are in docs/demo.md
 }
 KEEP = ["--config.keep_checkpoints=10"]   # the demo saves every 500 steps and keeps 3: keep them all
 STEPS = (2000, 4000)
 GRID = {  # objective: {sampler: steps}; NFE 1, 2, 4 each
     "meanflow": {"meanflow": (1, 2, 4)},
     "sit": {"euler": (2, 3, 5), "heun": (2, 3)},
-    "ddpm": {"ddpm": (1, 2, 4), "ddim": (1, 2, 4)},
+    # A respaced diffusion needs 2 steps at least (ancestral DDPM and DDIM): DPM-Solver++(2M) gives DDPM's 1 NFE.
+    "ddpm": {"ddpm": (2, 4), "ddim": (2, 4), "dpm++2m": (1, 2, 4)},
 }
 BATCH = 32   # configs/demo.py
 
@@ -87,7 +90,7 @@ def score(workdir: str, step: int, sampler: str, steps: int) -> dict:
     run = make_run(config)
     objective = objective_kind(run.objective)
     section = ml_collections.ConfigDict(config.evals.digits.to_dict())
-    section.update(sampler=sampler, steps=str(steps))
+    section.update(kind="digits", sampler=sampler, steps=str(steps))   # also where the run had its own off
     settings = SamplerSettings.from_config(section, config.transport if objective == "sit" else None)
     problems = settings.problems(run.objective)
     if problems:
@@ -154,7 +157,7 @@ def table(results: dict) -> str:
             continue
         cells = [f"{own[str(st)][0]:.3f} / {own[str(st)][1]:.2f}" if str(st) in own else "-" for st in STEPS]
         out.append(f"| {name} | {info['own_sampler']} | {info['own_nfe']} | {cells[0]} | {cells[1]} |")
-    out += ["", "| run | command | ms per training step (median) | training s | evaluations s |", "|---|---|---|---|---|"]
+    out += ["", "| run | command | ms per training step (median) | training s | grids and evaluations s |", "|---|---|---|---|---|"]
     for name, info in results["runs"].items():
         sec = info["facts"].get("seconds", {})
         out.append(f"| {name} | `{info['command']}` | {info['facts']['ms_per_step']:.1f} | "
@@ -166,6 +169,7 @@ def plot(results: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (the axis formatters below)
     fig, (ax_fd, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     lines = {}
     for r in results["rows"]:
@@ -185,6 +189,8 @@ def plot(results: dict, path: str) -> None:
         ax.set_ylabel(what)
         ax.grid(True, alpha=0.3)
     ax_fd.set_yscale("log")
+    ax_fd.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax_fd.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax_acc.legend(fontsize=7)
     fig.suptitle("digits demo, 500 EMA samples: solid step 4,000, dotted step 2,000")
     fig.tight_layout()
