@@ -37,9 +37,11 @@ def own_scores(workdir):
                 out[row["step"]] = (row["eval/digits/class_accuracy"], row["eval/digits/frechet_distance"])
             if "img_per_s" in row and row["step"] > 100:
                 rates.append(row["img_per_s"])
-    with open(os.path.join(workdir, "demo_scores.json")) as f:
-        final = json.load(f)
-    out[STEPS[-1]] = (final["eval/digits/class_accuracy"], final["eval/digits/frechet_distance"])
+    final_path = os.path.join(workdir, "demo_scores.json")   # absent when the run had its evaluation off
+    if os.path.isfile(final_path):
+        with open(final_path) as f:
+            final = json.load(f)
+        out[STEPS[-1]] = (final["eval/digits/class_accuracy"], final["eval/digits/frechet_distance"])
     return out, 1000 * BATCH / statistics.median(rates)
 
 
@@ -49,7 +51,9 @@ def score_checkpoint(workdir, step):
     from dit_jax.train.checkpoint import load_run
     from dit_jax.train.evaluators import evaluate, make_evaluators
     params, stored, _ = load_run(workdir, step)
-    run = make_run(ml_collections.ConfigDict(stored))
+    config = ml_collections.ConfigDict(stored)
+    config.evals.digits.kind = "digits"   # the demo's evaluator, also where the run had its own off
+    run = make_run(config)
     s = evaluate(run, make_evaluators(run)[0], params)
     return s["eval/digits/class_accuracy"], s["eval/digits/frechet_distance"]
 
@@ -62,6 +66,11 @@ def main():
     parser.add_argument("--workdir", default="/tmp/repa_digits")
     parser.add_argument("--only", default="", help="train and score only this run: plain or repa")
     parser.add_argument("--train-only", action="store_true", help="train what is missing, score nothing")
+    parser.add_argument("--no-checkpoint-scores", action="store_true",
+                        help="tabulate the runs' own evaluations only (2,000 and 4,000 steps)")
+    parser.add_argument("--plain-workdir", default="", help="a finished plain demo run to use instead of training "
+                        "one (configs/demo.py); the steps it did not score itself are scored from its checkpoints "
+                        "with the demo's evaluator (those it no longer has stay unscored)")
     args = parser.parse_args()
     results, facts = {}, {}
     for name, config in RUNS.items():
@@ -71,16 +80,21 @@ def main():
         c.total_steps = STEPS[-1]
         c.keep_checkpoints = 10   # every 500 steps (the demo's checkpoint_every): all kept, to score them
         wd = os.path.join(args.workdir, name.split()[0].lower())
-        if not os.path.isfile(os.path.join(wd, "demo_scores.json")):
+        if name == "plain demo" and args.plain_workdir:
+            wd = args.plain_workdir
+        if name == "plain demo" and args.plain_workdir:
+            pass   # trained elsewhere
+        elif not os.path.isfile(os.path.join(wd, "demo_scores.json")):
             train_and_evaluate(c, wd)
         if args.train_only:
             continue
         by_step, ms = own_scores(wd)
         for s in STEPS:
-            if s not in by_step:
-                by_step[s] = score_checkpoint(wd, s)
-                print(f"{name} step {s}: class accuracy {by_step[s][0]:.3f}, Frechet distance {by_step[s][1]:.2f}",
-                      flush=True)
+            if s in by_step or args.no_checkpoint_scores or not os.path.isdir(os.path.join(wd, "checkpoints", str(s))):
+                continue
+            by_step[s] = score_checkpoint(wd, s)
+            print(f"{name} step {s} (from its checkpoint): class accuracy {by_step[s][0]:.3f}, "
+                  f"Frechet distance {by_step[s][1]:.2f}", flush=True)
         results[name], facts[name] = by_step, dict(workdir=wd, config=config, ms_per_step=ms)
     if args.train_only:
         return
