@@ -116,6 +116,9 @@ def _shape_problem(config: dict, params) -> str | None:
     expected = jax.eval_shape(lambda: DiT(plain).init(jax.random.key(0), *example_inputs(plain)))["params"]
     shapes = lambda tree: {jax.tree_util.keystr(p): tuple(x.shape) for p, x in  # noqa: E731
                            jax.tree_util.tree_flatten_with_path(tree)[0]}
+    if (config.get("repa") or {}).get("encoder"):  # REPA's projectors sit beside the DiT's arrays
+        from dit_jax.models.repa import PROJECTORS
+        params = {k: v for k, v in params.items() if k != PROJECTORS}
     want, got = shapes(nn.unbox(expected)), shapes(params)
     if want != got:
         diff = sorted(set(want.items()) ^ set(got.items()))[0][0]

@@ -3,8 +3,11 @@
 # lr 1e-3 with 100 warm-up steps, EMA 0.999, the digits evaluation at 2,000 and 4,000 steps).
 # Usage: experiments/lightningdit_digits/run.sh OUT [RUN ...]   (default: every run below, one after another)
 # Then: python experiments/lightningdit_digits/table.py OUT > experiments/lightningdit_digits/table.md
+# NICE (default 10): the niceness of each run; EXTRA: more `dit-jax train` arguments for every run
+# (e.g. EXTRA=--config.keep_checkpoints=10 keeps every checkpoint; it changes nothing else).
 set -euo pipefail
 out=${1:?usage: run.sh OUT [RUN ...]}; shift || true
+mkdir -p "$out"
 M=--config.model
 declare -A RUNS=(
   [ddpm]=""
@@ -22,5 +25,5 @@ declare -A RUNS=(
 names=("$@"); [ ${#names[@]} -eq 0 ] && names=(ddpm ddpm_qknorm ddpm_rmsnorm ddpm_swiglu ddpm_rope ddpm_wo_shift ddpm_all sit sit_lognorm sit_cosine sit_all)
 for name in "${names[@]}"; do
   # shellcheck disable=SC2086
-  nice -n 10 dit-jax train --workdir "$out/$name" ${RUNS[$name]} > "$out/$name.log" 2>&1
+  nice -n "${NICE:-10}" dit-jax train --workdir "$out/$name" ${RUNS[$name]} ${EXTRA:-} > "$out/$name.log" 2>&1
 done

@@ -1,13 +1,20 @@
 """The demo table of experiments/lightningdit_digits: class accuracy and Frechet distance of each run's
 digits evaluation at 2,000 and 4,000 steps (metrics.jsonl), and its median training throughput.
 
-    python experiments/lightningdit_digits/table.py OUT > experiments/lightningdit_digits/table.md
+    python experiments/lightningdit_digits/table.py OUT [OUT ...] [--keep TABLE] > experiments/lightningdit_digits/table.md
+
+--keep TABLE keeps the rows of an earlier table (e.g. the committed table.md) for the runs that none of the
+OUT directories holds, as they were written (their workdirs may be gone); a run measured now replaces its
+old row. Rows come in run.sh's order.
 """
 
 import json
 import os
 import statistics
 import sys
+
+ORDER = ("ddpm", "ddpm_qknorm", "ddpm_rmsnorm", "ddpm_swiglu", "ddpm_rope", "ddpm_wo_shift", "ddpm_all", "sit",
+         "sit_lognorm", "sit_cosine", "sit_all")
 
 BATCH = 32   # configs/demo.py
 
@@ -37,13 +44,35 @@ def row(workdir: str) -> str:
     return f"| {os.path.basename(workdir)} | {cell(2000)} | {cell(4000)} | {ms:.1f} |"
 
 
-def main(out: str) -> None:
-    print("| run | step 2,000: class accuracy / Frechet distance | step 4,000 | ms per step (median) |")
-    print("|---|---|---|---|")
-    for name in sorted(os.listdir(out)):
-        if os.path.isfile(os.path.join(out, name, "metrics.jsonl")):
-            print(row(os.path.join(out, name)))
+HEADER = ("| run | step 2,000: class accuracy / Frechet distance | step 4,000 | ms per step (median) |\n"
+          "|---|---|---|---|")
+
+
+def kept_rows(path: str) -> dict:
+    """{run: its row as written} of an earlier table."""
+    rows = {}
+    with open(path) as f:
+        for line in f:
+            cells = line.split("|")
+            if len(cells) > 2 and cells[1].strip() not in ("run", "") and not cells[1].strip().startswith("---"):
+                rows[cells[1].strip()] = line.rstrip("\n")
+    return rows
+
+
+def main(argv: list[str]) -> None:
+    keep = {}
+    if "--keep" in argv:
+        i = argv.index("--keep")
+        keep, argv = kept_rows(argv[i + 1]), argv[:i] + argv[i + 2:]
+    rows = dict(keep)
+    for out in argv:
+        for name in sorted(os.listdir(out)):
+            if os.path.isfile(os.path.join(out, name, "metrics.jsonl")):
+                rows[name] = row(os.path.join(out, name))
+    print(HEADER)
+    for name in sorted(rows, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
+        print(rows[name])
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])
