@@ -404,7 +404,7 @@ def _reference_iteration(ref: RepaReference, net, ema, opt, encoders, encoder_ty
     opt.step()
     opt.zero_grad(set_to_none=True)
     ref.train.update_ema(ema, net)
-    return float(loss), float(norm)
+    return float(loss.detach()), float(norm)
 
 
 def training_rows(ref: RepaReference, net, params, config: DiTConfig, run, encoders, encoder_types, *, steps: int,
