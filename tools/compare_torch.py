@@ -17,6 +17,8 @@
     python tools/compare_torch.py --reference-meanflow /path/to/meanflow         # MeanFlow's JAX step and sampler
     TORCHDYNAMO_DISABLE=1 python tools/compare_torch.py --reference-lightningdit /path/to/LightningDiT \
         --lightningdit-options rmsnorm,swiglu,rope                               # needs timm, einops, torchdiffeq
+    git clone https://github.com/sihyun-yu/REPA /path/to/REPA                      # needs timm, diffusers
+    python tools/compare_torch.py --reference-repa /path/to/REPA --reference-dinov2 /path/to/dinov2
 
 Imports the reference's `models.py` and `diffusion` package from --reference, builds both models
 with the same weights (random, with the zero-initialised layers randomised, or a given .pt),
@@ -43,6 +45,11 @@ With --reference-lightningdit it compares with hustvl/LightningDiT's models/ligh
 given: the converted and guided forward, the weights written back, the training terms (mse, cosine, t) with
 injected draws for each use_lognorm x use_cosine_loss, and an Euler ODE solve with a timestep shift. The
 checkout imports fairscale without using it (stubbed when missing) and torch.compile (turned off).
+With --reference-repa (and --reference-dinov2 for the encoders REPA loads through torch.hub) it compares with
+REPA's models/sit.py, loss.py, samplers.py and train.py (dit_jax/parity/repa.py) on a small random SiT with
+projectors: REPA's preprocessing and DINOv2 features, the forward with projector outputs, SILoss for each
+path x weighting, the Euler / Heun / Euler-Maruyama samplers with a guidance interval, and --train N (default
+5) iterations of train.py's update; --break projector-block makes ours read the wrong block (must exit 1).
 Exits 1 if any row is past its tolerance.
 """
 
@@ -168,8 +175,20 @@ def main(argv=None) -> int:
                     help="comma-separated NAME[:depth=N] (default: dit_jax.parity.dinov2.DEFAULT_MODELS)")
     ap.add_argument("--reference-meanflow", metavar="PATH",
                     help="a Gsunshine/meanflow checkout (a JAX code): tools/compare_meanflow.py's rows")
+    ap.add_argument("--reference-repa", metavar="PATH",
+                    help="root of a sihyun-yu/REPA checkout (with --reference-dinov2: its encoders' code)")
+    ap.add_argument("--repa-encoders", default="",
+                    help="with --reference-repa: comma-separated DINOv2 names (default: "
+                         "dit_jax.parity.repa.DEFAULT_ENCODERS)")
+    ap.add_argument("--repa-depth", type=int, default=4, help="with --reference-repa: the SiT's depth")
+    ap.add_argument("--repa-encoder-depth", type=int, default=2,
+                    help="with --reference-repa: the block the projectors read (REPA's --encoder-depth)")
+    ap.add_argument("--break", dest="break_", default="", metavar="WHAT",
+                    help="with --reference-repa: a deliberate mismatch that must fail (projector-block)")
     args = ap.parse_args(argv)
 
+    if args.reference_repa:
+        return repa_main(args)
     if args.reference_meanflow:  # the official MeanFlow is JAX, not PyTorch: its own tool, reached from here too
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import compare_meanflow
@@ -258,6 +277,51 @@ def dinov2_main(args) -> int:
         rows += run_dinov2_comparison(model, config, sizes=((224, 224), (448, 448)), tol=args.tol,
                                       batch=min(args.batch, 2), seed=args.seed, label=f"{spec} ")
         print(f"{spec}: compared", flush=True)
+    return report(rows)
+
+
+def repa_main(args) -> int:
+    """--reference-repa: REPA's encoder path, SiT forward, loss, samplers and train.py update (parity/repa.py)."""
+    if not args.reference_dinov2:
+        print("error: --reference-repa needs --reference-dinov2 PATH (a facebookresearch/dinov2 checkout): REPA "
+              "loads its encoders through torch.hub, answered here from that checkout", file=sys.stderr)
+        return 2
+    if args.solvers or args.checkpoint or args.train < 0:
+        print("error: --reference-repa compares random weights with its own rows: drop --solvers / --checkpoint, "
+              "and give --train a number of steps >= 1", file=sys.stderr)
+        return 2
+    import jax
+    jax.config.update("jax_default_matmul_precision", "highest")  # no TF32/bf16 passes on GPUs
+    import torch
+    from dit_jax.models.dit import dit_config
+    from dit_jax.parity.repa import (BREAKS, DEFAULT_ENCODERS, load_repa_reference, repa_encoder_name,
+                                     run_repa_comparison)
+    breaks = [b for b in args.break_.split(",") if b]
+    if set(breaks) - set(BREAKS):
+        print(f"error: --break: unknown {sorted(set(breaks) - set(BREAKS))}; choose from {list(BREAKS)}",
+              file=sys.stderr)
+        return 2
+    try:
+        ref = load_repa_reference(args.reference_repa, args.reference_dinov2, log=print)
+        config = dit_config(args.model.replace("SiT-", "DiT-"), input_size=args.input_size or 32,
+                            depth=args.repa_depth, num_classes=args.num_classes, learn_sigma=False)
+        encoders = tuple(n for n in args.repa_encoders.split(",") if n) or DEFAULT_ENCODERS
+        for name in encoders:
+            repa_encoder_name(name)   # a ValueError naming the flag for anything but a DINOv2 name
+        if not 1 <= args.repa_encoder_depth < config.depth:
+            raise ValueError(f"--repa-encoder-depth {args.repa_encoder_depth} must be in [1, --repa-depth "
+                             f"{config.depth})")
+    except (OSError, ImportError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"comparing a REPA SiT (depth {config.depth}, hidden {config.hidden_size}, patch {config.patch_size}, "
+          f"input {config.input_size}x{config.input_size}x{config.in_channels}, {config.num_classes} classes, "
+          f"batch {args.batch}) with REPA's code at {args.reference_repa} and DINOv2's at {args.reference_dinov2} "
+          f"(torch {torch.__version__}, jax {jax.__version__} on {jax.devices()[0].platform})", flush=True)
+    rows = run_repa_comparison(ref, config, encoders=encoders, encoder_depth=args.repa_encoder_depth,
+                               batch=args.batch, steps=args.steps, train_steps=args.train or 5,
+                               cfg_scale=args.cfg_scale, seed=args.seed, tol=args.tol, breaks=breaks,
+                               log=lambda s: print(s, flush=True))
     return report(rows)
 
 

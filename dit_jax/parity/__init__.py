@@ -5,6 +5,8 @@
                  update, fed the same batches and draws; a reference plugs in its step (dit.py, sit.py)
     dit.py       DiT (official models.py + diffusion/): forward, loss terms, sampling steps, training
     sit.py       SiT (official models.py + transport/): forward, losses, ODE/SDE steps, dopri5, training
+    repa.py      REPA (official models/sit.py, loss.py, samplers.py, train.py) and the DINOv2 encoders it
+                 loads through torch.hub: preprocessing, features, forward, SILoss, samplers, training
 
 Used by tools/compare_torch.py and the parity tests (the PyTorch statements in tests/ standing in).
 """
