@@ -165,6 +165,32 @@ def test_sample_command_reads_a_workdir(uninterrupted, tmp_path, capsys):
     assert Image.open(out).size == (10 * 10 + 2, 12)
 
 
+def test_repeated_sample_commands_build_their_sampler_once(uninterrupted, tmp_path, capsys):
+    """`dit-jax sample` twice in one process with the same model and settings reuses the sampler it built
+    (jobs.sample.cached_sampler): the same grid, one build; other settings build another. The weights are
+    the program's arguments, not its constants: other weights through the kept sampler give the grid that
+    a freshly built one gives, which differs from the first weights' grid."""
+    from dit_jax.cli import main
+    from dit_jax.jobs import sample as job
+    from dit_jax.sampling.run_sampler import SamplerSettings
+    argv = ["sample", "--workdir", uninterrupted, "--num", "4", "--upscale", "1", "--steps", "3", "--out"]
+    job._SAMPLERS.clear()
+    assert main([*argv, str(tmp_path / "a.png")]) == 0 and main([*argv, str(tmp_path / "b.png")]) == 0
+    assert len(job._SAMPLERS) == 1
+    first = (tmp_path / "a.png").read_bytes()
+    assert (tmp_path / "b.png").read_bytes() == first
+    params, cfg, source, schedule = job.load_workdir(uninterrupted)
+    other = jax.tree.map(lambda a: -a, params)
+    grid = dict(num=4, upscale=1, schedule=schedule)
+    job.write_grid(other, cfg, source, str(tmp_path / "kept.png"), SamplerSettings(steps="3", cfg_scale=4.0), **grid)
+    assert len(job._SAMPLERS) == 1  # the command's sampler, kept
+    job._SAMPLERS.clear()
+    job.write_grid(other, cfg, source, str(tmp_path / "fresh.png"), SamplerSettings(steps="3", cfg_scale=4.0), **grid)
+    assert (tmp_path / "kept.png").read_bytes() == (tmp_path / "fresh.png").read_bytes() != first
+    assert main([*argv[:-3], "--steps", "2", "--out", str(tmp_path / "c.png")]) == 0
+    assert len(job._SAMPLERS) == 2  # other settings: another sampler
+
+
 def test_sample_command_uses_the_runs_noise_schedule(tmp_path):
     """`dit-jax sample --workdir` of a run trained with another schedule (cosine, 100 steps) samples
     with that schedule: its grid is the one the sampler builder draws with the cosine diffusion, and
