@@ -125,7 +125,9 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     cmd = [sys.executable, "-m", "dit_jax.cli", "train", f"--workdir={wd}", "--config.total_steps=100000",
            "--config.model.hidden_size=32", "--config.model.depth=2", "--config.model.num_heads=2",
            "--config.batch_size=8", "--config.log_every=1", "--config.checkpoint_every=100000",
-           "--config.sample.every=0", "--config.evals.digits.kind="]
+           "--config.sample.every=0", "--config.evals.digits.kind=", "--config.optim.warmup_steps=0"]
+    # tiny_config's step (no warmup, as the module's runs): the child loads it from the persistent
+    # compilation cache that the earlier runs filled, instead of compiling it again.
     proc = Child(cmd, cwd=ROOT)
     proc.wait_for("step 5/", 300)  # training is under way
     proc.send_signal(signal.SIGTERM)
@@ -220,7 +222,9 @@ def test_sample_command_uses_the_runs_noise_schedule(tmp_path):
     for name, diffusion in (("cosine", create_diffusion("", noise_schedule="squaredcos_cap_v2",
                                                         learn_sigma=cfg.learn_sigma, diffusion_steps=100)),
                             ("linear", create_diffusion("", learn_sigma=cfg.learn_sigma))):
-        sample = build_sampler(dataclasses.replace(run, objective=diffusion), SamplerSettings(steps="3", cfg_scale=4.0))
+        # finite_check as `dit-jax sample` builds it: the cosine program is the command's (a cache hit).
+        sample = build_sampler(dataclasses.replace(run, objective=diffusion), SamplerSettings(steps="3", cfg_scale=4.0),
+                               finite_check=True)
         samples[name] = fetch(sample(params, labels, jax.random.PRNGKey(5)), 4)
         grids[name] = make_grid(to_uint8(samples[name]), 4)
     np.testing.assert_array_equal(got.reshape(grids["cosine"].shape), grids["cosine"])
