@@ -13,7 +13,7 @@ import pytest
 from conftest import Child
 from dit_jax.configs.files import load_config
 from dit_jax.train.loop import train_and_evaluate
-from helpers import RUN_8_DEVICES, ROOT, env_without_xla_flags, final_params, losses, run_8_devices, tiny_config
+from helpers import ROOT, env_without_xla_flags, final_params, losses, tiny_config
 
 pytestmark = pytest.mark.slow  # trains, starts processes or compiles whole programs (docs/testing.md)
 
@@ -92,31 +92,64 @@ def test_paper_configs_describe_the_recipe():
     assert load_config(os.path.join(ROOT, "configs", "dit.py") + ":XL/2").total_steps == 7_000_000
 
 
-def test_same_steps_on_one_device_and_an_8_device_fsdp_mesh(uninterrupted, tmp_path):
-    wd = str(tmp_path / "mesh")
-    res = run_8_devices(wd, **{"mesh.data": 2, "mesh.fsdp": 4})
+# One child process with 8 CPU devices for the three tests below (one start and one backend instead of
+# three): it trains tiny_config on a (data 2, fsdp 4) mesh, then on (data 1, fsdp 8) stopping after step 3
+# as a crash, each saying "RUN ok" when done, and last asks for a batch of 12, which must fail: its
+# traceback on stderr and a nonzero exit.
+EIGHT_DEVICE_RUNS = r"""
+import os, sys, json
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, {tests!r})
+from helpers import tiny_config
+from dit_jax.train.loop import train_and_evaluate
+for workdir, changes in json.loads(sys.argv[1]):
+    stop = changes.pop("_stop_after", None)
+    train_and_evaluate(tiny_config(**changes), workdir, stop_after=stop)
+    print("RUN ok " + workdir, flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def eight_devices(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eight")
+    runs = {"mesh": (str(root / "mesh"), {"mesh.data": 2, "mesh.fsdp": 4}),
+            "moved": (str(root / "moved"), {"mesh.data": 1, "mesh.fsdp": 8, "_stop_after": 3}),
+            "batch12": (str(root / "batch12"), {"batch_size": 12})}
+    script = EIGHT_DEVICE_RUNS.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, "-c", script, json.dumps(list(runs.values()))], capture_output=True,
+                         text=True, env=env_without_xla_flags(), timeout=900)
+    return res, {name: wd for name, (wd, _) in runs.items()}
+
+
+def _ran(res, workdir):
+    assert f"RUN ok {workdir}" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+def test_same_steps_on_one_device_and_an_8_device_fsdp_mesh(uninterrupted, eight_devices):
+    res, wds = eight_devices
+    _ran(res, wds["mesh"])
     assert "'data': 2, 'fsdp': 4" in res.stdout
-    one, eight = losses(uninterrupted), losses(wd)
+    one, eight = losses(uninterrupted), losses(wds["mesh"])
     np.testing.assert_allclose([eight[s] for s in range(1, 7)], [one[s] for s in range(1, 7)], rtol=2e-5)
-    (a, _, _), (b, _, _) = final_params(uninterrupted), final_params(wd)
+    (a, _, _), (b, _, _) = final_params(uninterrupted), final_params(wds["mesh"])
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
 
 
-def test_checkpoint_restores_onto_another_mesh(uninterrupted, tmp_path):
+def test_checkpoint_restores_onto_another_mesh(uninterrupted, eight_devices):
     """Saved by 8 devices with FSDP (pure data parallel here: fsdp=8), resumed on 1 device."""
-    wd = str(tmp_path / "moved")
-    run_8_devices(wd, **{"mesh.data": 1, "mesh.fsdp": 8, "_stop_after": 3})
+    res, wds = eight_devices
+    _ran(res, wds["moved"])
+    wd = wds["moved"]
     train_and_evaluate(tiny_config(), wd)  # one device now
     one, moved = losses(uninterrupted), losses(wd)
     np.testing.assert_allclose([moved[s] for s in range(1, 7)], [one[s] for s in range(1, 7)], rtol=2e-5)
 
 
-def test_batch_not_divisible_by_devices(tmp_path):
-    script = RUN_8_DEVICES.format(tests=os.path.dirname(os.path.abspath(__file__)))
-    res = subprocess.run([sys.executable, "-c", script, str(tmp_path), json.dumps({"batch_size": 12})],
-                         capture_output=True, text=True, env=env_without_xla_flags(), timeout=600)
-    assert res.returncode != 0
+def test_batch_not_divisible_by_devices(eight_devices):
+    res, wds = eight_devices
+    assert res.returncode != 0 and f"RUN ok {wds['batch12']}" not in res.stdout
     assert "batch_size 12 is not divisible by the 8 devices" in res.stderr
 
 
@@ -125,7 +158,9 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     cmd = [sys.executable, "-m", "dit_jax.cli", "train", f"--workdir={wd}", "--config.total_steps=100000",
            "--config.model.hidden_size=32", "--config.model.depth=2", "--config.model.num_heads=2",
            "--config.batch_size=8", "--config.log_every=1", "--config.checkpoint_every=100000",
-           "--config.sample.every=0", "--config.evals.digits.kind="]
+           "--config.sample.every=0", "--config.evals.digits.kind=", "--config.optim.warmup_steps=0"]
+    # tiny_config's step (no warmup, as the module's runs): the child loads it from the persistent
+    # compilation cache that the earlier runs filled, instead of compiling it again.
     proc = Child(cmd, cwd=ROOT)
     proc.wait_for("step 5/", 300)  # training is under way
     proc.send_signal(signal.SIGTERM)
@@ -165,6 +200,32 @@ def test_sample_command_reads_a_workdir(uninterrupted, tmp_path, capsys):
     assert Image.open(out).size == (10 * 10 + 2, 12)
 
 
+def test_repeated_sample_commands_build_their_sampler_once(uninterrupted, tmp_path, capsys):
+    """`dit-jax sample` twice in one process with the same model and settings reuses the sampler it built
+    (jobs.sample.cached_sampler): the same grid, one build; other settings build another. The weights are
+    the program's arguments, not its constants: other weights through the kept sampler give the grid that
+    a freshly built one gives, which differs from the first weights' grid."""
+    from dit_jax.cli import main
+    from dit_jax.jobs import sample as job
+    from dit_jax.sampling.run_sampler import SamplerSettings
+    argv = ["sample", "--workdir", uninterrupted, "--num", "4", "--upscale", "1", "--steps", "3", "--out"]
+    job._SAMPLERS.clear()
+    assert main([*argv, str(tmp_path / "a.png")]) == 0 and main([*argv, str(tmp_path / "b.png")]) == 0
+    assert len(job._SAMPLERS) == 1
+    first = (tmp_path / "a.png").read_bytes()
+    assert (tmp_path / "b.png").read_bytes() == first
+    params, cfg, source, schedule = job.load_workdir(uninterrupted)
+    other = jax.tree.map(lambda a: -a, params)
+    grid = dict(num=4, upscale=1, schedule=schedule)
+    job.write_grid(other, cfg, source, str(tmp_path / "kept.png"), SamplerSettings(steps="3", cfg_scale=4.0), **grid)
+    assert len(job._SAMPLERS) == 1  # the command's sampler, kept
+    job._SAMPLERS.clear()
+    job.write_grid(other, cfg, source, str(tmp_path / "fresh.png"), SamplerSettings(steps="3", cfg_scale=4.0), **grid)
+    assert (tmp_path / "kept.png").read_bytes() == (tmp_path / "fresh.png").read_bytes() != first
+    assert main([*argv[:-3], "--steps", "2", "--out", str(tmp_path / "c.png")]) == 0
+    assert len(job._SAMPLERS) == 2  # other settings: another sampler
+
+
 def test_sample_command_uses_the_runs_noise_schedule(tmp_path):
     """`dit-jax sample --workdir` of a run trained with another schedule (cosine, 100 steps) samples
     with that schedule: its grid is the one the sampler builder draws with the cosine diffusion, and
@@ -194,7 +255,9 @@ def test_sample_command_uses_the_runs_noise_schedule(tmp_path):
     for name, diffusion in (("cosine", create_diffusion("", noise_schedule="squaredcos_cap_v2",
                                                         learn_sigma=cfg.learn_sigma, diffusion_steps=100)),
                             ("linear", create_diffusion("", learn_sigma=cfg.learn_sigma))):
-        sample = build_sampler(dataclasses.replace(run, objective=diffusion), SamplerSettings(steps="3", cfg_scale=4.0))
+        # finite_check as `dit-jax sample` builds it: the cosine program is the command's (a cache hit).
+        sample = build_sampler(dataclasses.replace(run, objective=diffusion), SamplerSettings(steps="3", cfg_scale=4.0),
+                               finite_check=True)
         samples[name] = fetch(sample(params, labels, jax.random.PRNGKey(5)), 4)
         grids[name] = make_grid(to_uint8(samples[name]), 4)
     np.testing.assert_array_equal(got.reshape(grids["cosine"].shape), grids["cosine"])

@@ -8,7 +8,7 @@
 `init` and `record` keep DIR/bench.json (the environment, then every group: its status, seconds,
 budget, command, its report and its output's last lines) and rewrite DIR/bench.md from it after each
 group: one table of every group's rows, with MFU and the ratio to the best PyTorch row of the same kind
-and batch computed over all groups (`dit_jax.benchmark.suite.add_ratios`), and each group's own table.
+and batch computed over all groups (`dit_jax.benchmark.ratios.add_ratios`), and each group's own table.
 Both files are replaced whole (written beside, then renamed), so whatever stops the run leaves the
 last complete summary.
 """
@@ -64,9 +64,23 @@ def load_state(out: str) -> dict:
     return dict(title="", environment={}, groups=[])
 
 
+def _ratios():
+    """dit_jax/benchmark/ratios.py, loaded by its path: importing it as dit_jax.benchmark.ratios would run
+    dit_jax/__init__.py, which imports jax and flax (about a CPU second in each of the run's records)."""
+    import importlib.util
+    name = "dit_jax_benchmark_ratios"
+    if name not in sys.modules:
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dit_jax", "benchmark",
+                            "ratios.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def combined_rows(state: dict) -> list[dict]:
     """Every group's kept rows, tagged with the group, with MFU and vs torch computed across groups."""
-    from dit_jax.benchmark.suite import add_ratios
+    add_ratios = _ratios().add_ratios
     rows, peak, devices = [], 0.0, 1
     for g in state["groups"]:
         report = g.get("report") or {}

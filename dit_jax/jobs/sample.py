@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import time
 
@@ -36,6 +37,28 @@ def sampling_run(config: DiTConfig, schedule: dict | None, vae: str | None) -> R
     c.transport.update(schedule.get("transport", {}))
     c.repa.path = schedule.get("repa_path", "linear")   # objective "repa": REPA's samplers on its path
     return make_run(c, vae=VAE(*load_vae_weights(vae)) if vae else None, mesh=make_mesh(devices=jax.devices()))
+
+
+# Samplers built by this process's `sample` calls, by everything their programs depend on (the weights are
+# arguments): a repeated command in one process (a notebook, a sweep of runs of one model) traces and
+# compiles its sampler once. A few only: each holds its compiled programs.
+_SAMPLERS: dict = {}
+_KEEP_SAMPLERS = 8
+
+
+def cached_sampler(run: Run, schedule: dict | None, settings: SamplerSettings, *, uint8: bool = False,
+                   finite_check: bool = False, guide: DiTConfig | None = None):
+    """`build_sampler(run, settings, ...)` for a run made by `sampling_run`, built once per process for
+    equal inputs: the model, the objective's `schedule`, the VAE's config (its params are an argument),
+    the settings, the devices."""
+    vae_config = run.decoder.config if run.decoder is not None else None
+    key = (run.model, json.dumps(schedule or {}, sort_keys=True), vae_config, settings, uint8, finite_check, guide,
+           tuple(run.mesh.devices.flat), run.mesh.axis_names)
+    if key not in _SAMPLERS:
+        while len(_SAMPLERS) >= _KEEP_SAMPLERS:
+            _SAMPLERS.pop(next(iter(_SAMPLERS)))  # the oldest
+        _SAMPLERS[key] = build_sampler(run, settings, uint8=uint8, finite_check=finite_check, guide=guide)
+    return _SAMPLERS[key]
 
 
 def load_model(weights: str | None, workdir: str | None, config: DiTConfig | None, seed: int):
@@ -115,7 +138,7 @@ def write_grid(params, config: DiTConfig, source: str, out: str, settings: Sampl
     print(f"sampling {num} images from {source}", flush=True)
     labels = grid_labels(classes, num, config.num_classes, seed)
     run = sampling_run(config, schedule, vae)
-    sample = build_sampler(run, settings, finite_check=True, guide=guide[1] if guide else None)
+    sample = cached_sampler(run, schedule, settings, finite_check=True, guide=guide[1] if guide else None)
     t0 = time.time()
     samples = fetch(sample(params, np.asarray(labels), jax.random.PRNGKey(seed), run.vae.params if run.vae else None,
                            guide_params=guide[0] if guide else None), num)
@@ -153,7 +176,7 @@ def write_npz(params, config: DiTConfig, source: str, out: str, num_samples: int
         raise ValueError(f"the ADM .npz holds images: decoding {config.in_channels}-channel latents needs --vae DIR")
     print(f"sampling {num_samples} images from {source}: {settings.describe()}, seed {seed}", flush=True)
     sample_run = sampling_run(config, schedule, vae)
-    run = build_sampler(sample_run, settings, uint8=True, finite_check=True, guide=guide[1] if guide else None)
+    run = cached_sampler(sample_run, schedule, settings, uint8=True, finite_check=True, guide=guide[1] if guide else None)
     vae_weights = (sample_run.vae.params, sample_run.vae.config) if sample_run.vae else None
     # What made the images, recorded in the shards' manifest: a rerun with other settings starts over.
     made_by = dict(weights=source, vae=vae, **_manifest_settings(settings, sample_run.objective), **(schedule or {}))
