@@ -262,10 +262,31 @@ def gcs_objects(url: str, bucket: str, prefix: str = "") -> list[str]:
 
 
 # Under `-n 2 --dist loadfile` (the README's test command) each worker takes whole files in
-# collection order; the longest files go first so that none of them starts last while the other
-# worker is idle. Files keep their order otherwise, and a file's tests stay together.
-LONGEST_FIRST = ("test_multiprocess.py", "test_parity_torch.py", "test_mesh.py", "test_operations.py",
-                 "test_demo.py", "test_eval_in_training.py", "test_train.py", "test_model.py", "test_adm_metrics.py")
+# collection order (setup.cfg's --no-loadscope-reorder keeps xdist from reordering them by their number
+# of tests); the longest files go first, so that none of them starts last while the other worker is
+# idle. The order is that of the files' times in a cold run of the whole suite (2026-12-07, 2-core
+# machine, `--junitxml`), longest first; files keep their order otherwise, and a file's tests stay together.
+LONGEST_FIRST = (
+    "test_multiprocess.py", "test_fault_sweep.py", "test_parity_torch.py", "test_eval_in_training.py",
+    "test_demo.py", "test_repa_multiprocess.py", "test_sit_training.py", "test_train.py", "test_operations.py",
+    "test_phema_training.py", "test_adm_metrics.py", "test_mesh.py", "test_device_benchmark.py",
+    "test_benchmark.py", "test_autoguidance.py", "test_verified_restore.py", "test_fd_dinov2_training.py",
+    "test_losing_data.py", "test_meanflow_multiprocess.py", "test_model.py", "test_precision.py",
+    "test_meanflow_parity.py", "test_latents.py", "test_lightningdit_options.py", "test_interrupts.py",
+    "test_vae.py", "test_repa_parity.py")
+
+
+@pytest.fixture
+def users_compiler():
+    """XLA's full backend optimisation for this test, as users' programs get it: for the tests that run
+    their programs long enough for it to pay (the demo's 500 steps), and for those that assert that two
+    compiled programs agree bit for bit, which holds for the programs users run (see the
+    JAX_DISABLE_MOST_OPTIMIZATIONS note above)."""
+    import jax
+    before = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 def pytest_collection_modifyitems(items):

@@ -35,6 +35,7 @@ def short_demo():
     return c
 
 
+@pytest.mark.usefixtures("users_compiler")  # 500 steps and 20,000 sampling forwards: the run outweighs its compiles
 def test_short_demo_learns(tmp_path):
     c = short_demo()
     result = train_and_evaluate(c, str(tmp_path))

@@ -47,6 +47,7 @@ def test_the_step_input_from_uint8_pixels_equals_host_floats():
     np.testing.assert_array_equal(from_uint8, x0({"image": preprocess.to_float(pixels)}, ""))
 
 
+@pytest.mark.usefixtures("users_compiler")  # bit for bit as users' programs are compiled
 def test_the_step_input_from_float16_latents_equals_their_float32_values():
     rng = np.random.default_rng(1)
     half = {"mean": rng.standard_normal((4, 8, 8, 4)).astype(np.float16), "std": np.full((4, 8, 8, 4), 0.1, np.float16)}
