@@ -13,21 +13,12 @@ import pytest
 from dit_jax.diffusion.ancestral import guidance_channels
 from dit_jax.transport import forward_with_cfg, guided_model_fn
 from transport_helpers import (B, C, NUM_CLASSES, T_INTERIOR, check, data, fails, from_torch, jax_class_model,
-                               load_sit, report_measured, to_torch, torch_class_model)
+                               to_torch, torch_class_model)
+from transport_helpers import report_each_file, sit  # noqa: F401 - the files' fixtures
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchdiffeq")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _report_measured():
-    yield
-    report_measured()   # this file's largest relative errors, shown with `pytest -s`
-
-
-@pytest.fixture(scope="module")
-def sit():
-    return load_sit()
 
 
 @pytest.mark.parametrize("mode", ["reference", "all"])

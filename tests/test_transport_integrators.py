@@ -20,22 +20,13 @@ from dit_jax.transport import (DIFFUSION_FORMS, LAST_STEPS, Transport, model_eva
                                velocity_fn)
 from dit_jax.transport.integrators import (ode_euler_step, ode_heun_step, sde_euler_step, sde_heun_step, sde_interval,
                                         sde_last_step, time_grid)
-from transport_helpers import (B, COMBOS, MEASURED, check, data, fails, from_torch, jax_model, load_sit, rel_err,
-                               ref_transport, report_measured, to_torch, torch_model)
+from transport_helpers import (B, COMBOS, MEASURED, check, data, fails, from_torch, jax_model, rel_err,
+                               ref_transport, to_torch, torch_model)
+from transport_helpers import report_each_file, sit  # noqa: F401 - the files' fixtures
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchdiffeq")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _report_measured():
-    yield
-    report_measured()   # this file's largest relative errors, shown with `pytest -s`
-
-
-@pytest.fixture(scope="module")
-def sit():
-    return load_sit()
 
 
 # ---------------------------------------------------------------------------------------------

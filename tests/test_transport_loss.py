@@ -15,22 +15,13 @@ import pytest
 from dit_jax.transport import (LOSS_WEIGHTS, Transport, sample_ode, sample_sde, split_learned_sigma,
                                training_losses)
 from dit_jax.transport.transport import sample_time_and_noise
-from transport_helpers import (B, COMBOS, check, data, fails, from_torch, jax_model, load_sit, ref_transport,
-                               report_measured, to_torch, torch_model)
+from transport_helpers import (B, COMBOS, check, data, fails, from_torch, jax_model, ref_transport, to_torch,
+                               torch_model)
+from transport_helpers import report_each_file, sit  # noqa: F401 - the files' fixtures
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchdiffeq")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _report_measured():
-    yield
-    report_measured()   # this file's largest relative errors, shown with `pytest -s`
-
-
-@pytest.fixture(scope="module")
-def sit():
-    return load_sit()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,22 +12,12 @@ import numpy as np
 import pytest
 
 from dit_jax.transport import PATHS, Transport
-from transport_helpers import (B, SHAPE, T_INTERIOR, check, data, fails, from_torch, load_sit, ref_transport,
-                               report_measured, to_torch)
+from transport_helpers import (B, SHAPE, T_INTERIOR, check, data, fails, from_torch, ref_transport, to_torch)
+from transport_helpers import report_each_file, sit  # noqa: F401 - the files' fixtures
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchdiffeq")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _report_measured():
-    yield
-    report_measured()   # this file's largest relative errors, shown with `pytest -s`
-
-
-@pytest.fixture(scope="module")
-def sit():
-    return load_sit()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -117,3 +117,16 @@ def ref_transport(sit, transport: Transport):
 
 COMBOS = [(p, q) for p in PATHS for q in PREDICTIONS]
 T_INTERIOR = np.array([0.13, 0.71], np.float32)
+
+
+# The fixtures every transport test file uses, imported by name into each (pytest finds a fixture
+# through the module's namespace); defined once here.
+@pytest.fixture(scope="module", autouse=True)
+def report_each_file():
+    yield
+    report_measured()   # this file's largest relative errors, shown with `pytest -s`
+
+
+@pytest.fixture(scope="module")
+def sit():
+    return load_sit()
