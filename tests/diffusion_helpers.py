@@ -11,6 +11,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+import helpers
+
 T = 1000
 SHAPE = (4, 4, 4, 2)   # (B, H, W, C), channels last
 B, C = SHAPE[0], SHAPE[-1]
@@ -22,13 +24,8 @@ MEASURED: dict = {}
 
 
 def report_measured():
-    """Print the largest errors a test file measured (its module fixture calls this at the end), and
-    forget them, so that the next file reports its own."""
-    if MEASURED:
-        print("\nlargest relative errors measured:")
-        for name in sorted(MEASURED):
-            print(f"  {name:<62} {MEASURED[name]:.2e}")
-    MEASURED.clear()
+    """This file's largest errors (its module fixture calls this at the end): helpers.report_measured."""
+    helpers.report_measured(MEASURED)
 
 
 def rel_err(ours, expected) -> float:

@@ -295,3 +295,13 @@ def cli_on_two_processes(argv, prelude: str = "", devices: int = 2):
                    f"--process_id={i}", "--distributed_timeout=120", *argv[1:]], env=environment, cwd=ROOT,
                   holds=[port] if i == 0 else [])
             for i in range(2)]
+
+
+def report_measured(measured: dict) -> None:
+    """Print the largest relative errors a parity file measured, by name (shown with `pytest -s`), and
+    forget them, so that the next file reports its own."""
+    if measured:
+        print("\nlargest relative errors measured:")
+        for name in sorted(measured):
+            print(f"  {name:<62} {measured[name]:.2e}")
+    measured.clear()

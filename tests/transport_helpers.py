@@ -13,6 +13,8 @@ import pytest
 from dit_jax.parity.sit import _load_module
 from dit_jax.transport import PATHS, PREDICTIONS, Transport
 
+import helpers
+
 torch = pytest.importorskip("torch")
 
 SHAPE = (2, 4, 4, 4)      # (B, H, W, C), channels last
@@ -25,13 +27,8 @@ MEASURED: dict = {}
 
 
 def report_measured():
-    """Print the largest errors a test file measured (its module fixture calls this at the end), and
-    forget them, so that the next file reports its own."""
-    if MEASURED:
-        print("\nlargest relative errors measured:")
-        for name in sorted(MEASURED):
-            print(f"  {name:<62} {MEASURED[name]:.2e}")
-    MEASURED.clear()
+    """This file's largest errors (its module fixture calls this at the end): helpers.report_measured."""
+    helpers.report_measured(MEASURED)
 
 
 def rel_err(ours, expected) -> float:
