@@ -118,13 +118,8 @@ def test_the_length_check_sees_a_long_file(tmp_path):
         assert _over_max_lines([str(path)]) == ([f"test_long.py: {lines} lines"] if caught else [])
 
 
-def test_the_longest_files_go_first_and_xdist_keeps_that_order():
-    """conftest.LONGEST_FIRST names files that exist (a renamed file would silently fall back to the
-    end), and setup.cfg stops xdist from reordering files by their number of tests, which put the
-    one-test files of 1-2 minutes last."""
+def test_the_longest_first_list_names_files_that_exist():
+    """conftest.LONGEST_FIRST names files that exist (a renamed file would silently fall back to the end)."""
     from conftest import LONGEST_FIRST
     missing = [name for name in LONGEST_FIRST if not os.path.isfile(os.path.join(HERE, name))]
     assert not missing, missing
-    cfg = configparser.ConfigParser()
-    cfg.read(os.path.join(ROOT, "setup.cfg"))
-    assert "--no-loadscope-reorder" in cfg["tool:pytest"]["addopts"].split()
