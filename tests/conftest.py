@@ -18,6 +18,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # It reaches the `dit-jax` child processes through the environment. JAX_DISABLE_MOST_OPTIMIZATIONS=0
 # runs the suite as users' programs are compiled.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# Every process of a two-process test reads the compilation cache process 0 wrote (without this,
+# jax's CPU cache key differs per process and process 1 compiled everything cold in every test):
+# tests/shared_cache_site/sitecustomize.py says how, tests/test_shared_compile_cache.py checks it.
+SHARED_CACHE_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shared_cache_site")
+if SHARED_CACHE_SITE not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SHARED_CACHE_SITE, os.environ.get("PYTHONPATH")) if p)
 
 import pytest  # noqa: E402
 
