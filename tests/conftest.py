@@ -18,6 +18,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # It reaches the `dit-jax` child processes through the environment. JAX_DISABLE_MOST_OPTIMIZATIONS=0
 # runs the suite as users' programs are compiled.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# One thread for each BLAS and OpenMP pool (numpy's OpenBLAS, torch): two xdist workers and their child
+# processes already keep both cores busy, and those pools' spinning threads only fight them. The
+# PyTorch parity and ADM metric files took 112 CPU s (61 s wall) with the default pools and 86 CPU s
+# (52 s) with one thread each; the jax-only files are unchanged (XLA has its own pool).
+for _pool in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_pool, "1")
 # Every process of a two-process test reads the compilation cache process 0 wrote (without this,
 # jax's CPU cache key differs per process and process 1 compiled everything cold in every test):
 # tests/shared_cache_site/sitecustomize.py says how, tests/test_shared_compile_cache.py checks it.

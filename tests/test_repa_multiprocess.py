@@ -36,12 +36,12 @@ def test_two_processes_train_repa_as_one(runs):
     # so the weights agree to float32 rounding, not bit for bit (the losses to 1e-5, as in every
     # two-process test), and so do the scores: a cold run measured 296.15085938860767 against
     # 296.1508591541906 (8e-10). rel=1e-6 is float32's rounding (1.2e-7) carried through sampling;
-    # the control is the step-3 score against the step-6 one, apart by far more.
+    # the control is the step-3 score against the step-6 one, 1.4e-4 apart in that run.
     assert sorted(periodic_two) == [3] and periodic_two == pytest.approx(periodic_one, rel=1e-6)
     assert sorted(final_two) == sorted(final_one)
     assert all(final_two[k] == pytest.approx(final_one[k], rel=1e-6) for k in final_two)
     fd = final_two["eval/digits/frechet_distance"]
-    assert abs(fd - periodic_two[3]) > 1e-3 * fd, (fd, periodic_two)
+    assert abs(fd - periodic_two[3]) > 1e-5 * fd, (fd, periodic_two)
     host_scores, result = every_host_agrees(outs[:2])
     assert result["stopped_at"] == 6 and host_scores[-1]["eval/digits/frechet_distance"] == \
         final_two["eval/digits/frechet_distance"]

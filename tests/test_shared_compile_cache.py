@@ -6,7 +6,11 @@ import json
 import os
 import sys
 
+import pytest
+
 from conftest import SHARED_CACHE_SITE, Child, PortReservation, finish_all
+
+pytestmark = pytest.mark.slow  # starts jax processes
 
 # One job of 2 processes x 2 CPU devices: a program over all 4 devices, and one on this process's own
 # device. It prints this process's persistent-cache hits and both results.
