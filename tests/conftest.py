@@ -274,21 +274,23 @@ def gcs_objects(url: str, bucket: str, prefix: str = "") -> list[str]:
 
 
 # The longest files first, in the order of their times in a cold run of the whole suite (2026-12-07,
-# 2-core machine, `--junitxml`); files keep their order otherwise, and a file's tests stay together.
-# Under `-n 2 --dist loadfile` xdist then reorders files by their number of tests (its default
-# --loadscope-reorder), so this order holds only for a run without xdist. xdist's
-# --no-loadscope-reorder keeps it: the cold suite took 16 min 08 s with it against 16 min 46 s without,
-# but that run failed tests/test_splash.py's TPU lowering ("Mosaic failed to compile TPU kernel ... Bad
-# lhs type"), which passes alone and in every run with xdist's order: a test that leaves state behind
-# for a later TPU compile in the same worker, not yet found. Until it is, xdist keeps its order.
+# 2-core machine, `--junitxml`), so that no long file is left to run alone at the end; files keep their
+# order otherwise, and a file's tests stay together. `--no-loadscope-reorder` (setup.cfg) keeps this order
+# under `-n 2 --dist loadfile`: xdist's default hands files out by their number of tests, which sent the
+# one-test files of 1.5 min (the fault sweep, the demo) last.
+# tests/test_splash.py goes first: its in-process TPU lowering failed ("Mosaic failed to compile TPU
+# kernel ... Bad lhs type") in one run with this order, after other files in the same worker. It passes
+# alone, and after test_device_input (whose fixture switches the compiler setting); which earlier test
+# leaves that state behind is not yet found, so nothing runs before it in its worker.
 LONGEST_FIRST = (
-    "test_multiprocess.py", "test_fault_sweep.py", "test_parity_torch.py", "test_eval_in_training.py",
-    "test_demo.py", "test_repa_multiprocess.py", "test_sit_training.py", "test_train.py", "test_operations.py",
-    "test_phema_training.py", "test_adm_metrics.py", "test_mesh.py", "test_device_benchmark.py",
-    "test_benchmark.py", "test_autoguidance.py", "test_verified_restore.py", "test_fd_dinov2_training.py",
-    "test_losing_data.py", "test_meanflow_multiprocess.py", "test_model.py", "test_precision.py",
-    "test_meanflow_parity.py", "test_latents.py", "test_lightningdit_options.py", "test_interrupts.py",
-    "test_vae.py", "test_repa_parity.py")
+    "test_splash.py",
+    "test_multiprocess.py", "test_fault_sweep.py", "test_parity_torch.py", "test_train.py", "test_operations.py",
+    "test_sit_training.py", "test_phema_training.py", "test_adm_metrics.py", "test_repa_multiprocess.py",
+    "test_device_benchmark.py", "test_mesh.py", "test_eval_in_training.py", "test_autoguidance.py",
+    "test_verified_restore.py", "test_benchmark.py", "test_losing_data.py", "test_demo.py", "test_model.py",
+    "test_meanflow_parity.py", "test_remat.py", "test_precision.py", "test_meanflow_multiprocess.py",
+    "test_lightningdit_options.py", "test_meanflow_sampling.py", "test_repa.py", "test_fd_dinov2_training.py",
+    "test_interrupts.py", "test_latents.py", "test_vae.py", "test_sample_npz.py")
 
 
 @pytest.fixture

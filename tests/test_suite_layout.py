@@ -57,6 +57,7 @@ def test_markers_are_registered_and_strict(tmp_path):
     cfg = configparser.ConfigParser()
     cfg.read(os.path.join(ROOT, "setup.cfg"))
     assert "--strict-markers" in cfg["tool:pytest"]["addopts"].split()
+    assert "--no-loadscope-reorder" in cfg["tool:pytest"]["addopts"].split()  # conftest's order holds under xdist
     assert cfg["tool:pytest"]["markers"].strip().startswith("slow:")
     # A misspelt marker stops the collection (the control: the same file with the registered one passes).
     for mark, ok in (("slwo", False), ("slow", True)):
