@@ -22,6 +22,7 @@ import importlib.abc
 import importlib.util
 import os
 import sys
+import threading
 
 _MODULE = "jax._src.cache_key"
 
@@ -31,20 +32,21 @@ def _patch(module):
     if not all(hasattr(module, name) for name in names):
         return  # another jax: leave its key alone (tests/test_shared_compile_cache.py then fails, saying so)
     get, hash_options, hash_config = module.get, module._hash_serialized_compile_options, module._hash_accelerator_config
-    on_cpu = []  # set by get() for the hashers it calls: the key of a CPU program, or not
+    key = threading.local()  # set by get() for the hashers it calls: the key of a CPU program, or not
 
     def patched_get(computation, devices, compile_options, backend, *args, **kwargs):
-        on_cpu.append(backend.platform == "cpu")
+        before, key.on_cpu = getattr(key, "on_cpu", False), backend.platform == "cpu"
         try:
             return get(computation, devices, compile_options, backend, *args, **kwargs)
         finally:
-            on_cpu.pop()
+            key.on_cpu = before
 
     def patched_options(hash_obj, options, strip_device_assignment=False):
-        return hash_options(hash_obj, options, strip_device_assignment=strip_device_assignment or on_cpu[-1])
+        on_cpu = getattr(key, "on_cpu", False)
+        return hash_options(hash_obj, options, strip_device_assignment=strip_device_assignment or on_cpu)
 
     def patched_config(hash_obj, accelerators):
-        if on_cpu[-1]:
+        if getattr(key, "on_cpu", False):
             return module._hash_devices(hash_obj, accelerators)
         return hash_config(hash_obj, accelerators)
 
