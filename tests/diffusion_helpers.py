@@ -24,22 +24,12 @@ MEASURED: dict = {}
 
 
 def report_measured():
-    """This file's largest errors (its module fixture calls this at the end): helpers.report_measured."""
+    """This file's largest errors (its module fixture calls this at the end)."""
     helpers.report_measured(MEASURED)
 
 
-def rel_err(ours, expected) -> float:
-    ours, expected = np.asarray(ours, np.float64), np.asarray(expected, np.float64)
-    assert ours.shape == expected.shape, (ours.shape, expected.shape)
-    assert np.all(np.isfinite(ours)), "non-finite values"
-    return float(np.max(np.abs(ours - expected)) / max(float(np.max(np.abs(expected))), 1e-30))
-
-
 def check(name, ours, expected, tol=TOL):
-    err = rel_err(ours, expected)
-    MEASURED[name] = max(err, MEASURED.get(name, 0.0))
-    print(f"{name}: rel err {err:.2e}")
-    assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.0e}"
+    helpers.check_rel(MEASURED, name, ours, expected, tol)
 
 
 def check_each(name, ours, expected, tol=TOL, atol=1e-7):

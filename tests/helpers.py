@@ -297,6 +297,23 @@ def cli_on_two_processes(argv, prelude: str = "", devices: int = 2):
             for i in range(2)]
 
 
+def rel_err(ours, expected) -> float:
+    """Largest absolute difference over the largest |expected|, in float64; both finite, of one shape."""
+    ours, expected = np.asarray(ours, np.float64), np.asarray(expected, np.float64)
+    assert ours.shape == expected.shape, (ours.shape, expected.shape)
+    assert np.all(np.isfinite(ours)) and np.all(np.isfinite(expected)), "non-finite values"
+    return float(np.max(np.abs(ours - expected)) / max(float(np.max(np.abs(expected))), 1e-30))
+
+
+def check_rel(measured: dict, name, ours, expected, tol: float) -> None:
+    """A parity row: rel_err within `tol`, and the largest error per name kept in `measured` (printed
+    by report_measured)."""
+    err = rel_err(ours, expected)
+    measured[name] = max(err, measured.get(name, 0.0))
+    print(f"{name}: rel err {err:.2e}")
+    assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.0e}"
+
+
 def report_measured(measured: dict) -> None:
     """Print the largest relative errors a parity file measured, by name (shown with `pytest -s`), and
     forget them, so that the next file reports its own."""

@@ -20,8 +20,9 @@ from dit_jax.transport import (DIFFUSION_FORMS, LAST_STEPS, Transport, model_eva
                                velocity_fn)
 from dit_jax.transport.integrators import (ode_euler_step, ode_heun_step, sde_euler_step, sde_heun_step, sde_interval,
                                         sde_last_step, time_grid)
-from transport_helpers import (B, COMBOS, MEASURED, check, data, fails, from_torch, jax_model, rel_err,
-                               ref_transport, to_torch, torch_model)
+from helpers import rel_err
+from transport_helpers import (B, COMBOS, MEASURED, check, data, fails, from_torch, jax_model, ref_transport,
+                               to_torch, torch_model)
 from transport_helpers import report_each_file, sit  # noqa: F401 - the files' fixtures
 
 torch = pytest.importorskip("torch")

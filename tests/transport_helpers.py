@@ -27,26 +27,17 @@ MEASURED: dict = {}
 
 
 def report_measured():
-    """This file's largest errors (its module fixture calls this at the end): helpers.report_measured."""
+    """This file's largest errors (its module fixture calls this at the end)."""
     helpers.report_measured(MEASURED)
 
 
-def rel_err(ours, expected) -> float:
-    ours, expected = np.asarray(ours, np.float64), np.asarray(expected, np.float64)
-    assert ours.shape == expected.shape, (ours.shape, expected.shape)
-    assert np.all(np.isfinite(ours)) and np.all(np.isfinite(expected)), "non-finite values"
-    return float(np.max(np.abs(ours - expected)) / max(float(np.max(np.abs(expected))), 1e-30))
-
-
 def check(name, ours, expected, tol=TOL):
-    err = rel_err(ours, expected)
-    MEASURED[name] = max(err, MEASURED.get(name, 0.0))
-    assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.0e}"
+    helpers.check_rel(MEASURED, name, ours, expected, tol)
 
 
 def fails(ours, expected, tol=TOL) -> bool:
     """Negative controls: the perturbed computation must miss the tolerance clearly (10x)."""
-    return rel_err(ours, expected) > 10 * tol
+    return helpers.rel_err(ours, expected) > 10 * tol
 
 
 # ---------------------------------------------------------------------------------------------
